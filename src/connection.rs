@@ -1,0 +1,169 @@
+//! One AMQP connection to the broker, shared by the streams and listeners
+//! that run over it.
+//!
+//! The socket is opened here (not by amiquip) so that `TCP_NODELAY` is set:
+//! without it, every small message waits for Nagle's algorithm and the
+//! peer's delayed ACK, about 40 ms on Linux.
+
+use crate::broker_url::BrokerUrl;
+use crate::error::Error;
+use amiquip::{Auth, Channel, Connection, ConnectionOptions, ConnectionTuning};
+use log::{debug, info};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long opening a connection may take when the URL does not say.
+pub(crate) const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A live AMQP connection. Channels are opened under its lock and then
+/// moved to the thread that uses them.
+pub(crate) struct BrokerConnection {
+    url: BrokerUrl,
+    local_addr: SocketAddr,
+    connection: Mutex<Option<Connection>>,
+}
+
+impl BrokerConnection {
+    /// Connects to the broker and logs in, within `timeout` if given (else
+    /// the URL's `connection_timeout`, else 10 s).
+    pub(crate) fn open(
+        url: &BrokerUrl,
+        timeout: Option<Duration>,
+    ) -> Result<BrokerConnection, Error> {
+        if url.is_tls() {
+            return Err(Error::Unsupported(format!(
+                "{url}: amqps:// (TLS) is not supported by this build of amqp-stream"
+            )));
+        }
+        let timeout = timeout
+            .or(url.connection_timeout())
+            .unwrap_or(DEFAULT_CONNECTION_TIMEOUT);
+        let deadline = Instant::now() + timeout;
+        let socket = connect_socket(url, timeout)?;
+        let local_addr = socket
+            .local_addr()
+            .map_err(|source| unreachable(url, source))?;
+        let socket = mio::net::TcpStream::from_stream(socket)
+            .map_err(|source| unreachable(url, source))?;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let options = ConnectionOptions::default()
+            .auth(Auth::Plain {
+                username: url.username().to_string(),
+                password: url.password().to_string(),
+            })
+            .virtual_host(url.vhost())
+            .heartbeat(url.heartbeat())
+            .channel_max(url.channel_max().unwrap_or(0))
+            .connection_timeout(Some(remaining.max(Duration::from_millis(1))))
+            .information(Some(format!("amqp-stream {}", env!("CARGO_PKG_VERSION"))));
+        let connection =
+            Connection::insecure_open_stream(socket, options, ConnectionTuning::default())
+                .map_err(|err| login_error(url, err, timeout))?;
+        info!("connected to {url} from {local_addr}");
+        Ok(BrokerConnection {
+            url: url.clone(),
+            local_addr,
+            connection: Mutex::new(Some(connection)),
+        })
+    }
+
+    /// The broker this connection goes to.
+    pub(crate) fn url(&self) -> &BrokerUrl {
+        &self.url
+    }
+
+    /// Our end of the TCP connection to the broker.
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Opens a channel; `purpose` says what for, in errors.
+    pub(crate) fn open_channel(&self, purpose: &str) -> Result<Channel, Error> {
+        let mut guard = self.connection.lock().unwrap_or_else(|e| e.into_inner());
+        match guard.as_mut() {
+            Some(connection) => connection
+                .open_channel(None)
+                .map_err(|err| Error::broker(format!("opening a channel for {purpose}"), err)),
+            None => Err(Error::broker(
+                format!("opening a channel for {purpose}"),
+                amiquip::Error::ClientClosedConnection,
+            )),
+        }
+    }
+}
+
+impl Drop for BrokerConnection {
+    fn drop(&mut self) {
+        let connection = self
+            .connection
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(connection) = connection {
+            match connection.close() {
+                Ok(()) => debug!("closed connection to {} from {}", self.url, self.local_addr),
+                Err(err) => debug!("connection to {} ended: {err}", self.url),
+            }
+        }
+    }
+}
+
+/// Tries each address the host resolves to, with no-delay set.
+fn connect_socket(url: &BrokerUrl, timeout: Duration) -> Result<TcpStream, Error> {
+    let addrs = (url.host(), url.port())
+        .to_socket_addrs()
+        .map_err(|source| unreachable(url, source))?;
+    let mut last_error = None;
+    for addr in addrs {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(socket) => {
+                socket
+                    .set_nodelay(true)
+                    .map_err(|source| unreachable(url, source))?;
+                return Ok(socket);
+            }
+            Err(err) => last_error = Some(err),
+        }
+    }
+    Err(unreachable(
+        url,
+        last_error.unwrap_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the host name resolved to no address",
+            )
+        }),
+    ))
+}
+
+fn unreachable(url: &BrokerUrl, source: std::io::Error) -> Error {
+    Error::Unreachable {
+        broker: url.to_string(),
+        source,
+    }
+}
+
+/// Turns a failed AMQP login into the error a user can act on.
+fn login_error(url: &BrokerUrl, err: amiquip::Error, timeout: Duration) -> Error {
+    match err {
+        amiquip::Error::InvalidCredentials => Error::AccessRefused {
+            broker: url.to_string(),
+            reason: format!(
+                "user {:?} was not accepted (wrong user name or password)",
+                url.username()
+            ),
+        },
+        amiquip::Error::ServerClosedConnection { code, message } if code == 403 || code == 530 => {
+            Error::AccessRefused {
+                broker: url.to_string(),
+                reason: message,
+            }
+        }
+        amiquip::Error::ConnectionTimeout => Error::TimedOut {
+            what: format!("logging in to {url}"),
+            after: timeout,
+        },
+        other => Error::broker(format!("logging in to {url}"), other),
+    }
+}

@@ -1,0 +1,177 @@
+//! `Connector`: one broker connection shared by many streams and listeners.
+
+use crate::broker_url::BrokerUrl;
+use crate::connection::BrokerConnection;
+use crate::listener::Listener;
+use crate::options::{StreamOptions, check_timeout};
+use crate::stream::Stream;
+use crate::worker::{self, Role};
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One AMQP connection to a broker, shared by every stream and listener
+/// made through it.
+///
+/// Opening a broker connection costs several round trips; a `Connector`
+/// pays that once, so each further stream costs only its own handshake.
+/// It is cheap to clone (clones share the connection) and `Send + Sync`.
+/// Streams and listeners keep the connection open after every
+/// `Connector` handle is dropped; it closes when the last of them goes.
+///
+/// ```no_run
+/// use amqp_stream::Connector;
+/// use std::io::Write;
+///
+/// let connector = Connector::open("amqp://guest:guest@127.0.0.1:5672/%2f")?;
+/// let mut a = connector.connect("echo")?;
+/// let mut b = connector.connect("echo")?;
+/// a.write_all(b"one")?;
+/// b.write_all(b"two")?;
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Connector {
+    connection: Arc<BrokerConnection>,
+    options: StreamOptions,
+}
+
+impl Connector {
+    /// Connects and logs in to the broker at `url` with default stream
+    /// options.
+    ///
+    /// ```no_run
+    /// let connector = amqp_stream::Connector::open("amqp://127.0.0.1")?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn open(url: &str) -> io::Result<Connector> {
+        Connector::open_with(url, StreamOptions::default())
+    }
+
+    /// Connects to the broker at `url`; streams and listeners made through
+    /// this connector use `options`.
+    ///
+    /// ```no_run
+    /// use amqp_stream::{Connector, StreamOptions};
+    /// let options = StreamOptions::new().prefetch(16);
+    /// let connector = Connector::open_with("amqp://127.0.0.1", options)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn open_with(url: &str, options: StreamOptions) -> io::Result<Connector> {
+        Connector::open_with_timeout(url, options, None)
+    }
+
+    pub(crate) fn open_with_timeout(
+        url: &str,
+        options: StreamOptions,
+        timeout: Option<Duration>,
+    ) -> io::Result<Connector> {
+        let url: BrokerUrl = url.parse()?;
+        let connection = BrokerConnection::open(&url, timeout)?;
+        Ok(Connector {
+            connection: Arc::new(connection),
+            options,
+        })
+    }
+
+    /// Connects a stream to the listener on `queue`, over this connection.
+    ///
+    /// ```no_run
+    /// # let connector = amqp_stream::Connector::open("amqp://127.0.0.1")?;
+    /// let stream = connector.connect("echo")?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn connect(&self, queue: &str) -> io::Result<Stream> {
+        let timeout = self.options.get_handshake_timeout();
+        self.connect_until(queue, timeout.map(|t| Instant::now() + t), timeout)
+    }
+
+    /// Like [`connect`](Connector::connect), failing with `TimedOut` when
+    /// the listener has not answered within `timeout`.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # let connector = amqp_stream::Connector::open("amqp://127.0.0.1")?;
+    /// let stream = connector.connect_timeout("echo", Duration::from_secs(1))?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn connect_timeout(&self, queue: &str, timeout: Duration) -> io::Result<Stream> {
+        check_timeout(Some(timeout))?;
+        self.connect_until(queue, Some(Instant::now() + timeout), Some(timeout))
+    }
+
+    pub(crate) fn connect_until(
+        &self,
+        queue: &str,
+        deadline: Option<Instant>,
+        timeout: Option<Duration>,
+    ) -> io::Result<Stream> {
+        let role = Role::Client {
+            listener_queue: queue.to_string(),
+            deadline,
+            timeout,
+        };
+        let established = worker::start(Arc::clone(&self.connection), role, self.options.clone())?;
+        Ok(Stream::from_established(
+            Arc::clone(&self.connection),
+            established,
+            self.options.clone(),
+        ))
+    }
+
+    /// Listens on `queue` over this connection.
+    ///
+    /// ```no_run
+    /// # let connector = amqp_stream::Connector::open("amqp://127.0.0.1")?;
+    /// let listener = connector.bind("echo")?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn bind(&self, queue: &str) -> io::Result<Listener> {
+        Listener::start(Arc::clone(&self.connection), queue, self.options.clone())
+    }
+
+    /// The broker this connector is connected to.
+    ///
+    /// ```no_run
+    /// # let connector = amqp_stream::Connector::open("amqp://127.0.0.1")?;
+    /// assert_eq!(connector.broker().port(), 5672);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn broker(&self) -> &BrokerUrl {
+        self.connection.url()
+    }
+
+    /// Our end of the TCP connection to the broker, as the broker sees it
+    /// (its `peer_host`/`peer_port` in `rabbitmqctl list_connections`).
+    ///
+    /// ```no_run
+    /// # let connector = amqp_stream::Connector::open("amqp://127.0.0.1")?;
+    /// println!("connected from {}", connector.local_socket_addr());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn local_socket_addr(&self) -> SocketAddr {
+        self.connection.local_addr()
+    }
+
+    /// The options streams made through this connector use.
+    ///
+    /// ```no_run
+    /// # let connector = amqp_stream::Connector::open("amqp://127.0.0.1")?;
+    /// assert_eq!(connector.options(), &amqp_stream::StreamOptions::default());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn options(&self) -> &StreamOptions {
+        &self.options
+    }
+}
+
+impl fmt::Debug for Connector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connector")
+            .field("broker", self.connection.url())
+            .field("local_socket_addr", &self.connection.local_addr())
+            .finish()
+    }
+}

@@ -1,0 +1,200 @@
+//! The crate's error type and its mapping onto `std::io::ErrorKind`.
+
+use std::io;
+use std::time::Duration;
+
+/// Everything that can go wrong, with the queue or broker it happened on.
+///
+/// Every public call returns `std::io::Result`, like `std::net`; an
+/// `Error` travels inside the `io::Error` and can be taken out again with
+/// [`io::Error::get_ref`] and `downcast_ref`. Messages name the broker by
+/// its URL without the password, never with it.
+///
+/// ```
+/// use amqp_stream::Error;
+/// use std::io;
+///
+/// let err = Error::AddrInUse { queue: "echo".into() };
+/// assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+/// let io_err: io::Error = err.into();
+/// assert_eq!(io_err.kind(), io::ErrorKind::AddrInUse);
+/// assert!(io_err.to_string().contains("echo"));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The broker URL or stream address could not be parsed.
+    #[error("invalid broker URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL as given, with any password replaced by `***`.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An argument other than the URL is out of range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The URL asks for something this build cannot do (such as TLS).
+    #[error("{0}")]
+    Unsupported(String),
+    /// No TCP connection to the broker could be made.
+    #[error("cannot reach the broker at {broker}: {source}")]
+    Unreachable {
+        /// The broker, without password.
+        broker: String,
+        /// Why the TCP connection failed.
+        #[source]
+        source: io::Error,
+    },
+    /// The broker refused the credentials or the virtual host.
+    #[error("the broker at {broker} refused access: {reason}")]
+    AccessRefused {
+        /// The broker, without password.
+        broker: String,
+        /// What the broker said.
+        reason: String,
+    },
+    /// Nothing listens on the queue: the connection request came back.
+    #[error("connection refused: no listener on queue {queue:?}")]
+    ConnectionRefused {
+        /// The listener's queue that was asked for.
+        queue: String,
+    },
+    /// Another listener already holds the queue.
+    #[error("address in use: queue {queue:?} already has a listener")]
+    AddrInUse {
+        /// The contested queue.
+        queue: String,
+    },
+    /// An operation did not finish in time.
+    #[error("{what} timed out after {after:?}")]
+    TimedOut {
+        /// What was being waited for.
+        what: String,
+        /// How long it was given.
+        after: Duration,
+    },
+    /// The peer broke the protocol (for example a non-empty handshake reply).
+    #[error("protocol violation on queue {queue:?}: {reason}")]
+    Protocol {
+        /// The queue the offending message arrived on.
+        queue: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The connection to the broker (or the channel on it) failed or closed.
+    #[error("lost the broker connection while {context}: {source}")]
+    Broker {
+        /// What was being done.
+        context: String,
+        /// amiquip's account of it.
+        #[source]
+        source: amiquip::Error,
+    },
+}
+
+impl Error {
+    /// The `io::ErrorKind` that `std::net` would give for the same failure.
+    ///
+    /// ```
+    /// use amqp_stream::Error;
+    /// let err = Error::ConnectionRefused { queue: "echo".into() };
+    /// assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    /// ```
+    pub fn kind(&self) -> io::ErrorKind {
+        match self {
+            Error::InvalidUrl { .. } | Error::InvalidArgument(_) => io::ErrorKind::InvalidInput,
+            Error::Unsupported(_) => io::ErrorKind::Unsupported,
+            Error::Unreachable { source, .. } => source.kind(),
+            Error::AccessRefused { .. } => io::ErrorKind::PermissionDenied,
+            Error::ConnectionRefused { .. } => io::ErrorKind::ConnectionRefused,
+            Error::AddrInUse { .. } => io::ErrorKind::AddrInUse,
+            Error::TimedOut { .. } => io::ErrorKind::TimedOut,
+            Error::Protocol { .. } => io::ErrorKind::InvalidData,
+            Error::Broker { source, .. } => amqp_kind(source),
+        }
+    }
+
+    /// Wraps an amiquip error with what we were doing when it happened.
+    pub(crate) fn broker(context: impl Into<String>, source: amiquip::Error) -> Error {
+        Error::Broker {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// The `io::ErrorKind` for an amiquip failure.
+fn amqp_kind(err: &amiquip::Error) -> io::ErrorKind {
+    use amiquip::Error as E;
+    match err {
+        E::InvalidCredentials => io::ErrorKind::PermissionDenied,
+        E::ServerClosedConnection { code: 403, .. } | E::ServerClosedConnection { code: 530, .. } => {
+            io::ErrorKind::PermissionDenied
+        }
+        E::ServerClosedChannel { code: 403, .. } => io::ErrorKind::PermissionDenied,
+        E::ServerClosedChannel { code: 404, .. } => io::ErrorKind::NotFound,
+        E::ServerClosedChannel { code: 405, .. } => io::ErrorKind::AddrInUse,
+        E::ConnectionTimeout | E::MissedServerHeartbeats => io::ErrorKind::TimedOut,
+        E::ExhaustedChannelIds => io::ErrorKind::OutOfMemory,
+        _ => io::ErrorKind::ConnectionAborted,
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(err: Error) -> io::Error {
+        io::Error::new(err.kind(), err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_follow_std_net() {
+        let cases = [
+            (
+                Error::InvalidUrl {
+                    url: "x".into(),
+                    reason: "y".into(),
+                },
+                io::ErrorKind::InvalidInput,
+            ),
+            (
+                Error::ConnectionRefused { queue: "q".into() },
+                io::ErrorKind::ConnectionRefused,
+            ),
+            (
+                Error::AddrInUse { queue: "q".into() },
+                io::ErrorKind::AddrInUse,
+            ),
+            (
+                Error::TimedOut {
+                    what: "w".into(),
+                    after: Duration::from_secs(1),
+                },
+                io::ErrorKind::TimedOut,
+            ),
+            (
+                Error::broker("x", amiquip::Error::InvalidCredentials),
+                io::ErrorKind::PermissionDenied,
+            ),
+            (
+                Error::broker("x", amiquip::Error::UnexpectedSocketClose),
+                io::ErrorKind::ConnectionAborted,
+            ),
+        ];
+        for (err, kind) in cases {
+            assert_eq!(err.kind(), kind, "{err}");
+            assert_eq!(io::Error::from(err).kind(), kind);
+        }
+    }
+
+    #[test]
+    fn io_error_keeps_the_source() {
+        let io_err: io::Error = Error::AddrInUse { queue: "q".into() }.into();
+        let inner = io_err.get_ref().unwrap().downcast_ref::<Error>().unwrap();
+        assert!(matches!(inner, Error::AddrInUse { .. }));
+    }
+}

@@ -1,0 +1,210 @@
+//! Per-stream settings shared by `Stream`, `Listener` and `Connector`.
+
+use crate::error::Error;
+use std::time::Duration;
+
+/// Settings for the streams a [`Connector`](crate::Connector),
+/// [`Listener`](crate::Listener) or [`Stream::connect_with`](crate::Stream::connect_with)
+/// makes. Build it with the chained setters; every value has a sensible
+/// default.
+///
+/// ```
+/// use amqp_stream::StreamOptions;
+/// use std::time::Duration;
+///
+/// let options = StreamOptions::new()
+///     .max_message_size(128 * 1024)
+///     .keepalive_interval(Duration::from_secs(1))
+///     .handshake_timeout(Some(Duration::from_secs(5)));
+/// assert_eq!(options.get_max_message_size(), 128 * 1024);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamOptions {
+    max_message_size: usize,
+    prefetch: u16,
+    write_queue: usize,
+    keepalive_interval: Duration,
+    handshake_timeout: Option<Duration>,
+    linger: Duration,
+}
+
+impl Default for StreamOptions {
+    fn default() -> StreamOptions {
+        StreamOptions {
+            max_message_size: 64 * 1024,
+            prefetch: 64,
+            write_queue: 16,
+            keepalive_interval: Duration::from_secs(2),
+            handshake_timeout: Some(Duration::from_secs(30)),
+            linger: Duration::from_secs(10),
+        }
+    }
+}
+
+impl StreamOptions {
+    /// The defaults: 64 KiB messages, 64 messages of read-ahead, 16 messages
+    /// of write queue, a peer check every 2 s, a 30 s handshake timeout and
+    /// a 10 s linger on drop.
+    ///
+    /// ```
+    /// # use amqp_stream::StreamOptions;
+    /// assert_eq!(StreamOptions::new(), StreamOptions::default());
+    /// ```
+    pub fn new() -> StreamOptions {
+        StreamOptions::default()
+    }
+
+    /// The largest message a write is cut into. Larger messages move more
+    /// bytes per broker operation; the broker's own limit (128 MiB by
+    /// default in RabbitMQ) is the ceiling. Values below 1 are raised to 1.
+    ///
+    /// ```
+    /// # use amqp_stream::StreamOptions;
+    /// let o = StreamOptions::new().max_message_size(1024);
+    /// assert_eq!(o.get_max_message_size(), 1024);
+    /// ```
+    pub fn max_message_size(mut self, bytes: usize) -> StreamOptions {
+        self.max_message_size = bytes.max(1);
+        self
+    }
+
+    /// How many messages the broker may push to a stream ahead of its
+    /// reader (AMQP prefetch). Bounds a stream's receive memory to about
+    /// `prefetch × max_message_size`. Values below 1 are raised to 1.
+    ///
+    /// ```
+    /// # use amqp_stream::StreamOptions;
+    /// assert_eq!(StreamOptions::new().prefetch(8).get_prefetch(), 8);
+    /// ```
+    pub fn prefetch(mut self, messages: u16) -> StreamOptions {
+        self.prefetch = messages.max(1);
+        self
+    }
+
+    /// How many written messages may wait for the stream's worker before
+    /// `write` blocks. Values below 1 are raised to 1.
+    ///
+    /// ```
+    /// # use amqp_stream::StreamOptions;
+    /// assert_eq!(StreamOptions::new().write_queue(4).get_write_queue(), 4);
+    /// ```
+    pub fn write_queue(mut self, messages: usize) -> StreamOptions {
+        self.write_queue = messages.max(1);
+        self
+    }
+
+    /// How often an open stream checks that its peer's queue still exists.
+    /// A peer that died is noticed within about this interval, even by a
+    /// stream that only reads.
+    ///
+    /// ```
+    /// # use amqp_stream::StreamOptions;
+    /// # use std::time::Duration;
+    /// let o = StreamOptions::new().keepalive_interval(Duration::from_millis(500));
+    /// assert_eq!(o.get_keepalive_interval(), Duration::from_millis(500));
+    /// ```
+    pub fn keepalive_interval(mut self, interval: Duration) -> StreamOptions {
+        self.keepalive_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// How long `connect` waits for the listener's answer; `None` waits
+    /// forever. [`Stream::connect_timeout`](crate::Stream::connect_timeout)
+    /// overrides it per call.
+    ///
+    /// ```
+    /// # use amqp_stream::StreamOptions;
+    /// assert_eq!(StreamOptions::new().handshake_timeout(None).get_handshake_timeout(), None);
+    /// ```
+    pub fn handshake_timeout(mut self, timeout: Option<Duration>) -> StreamOptions {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// How long dropping the last handle of a stream waits for written data
+    /// and the FIN to be handed to the broker.
+    ///
+    /// ```
+    /// # use amqp_stream::StreamOptions;
+    /// # use std::time::Duration;
+    /// let o = StreamOptions::new().linger(Duration::from_secs(1));
+    /// assert_eq!(o.get_linger(), Duration::from_secs(1));
+    /// ```
+    pub fn linger(mut self, linger: Duration) -> StreamOptions {
+        self.linger = linger;
+        self
+    }
+
+    /// See [`max_message_size`](Self::max_message_size).
+    ///
+    /// ```
+    /// # use amqp_stream::StreamOptions;
+    /// assert_eq!(StreamOptions::new().get_max_message_size(), 64 * 1024);
+    /// ```
+    pub fn get_max_message_size(&self) -> usize {
+        self.max_message_size
+    }
+
+    /// See [`prefetch`](Self::prefetch).
+    ///
+    /// ```
+    /// # use amqp_stream::StreamOptions;
+    /// assert_eq!(StreamOptions::new().get_prefetch(), 64);
+    /// ```
+    pub fn get_prefetch(&self) -> u16 {
+        self.prefetch
+    }
+
+    /// See [`write_queue`](Self::write_queue).
+    ///
+    /// ```
+    /// # use amqp_stream::StreamOptions;
+    /// assert_eq!(StreamOptions::new().get_write_queue(), 16);
+    /// ```
+    pub fn get_write_queue(&self) -> usize {
+        self.write_queue
+    }
+
+    /// See [`keepalive_interval`](Self::keepalive_interval).
+    ///
+    /// ```
+    /// # use amqp_stream::StreamOptions;
+    /// # use std::time::Duration;
+    /// assert_eq!(StreamOptions::new().get_keepalive_interval(), Duration::from_secs(2));
+    /// ```
+    pub fn get_keepalive_interval(&self) -> Duration {
+        self.keepalive_interval
+    }
+
+    /// See [`handshake_timeout`](Self::handshake_timeout).
+    ///
+    /// ```
+    /// # use amqp_stream::StreamOptions;
+    /// # use std::time::Duration;
+    /// assert_eq!(StreamOptions::new().get_handshake_timeout(), Some(Duration::from_secs(30)));
+    /// ```
+    pub fn get_handshake_timeout(&self) -> Option<Duration> {
+        self.handshake_timeout
+    }
+
+    /// See [`linger`](Self::linger).
+    ///
+    /// ```
+    /// # use amqp_stream::StreamOptions;
+    /// # use std::time::Duration;
+    /// assert_eq!(StreamOptions::new().get_linger(), Duration::from_secs(10));
+    /// ```
+    pub fn get_linger(&self) -> Duration {
+        self.linger
+    }
+}
+
+/// Rejects a zero timeout the way `std::net` does.
+pub(crate) fn check_timeout(timeout: Option<Duration>) -> Result<(), Error> {
+    match timeout {
+        Some(d) if d.is_zero() => Err(Error::InvalidArgument(
+            "cannot set a 0 duration timeout".to_string(),
+        )),
+        _ => Ok(()),
+    }
+}
