@@ -314,11 +314,7 @@ pub(crate) fn redact(s: &str) -> String {
             } else {
                 user.to_string()
             };
-            format!(
-                "{}{redacted}{}",
-                &s[..scheme_end + 3],
-                &rest[at..]
-            )
+            format!("{}{redacted}{}", &s[..scheme_end + 3], &rest[at..])
         }
         None => s.to_string(),
     }

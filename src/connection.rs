@@ -44,8 +44,8 @@ impl BrokerConnection {
         let local_addr = socket
             .local_addr()
             .map_err(|source| unreachable(url, source))?;
-        let socket = mio::net::TcpStream::from_stream(socket)
-            .map_err(|source| unreachable(url, source))?;
+        let socket =
+            mio::net::TcpStream::from_stream(socket).map_err(|source| unreachable(url, source))?;
         let remaining = deadline.saturating_duration_since(Instant::now());
         let options = ConnectionOptions::default()
             .auth(Auth::Plain {

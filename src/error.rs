@@ -129,9 +129,8 @@ fn amqp_kind(err: &amiquip::Error) -> io::ErrorKind {
     use amiquip::Error as E;
     match err {
         E::InvalidCredentials => io::ErrorKind::PermissionDenied,
-        E::ServerClosedConnection { code: 403, .. } | E::ServerClosedConnection { code: 530, .. } => {
-            io::ErrorKind::PermissionDenied
-        }
+        E::ServerClosedConnection { code: 403, .. }
+        | E::ServerClosedConnection { code: 530, .. } => io::ErrorKind::PermissionDenied,
         E::ServerClosedChannel { code: 403, .. } => io::ErrorKind::PermissionDenied,
         E::ServerClosedChannel { code: 404, .. } => io::ErrorKind::NotFound,
         E::ServerClosedChannel { code: 405, .. } => io::ErrorKind::AddrInUse,

@@ -162,7 +162,11 @@ impl Listener {
                 Some(ConsumerMessage::Delivery(delivery)) => delivery,
                 Some(ConsumerMessage::ServerClosedChannel(err))
                 | Some(ConsumerMessage::ServerClosedConnection(err)) => {
-                    return Err(Error::broker(format!("listening on {:?}", self.local.queue()), err).into());
+                    return Err(Error::broker(
+                        format!("listening on {:?}", self.local.queue()),
+                        err,
+                    )
+                    .into());
                 }
                 Some(_) | None => {
                     return Err(io::Error::new(

@@ -61,8 +61,13 @@ pub(crate) enum BadRequest {
 impl fmt::Display for BadRequest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            BadRequest::HasBody(len) => write!(f, "a connection request has an empty body, this one has {len} bytes"),
-            BadRequest::NoReplyTo => f.write_str("a connection request needs reply_to naming the client's queue"),
+            BadRequest::HasBody(len) => write!(
+                f,
+                "a connection request has an empty body, this one has {len} bytes"
+            ),
+            BadRequest::NoReplyTo => {
+                f.write_str("a connection request needs reply_to naming the client's queue")
+            }
         }
     }
 }
@@ -158,7 +163,11 @@ mod tests {
     fn accept_must_be_empty_with_reply_to() {
         let props = handshake_properties("server-q");
         assert_eq!(parse_accept(b"", &props), Ok("server-q"));
-        assert!(parse_accept(b"hello", &props).unwrap_err().contains("5 bytes"));
+        assert!(
+            parse_accept(b"hello", &props)
+                .unwrap_err()
+                .contains("5 bytes")
+        );
         assert!(parse_accept(b"", &AmqpProperties::default()).is_err());
     }
 

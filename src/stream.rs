@@ -1,8 +1,8 @@
 //! `Stream`: one end of a connected byte stream, used like a `TcpStream`.
 
 use crate::addr::Addr;
-use crate::connector::Connector;
 use crate::connection::BrokerConnection;
+use crate::connector::Connector;
 use crate::options::{StreamOptions, check_timeout};
 use crate::protocol::{self, Frame};
 use crate::worker::{Control, Established, Outbound, Shared};
@@ -82,6 +82,11 @@ impl Stream {
     /// Connects to the listener on `queue`, over a new broker connection
     /// that this stream owns (and closes when it is dropped).
     ///
+    /// Unlike TCP, where the kernel completes the handshake before the
+    /// server calls `accept`, this returns once the listener has accepted
+    /// the request: call [`Listener::accept`](crate::Listener::accept) on
+    /// another thread.
+    ///
     /// Fails with `ConnectionRefused` at once when nothing listens on
     /// `queue`, `PermissionDenied` for bad credentials, `InvalidInput` for
     /// a malformed URL and `TimedOut` when the listener does not answer
@@ -111,8 +116,7 @@ impl Stream {
     pub fn connect_timeout(url: &str, queue: &str, timeout: Duration) -> io::Result<Stream> {
         check_timeout(Some(timeout))?;
         let deadline = Instant::now() + timeout;
-        let connector =
-            Connector::open_with_timeout(url, StreamOptions::default(), Some(timeout))?;
+        let connector = Connector::open_with_timeout(url, StreamOptions::default(), Some(timeout))?;
         connector.connect_until(queue, Some(deadline), Some(timeout))
     }
 

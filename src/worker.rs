@@ -390,9 +390,8 @@ fn refused(queue: &str, body: &[u8], reason: String) -> Error {
 fn consumer_ended(queue: &str, message: ConsumerMessage) -> Error {
     let context = format!("connecting to {queue:?}");
     match message {
-        ConsumerMessage::ServerClosedChannel(err) | ConsumerMessage::ServerClosedConnection(err) => {
-            Error::broker(context, err)
-        }
+        ConsumerMessage::ServerClosedChannel(err)
+        | ConsumerMessage::ServerClosedConnection(err) => Error::broker(context, err),
         _ => Error::broker(context, amiquip::Error::ClientClosedChannel),
     }
 }
@@ -593,7 +592,10 @@ impl Worker<'_> {
             return Err(failure.write_error());
         }
         let peer = self.peer_queue.clone();
-        match self.publisher.publish(&peer, &[], protocol::data_properties()) {
+        match self
+            .publisher
+            .publish(&peer, &[], protocol::data_properties())
+        {
             Ok(()) => {
                 self.fin_sent = true;
                 Ok(())

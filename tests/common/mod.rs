@@ -1,0 +1,74 @@
+//! Helpers shared by the integration tests: broker URL, unique queue
+//! names, reproducible random data and a log capture.
+#![allow(dead_code)]
+
+use std::sync::{Mutex, Once};
+
+/// The broker the tests use: `AMQP_URL`, or the local one.
+pub fn url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// A queue name no other test (or test run) uses.
+pub fn queue(tag: &str) -> String {
+    format!("test-{tag}-{}", uuid::Uuid::new_v4())
+}
+
+/// `len` pseudo-random bytes from `seed` (xorshift64*).
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Where the first difference between two byte strings is, for messages.
+pub fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
+    a.iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .or_else(|| (a.len() != b.len()).then(|| a.len().min(b.len())))
+}
+
+/// A raw amiquip connection to the test broker (for playing the peer).
+pub fn raw_connection() -> amiquip::Connection {
+    amiquip::Connection::insecure_open(&url()).expect("raw amiquip connection")
+}
+
+static LOGS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static INSTALL: Once = Once::new();
+
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record) {
+        if record.target().starts_with("amqp_stream") {
+            LOGS.lock()
+                .unwrap()
+                .push(format!("{} {}", record.level(), record.args()));
+        }
+    }
+    fn flush(&self) {}
+}
+
+/// Captures every log line of the crate from now on (process-wide).
+pub fn capture_logs() {
+    INSTALL.call_once(|| {
+        log::set_boxed_logger(Box::new(Capture)).expect("no other logger");
+        log::set_max_level(log::LevelFilter::Trace);
+    });
+}
+
+/// The captured log lines so far.
+pub fn logs() -> Vec<String> {
+    LOGS.lock().unwrap().clone()
+}

@@ -1,0 +1,113 @@
+//! A peer that dies (SIGKILL) or closes is noticed: ConnectionReset on
+//! read, BrokenPipe on write, Ok(0) after a clean close.
+
+mod common;
+
+use amqp_stream::{Listener, Stream};
+use common::{queue, url};
+use std::io::{self, Read, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const ROLE: &str = "AMQP_STREAM_TEST_CHILD_QUEUE";
+
+/// Run in a child process: connect, say hello, then wait to be killed.
+#[test]
+#[ignore = "runs only as the child process of the dead-peer tests"]
+fn child_peer() {
+    let Ok(q) = std::env::var(ROLE) else { return };
+    let mut stream = Stream::connect(&url(), &q).unwrap();
+    stream.write_all(b"hello from the child").unwrap();
+    stream.flush().unwrap();
+    let _ = stream.read(&mut [0; 1]); // blocks until killed
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+fn spawn_child(q: &str) -> std::process::Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_peer",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(ROLE, q)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn accept_child(q: &str) -> (amqp_stream::Stream, std::process::Child) {
+    let listener = Listener::bind(&url(), q).unwrap();
+    let child = spawn_child(q);
+    let (mut stream, _) = listener.accept().unwrap();
+    let mut hello = [0u8; 20];
+    stream.read_exact(&mut hello).unwrap();
+    assert_eq!(&hello, b"hello from the child");
+    (stream, child)
+}
+
+#[test]
+fn killed_peer_fails_a_blocked_read_with_connection_reset_within_10s() {
+    let q = queue("kill-read");
+    let (stream, mut child) = accept_child(&q);
+    let reader = stream.try_clone().unwrap();
+    let blocked = std::thread::spawn(move || {
+        let started = Instant::now();
+        let result = (&reader).read(&mut [0; 64]);
+        (result, started.elapsed())
+    });
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let killed_at = Instant::now();
+    let (result, _) = blocked.join().unwrap();
+    let noticed_after = killed_at.elapsed();
+    let err = result.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+    assert!(
+        noticed_after < Duration::from_secs(10),
+        "took {noticed_after:?}"
+    );
+    eprintln!("killed peer noticed by a blocked read after {noticed_after:?}");
+    // Writes fail too, and keep failing.
+    let err = (&stream).write(b"anyone?").unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::BrokenPipe, "{err}");
+}
+
+#[test]
+fn killed_peer_fails_writes_with_broken_pipe() {
+    let q = queue("kill-write");
+    let (mut stream, mut child) = accept_child(&q);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let started = Instant::now();
+    let err = loop {
+        // The first writes may be accepted before the broker returns one.
+        match stream.write_all(&[7u8; 4096]).and_then(|_| stream.flush()) {
+            Ok(()) => assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "writes never failed"
+            ),
+            Err(err) => break err,
+        }
+    };
+    assert_eq!(err.kind(), io::ErrorKind::BrokenPipe, "{err}");
+}
+
+#[test]
+fn clean_close_reads_as_eof() {
+    let q = queue("clean");
+    let listener = Listener::bind(&url(), &q).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream.write_all(b"bye").unwrap();
+        // Dropped without shutdown: the drop sends the FIN.
+    });
+    let mut client = Stream::connect(&url(), &q).unwrap();
+    server.join().unwrap();
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"bye");
+    assert_eq!(client.read(&mut [0; 4]).unwrap(), 0);
+}

@@ -1,0 +1,180 @@
+//! Streams behave like TcpStreams: io::copy, try_clone, half-close, big writes.
+
+mod common;
+
+use amqp_stream::{Connector, Listener, Stream};
+use common::{first_difference, queue, random_bytes, url};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::thread;
+
+/// An echo server on `listener` for one stream.
+fn echo_one(listener: Listener) -> thread::JoinHandle<io::Result<u64>> {
+    thread::spawn(move || {
+        let (stream, _) = listener.accept()?;
+        let mut reader = stream.try_clone()?;
+        let mut writer = stream;
+        let n = io::copy(&mut reader, &mut writer)?;
+        writer.shutdown(Shutdown::Write)?;
+        Ok(n)
+    })
+}
+
+#[test]
+fn io_copy_between_tcp_and_stream_carries_64_mib_and_eof() {
+    const LEN: usize = 64 << 20;
+    let q = queue("copy");
+    let server = echo_one(Listener::bind(&url(), &q).unwrap());
+
+    // A TCP socket pair whose far end is bridged onto an amqp stream.
+    let tcp_listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp_addr = tcp_listener.local_addr().unwrap();
+    let bridge_url = url();
+    let bridge = thread::spawn(move || -> io::Result<()> {
+        let (tcp, _) = tcp_listener.accept()?;
+        let stream = Stream::connect(&bridge_url, &q)?;
+        let (mut tcp_in, mut stream_out) = (tcp.try_clone()?, stream.try_clone()?);
+        let up = thread::spawn(move || -> io::Result<u64> {
+            let n = io::copy(&mut tcp_in, &mut stream_out)?;
+            stream_out.shutdown(Shutdown::Write)?;
+            Ok(n)
+        });
+        let (mut stream_in, mut tcp_out) = (stream, tcp);
+        io::copy(&mut stream_in, &mut tcp_out)?;
+        tcp_out.shutdown(Shutdown::Write)?;
+        up.join().unwrap()?;
+        Ok(())
+    });
+
+    let data = random_bytes(LEN, 1);
+    let client = TcpStream::connect(tcp_addr).unwrap();
+    let mut client_writer = client.try_clone().unwrap();
+    let sent = data.clone();
+    let writer = thread::spawn(move || {
+        client_writer.write_all(&sent).unwrap();
+        client_writer.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut echoed = Vec::with_capacity(LEN);
+    (&client).read_to_end(&mut echoed).unwrap();
+    writer.join().unwrap();
+    bridge.join().unwrap().unwrap();
+    assert_eq!(server.join().unwrap().unwrap(), LEN as u64);
+    assert_eq!(echoed.len(), LEN);
+    assert_eq!(first_difference(&echoed, &data), None);
+}
+
+#[test]
+fn half_close_lets_the_other_direction_go_on() {
+    let q = queue("half");
+    let listener = Listener::bind(&url(), &q).unwrap();
+    let server = thread::spawn(move || -> io::Result<Vec<u8>> {
+        let (mut stream, _) = listener.accept()?;
+        let mut got = Vec::new();
+        stream.read_to_end(&mut got)?; // until the client's FIN
+        assert_eq!(stream.read(&mut [0; 8])?, 0, "EOF stays EOF");
+        // Our direction is still open: answer after the client shut down.
+        stream.write_all(b"answer after your FIN")?;
+        stream.shutdown(Shutdown::Write)?;
+        Ok(got)
+    });
+    let mut client = Stream::connect(&url(), &q).unwrap();
+    client.write_all(b"question").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let err = client.write(b"more").unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+    client.shutdown(Shutdown::Write).unwrap(); // twice is fine
+    let mut answer = String::new();
+    client.read_to_string(&mut answer).unwrap();
+    assert_eq!(answer, "answer after your FIN");
+    assert_eq!(server.join().unwrap().unwrap(), b"question");
+}
+
+#[test]
+fn one_write_all_of_64_mib_is_split_and_arrives_intact() {
+    const LEN: usize = 64 << 20;
+    let q = queue("big");
+    let listener = Listener::bind(&url(), &q).unwrap();
+    let server = thread::spawn(move || -> io::Result<Vec<u8>> {
+        let (mut stream, _) = listener.accept()?;
+        let mut got = Vec::with_capacity(LEN);
+        stream.read_to_end(&mut got)?;
+        Ok(got)
+    });
+    let data = random_bytes(LEN, 2);
+    let mut client = Stream::connect(&url(), &q).unwrap();
+    client.write_all(&data).unwrap();
+    client.flush().unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let got = server.join().unwrap().unwrap();
+    assert_eq!(got.len(), LEN);
+    assert_eq!(first_difference(&got, &data), None);
+}
+
+#[test]
+fn read_and_write_work_through_shared_references_and_bufreader() {
+    let q = queue("shared");
+    let connector = Connector::open(&url()).unwrap();
+    let server = echo_one(connector.bind(&q).unwrap());
+    let stream = connector.connect(&q).unwrap();
+    let lines: Vec<String> = (0..200).map(|i| format!("line {i}\n")).collect();
+    let to_send = lines.concat();
+    thread::scope(|s| {
+        s.spawn(|| {
+            let mut w = &stream;
+            w.write_all(to_send.as_bytes()).unwrap();
+            w.flush().unwrap();
+            stream.shutdown(Shutdown::Write).unwrap();
+        });
+        let reader = io::BufReader::new(&stream);
+        let got: Vec<String> = io::BufRead::lines(reader)
+            .map(|l| l.unwrap() + "\n")
+            .collect();
+        assert_eq!(got, lines);
+    });
+    assert_eq!(server.join().unwrap().unwrap(), to_send.len() as u64);
+}
+
+#[test]
+fn addresses_name_both_queues_and_no_password() {
+    let q = queue("addr");
+    let listener = Listener::bind(&url(), &q).unwrap();
+    assert_eq!(listener.local_addr().unwrap().queue(), q);
+    let (client, (server, peer)) = thread::scope(|s| {
+        let accepted = s.spawn(|| listener.accept().unwrap());
+        let client = Stream::connect(&url(), &q).unwrap();
+        (client, accepted.join().unwrap())
+    });
+    assert_eq!(peer, client.local_addr().unwrap());
+    assert_eq!(server.peer_addr().unwrap(), client.local_addr().unwrap());
+    assert_eq!(client.peer_addr().unwrap(), server.local_addr().unwrap());
+    for text in [
+        client.peer_addr().unwrap().to_string(),
+        format!("{client:?}"),
+        format!("{listener:?}"),
+    ] {
+        assert!(!text.contains(":guest@"), "{text}");
+    }
+}
+
+#[test]
+fn stream_listener_and_connector_are_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Stream>();
+    assert_send_sync::<Listener>();
+    assert_send_sync::<Connector>();
+}
+
+#[test]
+fn streams_outlive_the_connector_that_made_them() {
+    let q = queue("outlive");
+    let connector = Connector::open(&url()).unwrap();
+    let server = echo_one(connector.bind(&q).unwrap());
+    let mut stream = connector.connect(&q).unwrap();
+    drop(connector);
+    stream.write_all(b"still here").unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    let mut got = String::new();
+    stream.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "still here");
+    server.join().unwrap().unwrap();
+}
