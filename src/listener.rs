@@ -299,6 +299,7 @@ fn run(
         }
     };
     if setup.send(Ok(consumer.receiver().clone())).is_err() {
+        worker::cancel_consumer(&consumer);
         return;
     }
     debug!("listening on {queue:?}");
@@ -314,14 +315,12 @@ fn run(
     }
     // Stop deliveries (the queue is deleted with its last consumer), then
     // tell the clients whose requests we hold that nobody will answer.
-    let _ = consumer.cancel();
+    let held = worker::cancel_consumer(&consumer);
     let refusal = format!("connection refused: the listener on {queue:?} closed");
-    for message in consumer.receiver().try_iter() {
-        if let ConsumerMessage::Delivery(request) = message {
-            if let Ok(client_queue) = protocol::parse_request(&request.body, &request.properties) {
-                let publish = amiquip::Publish::new(refusal.as_bytes(), client_queue);
-                let _ = channel.basic_publish("", publish);
-            }
+    for request in held {
+        if let Ok(client_queue) = protocol::parse_request(&request.body, &request.properties) {
+            let publish = amiquip::Publish::new(refusal.as_bytes(), client_queue);
+            let _ = channel.basic_publish("", publish);
         }
     }
     drop(consumer);

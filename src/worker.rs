@@ -183,6 +183,17 @@ struct Handshake {
     deliveries: Receiver<ConsumerMessage>,
 }
 
+/// A stream's channel with the receivers amiquip feeds for it.
+///
+/// amiquip fails the whole connection when it has a confirm or return for
+/// a receiver that was dropped while the channel is still open, so the
+/// channel must close before they go: fields drop in declaration order.
+struct StreamChannel {
+    channel: Channel,
+    returns: Receiver<Return>,
+    confirms: Receiver<Confirm>,
+}
+
 fn run(
     connection: Arc<BrokerConnection>,
     role: Role,
@@ -190,22 +201,19 @@ fn run(
     setup: Sender<Result<Handshake, Error>>,
     ends: WorkerEnds,
 ) {
-    let channel = match connection.open_channel("a stream") {
-        Ok(channel) => channel,
-        Err(err) => {
-            let _ = setup.send(Err(err));
-            return;
-        }
-    };
     let local_queue = protocol::new_queue_name();
-    let prepared = prepare(&channel, &local_queue, &options);
-    let (returns, confirms) = match prepared {
-        Ok(pair) => pair,
+    let owned = match connection
+        .open_channel("a stream")
+        .and_then(|channel| prepare(channel, &local_queue, &options))
+    {
+        Ok(owned) => owned,
         Err(err) => {
             let _ = setup.send(Err(err));
             return;
         }
     };
+    let channel = &owned.channel;
+    let returns = owned.returns.clone();
     let consumer = match channel.basic_consume(
         local_queue.clone(),
         ConsumerOptions {
@@ -223,10 +231,11 @@ fn run(
             return;
         }
     };
-    let mut publisher = Publisher::new(&channel, confirms);
+    let mut publisher = Publisher::new(channel, owned.confirms.clone());
     let peer_queue = match handshake(&role, &local_queue, &consumer, &mut publisher, &returns) {
         Ok(peer_queue) => peer_queue,
         Err(err) => {
+            cancel_consumer(&consumer);
             let _ = setup.send(Err(err));
             return;
         }
@@ -238,6 +247,7 @@ fn run(
         deliveries: consumer.receiver().clone(),
     }));
     if handed_over.is_err() {
+        cancel_consumer(&consumer);
         return;
     }
     let mut worker = Worker {
@@ -247,7 +257,7 @@ fn run(
         returns,
         ends,
         peer_queue,
-        local_queue,
+        local_queue: local_queue.clone(),
         probe_channel: None,
         fin_sent: false,
         fin_received: false,
@@ -257,20 +267,41 @@ fn run(
     };
     worker.run_loop();
     worker.finish();
-    let local_queue = std::mem::take(&mut worker.local_queue);
     drop(worker);
-    let _ = consumer.cancel();
+    cancel_consumer(&consumer);
     drop(consumer);
-    let _ = channel.close();
+    drop(owned);
     debug!("stream {local_queue} closed");
+}
+
+/// Cancels a consumer and returns the deliveries it still held.
+///
+/// amiquip answers the cancel before it sends `ClientCancelled` to the
+/// consumer's receiver, and fails the whole connection if that receiver
+/// is gone by then: so wait for that message before the consumer drops.
+pub(crate) fn cancel_consumer(consumer: &amiquip::Consumer<'_>) -> Vec<Delivery> {
+    let mut held = Vec::new();
+    if consumer.cancel().is_err() {
+        return held;
+    }
+    let deadline = after(Duration::from_secs(2));
+    loop {
+        select! {
+            recv(consumer.receiver()) -> message => match message {
+                Ok(ConsumerMessage::Delivery(delivery)) => held.push(delivery),
+                Ok(_) | Err(_) => return held,
+            },
+            recv(deadline) -> _ => return held,
+        }
+    }
 }
 
 /// Sets up the channel: prefetch, returns, confirms, our queue.
 fn prepare(
-    channel: &Channel,
+    channel: Channel,
     local_queue: &str,
     options: &StreamOptions,
-) -> Result<(Receiver<Return>, Receiver<Confirm>), Error> {
+) -> Result<StreamChannel, Error> {
     let what = |action: &str| format!("{action} for stream queue {local_queue:?}");
     channel
         .qos(0, options.get_prefetch(), false)
@@ -281,13 +312,20 @@ fn prepare(
     let confirms = channel
         .listen_for_publisher_confirms()
         .map_err(|e| Error::broker(what("listening for confirms"), e))?;
-    channel
+    let owned = StreamChannel {
+        channel,
+        returns,
+        confirms,
+    };
+    owned
+        .channel
         .enable_publisher_confirms_nowait()
         .map_err(|e| Error::broker(what("enabling confirms"), e))?;
-    channel
+    owned
+        .channel
         .queue_declare_nowait(local_queue, protocol::queue_declare_options())
         .map_err(|e| Error::broker(what("declaring the queue"), e))?;
-    Ok((returns, confirms))
+    Ok(owned)
 }
 
 /// Runs our side of the handshake; on success, the peer's queue.

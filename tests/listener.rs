@@ -1,0 +1,148 @@
+//! The listener survives bad requests, and nothing is left on the broker
+//! once every stream and listener is dropped.
+
+mod common;
+
+use amiquip::{AmqpProperties, Publish};
+use amqp_stream::{Connector, Listener, Stream};
+use common::{capture_logs, logs, queue, raw_connection, url};
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::process::Command;
+
+#[test]
+fn malformed_requests_are_rejected_logged_and_skipped() {
+    capture_logs();
+    let q = queue("robust");
+    let listener = Listener::bind(&url(), &q).unwrap();
+
+    // A raw peer sends three bad requests, then a good client connects.
+    let mut raw = raw_connection();
+    let channel = raw.open_channel(None).unwrap();
+    let confirms = channel.listen_for_publisher_confirms().unwrap();
+    channel.enable_publisher_confirms().unwrap();
+    let with_body = Publish::with_properties(
+        b"not empty",
+        q.clone(),
+        AmqpProperties::default().with_reply_to("somewhere".to_string()),
+    );
+    channel.basic_publish("", with_body).unwrap();
+    channel
+        .basic_publish("", Publish::new(b"", q.clone()))
+        .unwrap();
+    let to_nowhere = Publish::with_properties(
+        b"",
+        q.clone(),
+        AmqpProperties::default().with_reply_to(format!("no-such-queue-{q}")),
+    );
+    channel.basic_publish("", to_nowhere).unwrap();
+    // The broker has queued all three before the good client asks.
+    let mut smoother = amiquip::ConfirmSmoother::new();
+    let mut acked = 0;
+    while acked < 3 {
+        acked += smoother.process(confirms.recv().unwrap()).count();
+    }
+
+    let good = std::thread::spawn({
+        let q = q.clone();
+        move || {
+            let mut s = Stream::connect(&url(), &q).unwrap();
+            s.write_all(b"ping").unwrap();
+            s.shutdown(Shutdown::Write).unwrap();
+            let mut reply = String::new();
+            s.read_to_string(&mut reply).unwrap();
+            reply
+        }
+    });
+    let (mut stream, _) = listener.accept().unwrap();
+    let mut got = String::new();
+    stream.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "ping");
+    stream.write_all(b"pong").unwrap();
+    drop(stream);
+    assert_eq!(good.join().unwrap(), "pong");
+
+    let warnings: Vec<String> = logs()
+        .into_iter()
+        .filter(|l| l.starts_with("WARN") && l.contains(&q))
+        .collect();
+    assert!(
+        warnings.iter().any(|l| l.contains("9 bytes")),
+        "{warnings:#?}"
+    );
+    assert!(
+        warnings.iter().any(|l| l.contains("reply_to")),
+        "{warnings:#?}"
+    );
+    assert!(
+        warnings.iter().any(|l| l.contains("no-such-queue")),
+        "{warnings:#?}"
+    );
+    raw.close().unwrap();
+}
+
+/// `rabbitmqctl list_connections peer_port channels`: our connection's
+/// channel count, found by its local port.
+fn broker_channels_of(port: u16) -> Option<u32> {
+    let out = Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "peer_port", "channels"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|line| {
+            let mut cols = line.split_whitespace();
+            let p: u16 = cols.next()?.parse().ok()?;
+            (p == port).then(|| cols.next()?.parse().ok())?
+        })
+}
+
+#[test]
+fn dropping_everything_leaves_no_queue_and_no_channel() {
+    let connector = Connector::open(&url()).unwrap();
+    let q = queue("cleanup");
+    let listener = connector.bind(&q).unwrap();
+    let mut names = vec![q.clone()];
+    for i in 0..3 {
+        let accepted = std::thread::scope(|s| {
+            let server = s.spawn(|| listener.accept().unwrap().0);
+            let mut client = connector.connect(&q).unwrap();
+            let mut server = server.join().unwrap();
+            client.write_all(format!("stream {i}").as_bytes()).unwrap();
+            if i == 0 {
+                // A full, clean close from both sides.
+                client.shutdown(Shutdown::Write).unwrap();
+                let mut got = String::new();
+                server.read_to_string(&mut got).unwrap();
+                server.shutdown(Shutdown::Write).unwrap();
+                client.read_to_string(&mut got).unwrap();
+            }
+            (client, server)
+        });
+        names.push(accepted.0.local_addr().unwrap().queue().to_string());
+        names.push(accepted.1.local_addr().unwrap().queue().to_string());
+        // i > 0: dropped with unread data and no shutdown.
+    }
+    drop(listener);
+
+    // Every queue is gone: a passive declare from another connection says 404.
+    let mut raw = raw_connection();
+    for name in &names {
+        let channel = raw.open_channel(None).unwrap();
+        match channel.queue_declare_passive(name.clone()) {
+            Err(amiquip::Error::ServerClosedChannel { code: 404, .. }) => {}
+            other => panic!(
+                "queue {name} still exists: {:?}",
+                other.map(|q| q.name().to_string())
+            ),
+        }
+    }
+    raw.close().unwrap();
+
+    // And the shared connection holds no channel any more.
+    if let Some(channels) = broker_channels_of(connector.local_socket_addr().port()) {
+        assert_eq!(channels, 0, "channels left open on the broker connection");
+    } else {
+        eprintln!("rabbitmqctl not available: channel count not checked");
+    }
+}
