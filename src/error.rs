@@ -89,7 +89,7 @@ pub enum Error {
         context: String,
         /// amiquip's account of it.
         #[source]
-        source: amiquip::Error,
+        source: Box<amiquip::Error>,
     },
 }
 
@@ -119,7 +119,7 @@ impl Error {
     pub(crate) fn broker(context: impl Into<String>, source: amiquip::Error) -> Error {
         Error::Broker {
             context: context.into(),
-            source,
+            source: Box::new(source),
         }
     }
 }

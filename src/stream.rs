@@ -410,7 +410,7 @@ impl Inner {
     fn send_ack(&self, state: &mut ReadState) {
         if let Some(delivery) = state.unacked.take() {
             state.unacked_count = 0;
-            let _ = self.control.send(Control::Ack(delivery));
+            let _ = self.control.send(Control::Ack(Box::new(delivery)));
         }
     }
 
@@ -445,7 +445,7 @@ impl Inner {
     /// Hands an item to the worker, within the write timeout.
     fn send_outbound(&self, item: Outbound) -> io::Result<()> {
         let timeout = *lock(&self.write_timeout);
-        let sent = match timeout {
+        match timeout {
             Some(timeout) => self.outbound.send_timeout(item, timeout).map_err(|e| {
                 if e.is_timeout() {
                     io::Error::new(io::ErrorKind::WouldBlock, "write timed out")
@@ -454,14 +454,13 @@ impl Inner {
                 }
             }),
             None => self.outbound.send(item).map_err(|_| self.worker_gone()),
-        };
-        sent
+        }
     }
 
     /// Waits for the worker's answer to a FIN or flush.
     fn wait_reply(&self, reply: Receiver<io::Result<()>>) -> io::Result<()> {
         let timeout = *lock(&self.write_timeout);
-        let answer = match timeout {
+        match timeout {
             Some(timeout) => reply.recv_timeout(timeout).map_err(|e| {
                 if e.is_timeout() {
                     io::Error::new(io::ErrorKind::WouldBlock, "write timed out")
@@ -470,8 +469,7 @@ impl Inner {
                 }
             })?,
             None => reply.recv().map_err(|_| self.worker_gone())?,
-        };
-        answer
+        }
     }
 
     fn worker_gone(&self) -> io::Error {

@@ -36,7 +36,7 @@ pub(crate) enum Outbound {
 /// What the reading side tells the worker, out of stream order.
 pub(crate) enum Control {
     /// Acknowledge this delivery and every one before it.
-    Ack(Delivery),
+    Ack(Box<Delivery>),
     /// The reader has taken the peer's FIN.
     FinReceived,
     /// The reader has taken the peer-gone marker.
@@ -649,7 +649,7 @@ impl Worker<'_> {
     fn control(&mut self, control: Control) -> Next {
         match control {
             Control::Ack(delivery) => {
-                if let Err(err) = delivery.ack_multiple(self.publisher.channel) {
+                if let Err(err) = (*delivery).ack_multiple(self.publisher.channel) {
                     return self.broker_lost(&format!("acknowledging data: {err}"));
                 }
             }
