@@ -98,6 +98,11 @@
 //! at `warn`, connection events at `info` and `debug`) and never installs
 //! a logger. Broker URLs are logged, printed and put in errors without
 //! their password.
+//!
+//! One caveat from below: amiquip logs the AMQP login, password included,
+//! at `debug` under the target `amiquip::io_loop::handshake_state`. Keep
+//! that target at `info` or above (the examples do, with
+//! `filter_module("amiquip::io_loop::handshake_state", LevelFilter::Info)`).
 
 #![deny(missing_docs)]
 
