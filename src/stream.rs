@@ -62,6 +62,7 @@ struct Inner {
     shared: Arc<Shared>,
     reader: Mutex<ReadState>,
     write_shut: AtomicBool,
+    read_shut: AtomicBool,
     read_timeout: Mutex<Option<Duration>>,
     write_timeout: Mutex<Option<Duration>>,
 }
@@ -72,7 +73,6 @@ struct ReadState {
     current: Vec<u8>,
     position: usize,
     eof: bool,
-    read_shut: bool,
     error: Option<(io::ErrorKind, String)>,
     unacked: Option<Delivery>,
     unacked_count: u16,
@@ -151,6 +151,7 @@ impl Stream {
                 shared: established.shared,
                 reader: Mutex::new(ReadState::default()),
                 write_shut: AtomicBool::new(false),
+                read_shut: AtomicBool::new(false),
                 read_timeout: Mutex::new(None),
                 write_timeout: Mutex::new(None),
             }),
@@ -198,7 +199,9 @@ impl Stream {
     /// ```
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         if matches!(how, Shutdown::Read | Shutdown::Both) {
-            self.inner.lock_reader().read_shut = true;
+            // Not under the reader's lock: a read blocked in another thread
+            // holds it. That read still waits for data or its timeout.
+            self.inner.read_shut.store(true, Ordering::SeqCst);
         }
         if matches!(how, Shutdown::Write | Shutdown::Both)
             && !self.inner.write_shut.swap(true, Ordering::SeqCst)
@@ -293,7 +296,7 @@ impl Inner {
         let mut state = self.lock_reader();
         let deadline = lock(&self.read_timeout).map(|t| Instant::now() + t);
         loop {
-            if state.read_shut {
+            if self.read_shut.load(Ordering::SeqCst) {
                 return Ok(0);
             }
             if state.position < state.current.len() {

@@ -178,3 +178,22 @@ fn streams_outlive_the_connector_that_made_them() {
     assert_eq!(got, "still here");
     server.join().unwrap().unwrap();
 }
+
+#[test]
+fn shutdown_read_makes_reads_return_eof() {
+    let q = queue("shutread");
+    let listener = Listener::bind(&url(), &q).unwrap();
+    let server = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream.write_all(b"unread data").unwrap();
+        stream.flush().unwrap();
+        stream
+    });
+    let mut client = Stream::connect(&url(), &q).unwrap();
+    let _server = server.join().unwrap();
+    client.shutdown(Shutdown::Read).unwrap();
+    assert_eq!(client.read(&mut [0; 32]).unwrap(), 0);
+    // The write half is untouched.
+    client.write_all(b"still writable").unwrap();
+    client.flush().unwrap();
+}
