@@ -43,6 +43,20 @@ fn next(rx: &crossbeam_channel::Receiver<ConsumerMessage>) -> Delivery {
     }
 }
 
+/// Reads data messages (acking each) until the FIN; returns the bytes.
+fn read_until_fin(consumer: &amiquip::Consumer<'_>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    loop {
+        let d = next(consumer.receiver());
+        let fin = d.body.is_empty();
+        bytes.extend_from_slice(&d.body);
+        consumer.ack(d).unwrap();
+        if fin {
+            return bytes;
+        }
+    }
+}
+
 #[test]
 fn raw_v1_client_talks_to_our_listener() {
     let q = queue("wire-listener");
@@ -82,16 +96,7 @@ fn raw_v1_client_talks_to_our_listener() {
     publish(&channel, &s_name, b"version one", None);
     publish(&channel, &s_name, b"", None); // FIN
 
-    let mut reply = Vec::new();
-    loop {
-        let d = next(consumer.receiver());
-        let fin = d.body.is_empty();
-        reply.extend_from_slice(&d.body);
-        consumer.ack(d).unwrap();
-        if fin {
-            break;
-        }
-    }
+    let reply = read_until_fin(&consumer);
     assert_eq!(reply, b"you said: hello version one");
     assert_eq!(server.join().unwrap(), b"hello version one");
     // Closing the connection ends the raw consumers too.
@@ -139,16 +144,7 @@ fn our_stream_talks_to_a_raw_v1_server() {
         .unwrap();
     publish(&channel, &c_name, b"", Some(&s_name));
 
-    let mut got = Vec::new();
-    loop {
-        let d = next(data.receiver());
-        let fin = d.body.is_empty();
-        got.extend_from_slice(&d.body);
-        data.ack(d).unwrap();
-        if fin {
-            break;
-        }
-    }
+    let got = read_until_fin(&data);
     assert_eq!(got, b"ping over v1");
     publish(&channel, &c_name, b"pong ", None);
     publish(&channel, &c_name, b"from raw", None);
