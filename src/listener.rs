@@ -10,7 +10,7 @@ use crate::protocol;
 use crate::stream::Stream;
 use crate::worker::{self, Role};
 use amiquip::{Channel, ConsumerMessage, ConsumerOptions, Delivery};
-use crossbeam_channel::{Receiver, Sender, bounded, select, unbounded};
+use crossbeam_channel::{Receiver, Sender, bounded, never, select};
 use log::{debug, warn};
 use std::fmt;
 use std::io;
@@ -35,7 +35,8 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// at `warn`, rejected and skipped; they never end the listener.
 ///
 /// Dropping the listener deletes its queue; clients whose requests it
-/// held but had not accepted are told the connection is refused.
+/// held but had not answered are told the connection is refused, and
+/// streams connected but not yet accepted are closed.
 ///
 /// ```no_run
 /// use amqp_stream::Listener;
@@ -54,22 +55,10 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub struct Listener {
-    connection: Arc<BrokerConnection>,
     local: Addr,
-    options: StreamOptions,
-    requests: Receiver<ConsumerMessage>,
-    commands: Sender<Command>,
+    accepted: Receiver<io::Result<(Stream, Addr)>>,
+    stop: Sender<()>,
     alive: Receiver<()>,
-}
-
-/// What `accept` asks of the listener's thread.
-enum Command {
-    /// The request was handled (accepted or refused): acknowledge it.
-    Ack(Delivery),
-    /// The request is malformed: reject it, without requeue.
-    Reject(Delivery),
-    /// The listener is dropped.
-    Close,
 }
 
 impl Listener {
@@ -113,35 +102,44 @@ impl Listener {
             .into());
         }
         let (setup_tx, setup_rx) = bounded(1);
-        let (commands_tx, commands_rx) = unbounded();
+        let (accepted_tx, accepted_rx) = bounded(usize::from(BACKLOG));
+        let (stop_tx, stop_rx) = bounded(1);
         let (alive_tx, alive_rx) = bounded::<()>(0);
-        let thread_connection = Arc::clone(&connection);
-        let thread_queue = queue.to_string();
+        let local = Addr::new(connection.url().clone(), queue);
+        let backlog = Backlog {
+            connection,
+            options,
+            queue: queue.to_string(),
+            accepted: accepted_tx,
+            stop: stop_rx,
+        };
         std::thread::Builder::new()
             .name("amqp-stream-listener".to_string())
             .spawn(move || {
                 let _alive = alive_tx;
-                run(thread_connection, thread_queue, setup_tx, commands_rx)
+                run(backlog, setup_tx)
             })?;
-        let requests = setup_rx.recv().unwrap_or_else(|_| {
+        setup_rx.recv().unwrap_or_else(|_| {
             Err(Error::broker(
                 format!("listening on {queue:?}"),
                 amiquip::Error::EventLoopDropped,
             ))
         })?;
         Ok(Listener {
-            local: Addr::new(connection.url().clone(), queue),
-            connection,
-            options,
-            requests,
-            commands: commands_tx,
+            local,
+            accepted: accepted_rx,
+            stop: stop_tx,
             alive: alive_rx,
         })
     }
 
-    /// Waits for the next connection request and completes its handshake;
-    /// returns the stream and the address of the client's end.
+    /// Returns the next connected stream and the address of the client's
+    /// end, waiting for one if none is ready.
     ///
+    /// As with TCP, where the kernel completes handshakes before the
+    /// server calls `accept`, the listener's thread answers connection
+    /// requests by itself, up to a backlog of 128 streams waiting to be
+    /// accepted; so `Stream::connect` does not wait for `accept`.
     /// Malformed requests and clients that vanished before the answer are
     /// logged at `warn` and skipped. Fails with `ConnectionAborted` when
     /// the broker connection is lost.
@@ -153,65 +151,23 @@ impl Listener {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn accept(&self) -> io::Result<(Stream, Addr)> {
-        loop {
-            let message = select! {
-                recv(self.requests) -> message => message.ok(),
-                recv(self.alive) -> _ => self.requests.try_recv().ok(),
-            };
-            let mut request = match message {
-                Some(ConsumerMessage::Delivery(delivery)) => delivery,
-                Some(ConsumerMessage::ServerClosedChannel(err))
-                | Some(ConsumerMessage::ServerClosedConnection(err)) => {
-                    return Err(Error::broker(
-                        format!("listening on {:?}", self.local.queue()),
-                        err,
-                    )
-                    .into());
-                }
-                Some(_) | None => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        format!("the listener on {:?} stopped", self.local.queue()),
-                    ));
-                }
-            };
-            let client_queue = match protocol::parse_request(&request.body, &request.properties) {
-                Ok(client_queue) => client_queue.to_string(),
-                Err(reason) => {
-                    warn!(
-                        "listener {:?}: rejected a malformed connection request: {reason}",
-                        self.local.queue()
-                    );
-                    request.body = Vec::new();
-                    let _ = self.commands.send(Command::Reject(request));
-                    continue;
-                }
-            };
-            let role = Role::Server {
-                client_queue: client_queue.clone(),
-            };
-            let started = worker::start(Arc::clone(&self.connection), role, self.options.clone());
-            let _ = self.commands.send(Command::Ack(request));
-            match started {
-                Ok(established) => {
-                    let peer = Addr::new(self.connection.url().clone(), client_queue);
-                    debug!("listener {:?}: accepted {peer}", self.local.queue());
-                    let stream = Stream::from_established(
-                        Arc::clone(&self.connection),
-                        established,
-                        self.options.clone(),
-                    );
-                    return Ok((stream, peer));
-                }
-                Err(Error::Broker { context, source }) => {
-                    return Err(Error::Broker { context, source }.into());
-                }
-                Err(err) => warn!(
-                    "listener {:?}: could not answer the request from {client_queue:?}: {err}",
-                    self.local.queue()
-                ),
-            }
+        select! {
+            recv(self.accepted) -> accepted => match accepted {
+                Ok(accepted) => accepted,
+                Err(_) => Err(self.stopped()),
+            },
+            recv(self.alive) -> _ => match self.accepted.try_recv() {
+                Ok(accepted) => accepted,
+                Err(_) => Err(self.stopped()),
+            },
         }
+    }
+
+    fn stopped(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            format!("the listener on {:?} stopped", self.local.queue()),
+        )
     }
 
     /// An endless iterator over accepted streams, like
@@ -243,7 +199,7 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        if self.commands.send(Command::Close).is_ok() {
+        if self.stop.send(()).is_ok() {
             let _ = self.alive.recv_timeout(CLOSE_WAIT);
         }
     }
@@ -277,14 +233,24 @@ impl Iterator for Incoming<'_> {
     }
 }
 
-/// The listener's thread: owns the control queue's channel and consumer.
-fn run(
+/// What the listener's thread works with.
+struct Backlog {
     connection: Arc<BrokerConnection>,
+    options: StreamOptions,
     queue: String,
-    setup: Sender<Result<Receiver<ConsumerMessage>, Error>>,
-    commands: Receiver<Command>,
-) {
-    let channel = match connection.open_channel(&format!("listening on {queue:?}")) {
+    /// Streams connected but not yet accepted (bounded: the backlog).
+    accepted: Sender<io::Result<(Stream, Addr)>>,
+    stop: Receiver<()>,
+}
+
+/// The listener's thread: owns the control queue's channel and consumer
+/// and answers connection requests while there is room in the backlog.
+fn run(backlog: Backlog, setup: Sender<Result<(), Error>>) {
+    let queue = backlog.queue.clone();
+    let channel = match backlog
+        .connection
+        .open_channel(&format!("listening on {queue:?}"))
+    {
         Ok(channel) => channel,
         Err(err) => {
             let _ = setup.send(Err(err));
@@ -298,19 +264,36 @@ fn run(
             return;
         }
     };
-    if setup.send(Ok(consumer.receiver().clone())).is_err() {
+    if setup.send(Ok(())).is_err() {
         worker::cancel_consumer(&consumer);
         return;
     }
     debug!("listening on {queue:?}");
-    for command in commands.iter() {
-        let result = match command {
-            Command::Ack(request) => consumer.ack(request),
-            Command::Reject(request) => consumer.reject(request, false),
-            Command::Close => break,
+    let no_room = never();
+    loop {
+        // Take a request only when its stream has a place to wait in.
+        let requests = if backlog.accepted.is_full() {
+            &no_room
+        } else {
+            consumer.receiver()
         };
-        if let Err(err) = result {
-            debug!("listener {queue:?}: {err}");
+        let message = select! {
+            recv(backlog.stop) -> _ => break,
+            recv(requests) -> message => message,
+        };
+        match message {
+            Ok(ConsumerMessage::Delivery(request)) => {
+                if let Next::Stop = backlog.answer(&consumer, request) {
+                    break;
+                }
+            }
+            Ok(ConsumerMessage::ServerClosedChannel(err))
+            | Ok(ConsumerMessage::ServerClosedConnection(err)) => {
+                let err = Error::broker(format!("listening on {queue:?}"), err);
+                let _ = backlog.accepted.send(Err(err.into()));
+                break;
+            }
+            Ok(_) | Err(_) => break,
         }
     }
     // Stop deliveries (the queue is deleted with its last consumer), then
@@ -326,6 +309,62 @@ fn run(
     drop(consumer);
     let _ = channel.close();
     debug!("stopped listening on {queue:?}");
+}
+
+/// Whether the listener's thread goes on.
+enum Next {
+    Continue,
+    Stop,
+}
+
+impl Backlog {
+    /// Checks one request and, if it is good, completes its handshake and
+    /// queues the stream for `accept`.
+    fn answer(&self, consumer: &amiquip::Consumer<'_>, request: Delivery) -> Next {
+        let queue = &self.queue;
+        let client_queue = match protocol::parse_request(&request.body, &request.properties) {
+            Ok(client_queue) => client_queue.to_string(),
+            Err(reason) => {
+                warn!("listener {queue:?}: rejected a malformed connection request: {reason}");
+                if let Err(err) = consumer.reject(request, false) {
+                    debug!("listener {queue:?}: {err}");
+                }
+                return Next::Continue;
+            }
+        };
+        let role = Role::Server {
+            client_queue: client_queue.clone(),
+        };
+        let started = worker::start(Arc::clone(&self.connection), role, self.options.clone());
+        if let Err(err) = consumer.ack(request) {
+            debug!("listener {queue:?}: {err}");
+        }
+        match started {
+            Ok(established) => {
+                let peer = Addr::new(self.connection.url().clone(), client_queue);
+                debug!("listener {queue:?}: connected {peer}");
+                let stream = Stream::from_established(
+                    Arc::clone(&self.connection),
+                    established,
+                    self.options.clone(),
+                );
+                match self.accepted.send(Ok((stream, peer))) {
+                    Ok(()) => Next::Continue,
+                    Err(_) => Next::Stop,
+                }
+            }
+            Err(err @ Error::Broker { .. }) => {
+                let _ = self.accepted.send(Err(err.into()));
+                Next::Stop
+            }
+            Err(err) => {
+                warn!(
+                    "listener {queue:?}: could not answer the request from {client_queue:?}: {err}"
+                );
+                Next::Continue
+            }
+        }
+    }
 }
 
 fn declare_and_consume<'a>(

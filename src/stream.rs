@@ -82,10 +82,9 @@ impl Stream {
     /// Connects to the listener on `queue`, over a new broker connection
     /// that this stream owns (and closes when it is dropped).
     ///
-    /// Unlike TCP, where the kernel completes the handshake before the
-    /// server calls `accept`, this returns once the listener has accepted
-    /// the request: call [`Listener::accept`](crate::Listener::accept) on
-    /// another thread.
+    /// As with TCP, the listener completes the handshake before its owner
+    /// calls [`Listener::accept`](crate::Listener::accept) (up to its
+    /// backlog), so connecting and then accepting on one thread works.
     ///
     /// Fails with `ConnectionRefused` at once when nothing listens on
     /// `queue`, `PermissionDenied` for bad credentials, `InvalidInput` for

@@ -157,6 +157,30 @@ fn addresses_name_both_queues_and_no_password() {
 }
 
 #[test]
+fn connect_then_accept_on_one_thread_like_tcp() {
+    let q = queue("backlog");
+    let listener = Listener::bind(&url(), &q).unwrap();
+    // Three clients connect before anyone calls accept: the backlog holds them.
+    let mut clients: Vec<Stream> = (0..3)
+        .map(|_| Stream::connect(&url(), &q).unwrap())
+        .collect();
+    for (i, client) in clients.iter_mut().enumerate() {
+        client.write_all(format!("client {i}").as_bytes()).unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+    }
+    let mut greetings = Vec::new();
+    for _ in 0..3 {
+        let (mut server, peer) = listener.accept().unwrap();
+        let mut got = String::new();
+        server.read_to_string(&mut got).unwrap();
+        assert!(clients.iter().any(|c| c.local_addr().unwrap() == peer));
+        greetings.push(got);
+    }
+    greetings.sort();
+    assert_eq!(greetings, ["client 0", "client 1", "client 2"]);
+}
+
+#[test]
 fn stream_listener_and_connector_are_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Stream>();
