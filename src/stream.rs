@@ -63,6 +63,8 @@ struct Inner {
     reader: Mutex<ReadState>,
     write_shut: AtomicBool,
     read_shut: AtomicBool,
+    /// Wakes a read blocked in another thread when the read half shuts.
+    read_wake: (Sender<()>, Receiver<()>),
     read_timeout: Mutex<Option<Duration>>,
     write_timeout: Mutex<Option<Duration>>,
 }
@@ -151,6 +153,7 @@ impl Stream {
                 reader: Mutex::new(ReadState::default()),
                 write_shut: AtomicBool::new(false),
                 read_shut: AtomicBool::new(false),
+                read_wake: bounded(1),
                 read_timeout: Mutex::new(None),
                 write_timeout: Mutex::new(None),
             }),
@@ -185,7 +188,8 @@ impl Stream {
     ///
     /// `Shutdown::Write` sends the FIN: the peer reads everything written
     /// before it and then `Ok(0)`; later writes here fail with
-    /// `BrokenPipe`. `Shutdown::Read` makes later reads return `Ok(0)`.
+    /// `BrokenPipe`. `Shutdown::Read` makes reads return `Ok(0)`,
+    /// including one blocked in another thread at the time.
     /// Shutting down a half twice is not an error.
     ///
     /// ```no_run
@@ -198,9 +202,10 @@ impl Stream {
     /// ```
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         if matches!(how, Shutdown::Read | Shutdown::Both) {
-            // Not under the reader's lock: a read blocked in another thread
-            // holds it. That read still waits for data or its timeout.
+            // Not under the reader's lock (a blocked read holds it): set
+            // the flag, then wake that read so it returns `Ok(0)`.
             self.inner.read_shut.store(true, Ordering::SeqCst);
+            let _ = self.inner.read_wake.0.try_send(());
         }
         if matches!(how, Shutdown::Write | Shutdown::Both)
             && !self.inner.write_shut.swap(true, Ordering::SeqCst)
@@ -319,6 +324,9 @@ impl Inner {
                 return Err(io::Error::new(*kind, text.clone()));
             }
             let message = self.next_message(&mut state, deadline)?;
+            if message.is_none() && self.read_shut.load(Ordering::SeqCst) {
+                return Ok(0);
+            }
             self.take_message(&mut state, message);
         }
     }
@@ -329,7 +337,8 @@ impl Inner {
         (self.options.get_prefetch() / 2).max(1)
     }
 
-    /// The next message for the reader: `None` when the worker has ended.
+    /// The next message for the reader: `None` when the worker has ended
+    /// or the read half was shut down meanwhile.
     fn next_message(
         &self,
         state: &mut ReadState,
@@ -344,6 +353,7 @@ impl Inner {
         select! {
             recv(self.deliveries) -> message => Ok(message.ok()),
             recv(self.alive) -> _ => Ok(self.deliveries.try_recv().ok()),
+            recv(self.read_wake.1) -> _ => Ok(None),
             recv(timer) -> _ => Err(io::Error::new(
                 io::ErrorKind::WouldBlock,
                 "read timed out",

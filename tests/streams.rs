@@ -221,3 +221,33 @@ fn shutdown_read_makes_reads_return_eof() {
     client.write_all(b"still writable").unwrap();
     client.flush().unwrap();
 }
+
+#[test]
+fn shutdown_read_wakes_a_read_blocked_in_another_thread() {
+    let q = queue("wake");
+    let listener = Listener::bind(&url(), &q).unwrap();
+    let client = Stream::connect(&url(), &q).unwrap();
+    let (_server, _) = listener.accept().unwrap(); // sends nothing
+    // Without the wake-up the blocked read would end only by this timeout.
+    client
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let blocked = client.try_clone().unwrap();
+    let ready = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let reader = thread::spawn({
+        let ready = ready.clone();
+        move || {
+            ready.wait();
+            let started = std::time::Instant::now();
+            ((&blocked).read(&mut [0; 8]), started.elapsed())
+        }
+    });
+    ready.wait();
+    client.shutdown(Shutdown::Read).unwrap();
+    let (result, took) = reader.join().unwrap();
+    assert_eq!(result.unwrap(), 0);
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "read woke after {took:?}"
+    );
+}
