@@ -14,6 +14,7 @@ use crossbeam_channel::{Receiver, Sender, bounded, never, select};
 use log::{debug, warn};
 use std::fmt;
 use std::io;
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -151,23 +152,14 @@ impl Listener {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn accept(&self) -> io::Result<(Stream, Addr)> {
-        select! {
-            recv(self.accepted) -> accepted => match accepted {
-                Ok(accepted) => accepted,
-                Err(_) => Err(self.stopped()),
-            },
-            recv(self.alive) -> _ => match self.accepted.try_recv() {
-                Ok(accepted) => accepted,
-                Err(_) => Err(self.stopped()),
-            },
-        }
-    }
-
-    fn stopped(&self) -> io::Error {
-        io::Error::new(
-            io::ErrorKind::ConnectionAborted,
-            format!("the listener on {:?} stopped", self.local.queue()),
-        )
+        // The sender lives in the listener's thread: it disconnects, after
+        // everything queued has been taken, when that thread ends.
+        self.accepted.recv().unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                format!("the listener on {:?} stopped", self.local.queue()),
+            ))
+        })
     }
 
     /// An endless iterator over accepted streams, like
@@ -283,7 +275,7 @@ fn run(backlog: Backlog, setup: Sender<Result<(), Error>>) {
         };
         match message {
             Ok(ConsumerMessage::Delivery(request)) => {
-                if let Next::Stop = backlog.answer(&consumer, request) {
+                if backlog.answer(&consumer, request).is_break() {
                     break;
                 }
             }
@@ -311,16 +303,10 @@ fn run(backlog: Backlog, setup: Sender<Result<(), Error>>) {
     debug!("stopped listening on {queue:?}");
 }
 
-/// Whether the listener's thread goes on.
-enum Next {
-    Continue,
-    Stop,
-}
-
 impl Backlog {
     /// Checks one request and, if it is good, completes its handshake and
     /// queues the stream for `accept`.
-    fn answer(&self, consumer: &amiquip::Consumer<'_>, request: Delivery) -> Next {
+    fn answer(&self, consumer: &amiquip::Consumer<'_>, request: Delivery) -> ControlFlow<()> {
         let queue = &self.queue;
         let client_queue = match protocol::parse_request(&request.body, &request.properties) {
             Ok(client_queue) => client_queue.to_string(),
@@ -329,7 +315,7 @@ impl Backlog {
                 if let Err(err) = consumer.reject(request, false) {
                     debug!("listener {queue:?}: {err}");
                 }
-                return Next::Continue;
+                return ControlFlow::Continue(());
             }
         };
         let role = Role::Server {
@@ -349,19 +335,19 @@ impl Backlog {
                     self.options.clone(),
                 );
                 match self.accepted.send(Ok((stream, peer))) {
-                    Ok(()) => Next::Continue,
-                    Err(_) => Next::Stop,
+                    Ok(()) => ControlFlow::Continue(()),
+                    Err(_) => ControlFlow::Break(()),
                 }
             }
             Err(err @ Error::Broker { .. }) => {
                 let _ = self.accepted.send(Err(err.into()));
-                Next::Stop
+                ControlFlow::Break(())
             }
             Err(err) => {
                 warn!(
                     "listener {queue:?}: could not answer the request from {client_queue:?}: {err}"
                 );
-                Next::Continue
+                ControlFlow::Continue(())
             }
         }
     }

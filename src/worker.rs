@@ -18,6 +18,7 @@ use crossbeam_channel::{Receiver, Sender, after, bounded, never, select, tick, u
 use log::{debug, warn};
 use std::collections::VecDeque;
 use std::io;
+use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -514,18 +515,12 @@ struct Worker<'a> {
     pending: Option<Outbound>,
 }
 
-/// Whether the worker loop goes on.
-enum Next {
-    Continue,
-    Stop,
-}
-
 impl Worker<'_> {
     fn run_loop(&mut self) {
         let ticker = tick(self.options.get_keepalive_interval());
         loop {
             if let Some(item) = self.pending.take() {
-                if let Next::Stop = self.outbound(item) {
+                if self.outbound(item).is_break() {
                     return;
                 }
                 continue;
@@ -540,23 +535,26 @@ impl Worker<'_> {
                 },
                 recv(self.ends.control) -> control => match control {
                     Ok(control) => self.control(control),
-                    Err(_) => Next::Stop,
+                    Err(_) => ControlFlow::Break(()),
                 },
                 recv(self.returns) -> returned => match returned {
-                    Ok(returned) => self.returned(returned),
+                    Ok(returned) => {
+                        self.returned(returned);
+                        ControlFlow::Continue(())
+                    }
                     Err(_) => self.broker_lost("the channel closed"),
                 },
                 recv(self.publisher.confirms) -> confirm => match confirm {
                     Ok(confirm) => {
                         self.publisher.absorb(confirm);
                         self.answer_flushes();
-                        Next::Continue
+                        ControlFlow::Continue(())
                     }
                     Err(_) => self.broker_lost("the channel closed"),
                 },
                 recv(ticker) -> _ => self.keepalive(),
             };
-            if let Next::Stop = next {
+            if next.is_break() {
                 return;
             }
         }
@@ -568,38 +566,38 @@ impl Worker<'_> {
         (self.fin_sent && self.fin_received) || (self.peer_gone && self.reader_done)
     }
 
-    fn outbound(&mut self, item: Outbound) -> Next {
+    fn outbound(&mut self, item: Outbound) -> ControlFlow<()> {
         match item {
             Outbound::Data(data) => {
                 let data = self.coalesce(data);
                 if self.ends.shared.failure().is_some() {
-                    return Next::Continue;
+                    return ControlFlow::Continue(());
                 }
                 let peer = self.peer_queue.clone();
                 match self
                     .publisher
                     .publish(&peer, &data, protocol::data_properties())
                 {
-                    Ok(()) => Next::Continue,
+                    Ok(()) => ControlFlow::Continue(()),
                     Err(err) => self.broker_lost(&format!("publishing to {peer:?}: {err}")),
                 }
             }
             Outbound::Fin(reply) => {
                 let result = self.send_fin();
                 let _ = reply.send(result);
-                Next::Continue
+                ControlFlow::Continue(())
             }
             Outbound::Flush(reply) => {
                 let seq = self.publisher.published;
                 self.publisher.flushes.push_back((seq, reply));
                 self.answer_flushes();
-                Next::Continue
+                ControlFlow::Continue(())
             }
             Outbound::Close => {
                 if !self.fin_sent && self.ends.shared.failure().is_none() {
                     let _ = self.send_fin();
                 }
-                Next::Stop
+                ControlFlow::Break(())
             }
         }
     }
@@ -640,13 +638,15 @@ impl Worker<'_> {
             }
             Err(err) => {
                 let text = format!("sending FIN to {peer:?}: {err}");
-                self.broker_lost(&text);
+                // The failure is recorded; the loop ends when the channel's
+                // receivers disconnect.
+                let _ = self.broker_lost(&text);
                 Err(io::Error::new(io::ErrorKind::ConnectionAborted, text))
             }
         }
     }
 
-    fn control(&mut self, control: Control) -> Next {
+    fn control(&mut self, control: Control) -> ControlFlow<()> {
         match control {
             Control::Ack(delivery) => {
                 if let Err(err) = (*delivery).ack_multiple(self.publisher.channel) {
@@ -659,10 +659,10 @@ impl Worker<'_> {
             }
             Control::PeerGoneSeen => self.reader_done = true,
         }
-        Next::Continue
+        ControlFlow::Continue(())
     }
 
-    fn returned(&mut self, returned: Return) -> Next {
+    fn returned(&mut self, returned: Return) {
         debug!(
             "message to {:?} returned: {} {}",
             returned.routing_key, returned.reply_code, returned.reply_text
@@ -671,7 +671,6 @@ impl Worker<'_> {
             "the peer's queue {:?} is gone ({})",
             returned.routing_key, returned.reply_text
         ));
-        Next::Continue
     }
 
     /// Marks the peer as gone. Data it sent before going stays readable:
@@ -683,7 +682,7 @@ impl Worker<'_> {
         }
         self.peer_gone = true;
         self.ends.shared.fail(Failure::PeerGone(why.to_string()));
-        self.fail_flushes();
+        self.answer_flushes();
         if self.fin_received {
             self.reader_done = true;
             return;
@@ -693,23 +692,23 @@ impl Worker<'_> {
             .publisher
             .publish(&own, &[], protocol::peer_gone_properties())
         {
-            self.broker_lost(&format!("marking the end of {own:?}: {err}"));
+            let _ = self.broker_lost(&format!("marking the end of {own:?}: {err}"));
         }
     }
 
-    fn broker_lost(&mut self, why: &str) -> Next {
+    fn broker_lost(&mut self, why: &str) -> ControlFlow<()> {
         warn!("stream {}: lost the broker: {why}", self.local_queue);
         self.ends.shared.fail(Failure::BrokerLost(format!(
             "lost the broker connection: {why}"
         )));
-        self.fail_flushes();
-        Next::Stop
+        self.answer_flushes();
+        ControlFlow::Break(())
     }
 
     /// Checks that the peer's queue still exists.
-    fn keepalive(&mut self) -> Next {
+    fn keepalive(&mut self) -> ControlFlow<()> {
         if self.peer_gone || self.fin_received {
-            return Next::Continue;
+            return ControlFlow::Continue(());
         }
         let channel = match self.probe_channel.take() {
             Some(channel) => channel,
@@ -729,7 +728,7 @@ impl Worker<'_> {
             }
             Err(err) => return self.broker_lost(&format!("checking the peer: {err}")),
         }
-        Next::Continue
+        ControlFlow::Continue(())
     }
 
     fn answer_flushes(&mut self) {
@@ -753,10 +752,6 @@ impl Worker<'_> {
         }
     }
 
-    fn fail_flushes(&mut self) {
-        self.answer_flushes();
-    }
-
     /// Before the channel closes: wait (up to the linger time) until the
     /// broker has confirmed everything published.
     fn finish(&mut self) {
@@ -768,7 +763,7 @@ impl Worker<'_> {
                     Err(_) => break,
                 },
                 recv(self.returns) -> returned => match returned {
-                    Ok(returned) => { self.returned(returned); }
+                    Ok(returned) => self.returned(returned),
                     Err(_) => break,
                 },
                 recv(deadline) -> _ => {
