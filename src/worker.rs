@@ -773,8 +773,12 @@ impl Worker<'_> {
             }
         }
         self.answer_flushes();
+        // Whatever is still waiting was not confirmed in time.
         for (_, reply) in self.publisher.flushes.drain(..) {
-            let _ = reply.send(Ok(()));
+            let _ = reply.send(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the stream closed before the broker confirmed the data",
+            )));
         }
         if let Some(channel) = self.probe_channel.take() {
             let _ = channel.close();
