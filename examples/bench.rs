@@ -139,22 +139,31 @@ fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
     (at(0.5), at(0.99))
 }
 
-fn stream_ping() -> (f64, f64) {
-    let (mut client, mut server) = stream_pair("ping");
-    let echo = thread::spawn(move || {
-        let mut b = [0u8; 1];
-        while server.read(&mut b).unwrap() == 1 {
-            server.write_all(&b).unwrap();
-        }
-    });
+/// Sends each byte it reads straight back, until EOF.
+fn echo_bytes(mut s: impl Read + Write) {
+    let mut b = [0u8; 1];
+    while s.read(&mut b).unwrap() == 1 {
+        s.write_all(&b).unwrap();
+    }
+}
+
+/// Times `PINGS` 1-byte round trips through an echoing peer.
+fn round_trips(s: &mut (impl Read + Write)) -> Vec<Duration> {
     let mut samples = Vec::with_capacity(PINGS);
     let mut b = [1u8; 1];
     for _ in 0..PINGS {
         let t = Instant::now();
-        client.write_all(&b).unwrap();
-        client.read_exact(&mut b).unwrap();
+        s.write_all(&b).unwrap();
+        s.read_exact(&mut b).unwrap();
         samples.push(t.elapsed());
     }
+    samples
+}
+
+fn stream_ping() -> (f64, f64) {
+    let (mut client, server) = stream_pair("ping");
+    let echo = thread::spawn(move || echo_bytes(server));
+    let samples = round_trips(&mut client);
     client.shutdown(Shutdown::Write).unwrap();
     echo.join().unwrap();
     percentiles(samples)
@@ -218,23 +227,13 @@ fn tcp_ping() -> (f64, f64) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let echo = thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
+        let (s, _) = listener.accept().unwrap();
         s.set_nodelay(true).unwrap();
-        let mut b = [0u8; 1];
-        while s.read(&mut b).unwrap() == 1 {
-            s.write_all(&b).unwrap();
-        }
+        echo_bytes(s)
     });
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_nodelay(true).unwrap();
-    let mut samples = Vec::with_capacity(PINGS);
-    let mut b = [1u8; 1];
-    for _ in 0..PINGS {
-        let t = Instant::now();
-        s.write_all(&b).unwrap();
-        s.read_exact(&mut b).unwrap();
-        samples.push(t.elapsed());
-    }
+    let samples = round_trips(&mut s);
     drop(s);
     echo.join().unwrap();
     percentiles(samples)
