@@ -1,9 +1,11 @@
 //! Measures amqp-stream against raw amiquip and TCP loopback, in one run.
 //!
 //! `cargo run --release --example bench [-- --json]`. Broker from
-//! `AMQP_URL` (default the local one). Scenarios so far: bulk transfer in
-//! 64 KiB writes, and a 1-byte ping-pong round trip. The raw baseline logs
-//! in as guest/guest with the URL's host, port and vhost.
+//! `AMQP_URL` (default the local one). Scenarios: bulk transfer in 64 KiB
+//! writes; small writes (1 KiB); a 1-byte ping-pong round trip; setup
+//! (connect, first byte back, close); fan-out (1,000 concurrent streams on
+//! one `Connector`, each echoing 64 KiB). The raw baseline logs in as
+//! guest/guest with the URL's host, port and vhost.
 
 use amiquip::{ConsumerMessage, ConsumerOptions, Publish, QueueDeclareOptions};
 use amqp_stream::{Connector, Stream};
@@ -14,7 +16,12 @@ use std::time::{Duration, Instant};
 
 const BULK: usize = 256 << 20;
 const CHUNK: usize = 64 << 10;
+const SMALL_TOTAL: usize = 64 << 20;
+const SMALL: usize = 1 << 10;
 const PINGS: usize = 2000;
+const SETUPS: usize = 200;
+const FAN_OUT: usize = 1000;
+const FAN_OUT_BYTES: usize = 64 << 10;
 
 fn url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
@@ -39,6 +46,31 @@ fn raw_connection() -> amiquip::Connection {
     .unwrap()
 }
 
+/// Raw consumers in the baselines take messages without acknowledging.
+fn no_ack() -> ConsumerOptions {
+    ConsumerOptions {
+        no_ack: true,
+        ..Default::default()
+    }
+}
+
+/// A raw baseline queue deleted when its consumer goes.
+fn transient() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        auto_delete: true,
+        ..Default::default()
+    }
+}
+
+/// A raw baseline queue private to its connection.
+fn exclusive() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        exclusive: true,
+        auto_delete: true,
+        ..Default::default()
+    }
+}
+
 /// Two connected streams on separate broker connections (as two processes would have).
 fn stream_pair(tag: &str) -> (Stream, Stream) {
     let queue = format!("bench-{tag}-{}", std::process::id());
@@ -48,88 +80,90 @@ fn stream_pair(tag: &str) -> (Stream, Stream) {
     (client, accept.join().unwrap())
 }
 
-fn stream_bulk() -> f64 {
-    let (mut client, mut server) = stream_pair("bulk");
-    let reader = thread::spawn(move || {
-        let mut buf = vec![0u8; CHUNK];
-        let mut total = 0;
-        loop {
-            match server.read(&mut buf).unwrap() {
-                0 => return total,
-                n => total += n,
-            }
+/// Reads to EOF, counting the bytes without keeping them.
+fn count_to_eof(mut source: impl Read) -> usize {
+    let mut buf = vec![0u8; CHUNK];
+    let mut total = 0;
+    loop {
+        match source.read(&mut buf).unwrap() {
+            0 => return total,
+            n => total += n,
         }
-    });
-    let chunk = vec![7u8; CHUNK];
-    let started = Instant::now();
-    for _ in 0..BULK / CHUNK {
-        client.write_all(&chunk).unwrap();
     }
-    client.shutdown(Shutdown::Write).unwrap();
-    assert_eq!(reader.join().unwrap(), BULK);
-    mib_per_s(BULK, started.elapsed())
 }
 
-fn raw_bulk() -> f64 {
+/// Writes `total` bytes in `chunk`-sized writes, half-closes, and waits
+/// until `counted` has read them all: MiB/s.
+fn timed_send<W: Write>(
+    mut sink: W,
+    half_close: impl FnOnce(&W),
+    total: usize,
+    chunk: usize,
+    counted: thread::JoinHandle<usize>,
+) -> f64 {
+    let data = vec![7u8; chunk];
+    let started = Instant::now();
+    for _ in 0..total / chunk {
+        sink.write_all(&data).unwrap();
+    }
+    half_close(&sink);
+    assert_eq!(counted.join().unwrap(), total);
+    mib_per_s(total, started.elapsed())
+}
+
+fn stream_bulk(total: usize, chunk: usize) -> f64 {
+    let (client, server) = stream_pair("bulk");
+    let counted = thread::spawn(move || count_to_eof(server));
+    timed_send(
+        client,
+        |s| s.shutdown(Shutdown::Write).unwrap(),
+        total,
+        chunk,
+        counted,
+    )
+}
+
+fn raw_bulk(total: usize, chunk: usize) -> f64 {
     let queue = format!("bench-raw-bulk-{}", std::process::id());
     let mut consumer_conn = raw_connection();
     let channel = consumer_conn.open_channel(None).unwrap();
-    let q = channel
-        .queue_declare(
-            queue.clone(),
-            QueueDeclareOptions {
-                auto_delete: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    let consumer = q
-        .consume(ConsumerOptions {
-            no_ack: true,
-            ..Default::default()
-        })
-        .unwrap();
+    let q = channel.queue_declare(queue.clone(), transient()).unwrap();
+    let consumer = q.consume(no_ack()).unwrap();
     let rx = consumer.receiver().clone();
     let publisher = thread::spawn(move || {
         let mut conn = raw_connection();
         let ch = conn.open_channel(None).unwrap();
-        let chunk = vec![7u8; CHUNK];
-        for _ in 0..BULK / CHUNK {
-            ch.basic_publish("", Publish::new(&chunk, queue.clone()))
+        let data = vec![7u8; chunk];
+        for _ in 0..total / chunk {
+            ch.basic_publish("", Publish::new(&data, queue.clone()))
                 .unwrap();
         }
         conn
     });
     let started = Instant::now();
-    let mut total = 0;
-    while total < BULK {
+    let mut received = 0;
+    while received < total {
         if let ConsumerMessage::Delivery(d) = rx.recv().unwrap() {
-            total += d.body.len();
+            received += d.body.len();
         }
     }
     let took = started.elapsed();
     let _ = publisher.join().unwrap().close();
-    mib_per_s(BULK, took)
+    mib_per_s(total, took)
 }
 
-fn tcp_bulk() -> f64 {
+fn tcp_bulk(total: usize, chunk: usize) -> f64 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let reader = thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        let mut sink = Vec::new();
-        s.read_to_end(&mut sink).unwrap();
-        sink.len()
-    });
-    let mut s = TcpStream::connect(addr).unwrap();
-    let chunk = vec![7u8; CHUNK];
-    let started = Instant::now();
-    for _ in 0..BULK / CHUNK {
-        s.write_all(&chunk).unwrap();
-    }
-    s.shutdown(Shutdown::Write).unwrap();
-    assert_eq!(reader.join().unwrap(), BULK);
-    mib_per_s(BULK, started.elapsed())
+    let counted = thread::spawn(move || count_to_eof(listener.accept().unwrap().0));
+    let client = TcpStream::connect(addr).unwrap();
+    timed_send(
+        client,
+        |s| s.shutdown(Shutdown::Write).unwrap(),
+        total,
+        chunk,
+        counted,
+    )
 }
 
 /// Median and p99 of round trips, in microseconds.
@@ -172,30 +206,18 @@ fn stream_ping() -> (f64, f64) {
 fn raw_ping() -> (f64, f64) {
     let pid = std::process::id();
     let (to_echo, to_client) = (format!("bench-raw-a-{pid}"), format!("bench-raw-b-{pid}"));
-    let opts = || QueueDeclareOptions {
-        auto_delete: true,
-        ..Default::default()
-    };
     let mut echo_conn = raw_connection();
     let echo_ch = echo_conn.open_channel(None).unwrap();
-    echo_ch.queue_declare(to_echo.clone(), opts()).unwrap();
+    echo_ch.queue_declare(to_echo.clone(), transient()).unwrap();
     let mut client_conn = raw_connection();
     let client_ch = client_conn.open_channel(None).unwrap();
-    let back = client_ch.queue_declare(to_client.clone(), opts()).unwrap();
-    let back_consumer = back
-        .consume(ConsumerOptions {
-            no_ack: true,
-            ..Default::default()
-        })
+    let back = client_ch
+        .queue_declare(to_client.clone(), transient())
         .unwrap();
+    let back_consumer = back.consume(no_ack()).unwrap();
     let echo = thread::spawn(move || {
         let q = echo_ch.queue_declare_passive(to_echo).unwrap();
-        let c = q
-            .consume(ConsumerOptions {
-                no_ack: true,
-                ..Default::default()
-            })
-            .unwrap();
+        let c = q.consume(no_ack()).unwrap();
         for _ in 0..PINGS {
             if let ConsumerMessage::Delivery(d) = c.receiver().recv().unwrap() {
                 echo_ch
@@ -203,7 +225,7 @@ fn raw_ping() -> (f64, f64) {
                     .unwrap();
             }
         }
-        drop(c);
+        cancel_and_drop(c);
         echo_conn
     });
     let mut samples = Vec::with_capacity(PINGS);
@@ -239,28 +261,303 @@ fn tcp_ping() -> (f64, f64) {
     percentiles(samples)
 }
 
+/// Median of durations, in milliseconds.
+fn median_ms(mut samples: Vec<Duration>) -> f64 {
+    samples.sort();
+    samples[samples.len() / 2].as_secs_f64() * 1e3
+}
+
+/// Sends back everything it reads, then half-closes.
+fn echo_all(stream: Stream) {
+    let mut reader = stream.try_clone().unwrap();
+    let mut writer = stream;
+    std::io::copy(&mut reader, &mut writer).unwrap();
+    writer.shutdown(Shutdown::Write).unwrap();
+}
+
+/// An echo listener on its own broker connection; returns its queue.
+fn echo_listener(tag: &str) -> String {
+    let queue = format!("bench-{tag}-{}", std::process::id());
+    let listener = Connector::open(&url()).unwrap().bind(&queue).unwrap();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let stream = stream.unwrap();
+            thread::spawn(move || echo_all(stream));
+        }
+    });
+    queue
+}
+
+/// Connect, one byte there and back, close: over a shared connection.
+fn stream_setup() -> f64 {
+    let queue = echo_listener("setup");
+    let connector = Connector::open(&url()).unwrap();
+    let samples = (0..SETUPS)
+        .map(|_| {
+            let started = Instant::now();
+            let mut s = connector.connect(&queue).unwrap();
+            s.write_all(&[1]).unwrap();
+            s.read_exact(&mut [0u8; 1]).unwrap();
+            drop(s);
+            started.elapsed()
+        })
+        .collect();
+    median_ms(samples)
+}
+
+/// Cancels a raw consumer and waits for amiquip's cancel notice before
+/// the consumer goes, as amqp-stream does: dropping it earlier races that
+/// notice and can kill the whole connection.
+fn cancel_and_drop(consumer: amiquip::Consumer<'_>) {
+    consumer.cancel().unwrap();
+    for message in consumer.receiver().iter() {
+        if let ConsumerMessage::ClientCancelled = message {
+            break;
+        }
+    }
+}
+
+/// The raw equivalent of a stream's setup on an open connection: a
+/// channel, an exclusive reply queue, a consumer, a request to an echo
+/// service and its answer, then closing the channel.
+fn raw_setup() -> f64 {
+    let service = format!("bench-raw-setup-{}", std::process::id());
+    let mut service_conn = raw_connection();
+    let service_ch = service_conn.open_channel(None).unwrap();
+    service_ch
+        .queue_declare(service.clone(), exclusive())
+        .unwrap();
+    let served = service.clone();
+    let echo = thread::spawn(move || {
+        let requests = service_ch.queue_declare_passive(served).unwrap();
+        let consumer = requests.consume(no_ack()).unwrap();
+        for _ in 0..SETUPS {
+            if let ConsumerMessage::Delivery(d) = consumer.receiver().recv().unwrap() {
+                let reply_to = d.properties.reply_to().clone().unwrap();
+                service_ch
+                    .basic_publish("", Publish::new(&d.body, reply_to))
+                    .unwrap();
+            }
+        }
+        cancel_and_drop(consumer);
+        service_conn
+    });
+    let mut conn = raw_connection();
+    let samples = (0..SETUPS)
+        .map(|_| {
+            let started = Instant::now();
+            let ch = conn.open_channel(None).unwrap();
+            let own = ch.queue_declare("", exclusive()).unwrap();
+            let consumer = own.consume(no_ack()).unwrap();
+            let props = amiquip::AmqpProperties::default().with_reply_to(own.name().to_string());
+            ch.basic_publish("", Publish::with_properties(&[1], service.clone(), props))
+                .unwrap();
+            loop {
+                if let ConsumerMessage::Delivery(_) = consumer.receiver().recv().unwrap() {
+                    break;
+                }
+            }
+            cancel_and_drop(consumer);
+            ch.close().unwrap();
+            started.elapsed()
+        })
+        .collect();
+    let _ = echo.join().unwrap().close();
+    let _ = conn.close();
+    median_ms(samples)
+}
+
+fn tcp_setup() -> f64 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in listener.incoming() {
+            let s = s.unwrap();
+            thread::spawn(move || echo_bytes(s));
+        }
+    });
+    let samples = (0..SETUPS)
+        .map(|_| {
+            let started = Instant::now();
+            let mut s = TcpStream::connect(addr).unwrap();
+            s.set_nodelay(true).unwrap();
+            s.write_all(&[1]).unwrap();
+            s.read_exact(&mut [0u8; 1]).unwrap();
+            drop(s);
+            started.elapsed()
+        })
+        .collect();
+    median_ms(samples)
+}
+
+/// `FAN_OUT` streams at once on one connector, each sending
+/// `FAN_OUT_BYTES` and reading them back: (total MiB/s both ways, wall s).
+fn stream_fan_out() -> (f64, f64) {
+    let queue = echo_listener("fan-out");
+    let connector = Connector::open(&url()).unwrap();
+    fan_out(move || {
+        let s = connector.connect(&queue).unwrap();
+        let closer = s.try_clone().unwrap();
+        echo_through(s, move |_| closer.shutdown(Shutdown::Write).unwrap())
+    })
+}
+
+/// Writes `FAN_OUT_BYTES`, half-closes and reads the echo to the end
+/// (64 KiB fits in the buffers on the way, so no second thread is needed);
+/// returns how much came back.
+fn echo_through(mut s: impl Read + Write, half_close: impl FnOnce(&mut dyn Write)) -> usize {
+    s.write_all(&vec![7u8; FAN_OUT_BYTES]).unwrap();
+    half_close(&mut s);
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).unwrap();
+    back.len()
+}
+
+/// Runs `client` on `FAN_OUT` threads at once: (total MiB/s, wall s).
+fn fan_out(client: impl Fn() -> usize + Send + Sync + 'static) -> (f64, f64) {
+    let client = std::sync::Arc::new(client);
+    let started = Instant::now();
+    let clients: Vec<_> = (0..FAN_OUT)
+        .map(|_| {
+            let client = std::sync::Arc::clone(&client);
+            thread::Builder::new()
+                .stack_size(256 << 10)
+                .spawn(move || client())
+                .unwrap()
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().unwrap(), FAN_OUT_BYTES);
+    }
+    let took = started.elapsed();
+    (
+        mib_per_s(2 * FAN_OUT * FAN_OUT_BYTES, took),
+        took.as_secs_f64(),
+    )
+}
+
+fn tcp_fan_out() -> (f64, f64) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in listener.incoming() {
+            let s = s.unwrap();
+            thread::spawn(move || {
+                let mut reader = s.try_clone().unwrap();
+                let mut writer = s;
+                std::io::copy(&mut reader, &mut writer).unwrap();
+                writer.shutdown(Shutdown::Write).unwrap();
+            });
+        }
+    });
+    fan_out(move || {
+        let s = TcpStream::connect(addr).unwrap();
+        let closer = s.try_clone().unwrap();
+        echo_through(s, move |_| closer.shutdown(Shutdown::Write).unwrap())
+    })
+}
+
+/// One line of the results: a scenario and its figures.
+struct Row {
+    name: &'static str,
+    key: &'static str,
+    stream: f64,
+    raw: Option<f64>,
+    tcp: f64,
+}
+
 fn main() {
     let json = std::env::args().any(|a| a == "--json");
-    let (s_bulk, r_bulk, t_bulk) = (stream_bulk(), raw_bulk(), tcp_bulk());
+    let bulk = (
+        stream_bulk(BULK, CHUNK),
+        raw_bulk(BULK, CHUNK),
+        tcp_bulk(BULK, CHUNK),
+    );
+    let small = (
+        stream_bulk(SMALL_TOTAL, SMALL),
+        raw_bulk(SMALL_TOTAL, SMALL),
+        tcp_bulk(SMALL_TOTAL, SMALL),
+    );
     let ((s_p50, s_p99), (r_p50, r_p99), (t_p50, t_p99)) = (stream_ping(), raw_ping(), tcp_ping());
+    let setup = (stream_setup(), raw_setup(), tcp_setup());
+    let ((s_fan, s_wall), (t_fan, t_wall)) = (stream_fan_out(), tcp_fan_out());
+    let rows = [
+        Row {
+            name: "bulk 256 MiB, 64 KiB writes, MiB/s",
+            key: "bulk_mib_s",
+            stream: bulk.0,
+            raw: Some(bulk.1),
+            tcp: bulk.2,
+        },
+        Row {
+            name: "small writes 64 MiB in 1 KiB, MiB/s",
+            key: "small_writes_mib_s",
+            stream: small.0,
+            raw: Some(small.1),
+            tcp: small.2,
+        },
+        Row {
+            name: "ping-pong 1 byte, median us",
+            key: "ping_median_us",
+            stream: s_p50,
+            raw: Some(r_p50),
+            tcp: t_p50,
+        },
+        Row {
+            name: "ping-pong 1 byte, p99 us",
+            key: "ping_p99_us",
+            stream: s_p99,
+            raw: Some(r_p99),
+            tcp: t_p99,
+        },
+        Row {
+            name: "setup (connect+byte+close), median ms",
+            key: "setup_median_ms",
+            stream: setup.0,
+            raw: Some(setup.1),
+            tcp: setup.2,
+        },
+        Row {
+            name: "fan-out 1,000 x 64 KiB echo, MiB/s",
+            key: "fan_out_mib_s",
+            stream: s_fan,
+            raw: None,
+            tcp: t_fan,
+        },
+        Row {
+            name: "fan-out 1,000 x 64 KiB echo, wall s",
+            key: "fan_out_wall_s",
+            stream: s_wall,
+            raw: None,
+            tcp: t_wall,
+        },
+    ];
     if json {
-        println!(
-            "{{\"bulk_mib_s\":{{\"amqp_stream\":{s_bulk:.1},\"raw_amiquip\":{r_bulk:.1},\"tcp\":{t_bulk:.1}}},\
-             \"ping_us\":{{\"amqp_stream\":[{s_p50:.0},{s_p99:.0}],\"raw_amiquip\":[{r_p50:.0},{r_p99:.0}],\"tcp\":[{t_p50:.0},{t_p99:.0}]}}}}"
-        );
+        let fields: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                let raw = r.raw.map_or("null".to_string(), |v| format!("{v:.3}"));
+                format!(
+                    "\"{}\":{{\"amqp_stream\":{:.3},\"raw_amiquip\":{raw},\"tcp\":{:.3}}}",
+                    r.key, r.stream, r.tcp
+                )
+            })
+            .collect();
+        println!("{{{}}}", fields.join(","));
         return;
     }
-    println!("scenario                         amqp-stream   raw amiquip      TCP   stream/raw");
     println!(
-        "bulk 256 MiB, 64 KiB writes MiB/s {s_bulk:>9.1} {r_bulk:>13.1} {t_bulk:>8.1} {:>11.2}x",
-        s_bulk / r_bulk
+        "{:<40} {:>12} {:>12} {:>10} {:>11}",
+        "scenario", "amqp-stream", "raw amiquip", "TCP", "stream/raw"
     );
-    println!(
-        "ping-pong 1 byte, median us      {s_p50:>9.0} {r_p50:>13.0} {t_p50:>8.0} {:>11.2}x",
-        s_p50 / r_p50
-    );
-    println!(
-        "ping-pong 1 byte, p99 us         {s_p99:>9.0} {r_p99:>13.0} {t_p99:>8.0} {:>11.2}x",
-        s_p99 / r_p99
-    );
+    for r in &rows {
+        let raw = r.raw.map_or("-".to_string(), |v| format!("{v:.1}"));
+        let ratio = r
+            .raw
+            .map_or("-".to_string(), |v| format!("{:.2}x", r.stream / v));
+        println!(
+            "{:<40} {:>12.1} {:>12} {:>10.1} {:>11}",
+            r.name, r.stream, raw, r.tcp, ratio
+        );
+    }
 }

@@ -7,8 +7,11 @@
 
 use crate::broker_url::BrokerUrl;
 use crate::error::Error;
-use amiquip::{Auth, Channel, Connection, ConnectionOptions, ConnectionTuning};
-use log::{debug, info};
+use amiquip::{
+    Auth, Channel, Connection, ConnectionBlockedNotification, ConnectionOptions, ConnectionTuning,
+};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use log::{debug, info, warn};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -22,6 +25,9 @@ pub(crate) struct BrokerConnection {
     url: BrokerUrl,
     local_addr: SocketAddr,
     connection: Mutex<Option<Connection>>,
+    /// amiquip's connection-blocked notifications; its sender lives in
+    /// amiquip's I/O thread, so it disconnects when the connection ends.
+    events: Receiver<ConnectionBlockedNotification>,
 }
 
 impl BrokerConnection {
@@ -57,15 +63,46 @@ impl BrokerConnection {
             .channel_max(url.channel_max().unwrap_or(0))
             .connection_timeout(Some(remaining.max(Duration::from_millis(1))))
             .information(Some(format!("amqp-stream {}", env!("CARGO_PKG_VERSION"))));
-        let connection =
+        let mut connection =
             Connection::insecure_open_stream(socket, options, ConnectionTuning::default())
                 .map_err(|err| login_error(url, err, timeout))?;
+        let events = connection
+            .listen_for_connection_blocked()
+            .map_err(|err| Error::broker(format!("logging in to {url}"), err))?;
         info!("connected to {url} from {local_addr}");
         Ok(BrokerConnection {
             url: url.clone(),
             local_addr,
             connection: Mutex::new(Some(connection)),
+            events,
         })
+    }
+
+    /// Waits until the connection has ended (lost, or closed by the
+    /// broker), or until `deadline`; answers whether it has ended. Logs
+    /// the broker's flow-control notifications it sees on the way.
+    pub(crate) fn wait_closed(&self, deadline: Option<Instant>) -> bool {
+        loop {
+            let event = match deadline {
+                Some(deadline) => self.events.recv_deadline(deadline),
+                None => self
+                    .events
+                    .recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected),
+            };
+            match event {
+                Ok(ConnectionBlockedNotification::Blocked(reason)) => warn!(
+                    "the broker at {} stopped accepting messages from {}: {reason}",
+                    self.url, self.local_addr
+                ),
+                Ok(ConnectionBlockedNotification::Unblocked) => info!(
+                    "the broker at {} accepts messages from {} again",
+                    self.url, self.local_addr
+                ),
+                Err(RecvTimeoutError::Disconnected) => return true,
+                Err(RecvTimeoutError::Timeout) => return false,
+            }
+        }
     }
 
     /// The broker this connection goes to.

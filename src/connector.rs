@@ -155,6 +155,53 @@ impl Connector {
         self.connection.local_addr()
     }
 
+    /// Whether the broker connection has ended: lost (network, missed
+    /// heartbeats) or closed by the broker. Streams and listeners on an
+    /// ended connection fail; open a new `Connector` to go on.
+    ///
+    /// ```no_run
+    /// # let connector = amqp_stream::Connector::open("amqp://127.0.0.1")?;
+    /// if connector.is_closed() {
+    ///     eprintln!("lost the broker");
+    /// }
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        self.connection.wait_closed(Some(Instant::now()))
+    }
+
+    /// Blocks until the broker connection ends (see
+    /// [`is_closed`](Connector::is_closed)); for a supervisor thread that
+    /// reconnects. While it waits it logs, at `warn`, when the broker
+    /// blocks publishing on this connection (a resource alarm) and, at
+    /// `info`, when it lifts the block.
+    ///
+    /// ```no_run
+    /// # let connector = amqp_stream::Connector::open("amqp://127.0.0.1")?;
+    /// let watched = connector.clone();
+    /// std::thread::spawn(move || {
+    ///     watched.wait_closed();
+    ///     eprintln!("lost the broker; reconnecting");
+    /// });
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn wait_closed(&self) {
+        self.connection.wait_closed(None);
+    }
+
+    /// Like [`wait_closed`](Connector::wait_closed), giving up after
+    /// `timeout`; answers whether the connection has ended.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # let connector = amqp_stream::Connector::open("amqp://127.0.0.1")?;
+    /// assert!(!connector.wait_closed_timeout(Duration::from_millis(10)));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn wait_closed_timeout(&self, timeout: Duration) -> bool {
+        self.connection.wait_closed(Some(Instant::now() + timeout))
+    }
+
     /// The options streams made through this connector use.
     ///
     /// ```no_run

@@ -58,15 +58,18 @@
 //!   closing listener sends one to the requests it still held).
 //! * **Data.** Each side publishes to the other's queue; the bodies,
 //!   concatenated in order, are the stream. One message carries at most
-//!   [`StreamOptions::max_message_size`] bytes, and small writes that
-//!   queue up behind each other leave as one message.
+//!   [`StreamOptions::max_message_size`] bytes. Small writes are gathered:
+//!   a partial message waits while earlier data awaits the broker's
+//!   confirm and the writes behind it join it (Nagle's algorithm with the
+//!   confirm as the ACK; [`Stream::set_nodelay`] turns it off). A write
+//!   with nothing unconfirmed before it leaves at once.
 //! * **FIN.** An empty message ends the sender's direction; the reader
 //!   gets `Ok(0)` after all earlier data. The other direction stays open.
 //! * **Teardown.** A side that has sent and received FIN cancels its
 //!   consumer, which deletes its queue.
 //!
-//! Version 1 cannot tell a dead peer from a quiet one, so each stream
-//! checks every [keepalive interval](StreamOptions::keepalive_interval)
+//! Version 1 cannot tell a dead peer from a quiet one, so each version-1
+//! stream checks every [keepalive interval](StreamOptions::keepalive_interval)
 //! that the peer's queue still exists (a passive declare: the queue dies
 //! with its owner's connection). A write to a vanished queue is returned
 //! by the broker. Either way the stream's writes then fail with
@@ -81,16 +84,78 @@
 //! The messages are exactly those of the Go implementation of the same
 //! protocol, and the two interoperate.
 //!
+//! # Protocol version 2
+//!
+//! Version 2 adds flow control, sequence numbers, keepalive and reset. It
+//! is negotiated in the handshake and never sent to a version-1 peer
+//! ([`Stream::protocol_version`] tells which one a stream speaks;
+//! [`StreamOptions::protocol_version`] pins one).
+//!
+//! * **Negotiation.** The SYN carries two headers (AMQP 64-bit signed
+//!   integers): `x-amqp-stream-version` (the highest version the client
+//!   speaks, `2`) and `x-amqp-stream-window` (its receive window in
+//!   bytes). A listener that speaks version 2 answers with the same two
+//!   headers (its version and window) in the SYN-ACK; a SYN-ACK without
+//!   them means version 1. A version-1 listener ignores unknown headers,
+//!   so the fallback needs no extra round trip; a SYN without them gets a
+//!   version-1 answer. A refusal is, as in version 1, a SYN-ACK with a
+//!   body saying why (a listener pinned to version 2 refuses version-1
+//!   clients so).
+//! * **Frames.** Every message is named by its AMQP `type`:
+//!
+//!   | `type`      | `message_id`    | body                                     |
+//!   |-------------|-----------------|------------------------------------------|
+//!   | `data`      | sequence number | stream bytes, never empty                |
+//!   | `fin`       | sequence number | empty: the sender's direction ends       |
+//!   | `window`    | —               | 8 bytes, big-endian: bytes consumed      |
+//!   | `keepalive` | —               | empty                                    |
+//!   | `reset`     | —               | why, UTF-8 (may be empty)                |
+//!
+//!   Data and FIN frames are numbered in decimal from 1 per direction. A
+//!   gap or a repeat, a frame without type or number, or an unknown type
+//!   fails the stream with `InvalidData` (after the data before it) and
+//!   resets it: corruption is never silent.
+//! * **Credit flow control.** A sender may have at most the peer's window
+//!   of bytes written but not consumed by the peer's application. The
+//!   receiver reports its cumulative consumed count in a `window` frame
+//!   each time half its window has been consumed since the last report,
+//!   and senders cut messages to at most half the peer's window, so a
+//!   reader that has read everything has always reported enough credit.
+//!   A writer out of credit blocks in `write` (or fails with `WouldBlock`
+//!   after its write timeout). Acknowledgements go out before each report,
+//!   so the broker never holds more than a window per direction.
+//!   Window frames share the queue with data: while the application is not
+//!   reading, a writer waiting for credit (or the stream's worker, once a
+//!   keepalive interval) takes deliveries in and keeps the data, in order,
+//!   for the next read.
+//! * **Keepalive.** A stream that has sent nothing for a keepalive
+//!   interval sends a `keepalive` frame (mandatory, like everything); the
+//!   broker returns it if the peer's queue is gone, which is handled as in
+//!   version 1. No side channel and no passive declare.
+//! * **Reset.** Dropping the last handle of a stream that holds received
+//!   data nobody read aborts the stream, as closing a TCP socket with
+//!   unread data does: a `reset` frame goes instead of the FIN. The peer's
+//!   reads deliver what arrived before it and then fail with
+//!   `ConnectionReset`, at once; its writes fail with `ConnectionReset`,
+//!   including one blocked waiting for credit. A stream that detects a
+//!   protocol violation resets too, saying what it was.
+//!
 //! # Guarantees
 //!
-//! * [`Write::flush`](std::io::Write::flush) returns once the broker has
-//!   confirmed (publisher confirms) every message written before it, and
-//!   fails if one was returned or refused.
+//! * [`Write::flush`](std::io::Write::flush) publishes any gathered small
+//!   writes and returns once the broker has confirmed (publisher confirms)
+//!   every byte written before it, and fails if a message was returned or
+//!   refused.
 //! * [`Stream::shutdown`] with `Shutdown::Write` returns once the FIN is
 //!   handed to the broker connection.
 //! * Dropping the last handle of a stream sends the FIN (if not sent) and
 //!   waits, up to the [linger](StreamOptions::linger) time, until the
 //!   broker has confirmed everything; then it deletes the stream's queue.
+//!   With received data unread, it resets the stream instead (version 2;
+//!   version 1 has no reset and sends the FIN).
+//! * With version 2, a writer never gets more than the peer's
+//!   [window](StreamOptions::window) ahead of the peer's reader: memory
+//!   and broker queues stay bounded whatever the reader's pace.
 //!
 //! # Logging
 //!
@@ -110,12 +175,17 @@ mod addr;
 mod broker_url;
 mod connection;
 mod connector;
+mod credit;
 mod error;
+mod inbox;
 mod listener;
 mod options;
 mod protocol;
+mod shared;
 mod stream;
+mod version;
 mod worker;
+mod write_buffer;
 
 pub use addr::Addr;
 pub use broker_url::BrokerUrl;
@@ -124,3 +194,4 @@ pub use error::Error;
 pub use listener::{Incoming, Listener};
 pub use options::StreamOptions;
 pub use stream::Stream;
+pub use version::ProtocolVersion;

@@ -6,7 +6,7 @@ use crate::connection::BrokerConnection;
 use crate::connector::Connector;
 use crate::error::Error;
 use crate::options::StreamOptions;
-use crate::protocol;
+use crate::protocol::{self, handshake};
 use crate::stream::Stream;
 use crate::worker::{self, Role};
 use amiquip::{Channel, ConsumerMessage, ConsumerOptions, Delivery};
@@ -275,7 +275,7 @@ fn run(backlog: Backlog, setup: Sender<Result<(), Error>>) {
         };
         match message {
             Ok(ConsumerMessage::Delivery(request)) => {
-                if backlog.answer(&consumer, request).is_break() {
+                if backlog.answer(&channel, &consumer, request).is_break() {
                     break;
                 }
             }
@@ -293,9 +293,8 @@ fn run(backlog: Backlog, setup: Sender<Result<(), Error>>) {
     let held = worker::cancel_consumer(&consumer);
     let refusal = format!("connection refused: the listener on {queue:?} closed");
     for request in held {
-        if let Ok(client_queue) = protocol::parse_request(&request.body, &request.properties) {
-            let publish = amiquip::Publish::new(refusal.as_bytes(), client_queue);
-            let _ = channel.basic_publish("", publish);
+        if let Ok(request) = handshake::parse_request(&request.body, &request.properties) {
+            refuse(&channel, request.client_queue, &refusal);
         }
     }
     drop(consumer);
@@ -306,13 +305,31 @@ fn run(backlog: Backlog, setup: Sender<Result<(), Error>>) {
 impl Backlog {
     /// Checks one request and, if it is good, completes its handshake and
     /// queues the stream for `accept`.
-    fn answer(&self, consumer: &amiquip::Consumer<'_>, request: Delivery) -> ControlFlow<()> {
+    fn answer(
+        &self,
+        channel: &Channel,
+        consumer: &amiquip::Consumer<'_>,
+        request: Delivery,
+    ) -> ControlFlow<()> {
         let queue = &self.queue;
-        let client_queue = match protocol::parse_request(&request.body, &request.properties) {
-            Ok(client_queue) => client_queue.to_string(),
-            Err(reason) => {
-                warn!("listener {queue:?}: rejected a malformed connection request: {reason}");
-                if let Err(err) = consumer.reject(request, false) {
+        let (client_queue, offer) =
+            match handshake::parse_request(&request.body, &request.properties) {
+                Ok(parsed) => (parsed.client_queue.to_string(), parsed.offer),
+                Err(reason) => {
+                    warn!("listener {queue:?}: rejected a malformed connection request: {reason}");
+                    if let Err(err) = consumer.reject(request, false) {
+                        debug!("listener {queue:?}: {err}");
+                    }
+                    return ControlFlow::Continue(());
+                }
+            };
+        let pin = self.options.get_protocol_version();
+        let version = match handshake::server_version(offer, pin) {
+            Ok(version) => version,
+            Err(refusal) => {
+                warn!("listener {queue:?}: refused {client_queue:?}: {refusal}");
+                refuse(channel, &client_queue, &refusal);
+                if let Err(err) = consumer.ack(request) {
                     debug!("listener {queue:?}: {err}");
                 }
                 return ControlFlow::Continue(());
@@ -320,6 +337,8 @@ impl Backlog {
         };
         let role = Role::Server {
             client_queue: client_queue.clone(),
+            version,
+            offer,
         };
         let started = worker::start(Arc::clone(&self.connection), role, self.options.clone());
         if let Err(err) = consumer.ack(request) {
@@ -351,6 +370,12 @@ impl Backlog {
             }
         }
     }
+}
+
+/// Refuses a connection request: a handshake answer with a body (which
+/// says why) is a refusal in every protocol version.
+fn refuse(channel: &Channel, client_queue: &str, why: &str) {
+    let _ = channel.basic_publish("", amiquip::Publish::new(why.as_bytes(), client_queue));
 }
 
 fn declare_and_consume<'a>(

@@ -1,6 +1,7 @@
 //! Per-stream settings shared by `Stream`, `Listener` and `Connector`.
 
 use crate::error::Error;
+use crate::version::ProtocolVersion;
 use std::time::Duration;
 
 /// Settings for the streams a [`Connector`](crate::Connector),
@@ -26,7 +27,13 @@ pub struct StreamOptions {
     keepalive_interval: Duration,
     handshake_timeout: Option<Duration>,
     linger: Duration,
+    nodelay: bool,
+    window: usize,
+    protocol_version: Option<ProtocolVersion>,
 }
+
+/// The default receive window: 1 MiB.
+const DEFAULT_WINDOW: usize = 1024 * 1024;
 
 impl Default for StreamOptions {
     fn default() -> StreamOptions {
@@ -37,14 +44,18 @@ impl Default for StreamOptions {
             keepalive_interval: Duration::from_secs(2),
             handshake_timeout: Some(Duration::from_secs(30)),
             linger: Duration::from_secs(10),
+            nodelay: false,
+            window: DEFAULT_WINDOW,
+            protocol_version: None,
         }
     }
 }
 
 impl StreamOptions {
     /// The defaults: 64 KiB messages, 64 messages of read-ahead, 16 messages
-    /// of write queue, a peer check every 2 s, a 30 s handshake timeout and
-    /// a 10 s linger on drop.
+    /// of write queue, a peer check every 2 s, a 30 s handshake timeout, a
+    /// 10 s linger on drop, small writes coalesced (`nodelay` off), a 1 MiB
+    /// receive window and the protocol version negotiated.
     ///
     /// ```
     /// # use amqp_stream::StreamOptions;
@@ -81,8 +92,9 @@ impl StreamOptions {
         self
     }
 
-    /// How many written messages may wait for the stream's worker before
-    /// `write` blocks. Values below 1 are raised to 1.
+    /// How much written data may wait for the stream's worker before
+    /// `write` blocks, in messages: up to `write_queue × max_message_size`
+    /// bytes. Values below 1 are raised to 1.
     ///
     /// ```
     /// # use amqp_stream::StreamOptions;
@@ -93,9 +105,11 @@ impl StreamOptions {
         self
     }
 
-    /// How often an open stream checks that its peer's queue still exists.
-    /// A peer that died is noticed within about this interval, even by a
-    /// stream that only reads.
+    /// How often an idle stream checks that its peer is still there: with
+    /// protocol version 2 it sends a keepalive frame (which the broker
+    /// returns if the peer's queue is gone), with version 1 it asks the
+    /// broker whether the peer's queue exists. A peer that died is noticed
+    /// within about this interval, even by a stream that only reads.
     ///
     /// ```
     /// # use amqp_stream::StreamOptions;
@@ -133,6 +147,85 @@ impl StreamOptions {
     pub fn linger(mut self, linger: Duration) -> StreamOptions {
         self.linger = linger;
         self
+    }
+
+    /// Whether streams start with [`Stream::set_nodelay`](crate::Stream::set_nodelay)
+    /// on: every write is published at once instead of small writes being
+    /// gathered while earlier data awaits the broker's confirm.
+    ///
+    /// ```
+    /// # use amqp_stream::StreamOptions;
+    /// assert!(StreamOptions::new().nodelay(true).get_nodelay());
+    /// ```
+    pub fn nodelay(mut self, nodelay: bool) -> StreamOptions {
+        self.nodelay = nodelay;
+        self
+    }
+
+    /// The receive window of protocol version 2: how many bytes the peer
+    /// may send ahead of this stream's reader. A writer whose peer does not
+    /// read blocks once a window is in flight, so the broker never holds
+    /// more than a window per direction of a stream, and receive memory
+    /// stays within it. Larger windows keep fast links busier. The peer
+    /// cuts its messages to at most half this window. Values below 2 are
+    /// raised to 2. (Version 1 has no window; the broker queue grows while
+    /// the reader is slow.)
+    ///
+    /// ```
+    /// # use amqp_stream::StreamOptions;
+    /// let o = StreamOptions::new().window(4 * 1024 * 1024);
+    /// assert_eq!(o.get_window(), 4 * 1024 * 1024);
+    /// ```
+    pub fn window(mut self, bytes: usize) -> StreamOptions {
+        self.window = bytes.max(2);
+        self
+    }
+
+    /// See [`window`](Self::window).
+    ///
+    /// ```
+    /// # use amqp_stream::StreamOptions;
+    /// assert_eq!(StreamOptions::new().get_window(), 1024 * 1024);
+    /// ```
+    pub fn get_window(&self) -> usize {
+        self.window
+    }
+
+    /// Pins the protocol version instead of negotiating it. `None` (the
+    /// default) speaks the highest version both ends know and falls back
+    /// to version 1 for peers that know only that. `Some(V1)` never offers
+    /// version 2. `Some(V2)` refuses peers that cannot speak it: a client
+    /// fails to connect with `InvalidData`, a listener refuses the request
+    /// (the client gets `ConnectionRefused`).
+    ///
+    /// ```
+    /// # use amqp_stream::{ProtocolVersion, StreamOptions};
+    /// let o = StreamOptions::new().protocol_version(Some(ProtocolVersion::V1));
+    /// assert_eq!(o.get_protocol_version(), Some(ProtocolVersion::V1));
+    /// ```
+    pub fn protocol_version(mut self, pin: Option<ProtocolVersion>) -> StreamOptions {
+        self.protocol_version = pin;
+        self
+    }
+
+    /// See [`protocol_version`](Self::protocol_version).
+    ///
+    /// ```
+    /// # use amqp_stream::StreamOptions;
+    /// assert_eq!(StreamOptions::new().get_protocol_version(), None);
+    /// ```
+    pub fn get_protocol_version(&self) -> Option<ProtocolVersion> {
+        self.protocol_version
+    }
+
+    /// See [`nodelay`](Self::nodelay).
+    ///
+    /// ```
+    /// # use amqp_stream::StreamOptions;
+    /// assert!(!StreamOptions::new().get_nodelay());
+    /// ```
+    pub fn get_nodelay(&self) -> bool {
+        self.nodelay
     }
 
     /// See [`max_message_size`](Self::max_message_size).

@@ -3,11 +3,16 @@
 use crate::addr::Addr;
 use crate::connection::BrokerConnection;
 use crate::connector::Connector;
+use crate::credit::ReceiveWindow;
+use crate::inbox::{Inbox, Pump, Received};
 use crate::options::{StreamOptions, check_timeout};
-use crate::protocol::{self, Frame};
-use crate::worker::{Control, Established, Outbound, Shared};
+use crate::protocol::frame::{Frame, SequenceCheck};
+use crate::shared::{Shared, lock};
+use crate::version::ProtocolVersion;
+use crate::worker::{Control, Established, Outbound};
+use crate::write_buffer::Appended;
 use amiquip::{ConsumerMessage, Delivery};
-use crossbeam_channel::{Receiver, Sender, at, bounded, never, select};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, at, bounded, never, select};
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -57,7 +62,10 @@ struct Inner {
     options: StreamOptions,
     outbound: Sender<Outbound>,
     control: Sender<Control>,
-    deliveries: Receiver<ConsumerMessage>,
+    inbox: Arc<Inbox>,
+    /// The largest write handed over at once: the message size, cut to
+    /// half the peer's window.
+    message_limit: usize,
     alive: Receiver<()>,
     shared: Arc<Shared>,
     reader: Mutex<ReadState>,
@@ -78,6 +86,10 @@ struct ReadState {
     error: Option<(io::ErrorKind, String)>,
     unacked: Option<Delivery>,
     unacked_count: u16,
+    /// Version 2: the data and FIN frames must be numbered 1, 2, 3...
+    sequence: SequenceCheck,
+    /// Version 2: what our reader consumed, reported to the peer.
+    window: Option<ReceiveWindow>,
 }
 
 impl Stream {
@@ -139,6 +151,8 @@ impl Stream {
         options: StreamOptions,
     ) -> Stream {
         let broker = connection.url().clone();
+        let window = (established.inbox.version() >= ProtocolVersion::V2)
+            .then(|| ReceiveWindow::new(options.get_window()));
         Stream {
             inner: Arc::new(Inner {
                 local: Addr::new(broker.clone(), established.local_queue),
@@ -147,10 +161,14 @@ impl Stream {
                 options,
                 outbound: established.outbound,
                 control: established.control,
-                deliveries: established.deliveries,
+                inbox: established.inbox,
+                message_limit: established.message_limit,
                 alive: established.alive,
                 shared: established.shared,
-                reader: Mutex::new(ReadState::default()),
+                reader: Mutex::new(ReadState {
+                    window,
+                    ..ReadState::default()
+                }),
                 write_shut: AtomicBool::new(false),
                 read_shut: AtomicBool::new(false),
                 read_wake: bounded(1),
@@ -170,6 +188,21 @@ impl Stream {
     /// ```
     pub fn peer_addr(&self) -> io::Result<Addr> {
         Ok(self.inner.peer.clone())
+    }
+
+    /// The protocol version this stream speaks, as negotiated with the
+    /// peer (or pinned by [`StreamOptions::protocol_version`]).
+    ///
+    /// ```no_run
+    /// use amqp_stream::ProtocolVersion;
+    /// # let stream = amqp_stream::Stream::connect("amqp://127.0.0.1", "echo")?;
+    /// if stream.protocol_version() == ProtocolVersion::V1 {
+    ///     println!("the peer speaks version 1: no flow control");
+    /// }
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn protocol_version(&self) -> ProtocolVersion {
+        self.inner.inbox.version()
     }
 
     /// The address of this end: the broker and the queue this stream
@@ -211,8 +244,10 @@ impl Stream {
             && !self.inner.write_shut.swap(true, Ordering::SeqCst)
         {
             let (reply_tx, reply_rx) = bounded(1);
-            self.inner.send_outbound(Outbound::Fin(reply_tx))?;
-            return self.inner.wait_reply(reply_rx);
+            let deadline = self.inner.write_deadline();
+            self.inner
+                .send_outbound(Outbound::Fin(reply_tx), &deadline)?;
+            return self.inner.wait_reply(reply_rx, &deadline);
         }
         Ok(())
     }
@@ -231,6 +266,40 @@ impl Stream {
         Ok(Stream {
             inner: Arc::clone(&self.inner),
         })
+    }
+
+    /// Switches the gathering of small writes off (`true`) or on, like
+    /// `TcpStream::set_nodelay`. With it off (the default, as for TCP),
+    /// a write smaller than a message waits while earlier data awaits the
+    /// broker's confirm, and the writes behind it join it in one message;
+    /// a write with nothing unconfirmed before it (the request of a
+    /// request/response exchange) is published at once, with no timer.
+    /// Turning it on publishes what waits.
+    ///
+    /// ```no_run
+    /// # let stream = amqp_stream::Stream::connect("amqp://127.0.0.1", "echo")?;
+    /// stream.set_nodelay(true)?;
+    /// assert!(stream.nodelay()?);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
+        self.inner.shared.set_nodelay(nodelay);
+        if nodelay {
+            // Best effort: a full queue is being worked on anyway.
+            let _ = self.inner.outbound.try_send(Outbound::Push);
+        }
+        Ok(())
+    }
+
+    /// Whether [`set_nodelay`](Stream::set_nodelay) is on.
+    ///
+    /// ```no_run
+    /// # let stream = amqp_stream::Stream::connect("amqp://127.0.0.1", "echo")?;
+    /// assert!(!stream.nodelay()?);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn nodelay(&self) -> io::Result<bool> {
+        Ok(self.inner.shared.nodelay())
     }
 
     /// Sets how long `read` may block; `None` blocks until data comes. A
@@ -308,6 +377,12 @@ impl Inner {
                 let n = available.len().min(out.len());
                 out[..n].copy_from_slice(&available[..n]);
                 state.position += n;
+                if let Some(total) = state.window.as_mut().and_then(|w| w.consume(n)) {
+                    // Acknowledge first: the broker then never holds more
+                    // than the window (what the peer may send past it).
+                    self.send_ack(&mut state);
+                    let _ = self.control.send(Control::Window(total));
+                }
                 if state.position == state.current.len() {
                     state.current = Vec::new();
                     state.position = 0;
@@ -343,80 +418,145 @@ impl Inner {
         &self,
         state: &mut ReadState,
         deadline: Option<Instant>,
-    ) -> io::Result<Option<ConsumerMessage>> {
-        if let Ok(message) = self.deliveries.try_recv() {
-            return Ok(Some(message));
-        }
-        // About to wait: let the broker refill the prefetch window first.
-        self.send_ack(state);
+    ) -> io::Result<Option<Received>> {
         let timer = deadline.map(at).unwrap_or_else(never);
+        let pump = match self.inbox.try_take() {
+            Some(pump) => pump,
+            None => {
+                self.inbox.set_reader_waiting(true);
+                let taken = self.take_inbox(&timer);
+                self.inbox.set_reader_waiting(false);
+                match taken? {
+                    Some(pump) => pump,
+                    None => return Ok(None),
+                }
+            }
+        };
+        if let Some(received) = pump.pop() {
+            return Ok(Some(received));
+        }
+        let deliveries = self.inbox.deliveries();
+        loop {
+            let message = match deliveries.try_recv() {
+                Ok(message) => Some(message),
+                Err(TryRecvError::Disconnected) => None,
+                Err(TryRecvError::Empty) => {
+                    // About to wait: let the broker refill the prefetch first.
+                    self.send_ack(state);
+                    select! {
+                        recv(deliveries) -> message => message.ok(),
+                        recv(self.alive) -> _ => deliveries.try_recv().ok(),
+                        recv(self.read_wake.1) -> _ => return Ok(None),
+                        recv(timer) -> _ => return Err(read_timed_out()),
+                    }
+                }
+            };
+            let Some(message) = message else {
+                return Ok(None);
+            };
+            // Control frames are handled in there; wait on for the rest.
+            if let Some(received) = self.inbox.sort(message, false) {
+                return Ok(Some(received));
+            }
+        }
+    }
+
+    /// Waits for the inbox's token, which another thread holds: `None`
+    /// when the read half was shut down meanwhile.
+    fn take_inbox(&self, timer: &Receiver<Instant>) -> io::Result<Option<Pump<'_>>> {
         select! {
-            recv(self.deliveries) -> message => Ok(message.ok()),
-            recv(self.alive) -> _ => Ok(self.deliveries.try_recv().ok()),
+            recv(self.inbox.token()) -> _ => Ok(Some(self.inbox.taken())),
+            // Whoever holds the token gives it back once the worker is gone.
+            recv(self.alive) -> _ => Ok(self.inbox.token().recv().ok().map(|()| self.inbox.taken())),
             recv(self.read_wake.1) -> _ => Ok(None),
-            recv(timer) -> _ => Err(io::Error::new(
-                io::ErrorKind::WouldBlock,
-                "read timed out",
-            )),
+            recv(*timer) -> _ => Err(read_timed_out()),
         }
     }
 
     /// Interprets one message from our queue.
-    fn take_message(&self, state: &mut ReadState, message: Option<ConsumerMessage>) {
-        let delivery = match message {
-            Some(ConsumerMessage::Delivery(delivery)) => delivery,
-            Some(ConsumerMessage::ServerCancelled) => {
+    fn take_message(&self, state: &mut ReadState, received: Option<Received>) {
+        let (frame, body, delivery) = match received {
+            Some(Received::Frame {
+                frame,
+                body,
+                delivery,
+            }) => (frame, body, delivery),
+            Some(Received::Ended(ConsumerMessage::ServerCancelled)) => {
                 state.error = Some((
                     io::ErrorKind::ConnectionReset,
                     format!("the stream's queue {:?} was deleted", self.local.queue()),
                 ));
                 return;
             }
-            Some(ConsumerMessage::ServerClosedChannel(err))
-            | Some(ConsumerMessage::ServerClosedConnection(err)) => {
+            Some(Received::Ended(ConsumerMessage::ServerClosedChannel(err)))
+            | Some(Received::Ended(ConsumerMessage::ServerClosedConnection(err))) => {
                 state.error = Some((
                     io::ErrorKind::ConnectionAborted,
                     format!("lost the broker connection: {err}"),
                 ));
                 return;
             }
-            Some(_) | None => {
-                let err = match self.shared.failure() {
-                    Some(failure) => failure.read_error(),
-                    None => io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        "the stream's worker stopped",
-                    ),
-                };
-                state.error = Some((err.kind(), err.to_string()));
+            Some(Received::Ended(_)) | None => {
+                let kind = io::ErrorKind::ConnectionAborted;
+                self.fail_read(state, kind, "the stream's worker stopped");
                 return;
             }
         };
-        let mut delivery = delivery;
-        let frame = protocol::classify(&delivery.body, &delivery.properties);
-        let body = std::mem::take(&mut delivery.body);
-        state.unacked = Some(delivery);
-        state.unacked_count = state.unacked_count.saturating_add(1);
+        if let Some(delivery) = delivery {
+            state.unacked = Some(delivery);
+            state.unacked_count = state.unacked_count.saturating_add(1);
+        }
         match frame {
-            Frame::Data => {
-                state.current = body;
-                state.position = 0;
-            }
-            Frame::Fin => {
-                state.eof = true;
-                self.send_ack(state);
-                let _ = self.control.send(Control::FinReceived);
-            }
+            Frame::Data(seq) => match state.sequence.check(seq) {
+                Ok(()) => {
+                    state.current = body;
+                    state.position = 0;
+                }
+                Err(why) => self.protocol_error(state, why),
+            },
+            Frame::Fin(seq) => match state.sequence.check(seq) {
+                Ok(()) => {
+                    state.eof = true;
+                    self.send_ack(state);
+                    let _ = self.control.send(Control::FinReceived);
+                }
+                Err(why) => self.protocol_error(state, why),
+            },
             Frame::PeerGone => {
-                let err = match self.shared.failure() {
-                    Some(failure) => failure.read_error(),
-                    None => io::Error::new(io::ErrorKind::ConnectionReset, "the peer is gone"),
-                };
-                state.error = Some((err.kind(), err.to_string()));
+                self.fail_read(state, io::ErrorKind::ConnectionReset, "the peer is gone");
                 self.send_ack(state);
                 let _ = self.control.send(Control::PeerGoneSeen);
             }
+            Frame::Reset(_) => {
+                let kind = io::ErrorKind::ConnectionReset;
+                self.fail_read(state, kind, "the peer reset the stream");
+                self.send_ack(state);
+            }
+            Frame::Invalid(why) => {
+                state.error = Some((io::ErrorKind::InvalidData, why));
+                self.send_ack(state);
+            }
+            // Control frames never reach the reader.
+            Frame::Window(_) | Frame::Keepalive => {}
         }
+    }
+
+    /// Ends reading with the stream's failure, or else with an error of
+    /// `kind` saying `otherwise`.
+    fn fail_read(&self, state: &mut ReadState, kind: io::ErrorKind, otherwise: &str) {
+        let err = match self.shared.failure() {
+            Some(failure) => failure.read_error(),
+            None => io::Error::new(kind, otherwise.to_string()),
+        };
+        state.error = Some((err.kind(), err.to_string()));
+    }
+
+    /// The peer broke the protocol: fail reading with `InvalidData` and
+    /// have the worker reset the stream.
+    fn protocol_error(&self, state: &mut ReadState, why: String) {
+        state.error = Some((io::ErrorKind::InvalidData, why.clone()));
+        self.send_ack(state);
+        self.inbox.abort(why);
     }
 
     fn send_ack(&self, state: &mut ReadState) {
@@ -439,71 +579,187 @@ impl Inner {
         if let Some(failure) = self.shared.failure() {
             return Err(failure.write_error());
         }
-        let n = data.len().min(self.options.get_max_message_size());
-        self.send_outbound(Outbound::Data(data[..n].to_vec()))?;
+        let deadline = self.write_deadline();
+        let n = data.len().min(self.message_limit);
+        self.reserve_credit(n, &deadline)?;
+        if let Err(err) = self.append(&data[..n], &deadline) {
+            self.shared.send_window().unreserve(n);
+            return Err(err);
+        }
         Ok(n)
+    }
+
+    /// Hands written bytes to the worker, waiting while it has its fill.
+    fn append(&self, data: &[u8], deadline: &Receiver<Instant>) -> io::Result<()> {
+        let written = &self.shared.written;
+        while written.append(data) == Appended::Full {
+            select! {
+                recv(written.emptied()) -> _ => {}
+                recv(self.alive) -> _ => return Err(self.worker_gone()),
+                recv(deadline) -> _ => return Err(write_timed_out()),
+            }
+        }
+        Ok(())
+    }
+
+    /// When the write timeout, if any, runs out for a call starting now.
+    fn write_deadline(&self) -> Receiver<Instant> {
+        match *lock(&self.write_timeout) {
+            Some(timeout) => at(Instant::now() + timeout),
+            None => never(),
+        }
+    }
+
+    /// Takes `n` bytes of the peer's window (version 2), waiting until the
+    /// peer's reader has made room. While nobody reads this stream, the
+    /// waiting writer takes in the window updates itself.
+    fn reserve_credit(&self, n: usize, deadline: &Receiver<Instant>) -> io::Result<()> {
+        loop {
+            if let Some(failure) = self.shared.failure() {
+                return Err(failure.write_error());
+            }
+            if self.shared.send_window().try_reserve(n) {
+                return Ok(());
+            }
+            // A waiting reader has the inbox first (and wakes us after).
+            let no_turn = never();
+            let inbox = if self.inbox.reader_waiting() {
+                &no_turn
+            } else {
+                self.inbox.token()
+            };
+            select! {
+                recv(self.shared.credit_wake()) -> _ => {}
+                recv(inbox) -> _ => self.receive_credit(self.inbox.taken(), n, deadline)?,
+                recv(self.alive) -> _ => return Err(self.worker_gone()),
+                recv(deadline) -> _ => return Err(write_timed_out()),
+            }
+        }
+    }
+
+    /// Receives for the reader until `n` bytes of credit are there, a
+    /// reader wants the inbox back or the stream fails.
+    fn receive_credit(
+        &self,
+        pump: Pump<'_>,
+        n: usize,
+        deadline: &Receiver<Instant>,
+    ) -> io::Result<()> {
+        loop {
+            if self.shared.failure().is_some()
+                || self.shared.send_window().available() >= n as u64
+                || self.inbox.reader_waiting()
+            {
+                return Ok(());
+            }
+            select! {
+                recv(self.inbox.deliveries()) -> message => match message {
+                    Ok(message) => {
+                        if let Some(received) = self.inbox.sort(message, true) {
+                            let ended = matches!(received, Received::Ended(_));
+                            pump.stash(received);
+                            if ended {
+                                return Ok(());
+                            }
+                        }
+                    }
+                    Err(_) => return Ok(()),
+                },
+                recv(self.inbox.wanted()) -> _ => {}
+                recv(self.alive) -> _ => return Ok(()),
+                recv(deadline) -> _ => return Err(write_timed_out()),
+            }
+        }
     }
 
     fn flush(&self) -> io::Result<()> {
         let (reply_tx, reply_rx) = bounded(1);
-        match self.send_outbound(Outbound::Flush(reply_tx)) {
-            Ok(()) => self.wait_reply(reply_rx),
+        let deadline = self.write_deadline();
+        match self.send_outbound(Outbound::Flush(reply_tx), &deadline) {
+            Ok(()) => self.wait_reply(reply_rx, &deadline),
             // The worker is gone after a clean close: nothing is unflushed.
             Err(_) if self.shared.failure().is_none() => Ok(()),
             Err(err) => Err(err),
         }
     }
 
-    /// Hands an item to the worker, within the write timeout.
-    fn send_outbound(&self, item: Outbound) -> io::Result<()> {
-        let timeout = *lock(&self.write_timeout);
-        match timeout {
-            Some(timeout) => self.outbound.send_timeout(item, timeout).map_err(|e| {
-                if e.is_timeout() {
-                    io::Error::new(io::ErrorKind::WouldBlock, "write timed out")
-                } else {
-                    self.worker_gone()
-                }
-            }),
-            None => self.outbound.send(item).map_err(|_| self.worker_gone()),
+    /// Hands an item to the worker, before the deadline.
+    fn send_outbound(&self, item: Outbound, deadline: &Receiver<Instant>) -> io::Result<()> {
+        match self.outbound.try_send(item) {
+            Ok(()) => Ok(()),
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => Err(self.worker_gone()),
+            Err(crossbeam_channel::TrySendError::Full(item)) => select! {
+                send(self.outbound, item) -> sent => sent.map_err(|_| self.worker_gone()),
+                recv(deadline) -> _ => Err(write_timed_out()),
+            },
         }
     }
 
-    /// Waits for the worker's answer to a FIN or flush.
-    fn wait_reply(&self, reply: Receiver<io::Result<()>>) -> io::Result<()> {
-        let timeout = *lock(&self.write_timeout);
-        match timeout {
-            Some(timeout) => reply.recv_timeout(timeout).map_err(|e| {
-                if e.is_timeout() {
-                    io::Error::new(io::ErrorKind::WouldBlock, "write timed out")
-                } else {
-                    self.worker_gone()
-                }
-            })?,
-            None => reply.recv().map_err(|_| self.worker_gone())?,
+    /// Waits for the worker's answer to a FIN or flush. A worker that
+    /// ends first (the broker connection was lost) never answers: the
+    /// request may still sit in the channel, so watch `alive` too.
+    fn wait_reply(
+        &self,
+        reply: Receiver<io::Result<()>>,
+        deadline: &Receiver<Instant>,
+    ) -> io::Result<()> {
+        select! {
+            recv(reply) -> answer => answer.map_err(|_| self.worker_gone())?,
+            recv(self.alive) -> _ => match reply.try_recv() {
+                Ok(answer) => answer,
+                Err(_) => Err(self.worker_gone()),
+            },
+            recv(deadline) -> _ => Err(write_timed_out()),
+        }
+    }
+
+    /// Whether this end holds data it received and nobody read: then
+    /// closing it is abortive, as for TCP.
+    fn holds_unread_data(&self) -> bool {
+        let state = self.lock_reader();
+        if state.error.is_some() {
+            return false;
+        }
+        if state.position < state.current.len() {
+            return true;
+        }
+        drop(state);
+        match self.inbox.token().recv_timeout(Duration::from_secs(1)) {
+            Ok(()) => {
+                let pump = self.inbox.taken();
+                pump.drain();
+                pump.holds_data()
+            }
+            Err(_) => false,
         }
     }
 
     fn worker_gone(&self) -> io::Error {
-        match self.shared.failure() {
-            Some(failure) => failure.write_error(),
-            None => io::Error::new(io::ErrorKind::BrokenPipe, "the stream is closed"),
-        }
+        self.shared.write_error()
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         let linger = self.options.get_linger();
-        if self.outbound.send_timeout(Outbound::Close, linger).is_ok() {
+        let last = if self.holds_unread_data() {
+            Outbound::Reset("closed with unread data".to_string())
+        } else {
+            Outbound::Close
+        };
+        if self.outbound.send_timeout(last, linger).is_ok() {
             // Disconnects when the worker has finished.
             let _ = self.alive.recv_timeout(linger);
         }
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
+fn read_timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::WouldBlock, "read timed out")
+}
+
+fn write_timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::WouldBlock, "write timed out")
 }
 
 impl Read for Stream {

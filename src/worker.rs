@@ -8,9 +8,15 @@
 //! that touches the channel happens here.
 
 use crate::connection::BrokerConnection;
+use crate::credit::{SendWindow, message_limit};
 use crate::error::Error;
+use crate::inbox::Inbox;
 use crate::options::StreamOptions;
-use crate::protocol;
+use crate::protocol::frame;
+use crate::protocol::handshake::{self, Offer};
+use crate::protocol::{new_queue_name, queue_declare_options};
+use crate::shared::{Failure, Shared};
+use crate::version::ProtocolVersion;
 use amiquip::{
     Channel, Confirm, ConfirmSmoother, ConsumerMessage, ConsumerOptions, Delivery, Publish, Return,
 };
@@ -19,22 +25,25 @@ use log::{debug, warn};
 use std::collections::VecDeque;
 use std::io;
 use std::ops::ControlFlow;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What the user's side sends the worker, in stream order.
 pub(crate) enum Outbound {
-    /// Bytes to publish.
-    Data(Vec<u8>),
     /// Publish the FIN; answer once it is published.
     Fin(Sender<io::Result<()>>),
     /// Answer once everything before this is confirmed by the broker.
     Flush(Sender<io::Result<()>>),
+    /// Publish what small writes are waiting (after `set_nodelay(true)`).
+    Push,
     /// The last handle is gone: finish and clean up.
     Close,
+    /// The last handle is gone with data unread: reset the stream (version
+    /// 2; version 1 closes) and clean up.
+    Reset(String),
 }
 
-/// What the reading side tells the worker, out of stream order.
+/// What the receiving side tells the worker, out of stream order.
 pub(crate) enum Control {
     /// Acknowledge this delivery and every one before it.
     Ack(Box<Delivery>),
@@ -42,62 +51,12 @@ pub(crate) enum Control {
     FinReceived,
     /// The reader has taken the peer-gone marker.
     PeerGoneSeen,
-}
-
-/// Why a stream can no longer carry data.
-#[derive(Debug, Clone)]
-pub(crate) enum Failure {
-    /// The peer's queue is gone (the peer closed or died).
-    PeerGone(String),
-    /// The broker connection or our channel failed.
-    BrokerLost(String),
-}
-
-impl Failure {
-    /// The error a `read` reports.
-    pub(crate) fn read_error(&self) -> io::Error {
-        match self {
-            Failure::PeerGone(why) => io::Error::new(io::ErrorKind::ConnectionReset, why.clone()),
-            Failure::BrokerLost(why) => {
-                io::Error::new(io::ErrorKind::ConnectionAborted, why.clone())
-            }
-        }
-    }
-
-    /// The error a `write` reports.
-    pub(crate) fn write_error(&self) -> io::Error {
-        match self {
-            Failure::PeerGone(why) => io::Error::new(io::ErrorKind::BrokenPipe, why.clone()),
-            Failure::BrokerLost(why) => {
-                io::Error::new(io::ErrorKind::ConnectionAborted, why.clone())
-            }
-        }
-    }
-}
-
-/// State the worker and the user's handles both see.
-#[derive(Default)]
-pub(crate) struct Shared {
-    failure: Mutex<Option<Failure>>,
-}
-
-impl Shared {
-    /// The failure, if the stream has one.
-    pub(crate) fn failure(&self) -> Option<Failure> {
-        self.failure
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    /// Records the first failure; later ones are ignored.
-    fn fail(&self, failure: Failure) {
-        let mut slot = self.failure.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.is_none() {
-            debug!("stream failed: {failure:?}");
-            *slot = Some(failure);
-        }
-    }
+    /// Report to the peer that our reader has consumed this many bytes.
+    Window(u64),
+    /// The peer reset the stream.
+    PeerReset,
+    /// The peer broke the protocol: reset the stream, saying why.
+    Abort(String),
 }
 
 /// Which end of the handshake the worker plays.
@@ -115,6 +74,10 @@ pub(crate) enum Role {
     Server {
         /// The client's queue, from the request's `reply_to`.
         client_queue: String,
+        /// The version the listener chose for it.
+        version: ProtocolVersion,
+        /// The client's version-2 offer, if it made one.
+        offer: Option<Offer>,
     },
 }
 
@@ -122,7 +85,9 @@ pub(crate) enum Role {
 pub(crate) struct Established {
     pub(crate) local_queue: String,
     pub(crate) peer_queue: String,
-    pub(crate) deliveries: Receiver<ConsumerMessage>,
+    pub(crate) inbox: Arc<Inbox>,
+    /// The largest message to send: at most half the peer's window.
+    pub(crate) message_limit: usize,
     pub(crate) outbound: Sender<Outbound>,
     pub(crate) control: Sender<Control>,
     /// Disconnects when the worker thread ends.
@@ -137,13 +102,16 @@ pub(crate) fn start(
     options: StreamOptions,
 ) -> Result<Established, Error> {
     let (setup_tx, setup_rx) = bounded(1);
-    let (outbound_tx, outbound_rx) = bounded(options.get_write_queue());
+    let (outbound_tx, outbound_rx) = bounded(4);
     let (control_tx, control_rx) = unbounded();
     let (alive_tx, alive_rx) = bounded::<()>(0);
-    let shared = Arc::new(Shared::default());
+    let write_limit = options.get_write_queue() * options.get_max_message_size();
+    let shared = Arc::new(Shared::new(write_limit));
+    shared.set_nodelay(options.get_nodelay());
     let ends = WorkerEnds {
         outbound: outbound_rx,
         control: control_rx,
+        control_sender: control_tx.clone(),
         shared: Arc::clone(&shared),
         _alive: alive_tx,
     };
@@ -160,7 +128,8 @@ pub(crate) fn start(
     Ok(Established {
         local_queue: handshake.local_queue,
         peer_queue: handshake.peer_queue,
-        deliveries: handshake.deliveries,
+        inbox: handshake.inbox,
+        message_limit: handshake.message_limit,
         outbound: outbound_tx,
         control: control_tx,
         alive: alive_rx,
@@ -172,6 +141,8 @@ pub(crate) fn start(
 struct WorkerEnds {
     outbound: Receiver<Outbound>,
     control: Receiver<Control>,
+    /// For the inbox, which the worker makes once the version is known.
+    control_sender: Sender<Control>,
     shared: Arc<Shared>,
     /// Dropped when the thread ends, which wakes a blocked reader.
     _alive: Sender<()>,
@@ -181,7 +152,16 @@ struct WorkerEnds {
 struct Handshake {
     local_queue: String,
     peer_queue: String,
-    deliveries: Receiver<ConsumerMessage>,
+    inbox: Arc<Inbox>,
+    message_limit: usize,
+}
+
+/// What the handshake settled.
+struct Agreed {
+    peer_queue: String,
+    version: ProtocolVersion,
+    /// The peer's receive window (version 2).
+    peer_window: Option<u64>,
 }
 
 /// A stream's channel with the receivers amiquip feeds for it.
@@ -202,10 +182,10 @@ fn run(
     setup: Sender<Result<Handshake, Error>>,
     ends: WorkerEnds,
 ) {
-    let local_queue = protocol::new_queue_name();
+    let local_queue = new_queue_name();
     let owned = match connection
         .open_channel("a stream")
-        .and_then(|channel| prepare(channel, &local_queue, &options))
+        .and_then(|channel| prepare(channel, &local_queue))
     {
         Ok(owned) => owned,
         Err(err) => {
@@ -215,14 +195,29 @@ fn run(
     };
     let channel = &owned.channel;
     let returns = owned.returns.clone();
-    let consumer = match channel.basic_consume(
-        local_queue.clone(),
-        ConsumerOptions {
-            no_ack: false,
-            exclusive: true,
-            ..ConsumerOptions::default()
-        },
-    ) {
+    let mut publisher = Publisher::new(channel, owned.confirms.clone());
+    // The handshake message goes before the consumer starts: our queue is
+    // declared already (the broker keeps the answer in it), and the
+    // consume round trip overlaps with the peer's work.
+    let sent = match send_handshake(&role, &local_queue, &options, &mut publisher) {
+        Ok(sent) => sent,
+        Err(err) => {
+            let _ = setup.send(Err(err));
+            return;
+        }
+    };
+    let consumer = match channel
+        .qos(0, options.get_prefetch(), false)
+        .and_then(|()| {
+            channel.basic_consume(
+                local_queue.clone(),
+                ConsumerOptions {
+                    no_ack: false,
+                    exclusive: true,
+                    ..ConsumerOptions::default()
+                },
+            )
+        }) {
         Ok(consumer) => consumer,
         Err(err) => {
             let _ = setup.send(Err(Error::broker(
@@ -232,20 +227,35 @@ fn run(
             return;
         }
     };
-    let mut publisher = Publisher::new(channel, owned.confirms.clone());
-    let peer_queue = match handshake(&role, &local_queue, &consumer, &mut publisher, &returns) {
-        Ok(peer_queue) => peer_queue,
+    let agreed = match await_handshake(&role, sent, &options, &consumer, &mut publisher, &returns) {
+        Ok(agreed) => agreed,
         Err(err) => {
             cancel_consumer(&consumer);
             let _ = setup.send(Err(err));
             return;
         }
     };
-    debug!("stream {local_queue} connected to {peer_queue}");
+    let Agreed {
+        peer_queue,
+        version,
+        peer_window,
+    } = agreed;
+    debug!("stream {local_queue} connected to {peer_queue}, protocol version {version}");
+    if let Some(window) = peer_window {
+        *ends.shared.send_window() = SendWindow::limited(window);
+    }
+    let message_limit = message_limit(options.get_max_message_size(), peer_window);
+    let inbox = Arc::new(Inbox::new(
+        version,
+        consumer.receiver().clone(),
+        Arc::clone(&ends.shared),
+        ends.control_sender.clone(),
+    ));
     let handed_over = setup.send(Ok(Handshake {
         local_queue: local_queue.clone(),
         peer_queue: peer_queue.clone(),
-        deliveries: consumer.receiver().clone(),
+        inbox: Arc::clone(&inbox),
+        message_limit,
     }));
     if handed_over.is_err() {
         cancel_consumer(&consumer);
@@ -259,12 +269,18 @@ fn run(
         ends,
         peer_queue,
         local_queue: local_queue.clone(),
+        version,
+        inbox,
+        message_limit,
+        sequence: 0,
+        acked: 0,
+        last_sent: Instant::now(),
         probe_channel: None,
         fin_sent: false,
         fin_received: false,
         peer_gone: false,
         reader_done: false,
-        pending: None,
+        unsent: Vec::new(),
     };
     worker.run_loop();
     worker.finish();
@@ -297,16 +313,10 @@ pub(crate) fn cancel_consumer(consumer: &amiquip::Consumer<'_>) -> Vec<Delivery>
     }
 }
 
-/// Sets up the channel: prefetch, returns, confirms, our queue.
-fn prepare(
-    channel: Channel,
-    local_queue: &str,
-    options: &StreamOptions,
-) -> Result<StreamChannel, Error> {
+/// Sets up the channel without waiting for the broker: returns,
+/// confirms, our queue.
+fn prepare(channel: Channel, local_queue: &str) -> Result<StreamChannel, Error> {
     let what = |action: &str| format!("{action} for stream queue {local_queue:?}");
-    channel
-        .qos(0, options.get_prefetch(), false)
-        .map_err(|e| Error::broker(what("setting the prefetch"), e))?;
     let returns = channel
         .listen_for_returns()
         .map_err(|e| Error::broker(what("listening for returns"), e))?;
@@ -324,63 +334,100 @@ fn prepare(
         .map_err(|e| Error::broker(what("enabling confirms"), e))?;
     owned
         .channel
-        .queue_declare_nowait(local_queue, protocol::queue_declare_options())
+        .queue_declare_nowait(local_queue, queue_declare_options())
         .map_err(|e| Error::broker(what("declaring the queue"), e))?;
     Ok(owned)
 }
 
-/// Runs our side of the handshake; on success, the peer's queue.
-fn handshake(
+/// Publishes our handshake message: the SYN to the listener or the
+/// SYN-ACK to the client. Returns the version-2 offer it carried.
+fn send_handshake(
     role: &Role,
     local_queue: &str,
+    options: &StreamOptions,
+    publisher: &mut Publisher<'_>,
+) -> Result<Option<Offer>, Error> {
+    let window = options.get_window();
+    let (to, offer, doing) = match role {
+        Role::Client { listener_queue, .. } => (
+            listener_queue,
+            handshake::client_offer(options.get_protocol_version(), window),
+            "connecting to",
+        ),
+        Role::Server {
+            client_queue,
+            version,
+            ..
+        } => (
+            client_queue,
+            handshake::server_offer(*version, window),
+            "answering",
+        ),
+    };
+    publisher
+        .publish(to, &[], handshake::handshake_properties(local_queue, offer))
+        .map_err(|e| Error::broker(format!("{doing} {to:?}"), e))?;
+    Ok(offer)
+}
+
+/// Waits for the handshake to complete: the client for the SYN-ACK, the
+/// listener for the broker's confirm of its SYN-ACK.
+fn await_handshake(
+    role: &Role,
+    sent: Option<Offer>,
+    options: &StreamOptions,
     consumer: &amiquip::Consumer<'_>,
     publisher: &mut Publisher<'_>,
     returns: &Receiver<Return>,
-) -> Result<String, Error> {
+) -> Result<Agreed, Error> {
     match role {
         Role::Client {
             listener_queue,
             deadline,
             timeout,
         } => {
-            publisher
-                .publish(
-                    listener_queue,
-                    &[],
-                    protocol::handshake_properties(local_queue),
-                )
-                .map_err(|e| Error::broker(format!("connecting to {listener_queue:?}"), e))?;
             let timer = deadline.map(crossbeam_channel::at).unwrap_or_else(never);
-            select! {
-                recv(returns) -> _ => Err(Error::ConnectionRefused { queue: listener_queue.clone() }),
+            let answer = select! {
+                recv(returns) -> _ => return Err(Error::ConnectionRefused { queue: listener_queue.clone() }),
                 recv(consumer.receiver()) -> message => match message {
-                    Ok(ConsumerMessage::Delivery(delivery)) => {
-                        let peer = protocol::parse_accept(&delivery.body, &delivery.properties)
-                            .map(str::to_string)
-                            .map_err(|reason| refused(listener_queue, &delivery.body, reason));
-                        let _ = consumer.ack(delivery);
-                        peer
-                    }
-                    Ok(other) => Err(consumer_ended(listener_queue, other)),
-                    Err(_) => Err(Error::broker(
+                    Ok(ConsumerMessage::Delivery(delivery)) => delivery,
+                    Ok(other) => return Err(consumer_ended(listener_queue, other)),
+                    Err(_) => return Err(Error::broker(
                         format!("connecting to {listener_queue:?}"),
                         amiquip::Error::EventLoopDropped,
                     )),
                 },
-                recv(timer) -> _ => Err(Error::TimedOut {
+                recv(timer) -> _ => return Err(Error::TimedOut {
                     what: format!("connecting to {listener_queue:?}"),
                     after: timeout.unwrap_or_default(),
                 }),
-            }
+            };
+            let agreed = handshake::parse_accept(&answer.body, &answer.properties)
+                .map_err(|reason| refused(listener_queue, &answer.body, reason))
+                .and_then(|accept| {
+                    let version = handshake::client_version(
+                        sent,
+                        accept.offer,
+                        options.get_protocol_version(),
+                    )
+                    .map_err(|reason| Error::Protocol {
+                        queue: listener_queue.clone(),
+                        reason,
+                    })?;
+                    Ok(Agreed {
+                        peer_queue: accept.server_queue.to_string(),
+                        version,
+                        peer_window: accept.offer.map(|offer| offer.window),
+                    })
+                });
+            let _ = consumer.ack(answer);
+            agreed
         }
-        Role::Server { client_queue } => {
-            publisher
-                .publish(
-                    client_queue,
-                    &[],
-                    protocol::handshake_properties(local_queue),
-                )
-                .map_err(|e| Error::broker(format!("answering {client_queue:?}"), e))?;
+        Role::Server {
+            client_queue,
+            version,
+            offer,
+        } => {
             let seq = publisher.published;
             loop {
                 select! {
@@ -399,7 +446,11 @@ fn handshake(
                         }
                         // A returned message is returned before it is confirmed.
                         if publisher.confirmed >= seq && returns.is_empty() {
-                            return Ok(client_queue.clone());
+                            return Ok(Agreed {
+                                peer_queue: client_queue.clone(),
+                                version: *version,
+                                peer_window: sent.and(offer.map(|offer| offer.window)),
+                            });
                         }
                     },
                 }
@@ -506,29 +557,39 @@ struct Worker<'a> {
     ends: WorkerEnds,
     peer_queue: String,
     local_queue: String,
+    version: ProtocolVersion,
+    inbox: Arc<Inbox>,
+    /// The largest message to publish.
+    message_limit: usize,
+    /// The sequence number of the last data or FIN frame sent.
+    sequence: u64,
+    /// The delivery tag acknowledged last (acks cover all before it).
+    acked: u64,
+    /// When something was last published to the peer.
+    last_sent: Instant,
     probe_channel: Option<Channel>,
     fin_sent: bool,
     fin_received: bool,
     peer_gone: bool,
     reader_done: bool,
-    /// An outbound item taken while coalescing, handled next.
-    pending: Option<Outbound>,
+    /// Written bytes not yet published: a partial message waits here while
+    /// earlier data awaits its confirm, gathering the writes behind it
+    /// (Nagle's algorithm, with the broker's confirm as the ACK).
+    unsent: Vec<u8>,
 }
 
 impl Worker<'_> {
     fn run_loop(&mut self) {
         let ticker = tick(self.options.get_keepalive_interval());
         loop {
-            if let Some(item) = self.pending.take() {
-                if self.outbound(item).is_break() {
-                    return;
-                }
-                continue;
-            }
             if self.done() {
                 return;
             }
             let next = select! {
+                recv(self.ends.shared.written.filled()) -> _ => {
+                    self.take_written();
+                    self.publish_unsent(false)
+                }
                 recv(self.ends.outbound) -> item => match item {
                     Ok(item) => self.outbound(item),
                     Err(_) => self.outbound(Outbound::Close),
@@ -548,7 +609,7 @@ impl Worker<'_> {
                     Ok(confirm) => {
                         self.publisher.absorb(confirm);
                         self.answer_flushes();
-                        ControlFlow::Continue(())
+                        self.publish_unsent(false)
                     }
                     Err(_) => self.broker_lost("the channel closed"),
                 },
@@ -566,58 +627,98 @@ impl Worker<'_> {
         (self.fin_sent && self.fin_received) || (self.peer_gone && self.reader_done)
     }
 
+    /// Moves what was written into `unsent`, behind what waits there.
+    fn take_written(&mut self) {
+        let written = self.ends.shared.written.take();
+        if self.unsent.is_empty() {
+            self.unsent = written;
+        } else {
+            self.unsent.extend_from_slice(&written);
+        }
+    }
+
     fn outbound(&mut self, item: Outbound) -> ControlFlow<()> {
+        // Everything written before this item goes first.
+        self.take_written();
         match item {
-            Outbound::Data(data) => {
-                let data = self.coalesce(data);
-                if self.ends.shared.failure().is_some() {
-                    return ControlFlow::Continue(());
-                }
-                let peer = self.peer_queue.clone();
-                match self
-                    .publisher
-                    .publish(&peer, &data, protocol::data_properties())
-                {
-                    Ok(()) => ControlFlow::Continue(()),
-                    Err(err) => self.broker_lost(&format!("publishing to {peer:?}: {err}")),
-                }
-            }
+            Outbound::Push => self.publish_unsent(false),
             Outbound::Fin(reply) => {
-                let result = self.send_fin();
+                let result = match self.publish_unsent(true) {
+                    ControlFlow::Continue(()) => self.send_fin(),
+                    ControlFlow::Break(()) => Err(self.ends.shared.write_error()),
+                };
                 let _ = reply.send(result);
                 ControlFlow::Continue(())
             }
             Outbound::Flush(reply) => {
+                let _ = self.publish_unsent(true);
                 let seq = self.publisher.published;
                 self.publisher.flushes.push_back((seq, reply));
                 self.answer_flushes();
                 ControlFlow::Continue(())
             }
             Outbound::Close => {
-                if !self.fin_sent && self.ends.shared.failure().is_none() {
+                if let Some(Failure::Protocol(why)) = self.ends.shared.failure() {
+                    // The reader found a violation; its abort may still
+                    // be queued behind this close.
+                    self.send_reset(&why);
+                } else if !self.fin_sent && self.publish_unsent(true).is_continue() {
                     let _ = self.send_fin();
                 }
+                ControlFlow::Break(())
+            }
+            Outbound::Reset(why) => {
+                self.unsent.clear();
+                self.send_reset(&why);
                 ControlFlow::Break(())
             }
         }
     }
 
-    /// Appends queued small writes to `data`, up to the message size.
-    fn coalesce(&mut self, mut data: Vec<u8>) -> Vec<u8> {
-        let max = self.options.get_max_message_size();
-        while data.len() < max {
-            match self.ends.outbound.try_recv() {
-                Ok(Outbound::Data(more)) if data.len() + more.len() <= max => {
-                    data.extend_from_slice(&more)
-                }
-                Ok(other) => {
-                    self.pending = Some(other);
-                    break;
-                }
-                Err(_) => break,
+    /// Publishes one frame to the peer.
+    fn publish_to_peer(
+        &mut self,
+        body: &[u8],
+        properties: amiquip::AmqpProperties,
+    ) -> Result<(), amiquip::Error> {
+        let peer = self.peer_queue.clone();
+        self.publisher.publish(&peer, body, properties)?;
+        self.last_sent = Instant::now();
+        Ok(())
+    }
+
+    /// Publishes the unsent bytes: full messages always; the partial rest
+    /// only when `all` is set, `nodelay` is on, or nothing published is
+    /// still waiting for its confirm (whose arrival calls this again).
+    fn publish_unsent(&mut self, all: bool) -> ControlFlow<()> {
+        if self.ends.shared.failure().is_some() {
+            self.unsent.clear();
+            return ControlFlow::Continue(());
+        }
+        let max = self.message_limit;
+        while !self.unsent.is_empty() {
+            let full = self.unsent.len() >= max;
+            if !(full || all || self.ends.shared.nodelay() || self.publisher.all_confirmed()) {
+                break;
+            }
+            let n = self.unsent.len().min(max);
+            let unsent = std::mem::take(&mut self.unsent);
+            let properties = frame::data_properties(self.version, self.sequence + 1);
+            let published = self.publish_to_peer(&unsent[..n], properties);
+            self.unsent = unsent;
+            if let Err(err) = published {
+                self.unsent.clear();
+                let peer = self.peer_queue.clone();
+                return self.broker_lost(&format!("publishing to {peer:?}: {err}"));
+            }
+            self.sequence += 1;
+            if n == self.unsent.len() {
+                self.unsent.clear();
+            } else {
+                self.unsent.drain(..n);
             }
         }
-        data
+        ControlFlow::Continue(())
     }
 
     fn send_fin(&mut self) -> io::Result<()> {
@@ -627,17 +728,15 @@ impl Worker<'_> {
         if let Some(failure) = self.ends.shared.failure() {
             return Err(failure.write_error());
         }
-        let peer = self.peer_queue.clone();
-        match self
-            .publisher
-            .publish(&peer, &[], protocol::data_properties())
-        {
+        let properties = frame::fin_properties(self.version, self.sequence + 1);
+        match self.publish_to_peer(&[], properties) {
             Ok(()) => {
+                self.sequence += 1;
                 self.fin_sent = true;
                 Ok(())
             }
             Err(err) => {
-                let text = format!("sending FIN to {peer:?}: {err}");
+                let text = format!("sending FIN to {:?}: {err}", self.peer_queue);
                 // The failure is recorded; the loop ends when the channel's
                 // receivers disconnect.
                 let _ = self.broker_lost(&text);
@@ -646,11 +745,39 @@ impl Worker<'_> {
         }
     }
 
+    /// Tells a version-2 peer that the stream is aborted (version 1 has no
+    /// reset: the peer sees the FIN of a close instead).
+    fn send_reset(&mut self, why: &str) {
+        if self.peer_gone
+            || self
+                .ends
+                .shared
+                .failure()
+                .is_some_and(|f| matches!(f, Failure::BrokerLost(_)))
+        {
+            return;
+        }
+        if self.version == ProtocolVersion::V1 {
+            if !self.fin_sent {
+                let _ = self.send_fin();
+            }
+            return;
+        }
+        debug!("stream {}: resetting: {why}", self.local_queue);
+        if let Err(err) = self.publish_to_peer(why.as_bytes(), frame::reset_properties()) {
+            let _ = self.broker_lost(&format!("sending a reset: {err}"));
+        }
+    }
+
     fn control(&mut self, control: Control) -> ControlFlow<()> {
         match control {
             Control::Ack(delivery) => {
-                if let Err(err) = (*delivery).ack_multiple(self.publisher.channel) {
-                    return self.broker_lost(&format!("acknowledging data: {err}"));
+                // Acks are cumulative: one for a later delivery covered it.
+                if delivery.delivery_tag() > self.acked {
+                    self.acked = delivery.delivery_tag();
+                    if let Err(err) = (*delivery).ack_multiple(self.publisher.channel) {
+                        return self.broker_lost(&format!("acknowledging data: {err}"));
+                    }
                 }
             }
             Control::FinReceived => {
@@ -658,6 +785,29 @@ impl Worker<'_> {
                 self.reader_done = true;
             }
             Control::PeerGoneSeen => self.reader_done = true,
+            Control::Window(consumed) => {
+                if self.peer_gone || self.ends.shared.failure().is_some() {
+                    return ControlFlow::Continue(());
+                }
+                let (properties, body) = frame::window_frame(consumed);
+                if let Err(err) = self.publish_to_peer(&body, properties) {
+                    return self.broker_lost(&format!("reporting the window: {err}"));
+                }
+            }
+            Control::PeerReset => {
+                // Everything before the reset has left the consumer, so the
+                // reader keeps it; nothing after it counts.
+                self.peer_gone = true;
+                self.answer_flushes();
+                return ControlFlow::Break(());
+            }
+            Control::Abort(why) => {
+                warn!("stream {}: {why}", self.local_queue);
+                self.unsent.clear();
+                self.send_reset(&why);
+                self.answer_flushes();
+                return ControlFlow::Break(());
+            }
         }
         ControlFlow::Continue(())
     }
@@ -690,7 +840,7 @@ impl Worker<'_> {
         let own = self.local_queue.clone();
         if let Err(err) = self
             .publisher
-            .publish(&own, &[], protocol::peer_gone_properties())
+            .publish(&own, &[], frame::peer_gone_properties())
         {
             let _ = self.broker_lost(&format!("marking the end of {own:?}: {err}"));
         }
@@ -705,8 +855,38 @@ impl Worker<'_> {
         ControlFlow::Break(())
     }
 
-    /// Checks that the peer's queue still exists.
+    /// Runs every keepalive interval: checks that the peer is still there
+    /// and, in version 2, handles control frames nobody is reading.
     fn keepalive(&mut self) -> ControlFlow<()> {
+        match self.version {
+            ProtocolVersion::V1 => self.probe_peer(),
+            _ => {
+                if let Some(pump) = self.inbox.try_take() {
+                    pump.drain();
+                }
+                self.send_keepalive();
+                ControlFlow::Continue(())
+            }
+        }
+    }
+
+    /// Version 2: a keepalive frame when nothing else went to the peer for
+    /// an interval. The broker returns it if the peer's queue is gone.
+    fn send_keepalive(&mut self) {
+        if self.peer_gone || self.fin_received || self.ends.shared.failure().is_some() {
+            return;
+        }
+        // The ticker fires every interval: allow for its jitter.
+        if self.last_sent.elapsed() < self.options.get_keepalive_interval() / 2 {
+            return;
+        }
+        if let Err(err) = self.publish_to_peer(&[], frame::keepalive_properties()) {
+            let _ = self.broker_lost(&format!("sending a keepalive: {err}"));
+        }
+    }
+
+    /// Version 1: checks that the peer's queue still exists.
+    fn probe_peer(&mut self) -> ControlFlow<()> {
         if self.peer_gone || self.fin_received {
             return ControlFlow::Continue(());
         }

@@ -2,6 +2,9 @@
 //! names, reproducible random data and a log capture.
 #![allow(dead_code)]
 
+pub mod raw;
+pub mod relay;
+
 use std::sync::{Mutex, Once};
 
 /// The broker the tests use: `AMQP_URL`, or the local one.
@@ -71,4 +74,41 @@ pub fn capture_logs() {
 /// The captured log lines so far.
 pub fn logs() -> Vec<String> {
     LOGS.lock().unwrap().clone()
+}
+
+/// What the broker holds in `queue` now: (messages, body bytes), ready and
+/// unacknowledged together, from `rabbitmqctl`; `None` if it has no such
+/// queue.
+pub fn queue_depth(queue: &str) -> Option<(u64, u64)> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "-q", "name", "messages", "message_bytes"])
+        .output()
+        .expect("rabbitmqctl runs (scripts/ensure-broker.sh installs it)");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl list_queues failed: {out:?}"
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            match fields.as_slice() {
+                [name, messages, bytes] if *name == queue => {
+                    Some((messages.parse().ok()?, bytes.parse().ok()?))
+                }
+                _ => None,
+            }
+        })
+}
+
+/// This process's resident memory in bytes (Linux).
+pub fn resident_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .expect("VmRSS in /proc/self/status");
+    kib * 1024
 }

@@ -1,0 +1,380 @@
+//! The handshake: the SYN a client sends, the SYN-ACK a listener answers
+//! with, and the negotiation of the protocol version they carry.
+//!
+//! Version 1 handshake messages have an empty body and a `reply_to`. A
+//! side that speaks version 2 adds two headers; a version-1 peer ignores
+//! them, and a version-2 side that gets none back speaks version 1.
+
+use crate::version::ProtocolVersion;
+use amiquip::{AmqpProperties, AmqpValue, FieldTable};
+use std::fmt;
+
+/// Header with the highest protocol version the sender speaks.
+pub(crate) const VERSION_HEADER: &str = "x-amqp-stream-version";
+/// Header with the sender's receive window in bytes.
+pub(crate) const WINDOW_HEADER: &str = "x-amqp-stream-window";
+
+/// What a version-2 side says about itself in the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Offer {
+    /// The highest version the sender speaks (2 for this crate).
+    pub(crate) version: u64,
+    /// How many bytes the sender accepts ahead of its reader.
+    pub(crate) window: u64,
+}
+
+impl Offer {
+    /// Our offer: the given version and receive window.
+    pub(crate) fn ours(version: ProtocolVersion, window: usize) -> Offer {
+        Offer {
+            version: version.number(),
+            window: window as u64,
+        }
+    }
+}
+
+/// Properties of a SYN or SYN-ACK: `reply_to` names the queue the sender
+/// receives on; an offer adds the version-2 headers.
+pub(crate) fn handshake_properties(reply_to: &str, offer: Option<Offer>) -> AmqpProperties {
+    let properties = AmqpProperties::default().with_reply_to(reply_to.to_string());
+    match offer {
+        None => properties,
+        Some(offer) => {
+            let mut headers = FieldTable::new();
+            headers.insert(VERSION_HEADER.to_string(), wire_integer(offer.version));
+            headers.insert(WINDOW_HEADER.to_string(), wire_integer(offer.window));
+            properties.with_headers(headers)
+        }
+    }
+}
+
+/// A u64 as the signed 64-bit integer RabbitMQ understands.
+fn wire_integer(value: u64) -> AmqpValue {
+    AmqpValue::LongLongInt(i64::try_from(value).unwrap_or(i64::MAX))
+}
+
+/// Any AMQP integer that is not negative, as a u64.
+fn as_u64(value: &AmqpValue) -> Option<u64> {
+    match *value {
+        AmqpValue::ShortShortUInt(v) => Some(v.into()),
+        AmqpValue::ShortUInt(v) => Some(v.into()),
+        AmqpValue::LongUInt(v) => Some(v.into()),
+        AmqpValue::ShortShortInt(v) => u64::try_from(v).ok(),
+        AmqpValue::ShortInt(v) => u64::try_from(v).ok(),
+        AmqpValue::LongInt(v) => u64::try_from(v).ok(),
+        AmqpValue::LongLongInt(v) => u64::try_from(v).ok(),
+        AmqpValue::Timestamp(v) => Some(v),
+        _ => None,
+    }
+}
+
+/// The offer in a handshake message: `None` from a version-1 peer (no
+/// version header), an error for headers that are there but malformed.
+pub(crate) fn read_offer(properties: &AmqpProperties) -> Result<Option<Offer>, String> {
+    let Some(headers) = properties.headers() else {
+        return Ok(None);
+    };
+    let Some(version) = headers.get(VERSION_HEADER) else {
+        return Ok(None);
+    };
+    let version = as_u64(version)
+        .filter(|v| *v >= 1)
+        .ok_or_else(|| format!("{VERSION_HEADER} must be a positive integer, not {version:?}"))?;
+    if version == 1 {
+        return Ok(None);
+    }
+    let window = headers
+        .get(WINDOW_HEADER)
+        .ok_or_else(|| format!("{WINDOW_HEADER} is missing"))?;
+    let window = as_u64(window).filter(|w| *w >= 2).ok_or_else(|| {
+        format!("{WINDOW_HEADER} must be an integer of at least 2, not {window:?}")
+    })?;
+    Ok(Some(Offer { version, window }))
+}
+
+/// Why a message on a listener's control queue is not a connection request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum BadRequest {
+    /// The request carries a body; a SYN has none.
+    HasBody(usize),
+    /// The request names no queue to answer to.
+    NoReplyTo,
+    /// The version-2 headers are malformed.
+    BadHeader(String),
+}
+
+impl fmt::Display for BadRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BadRequest::HasBody(len) => write!(
+                f,
+                "a connection request has an empty body, this one has {len} bytes"
+            ),
+            BadRequest::NoReplyTo => {
+                f.write_str("a connection request needs reply_to naming the client's queue")
+            }
+            BadRequest::BadHeader(why) => write!(f, "bad connection request header: {why}"),
+        }
+    }
+}
+
+/// A checked connection request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Request<'a> {
+    /// The client's queue, which the answer goes to.
+    pub(crate) client_queue: &'a str,
+    /// The client's version-2 offer, if it made one.
+    pub(crate) offer: Option<Offer>,
+}
+
+/// The queue named by `reply_to`, if any.
+fn reply_to(properties: &AmqpProperties) -> Option<&str> {
+    properties
+        .reply_to()
+        .as_deref()
+        .filter(|queue| !queue.is_empty())
+}
+
+/// Checks a message from a control queue.
+pub(crate) fn parse_request<'a>(
+    body: &[u8],
+    properties: &'a AmqpProperties,
+) -> Result<Request<'a>, BadRequest> {
+    if !body.is_empty() {
+        return Err(BadRequest::HasBody(body.len()));
+    }
+    let client_queue = reply_to(properties).ok_or(BadRequest::NoReplyTo)?;
+    let offer = read_offer(properties).map_err(BadRequest::BadHeader)?;
+    Ok(Request {
+        client_queue,
+        offer,
+    })
+}
+
+/// The listener's choice of version for a request, or why it refuses it.
+pub(crate) fn server_version(
+    offer: Option<Offer>,
+    pin: Option<ProtocolVersion>,
+) -> Result<ProtocolVersion, String> {
+    let offered = match offer {
+        Some(offer) => ProtocolVersion::at_most(offer.version).unwrap_or(ProtocolVersion::V1),
+        None => ProtocolVersion::V1,
+    };
+    match pin {
+        None => Ok(offered),
+        Some(ProtocolVersion::V1) => Ok(ProtocolVersion::V1),
+        Some(pinned) if offered >= pinned => Ok(pinned),
+        Some(pinned) => Err(format!(
+            "this listener requires protocol version {pinned}; the client speaks {offered}"
+        )),
+    }
+}
+
+/// A checked SYN-ACK.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Accept<'a> {
+    /// The server's queue, which the client sends to from then on.
+    pub(crate) server_queue: &'a str,
+    /// The server's version-2 answer, if it gave one.
+    pub(crate) offer: Option<Offer>,
+}
+
+/// Checks the first message on a client's queue (the SYN-ACK).
+pub(crate) fn parse_accept<'a>(
+    body: &[u8],
+    properties: &'a AmqpProperties,
+) -> Result<Accept<'a>, String> {
+    if !body.is_empty() {
+        return Err(format!(
+            "the listener's answer must have an empty body, it has {} bytes",
+            body.len()
+        ));
+    }
+    let server_queue =
+        reply_to(properties).ok_or("the listener's answer names no queue in reply_to")?;
+    let offer = read_offer(properties).map_err(|why| format!("the listener's answer: {why}"))?;
+    Ok(Accept {
+        server_queue,
+        offer,
+    })
+}
+
+/// The client's version, given what it offered and what the listener
+/// answered; an error when the answer does not fit the offer or the pin.
+pub(crate) fn client_version(
+    offered: Option<Offer>,
+    answer: Option<Offer>,
+    pin: Option<ProtocolVersion>,
+) -> Result<ProtocolVersion, String> {
+    let version = match (offered, answer) {
+        (_, None) => ProtocolVersion::V1,
+        (None, Some(answer)) => {
+            return Err(format!(
+                "the listener answered with protocol version {} to a version-1 request",
+                answer.version
+            ));
+        }
+        (Some(offered), Some(answer)) if answer.version > offered.version => {
+            return Err(format!(
+                "the listener answered with protocol version {}, above the offered {}",
+                answer.version, offered.version
+            ));
+        }
+        (Some(_), Some(answer)) => {
+            ProtocolVersion::at_most(answer.version).unwrap_or(ProtocolVersion::V1)
+        }
+    };
+    match pin {
+        Some(pinned) if pinned != version => Err(format!(
+            "protocol version {pinned} is required; the listener speaks {version}"
+        )),
+        _ => Ok(version),
+    }
+}
+
+/// What the client offers: nothing when pinned to version 1.
+pub(crate) fn client_offer(pin: Option<ProtocolVersion>, window: usize) -> Option<Offer> {
+    match pin.unwrap_or(ProtocolVersion::LATEST) {
+        ProtocolVersion::V1 => None,
+        version => Some(Offer::ours(version, window)),
+    }
+}
+
+/// What the listener answers with for the chosen version: the headers
+/// only for version 2 and up.
+pub(crate) fn server_offer(version: ProtocolVersion, window: usize) -> Option<Offer> {
+    (version >= ProtocolVersion::V2).then(|| Offer::ours(version, window))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ProtocolVersion::{V1, V2};
+
+    const OFFER: Offer = Offer {
+        version: 2,
+        window: 1 << 20,
+    };
+
+    #[test]
+    fn offer_round_trips_through_headers() {
+        let props = handshake_properties("q", Some(OFFER));
+        assert_eq!(read_offer(&props), Ok(Some(OFFER)));
+        assert_eq!(read_offer(&handshake_properties("q", None)), Ok(None));
+    }
+
+    #[test]
+    fn version_one_request_parses_without_an_offer() {
+        let props = handshake_properties("client-q", None);
+        let request = parse_request(b"", &props).unwrap();
+        assert_eq!(request.client_queue, "client-q");
+        assert_eq!(request.offer, None);
+    }
+
+    #[test]
+    fn request_must_be_empty_with_reply_to() {
+        let props = handshake_properties("client-q", Some(OFFER));
+        assert_eq!(parse_request(b"x", &props), Err(BadRequest::HasBody(1)));
+        assert_eq!(
+            parse_request(b"", &AmqpProperties::default()),
+            Err(BadRequest::NoReplyTo)
+        );
+        let empty = handshake_properties("", None);
+        assert_eq!(parse_request(b"", &empty), Err(BadRequest::NoReplyTo));
+        assert!(BadRequest::HasBody(3).to_string().contains("3 bytes"));
+    }
+
+    #[test]
+    fn malformed_headers_are_bad_requests() {
+        let with = |pairs: Vec<(&str, AmqpValue)>| {
+            let mut headers = FieldTable::new();
+            for (k, v) in pairs {
+                headers.insert(k.to_string(), v);
+            }
+            handshake_properties("q", None).with_headers(headers)
+        };
+        let text = with(vec![(VERSION_HEADER, AmqpValue::LongString("two".into()))]);
+        assert!(matches!(
+            parse_request(b"", &text),
+            Err(BadRequest::BadHeader(_))
+        ));
+        let no_window = with(vec![(VERSION_HEADER, AmqpValue::LongLongInt(2))]);
+        assert!(read_offer(&no_window).unwrap_err().contains("missing"));
+        let tiny = with(vec![
+            (VERSION_HEADER, AmqpValue::ShortShortUInt(2)),
+            (WINDOW_HEADER, AmqpValue::LongInt(1)),
+        ]);
+        assert!(read_offer(&tiny).is_err());
+        let negative = with(vec![(VERSION_HEADER, AmqpValue::LongLongInt(-2))]);
+        assert!(read_offer(&negative).is_err());
+        // Any integer type will do; version 1 in a header is version 1.
+        let small = with(vec![
+            (VERSION_HEADER, AmqpValue::ShortShortUInt(2)),
+            (WINDOW_HEADER, AmqpValue::LongUInt(4096)),
+        ]);
+        assert_eq!(
+            read_offer(&small),
+            Ok(Some(Offer {
+                version: 2,
+                window: 4096
+            }))
+        );
+        let one = with(vec![(VERSION_HEADER, AmqpValue::LongInt(1))]);
+        assert_eq!(read_offer(&one), Ok(None));
+    }
+
+    #[test]
+    fn listener_negotiates_down_and_honours_its_pin() {
+        assert_eq!(server_version(Some(OFFER), None), Ok(V2));
+        assert_eq!(server_version(None, None), Ok(V1));
+        assert_eq!(server_version(Some(OFFER), Some(V1)), Ok(V1));
+        assert_eq!(server_version(Some(OFFER), Some(V2)), Ok(V2));
+        assert!(
+            server_version(None, Some(V2))
+                .unwrap_err()
+                .contains("requires")
+        );
+        // A later client offering 3 gets the highest we speak.
+        let three = Offer {
+            version: 3,
+            window: 10,
+        };
+        assert_eq!(server_version(Some(three), None), Ok(V2));
+        assert_eq!(server_offer(V1, 100), None);
+        assert_eq!(server_offer(V2, 100), Some(Offer::ours(V2, 100)));
+    }
+
+    #[test]
+    fn client_falls_back_and_checks_the_answer() {
+        assert_eq!(client_offer(Some(V1), 100), None);
+        assert_eq!(client_offer(None, 100), Some(Offer::ours(V2, 100)));
+        assert_eq!(client_version(Some(OFFER), None, None), Ok(V1));
+        assert_eq!(client_version(Some(OFFER), Some(OFFER), None), Ok(V2));
+        assert_eq!(client_version(None, None, Some(V1)), Ok(V1));
+        assert!(client_version(None, Some(OFFER), Some(V1)).is_err());
+        assert!(
+            client_version(Some(OFFER), None, Some(V2))
+                .unwrap_err()
+                .contains("required")
+        );
+        let three = Offer {
+            version: 3,
+            window: 10,
+        };
+        assert!(client_version(Some(OFFER), Some(three), None).is_err());
+    }
+
+    #[test]
+    fn accept_must_be_empty_with_reply_to() {
+        let props = handshake_properties("server-q", Some(OFFER));
+        let accept = parse_accept(b"", &props).unwrap();
+        assert_eq!(accept.server_queue, "server-q");
+        assert_eq!(accept.offer, Some(OFFER));
+        assert!(
+            parse_accept(b"hello", &props)
+                .unwrap_err()
+                .contains("5 bytes")
+        );
+        assert!(parse_accept(b"", &AmqpProperties::default()).is_err());
+    }
+}

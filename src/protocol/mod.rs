@@ -1,0 +1,53 @@
+//! The wire protocol as pure functions: what each message looks like, how
+//! incoming ones are told apart and checked. No broker calls here, so all
+//! of it is unit-tested without one.
+//!
+//! [`handshake`] covers the SYN and SYN-ACK with the version negotiation,
+//! [`frame`] the messages of an established stream.
+
+pub(crate) mod frame;
+pub(crate) mod handshake;
+
+use amiquip::QueueDeclareOptions;
+
+/// Prefix of the queue names this crate chooses for its stream queues.
+pub(crate) const QUEUE_PREFIX: &str = "amqp-stream.";
+
+/// A fresh, unique name for a stream's receive queue.
+///
+/// Chosen by the client (not by the broker) so that the queue can be
+/// declared without waiting for the broker's answer.
+pub(crate) fn new_queue_name() -> String {
+    format!("{QUEUE_PREFIX}{}", uuid::Uuid::new_v4())
+}
+
+/// How every queue of the protocol is declared: transient, exclusive to the
+/// connection that made it, deleted when its consumer goes.
+pub(crate) fn queue_declare_options() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: false,
+        exclusive: true,
+        auto_delete: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_names_are_unique_and_prefixed() {
+        let a = new_queue_name();
+        let b = new_queue_name();
+        assert_ne!(a, b);
+        assert!(a.starts_with(QUEUE_PREFIX));
+        assert!(a.len() < 255, "AMQP short strings hold 255 bytes");
+    }
+
+    #[test]
+    fn queues_are_exclusive_transient_auto_delete() {
+        let o = queue_declare_options();
+        assert!(o.exclusive && o.auto_delete && !o.durable);
+    }
+}

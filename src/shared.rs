@@ -1,0 +1,137 @@
+//! The state a stream's worker and its user-facing handles both see: the
+//! stream's failure, the `nodelay` switch and the send window.
+
+use crate::credit::SendWindow;
+use crate::write_buffer::WriteBuffer;
+use crossbeam_channel::{Receiver, Sender, bounded};
+use log::debug;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+/// Why a stream can no longer carry data.
+#[derive(Debug, Clone)]
+pub(crate) enum Failure {
+    /// The peer's queue is gone (the peer closed or died).
+    PeerGone(String),
+    /// The peer aborted the stream with a reset frame.
+    PeerReset(String),
+    /// The peer broke the protocol (or we did, and told it so).
+    Protocol(String),
+    /// The broker connection or our channel failed.
+    BrokerLost(String),
+}
+
+impl Failure {
+    /// The error a `read` reports.
+    pub(crate) fn read_error(&self) -> io::Error {
+        match self {
+            Failure::PeerGone(why) | Failure::PeerReset(why) => {
+                io::Error::new(io::ErrorKind::ConnectionReset, why.clone())
+            }
+            Failure::Protocol(why) => io::Error::new(io::ErrorKind::InvalidData, why.clone()),
+            Failure::BrokerLost(why) => {
+                io::Error::new(io::ErrorKind::ConnectionAborted, why.clone())
+            }
+        }
+    }
+
+    /// The error a `write` reports.
+    pub(crate) fn write_error(&self) -> io::Error {
+        match self {
+            Failure::PeerGone(why) => io::Error::new(io::ErrorKind::BrokenPipe, why.clone()),
+            other => other.read_error(),
+        }
+    }
+}
+
+/// State the worker and the user's handles both see.
+pub(crate) struct Shared {
+    failure: Mutex<Option<Failure>>,
+    /// Publish every write at once (no coalescing while a confirm is due).
+    nodelay: AtomicBool,
+    /// The peer's receive window, as far as writes have used it.
+    send_window: Mutex<SendWindow>,
+    /// Signalled when credit comes back or the stream fails.
+    credit_wake: (Sender<()>, Receiver<()>),
+    /// What `write` hands to the worker.
+    pub(crate) written: WriteBuffer,
+}
+
+impl Shared {
+    /// The state of a new stream whose writes may buffer `write_limit`
+    /// bytes ahead of its worker.
+    pub(crate) fn new(write_limit: usize) -> Shared {
+        Shared {
+            failure: Mutex::new(None),
+            nodelay: AtomicBool::new(false),
+            send_window: Mutex::new(SendWindow::unlimited()),
+            credit_wake: bounded(1),
+            written: WriteBuffer::new(write_limit),
+        }
+    }
+
+    /// Whether writes are published at once.
+    pub(crate) fn nodelay(&self) -> bool {
+        self.nodelay.load(Ordering::SeqCst)
+    }
+
+    /// Switches coalescing of small writes off (`true`) or on.
+    pub(crate) fn set_nodelay(&self, nodelay: bool) {
+        self.nodelay.store(nodelay, Ordering::SeqCst);
+    }
+
+    /// The error a write gets once the stream can no longer send: its
+    /// failure's, or `BrokenPipe` after a clean close.
+    pub(crate) fn write_error(&self) -> io::Error {
+        match self.failure() {
+            Some(failure) => failure.write_error(),
+            None => io::Error::new(io::ErrorKind::BrokenPipe, "the stream is closed"),
+        }
+    }
+
+    /// The failure, if the stream has one.
+    pub(crate) fn failure(&self) -> Option<Failure> {
+        lock(&self.failure).clone()
+    }
+
+    /// Records the first failure (later ones are ignored) and wakes a
+    /// writer waiting for credit.
+    pub(crate) fn fail(&self, failure: Failure) {
+        let mut slot = lock(&self.failure);
+        if slot.is_none() {
+            debug!("stream failed: {failure:?}");
+            *slot = Some(failure);
+        }
+        drop(slot);
+        self.wake_writer();
+    }
+
+    /// The send window, locked.
+    pub(crate) fn send_window(&self) -> MutexGuard<'_, SendWindow> {
+        lock(&self.send_window)
+    }
+
+    /// Takes the peer's report of what it consumed; a report that cannot
+    /// be true fails the stream.
+    pub(crate) fn grant(&self, consumed: u64) -> Result<(), String> {
+        let granted = self.send_window().grant(consumed);
+        self.wake_writer();
+        granted
+    }
+
+    /// Wakes a writer waiting for credit.
+    pub(crate) fn wake_writer(&self) {
+        let _ = self.credit_wake.0.try_send(());
+    }
+
+    /// Signalled when a writer waiting for credit should look again.
+    pub(crate) fn credit_wake(&self) -> &Receiver<()> {
+        &self.credit_wake.1
+    }
+}
+
+/// Locks a mutex, taking the data even if a panicking thread held it.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
