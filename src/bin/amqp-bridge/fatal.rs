@@ -1,0 +1,98 @@
+//! Errors that end the bridge: a one-line message and an exit code that
+//! says what kind of failure it was (listed in `--help`).
+
+use std::fmt;
+use std::io::{self, ErrorKind};
+use std::process::ExitCode;
+
+/// A failure that ends the program.
+#[derive(Debug)]
+pub struct Fatal {
+    code: u8,
+    message: String,
+}
+
+impl Fatal {
+    /// Bad arguments: exit code 2.
+    pub fn usage(message: impl Into<String>) -> Fatal {
+        Fatal {
+            code: 2,
+            message: message.into(),
+        }
+    }
+
+    /// A failure while running: exit code 1.
+    pub fn runtime(message: impl Into<String>) -> Fatal {
+        Fatal {
+            code: 1,
+            message: message.into(),
+        }
+    }
+
+    /// Opening the broker connection failed.
+    pub fn broker(err: io::Error) -> Fatal {
+        let code = match err.kind() {
+            ErrorKind::InvalidInput | ErrorKind::Unsupported => 2,
+            ErrorKind::PermissionDenied => 4,
+            _ => 3,
+        };
+        Fatal {
+            code,
+            message: err.to_string(),
+        }
+    }
+
+    /// Binding a queue or a TCP port failed.
+    pub fn bind(err: io::Error, what: &str) -> Fatal {
+        match err.kind() {
+            ErrorKind::AddrInUse => Fatal {
+                code: 5,
+                message: format!("{what}: {err}"),
+            },
+            ErrorKind::InvalidInput => Fatal::usage(format!("{what}: {err}")),
+            _ => Fatal::runtime(format!("{what}: {err}")),
+        }
+    }
+
+    /// Opening a stream failed.
+    pub fn connect(err: io::Error) -> Fatal {
+        match err.kind() {
+            ErrorKind::ConnectionRefused => Fatal {
+                code: 6,
+                message: err.to_string(),
+            },
+            ErrorKind::InvalidInput => Fatal::usage(err.to_string()),
+            _ => Fatal::runtime(err.to_string()),
+        }
+    }
+
+    /// The process exit code.
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(self.code)
+    }
+}
+
+impl fmt::Display for Fatal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_map_to_documented_codes() {
+        let code = |fatal: Fatal| fatal.code;
+        let err = |kind| io::Error::new(kind, "x");
+        assert_eq!(code(Fatal::broker(err(ErrorKind::ConnectionRefused))), 3);
+        assert_eq!(code(Fatal::broker(err(ErrorKind::TimedOut))), 3);
+        assert_eq!(code(Fatal::broker(err(ErrorKind::PermissionDenied))), 4);
+        assert_eq!(code(Fatal::broker(err(ErrorKind::InvalidInput))), 2);
+        assert_eq!(code(Fatal::bind(err(ErrorKind::AddrInUse), "q")), 5);
+        assert_eq!(code(Fatal::connect(err(ErrorKind::ConnectionRefused))), 6);
+        assert_eq!(code(Fatal::connect(err(ErrorKind::TimedOut))), 1);
+        assert_eq!(code(Fatal::usage("bad")), 2);
+    }
+}

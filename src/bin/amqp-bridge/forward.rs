@@ -1,0 +1,40 @@
+//! `amqp-bridge forward`: every TCP client on a local port is carried to
+//! a served queue.
+
+use crate::cli::ForwardArgs;
+use crate::fatal::Fatal;
+use crate::lifecycle::ConnectionGuard;
+use crate::link::BrokerLink;
+use crate::splice::{ConnectionLog, splice};
+use crate::tcp_front::FrontDoor;
+use log::info;
+use std::net::{SocketAddr, TcpStream};
+
+/// Forwards `args.listen` to `args.queue` until SIGINT/SIGTERM.
+pub fn run(url: &str, args: &ForwardArgs) -> Result<(), Fatal> {
+    let front = FrontDoor::open(url, &args.listen, &args.stop)?;
+    info!(
+        "forwarding {} to queue {:?}",
+        front.local_addr(),
+        args.queue
+    );
+    let queue = args.queue.clone();
+    front.run(move |link, client, peer, guard| forward(link, &queue, client, peer, guard))
+}
+
+fn forward(
+    link: &BrokerLink,
+    queue: &str,
+    client: TcpStream,
+    peer: SocketAddr,
+    guard: ConnectionGuard,
+) {
+    let log = ConnectionLog::open(guard, peer.to_string(), format!("queue {queue:?}"));
+    let _ = client.set_nodelay(true);
+    let stream = link.connect(queue);
+    match stream {
+        Ok(stream) => log.closed(&splice(client, stream)),
+        // Dropping the client closes it.
+        Err(err) => log.failed(&err),
+    }
+}

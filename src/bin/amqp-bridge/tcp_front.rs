@@ -1,0 +1,115 @@
+//! The TCP side of `forward` and `http`: bind a local port, accept
+//! clients until stopped, each on its own thread.
+
+use crate::cli::StopArgs;
+use crate::fatal::Fatal;
+use crate::lifecycle::{ConnectionGuard, Lifecycle};
+use crate::link::BrokerLink;
+use log::{info, warn};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long accepting pauses after a failed `accept` (out of file
+/// descriptors, say) before trying again.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// A bound TCP port with the broker link and the stop logic behind it.
+pub struct FrontDoor {
+    listener: TcpListener,
+    local: SocketAddr,
+    link: Arc<BrokerLink>,
+    lifecycle: Arc<Lifecycle>,
+    grace: Duration,
+}
+
+impl FrontDoor {
+    /// Takes over the stop signals, connects to the broker at `url` and
+    /// binds `listen` (`ADDR:PORT`; a port in use is exit code 5).
+    pub fn open(url: &str, listen: &str, stop: &StopArgs) -> Result<FrontDoor, Fatal> {
+        let grace = stop.grace().map_err(Fatal::usage)?;
+        let lifecycle = Lifecycle::install().map_err(|e| Fatal::runtime(e.to_string()))?;
+        let link = BrokerLink::open(url).map_err(Fatal::broker)?;
+        let listener = TcpListener::bind(listen)
+            .map_err(|err| Fatal::bind(err, &format!("cannot listen on {listen}")))?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| Fatal::runtime(e.to_string()))?;
+        Ok(FrontDoor {
+            listener,
+            local,
+            link,
+            lifecycle,
+            grace,
+        })
+    }
+
+    /// The address clients connect to (the real port when 0 was asked).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Accepts clients until SIGINT/SIGTERM, each handed to `handle` on
+    /// a thread of its own with the broker link; then allows the grace
+    /// period and returns.
+    pub fn run<H>(self, handle: H) -> Result<(), Fatal>
+    where
+        H: Fn(&BrokerLink, TcpStream, SocketAddr, ConnectionGuard) + Send + Sync + 'static,
+    {
+        let FrontDoor {
+            listener,
+            local,
+            link,
+            lifecycle,
+            grace,
+        } = self;
+        let accepting = Arc::clone(&lifecycle);
+        let handle = Arc::new(handle);
+        std::thread::Builder::new()
+            .name("accept".to_string())
+            .spawn(move || {
+                loop {
+                    let accepted = listener.accept();
+                    if accepting.stopping() {
+                        break;
+                    }
+                    match accepted {
+                        Ok((client, peer)) => {
+                            let guard = accepting.enter();
+                            let handle = Arc::clone(&handle);
+                            let link = Arc::clone(&link);
+                            let spawned = std::thread::Builder::new()
+                                .name("client".to_string())
+                                .spawn(move || handle(&link, client, peer, guard));
+                            if let Err(err) = spawned {
+                                warn!("cannot start a thread for {peer}: {err}");
+                            }
+                        }
+                        Err(err) => {
+                            warn!("accepting on {local}: {err}");
+                            std::thread::sleep(ACCEPT_RETRY);
+                        }
+                    }
+                }
+                info!("no longer accepting on {local}");
+            })
+            .map_err(|e| Fatal::runtime(e.to_string()))?;
+        lifecycle.run_until_signalled(grace, || {
+            // A connection of our own wakes the accepting thread, which
+            // then sees that we are stopping and closes the port.
+            let _ = TcpStream::connect_timeout(&reachable(local), Duration::from_secs(2));
+        });
+        Ok(())
+    }
+}
+
+/// An address that reaches a socket bound to `local` (a wildcard address
+/// is reached through loopback).
+fn reachable(local: SocketAddr) -> SocketAddr {
+    let ip = match local.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ip => ip,
+    };
+    SocketAddr::new(ip, local.port())
+}

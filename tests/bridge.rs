@@ -1,0 +1,341 @@
+//! End-to-end tests of the `amqp-bridge` binary, run as child processes
+//! against the real broker: `serve` in front of TCP services, `forward`,
+//! `connect` and `http` in front of clients, exit codes, signals and
+//! reconnection after the broker connection is cut.
+
+mod common;
+#[path = "bridge/harness.rs"]
+mod harness;
+
+use common::relay::Relay;
+use harness::{BOUND, Bridge};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::thread::JoinHandle;
+
+/// A TCP echo service on a free local port.
+fn echo_service() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            std::thread::spawn(move || {
+                let mut reader = client.try_clone().unwrap();
+                let mut writer = client;
+                let _ = io::copy(&mut reader, &mut writer);
+                let _ = writer.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+/// A minimal HTTP server: answers every request with `200` and a body
+/// that names the request line, then closes.
+fn http_service() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(client.try_clone().unwrap());
+                let mut request_line = String::new();
+                reader.read_line(&mut request_line).unwrap();
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap() > 2 {
+                    line.clear();
+                }
+                let body = format!("you asked for {}", request_line.trim_end());
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                client.write_all(answer.as_bytes()).unwrap();
+            });
+        }
+    });
+    addr
+}
+
+/// Starts `serve` for a fresh queue in front of `target`; returns it and
+/// the queue once it serves.
+fn serve(url: &str, target: SocketAddr) -> (Bridge, String) {
+    let queue = common::queue("bridge");
+    let bridge = Bridge::start(
+        url,
+        &["serve", "--queue", &queue, "--to", &target.to_string()],
+    );
+    bridge.wait_for("serving queue");
+    (bridge, queue)
+}
+
+/// Starts `forward` from a free local port to `queue`; returns it and
+/// the port's address once it accepts.
+fn forward(url: &str, queue: &str) -> (Bridge, SocketAddr) {
+    let bridge = Bridge::start(
+        url,
+        &["forward", "--listen", "127.0.0.1:0", "--queue", queue],
+    );
+    let line = bridge.wait_for("forwarding");
+    (bridge, address_in(&line))
+}
+
+/// The `IP:PORT` after "forwarding " or "front door on " in a log line.
+fn address_in(line: &str) -> SocketAddr {
+    line.split_whitespace()
+        .filter_map(|word| word.trim_end_matches(':').parse().ok())
+        .next()
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+}
+
+/// Sends `data` through `addr` on one TCP connection (then half-closes)
+/// while reading everything that comes back.
+fn round_trip(addr: SocketAddr, data: Vec<u8>) -> Vec<u8> {
+    let client = TcpStream::connect(addr).unwrap();
+    client.set_read_timeout(Some(BOUND)).unwrap();
+    let mut writer = client.try_clone().unwrap();
+    let sender: JoinHandle<()> = std::thread::spawn(move || {
+        writer.write_all(&data).unwrap();
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut back = Vec::new();
+    (&client).read_to_end(&mut back).unwrap();
+    sender.join().unwrap();
+    back
+}
+
+fn assert_same(sent: &[u8], got: &[u8]) {
+    assert!(
+        sent == got,
+        "{} bytes sent, {} received, first difference at {:?}",
+        sent.len(),
+        got.len(),
+        common::first_difference(sent, got)
+    );
+}
+
+#[test]
+fn forward_and_serve_carry_16_mib_and_50_clients_at_once() {
+    let url = common::url();
+    let (server, queue) = serve(&url, echo_service());
+    let (forwarder, port) = forward(&url, &queue);
+
+    let data = common::random_bytes(16 << 20, 1);
+    assert_same(&data, &round_trip(port, data.clone()));
+    forwarder.wait_for(&format!(
+        "{} bytes sent, {} bytes received",
+        16 << 20,
+        16 << 20
+    ));
+    server.wait_for(&format!(
+        "{} bytes sent, {} bytes received",
+        16 << 20,
+        16 << 20
+    ));
+
+    let clients: Vec<_> = (0..50u64)
+        .map(|seed| {
+            std::thread::spawn(move || {
+                let data = common::random_bytes(256 << 10, seed + 2);
+                assert_same(&data, &round_trip(port, data.clone()));
+            })
+        })
+        .collect();
+    for client in clients {
+        client.join().unwrap();
+    }
+}
+
+#[test]
+fn connect_joins_stdin_and_stdout_to_a_stream() {
+    let url = common::url();
+    let (_server, queue) = serve(&url, echo_service());
+    let mut pipe = Bridge::start(&url, &["connect", "--queue", &queue]);
+    let data = common::random_bytes(1 << 20, 3);
+    let mut stdin = pipe.stdin.take().unwrap();
+    let sent = data.clone();
+    let sender = std::thread::spawn(move || {
+        stdin.write_all(&sent).unwrap();
+        // Dropping stdin is EOF: the stream's FIN, so the echo ends.
+    });
+    let mut back = Vec::new();
+    pipe.stdout.take().unwrap().read_to_end(&mut back).unwrap();
+    sender.join().unwrap();
+    assert_same(&data, &back);
+    let status = pipe.wait_exit();
+    assert!(status.success(), "{status}; log:\n{}", pipe.log());
+}
+
+#[test]
+fn http_routes_by_header_and_refuses_requests_without_it() {
+    let url = common::url();
+    let (_server, queue) = serve(&url, http_service());
+    let front = Bridge::start(&url, &["http", "--listen", "127.0.0.1:0"]);
+    let port = address_in(&front.wait_for("front door on"));
+
+    let request = format!(
+        "GET /hello HTTP/1.1\r\nHost: test\r\nX-AMQP-Server-Queue: {queue}\r\nConnection: close\r\n\r\n"
+    );
+    let answer = String::from_utf8(round_trip(port, request.into_bytes())).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        answer.ends_with("you asked for GET /hello HTTP/1.1"),
+        "{answer}"
+    );
+
+    let request = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n".to_vec();
+    let answer = String::from_utf8(round_trip(port, request)).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("X-AMQP-Server-Queue"), "{answer}");
+
+    let nobody = common::queue("nobody");
+    let request = format!("GET / HTTP/1.1\r\nX-AMQP-Server-Queue: {nobody}\r\n\r\n");
+    let answer = String::from_utf8(round_trip(port, request.into_bytes())).unwrap();
+    assert!(
+        answer.starts_with("HTTP/1.1 502 Bad Gateway\r\n"),
+        "{answer}"
+    );
+    assert!(answer.contains("no listener"), "{answer}");
+}
+
+/// Runs the bridge to its end; its exit code and its standard error.
+fn run_to_exit(url: &str, args: &[&str], level: &str) -> (Option<i32>, String) {
+    let bridge = Bridge::start_logging(url, args, level);
+    let status = bridge.wait_exit();
+    // The log reader may still hold the last lines; it ends with stderr.
+    let log = loop {
+        let log = bridge.log();
+        if log.contains("amqp-bridge: ") {
+            break log;
+        }
+        bridge.wait_for("amqp-bridge: ");
+    };
+    (status.code(), log)
+}
+
+#[test]
+fn failures_get_one_clear_line_and_their_exit_code() {
+    let url = common::url();
+    let free_port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let unreachable = format!("amqp://guest:guest@127.0.0.1:{free_port}/%2f");
+    let (code, log) = run_to_exit(&unreachable, &["connect", "--queue", "q"], "off");
+    assert_eq!(code, Some(3), "{log}");
+    assert!(log.contains("cannot reach the broker"), "{log}");
+
+    // Even with every log line on, the password never shows.
+    let password = "not-the-password-4f1c2";
+    let wrong = url.replacen("guest:guest@", &format!("guest:{password}@"), 1);
+    assert_ne!(wrong, url, "the test needs a URL with guest:guest");
+    let (code, log) = run_to_exit(&wrong, &["connect", "--queue", "q"], "trace");
+    assert_eq!(code, Some(4), "{log}");
+    assert!(log.contains("refused access"), "{log}");
+    assert!(!log.contains(password), "password in the output:\n{log}");
+
+    let (_server, queue) = serve(&url, echo_service());
+    let target = echo_service().to_string();
+    let (code, log) = run_to_exit(&url, &["serve", "--queue", &queue, "--to", &target], "off");
+    assert_eq!(code, Some(5), "{log}");
+    assert!(log.contains("already has a listener"), "{log}");
+
+    let (code, log) = run_to_exit(&url, &["serve", "--queue", "q", "--to", "no-port"], "off");
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("bad target address"), "{log}");
+
+    let nobody = common::queue("nobody");
+    let (code, log) = run_to_exit(&url, &["connect", "--queue", &nobody], "off");
+    assert_eq!(code, Some(6), "{log}");
+    assert!(log.contains("no listener"), "{log}");
+
+    let (code, log) = run_to_exit("amqp://[::1", &["connect", "--queue", "q"], "off");
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("invalid broker URL"), "{log}");
+}
+
+#[test]
+fn sigterm_stops_accepting_and_lets_open_connections_finish() {
+    let url = common::url();
+    let (server, queue) = serve(&url, echo_service());
+    let (forwarder, port) = forward(&url, &queue);
+
+    let mut open = TcpStream::connect(port).unwrap();
+    open.set_read_timeout(Some(BOUND)).unwrap();
+    let mut echoed = [0u8; 5];
+    open.write_all(b"first").unwrap();
+    open.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"first");
+
+    forwarder.signal("TERM");
+    forwarder.wait_for("no longer accepting on");
+    let refused = TcpStream::connect(port).unwrap_err();
+    assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
+
+    // The open connection goes on until its client closes it.
+    open.write_all(b"later").unwrap();
+    open.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"later");
+    open.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(open.read(&mut echoed).unwrap(), 0);
+    let status = forwarder.wait_exit();
+    assert!(status.success(), "{status}; log:\n{}", forwarder.log());
+    assert!(forwarder.log().contains("all connections closed"));
+
+    server.signal("INT");
+    let status = server.wait_exit();
+    assert!(status.success(), "{status}; log:\n{}", server.log());
+}
+
+#[test]
+fn bridges_reconnect_after_their_broker_connection_is_cut() {
+    let relay = Relay::to_broker();
+    let (server, queue) = serve(&relay.url(), echo_service());
+    let (forwarder, port) = forward(&relay.url(), &queue);
+    let data = common::random_bytes(1 << 20, 4);
+    assert_same(&data, &round_trip(port, data.clone()));
+
+    // A connection open when the broker goes away ends, with an error.
+    let mut open = TcpStream::connect(port).unwrap();
+    open.set_read_timeout(Some(BOUND)).unwrap();
+    open.write_all(b"ping").unwrap();
+    let mut echoed = [0u8; 4];
+    open.read_exact(&mut echoed).unwrap();
+
+    relay.cut();
+    // While the relay refuses, reconnecting fails and is retried.
+    server.wait_for_each(&["the listener on", "cannot reconnect"]);
+    forwarder.wait_for_each(&["lost the connection to the broker", "closed with an error"]);
+    let mut rest = Vec::new();
+    let _ = open.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "data after the cut: {rest:?}");
+
+    relay.restore();
+    server.wait_for("serving queue");
+    forwarder.wait_for("reconnected to the broker");
+    let data = common::random_bytes(1 << 20, 5);
+    assert_same(&data, &round_trip(port, data.clone()));
+}
+
+#[test]
+fn serve_closes_streams_whose_target_refuses_and_keeps_serving() {
+    let url = common::url();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (server, queue) = serve(&url, closed);
+    for _ in 0..2 {
+        let mut stream = amqp_stream::Stream::connect(&url, &queue).unwrap();
+        stream.set_read_timeout(Some(BOUND)).unwrap();
+        let mut rest = Vec::new();
+        assert_eq!(stream.read_to_end(&mut rest).unwrap(), 0);
+        server.wait_for("failed");
+    }
+}

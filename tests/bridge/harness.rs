@@ -1,0 +1,139 @@
+//! Runs `amqp-bridge` as a child process and follows its log.
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError, unbounded};
+use std::io::{BufRead, BufReader};
+use std::process::{ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How long the tests wait for a log line or an exit; far more than any
+/// of it takes.
+pub const BOUND: Duration = Duration::from_secs(30);
+
+/// A running bridge.
+pub struct Bridge {
+    pid: u32,
+    lines: Receiver<String>,
+    log: Arc<Mutex<Vec<String>>>,
+    exited: Receiver<ExitStatus>,
+    pub stdin: Option<ChildStdin>,
+    pub stdout: Option<ChildStdout>,
+}
+
+impl Bridge {
+    /// Starts `amqp-bridge ARGS` against `url` at log level `info`.
+    pub fn start(url: &str, args: &[&str]) -> Bridge {
+        Bridge::start_logging(url, args, "info")
+    }
+
+    /// Starts `amqp-bridge ARGS` against `url` with `RUST_LOG=level`.
+    pub fn start_logging(url: &str, args: &[&str], level: &str) -> Bridge {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_amqp-bridge"))
+            .args(args)
+            .env("AMQP_URL", url)
+            .env("RUST_LOG", level)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start amqp-bridge");
+        let pid = child.id();
+        let stderr = child.stderr.take().unwrap();
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take();
+        let (line_tx, lines) = unbounded();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                kept.lock().unwrap().push(line.clone());
+                let _ = line_tx.send(line);
+            }
+        });
+        let (exit_tx, exited) = unbounded();
+        std::thread::spawn(move || {
+            if let Ok(status) = child.wait() {
+                let _ = exit_tx.send(status);
+            }
+        });
+        Bridge {
+            pid,
+            lines,
+            log,
+            exited,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Waits for the next log line containing `needle` (lines before it
+    /// are skipped) and returns it.
+    pub fn wait_for(&self, needle: &str) -> String {
+        let deadline = Instant::now() + BOUND;
+        loop {
+            match self.lines.recv_deadline(deadline) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no log line with {needle:?}; log:\n{}", self.log())
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!(
+                        "bridge ended before logging {needle:?}; log:\n{}",
+                        self.log()
+                    )
+                }
+            }
+        }
+    }
+
+    /// Waits until a log line containing each of `needles` has come, in
+    /// any order.
+    pub fn wait_for_each(&self, needles: &[&str]) {
+        let mut missing: Vec<&str> = needles.to_vec();
+        let deadline = Instant::now() + BOUND;
+        while !missing.is_empty() {
+            match self.lines.recv_deadline(deadline) {
+                Ok(line) => missing.retain(|needle| !line.contains(needle)),
+                Err(_) => panic!("no log lines with {missing:?}; log:\n{}", self.log()),
+            }
+        }
+    }
+
+    /// Everything logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Sends a signal (`"TERM"`, `"INT"`, `"KILL"`).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid.to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} {}", self.pid);
+    }
+
+    /// Waits for the process to end.
+    pub fn wait_exit(&self) -> ExitStatus {
+        match self.exited.recv_timeout(BOUND) {
+            Ok(status) => status,
+            Err(_) => panic!("bridge still running after {BOUND:?}; log:\n{}", self.log()),
+        }
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        // Empty: still running (Disconnected: it ended and was reaped).
+        if matches!(self.exited.try_recv(), Err(TryRecvError::Empty)) {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(self.pid.to_string())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
