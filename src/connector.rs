@@ -4,6 +4,7 @@ use crate::broker_url::BrokerUrl;
 use crate::connection::BrokerConnection;
 use crate::listener::Listener;
 use crate::options::{StreamOptions, check_timeout};
+use crate::spare::SparePool;
 use crate::stream::Stream;
 use crate::worker::{self, Role};
 use std::fmt;
@@ -17,6 +18,10 @@ use std::time::{Duration, Instant};
 ///
 /// Opening a broker connection costs several round trips; a `Connector`
 /// pays that once, so each further stream costs only its own handshake.
+/// After its first `connect` it also keeps
+/// [`prepared_streams`](StreamOptions::prepared_streams) streams set up
+/// ahead (channel, queue and consumer ready), so a new stream's setup is
+/// one message each way.
 /// It is cheap to clone (clones share the connection) and `Send + Sync`.
 /// Streams and listeners keep the connection open after every
 /// `Connector` handle is dropped; it closes when the last of them goes.
@@ -36,6 +41,8 @@ use std::time::{Duration, Instant};
 pub struct Connector {
     connection: Arc<BrokerConnection>,
     options: StreamOptions,
+    /// Streams prepared for `connect`; `None` for a one-stream connector.
+    spares: Option<Arc<SparePool>>,
 }
 
 impl Connector {
@@ -60,19 +67,27 @@ impl Connector {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn open_with(url: &str, options: StreamOptions) -> io::Result<Connector> {
-        Connector::open_with_timeout(url, options, None)
+        let url: BrokerUrl = url.parse()?;
+        let connection = Arc::new(BrokerConnection::open(&url, None)?);
+        let spares = SparePool::new(Arc::clone(&connection), options.clone());
+        Ok(Connector {
+            connection,
+            options,
+            spares: Some(Arc::new(spares)),
+        })
     }
 
-    pub(crate) fn open_with_timeout(
+    /// A connector for one stream, which prepares none ahead.
+    pub(crate) fn open_for_one(
         url: &str,
         options: StreamOptions,
         timeout: Option<Duration>,
     ) -> io::Result<Connector> {
         let url: BrokerUrl = url.parse()?;
-        let connection = BrokerConnection::open(&url, timeout)?;
         Ok(Connector {
-            connection: Arc::new(connection),
+            connection: Arc::new(BrokerConnection::open(&url, timeout)?),
             options,
+            spares: None,
         })
     }
 
@@ -113,7 +128,12 @@ impl Connector {
             deadline,
             timeout,
         };
-        let established = worker::start(Arc::clone(&self.connection), role, self.options.clone())?;
+        let established = worker::start(
+            &self.connection,
+            role,
+            self.options.clone(),
+            self.spares.as_deref(),
+        )?;
         Ok(Stream::from_established(
             Arc::clone(&self.connection),
             established,

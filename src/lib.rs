@@ -182,6 +182,7 @@ mod listener;
 mod options;
 mod protocol;
 mod shared;
+mod spare;
 mod stream;
 mod version;
 mod worker;

@@ -7,10 +7,11 @@ use crate::connector::Connector;
 use crate::error::Error;
 use crate::options::StreamOptions;
 use crate::protocol::{self, handshake};
+use crate::spare::SparePool;
 use crate::stream::Stream;
-use crate::worker::{self, Role};
+use crate::worker::{self, Pending, Role, SetupOutcome};
 use amiquip::{Channel, ConsumerMessage, ConsumerOptions, Delivery};
-use crossbeam_channel::{Receiver, Sender, bounded, never, select};
+use crossbeam_channel::{Receiver, Select, Sender, bounded};
 use log::{debug, warn};
 use std::fmt;
 use std::io;
@@ -32,7 +33,10 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// Binding declares the queue (exclusive to this connection, deleted
 /// with it); a second listener on the same name fails with `AddrInUse`.
 /// [`accept`](Listener::accept) and [`incoming`](Listener::incoming) hand
-/// out connected [`Stream`]s. Malformed requests on the queue are logged
+/// out connected [`Stream`]s. Handshakes run side by side, on streams
+/// prepared ahead ([`StreamOptions::prepared_streams`]) when there are
+/// some, so a burst of clients does not wait in line behind one slow
+/// handshake. Malformed requests on the queue are logged
 /// at `warn`, rejected and skipped; they never end the listener.
 ///
 /// Dropping the listener deletes its queue; clients whose requests it
@@ -108,6 +112,7 @@ impl Listener {
         let (alive_tx, alive_rx) = bounded::<()>(0);
         let local = Addr::new(connection.url().clone(), queue);
         let backlog = Backlog {
+            spares: SparePool::new(Arc::clone(&connection), options.clone()),
             connection,
             options,
             queue: queue.to_string(),
@@ -233,10 +238,21 @@ struct Backlog {
     /// Streams connected but not yet accepted (bounded: the backlog).
     accepted: Sender<io::Result<(Stream, Addr)>>,
     stop: Receiver<()>,
+    /// Streams prepared for the next requests.
+    spares: SparePool,
 }
 
-/// The listener's thread: owns the control queue's channel and consumer
-/// and answers connection requests while there is room in the backlog.
+/// A request whose stream is in its handshake.
+struct Answering {
+    stream: Pending,
+    request: Delivery,
+    peer: Addr,
+}
+
+/// The listener's thread: owns the control queue's channel and consumer,
+/// answers connection requests while there is room in the backlog, and
+/// queues each stream for `accept` once its handshake is done. Handshakes
+/// run in the streams' own threads, side by side.
 fn run(backlog: Backlog, setup: Sender<Result<(), Error>>) {
     let queue = backlog.queue.clone();
     let channel = match backlog
@@ -261,31 +277,38 @@ fn run(backlog: Backlog, setup: Sender<Result<(), Error>>) {
         return;
     }
     debug!("listening on {queue:?}");
-    let no_room = never();
+    backlog.spares.refill();
+    let mut answering: Vec<Answering> = Vec::new();
     loop {
+        let mut waiting = Select::new();
+        waiting.recv(&backlog.stop);
         // Take a request only when its stream has a place to wait in.
-        let requests = if backlog.accepted.is_full() {
-            &no_room
-        } else {
-            consumer.receiver()
-        };
-        let message = select! {
-            recv(backlog.stop) -> _ => break,
-            recv(requests) -> message => message,
-        };
-        match message {
-            Ok(ConsumerMessage::Delivery(request)) => {
-                if backlog.answer(&channel, &consumer, request).is_break() {
-                    break;
-                }
+        let room = backlog.accepted.len() + answering.len() < usize::from(BACKLOG);
+        if room {
+            waiting.recv(consumer.receiver());
+        }
+        let first_answer = waiting_index(room);
+        for a in &answering {
+            waiting.recv(a.stream.outcome());
+        }
+        let ready = waiting.select();
+        let flow = match ready.index() {
+            0 => {
+                let _ = ready.recv(&backlog.stop);
+                ControlFlow::Break(())
             }
-            Ok(ConsumerMessage::ServerClosedChannel(err))
-            | Ok(ConsumerMessage::ServerClosedConnection(err)) => {
-                let err = Error::broker(format!("listening on {queue:?}"), err);
-                let _ = backlog.accepted.send(Err(err.into()));
-                break;
+            i if i < first_answer => {
+                let message = ready.recv(consumer.receiver());
+                backlog.take(&channel, &consumer, message, &mut answering)
             }
-            Ok(_) | Err(_) => break,
+            i => {
+                let outcome = ready.recv(answering[i - first_answer].stream.outcome());
+                let done = answering.swap_remove(i - first_answer);
+                backlog.answered(&consumer, done, outcome)
+            }
+        };
+        if flow.is_break() {
+            break;
         }
     }
     // Stop deliveries (the queue is deleted with its last consumer), then
@@ -297,20 +320,56 @@ fn run(backlog: Backlog, setup: Sender<Result<(), Error>>) {
             refuse(&channel, request.client_queue, &refusal);
         }
     }
+    // Streams still in their handshake finish it and, dropped, close.
+    for a in answering {
+        let _ = a.stream.wait();
+    }
     drop(consumer);
     let _ = channel.close();
     debug!("stopped listening on {queue:?}");
 }
 
+/// Where the handshakes' outcomes start among the listener's selected
+/// operations: after the stop signal and, when there is room, the
+/// requests.
+fn waiting_index(room: bool) -> usize {
+    if room { 2 } else { 1 }
+}
+
 impl Backlog {
-    /// Checks one request and, if it is good, completes its handshake and
-    /// queues the stream for `accept`.
+    /// Handles one message from the control queue's consumer.
+    fn take(
+        &self,
+        channel: &Channel,
+        consumer: &amiquip::Consumer<'_>,
+        message: Result<ConsumerMessage, crossbeam_channel::RecvError>,
+        answering: &mut Vec<Answering>,
+    ) -> ControlFlow<()> {
+        match message {
+            Ok(ConsumerMessage::Delivery(request)) => {
+                if let Some(started) = self.answer(channel, consumer, request) {
+                    answering.push(started);
+                }
+                ControlFlow::Continue(())
+            }
+            Ok(ConsumerMessage::ServerClosedChannel(err))
+            | Ok(ConsumerMessage::ServerClosedConnection(err)) => {
+                let err = Error::broker(format!("listening on {:?}", self.queue), err);
+                let _ = self.accepted.try_send(Err(err.into()));
+                ControlFlow::Break(())
+            }
+            Ok(_) | Err(_) => ControlFlow::Break(()),
+        }
+    }
+
+    /// Checks one request and, if it is good, starts its stream's
+    /// handshake.
     fn answer(
         &self,
         channel: &Channel,
         consumer: &amiquip::Consumer<'_>,
         request: Delivery,
-    ) -> ControlFlow<()> {
+    ) -> Option<Answering> {
         let queue = &self.queue;
         let (client_queue, offer) =
             match handshake::parse_request(&request.body, &request.properties) {
@@ -320,7 +379,7 @@ impl Backlog {
                     if let Err(err) = consumer.reject(request, false) {
                         debug!("listener {queue:?}: {err}");
                     }
-                    return ControlFlow::Continue(());
+                    return None;
                 }
             };
         let pin = self.options.get_protocol_version();
@@ -332,7 +391,7 @@ impl Backlog {
                 if let Err(err) = consumer.ack(request) {
                     debug!("listener {queue:?}: {err}");
                 }
-                return ControlFlow::Continue(());
+                return None;
             }
         };
         let role = Role::Server {
@@ -340,32 +399,61 @@ impl Backlog {
             version,
             offer,
         };
-        let started = worker::start(Arc::clone(&self.connection), role, self.options.clone());
-        if let Err(err) = consumer.ack(request) {
+        let peer = Addr::new(self.connection.url().clone(), client_queue);
+        match worker::begin(
+            &self.connection,
+            role,
+            self.options.clone(),
+            Some(&self.spares),
+        ) {
+            Ok(stream) => Some(Answering {
+                stream,
+                request,
+                peer,
+            }),
+            Err(err) => {
+                warn!("listener {queue:?}: could not answer {peer}: {err}");
+                if let Err(err) = consumer.ack(request) {
+                    debug!("listener {queue:?}: {err}");
+                }
+                None
+            }
+        }
+    }
+
+    /// Finishes a request whose handshake is over: queues its stream for
+    /// `accept`.
+    fn answered(
+        &self,
+        consumer: &amiquip::Consumer<'_>,
+        done: Answering,
+        outcome: Result<SetupOutcome, crossbeam_channel::RecvError>,
+    ) -> ControlFlow<()> {
+        let queue = &self.queue;
+        if let Err(err) = consumer.ack(done.request) {
             debug!("listener {queue:?}: {err}");
         }
-        match started {
+        let peer = done.peer;
+        match done.stream.finish(outcome) {
             Ok(established) => {
-                let peer = Addr::new(self.connection.url().clone(), client_queue);
                 debug!("listener {queue:?}: connected {peer}");
                 let stream = Stream::from_established(
                     Arc::clone(&self.connection),
                     established,
                     self.options.clone(),
                 );
-                match self.accepted.send(Ok((stream, peer))) {
+                // There is room: requests are taken only while there is.
+                match self.accepted.try_send(Ok((stream, peer))) {
                     Ok(()) => ControlFlow::Continue(()),
                     Err(_) => ControlFlow::Break(()),
                 }
             }
             Err(err @ Error::Broker { .. }) => {
-                let _ = self.accepted.send(Err(err.into()));
+                let _ = self.accepted.try_send(Err(err.into()));
                 ControlFlow::Break(())
             }
             Err(err) => {
-                warn!(
-                    "listener {queue:?}: could not answer the request from {client_queue:?}: {err}"
-                );
+                warn!("listener {queue:?}: could not answer the request from {peer}: {err}");
                 ControlFlow::Continue(())
             }
         }

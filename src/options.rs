@@ -30,6 +30,7 @@ pub struct StreamOptions {
     nodelay: bool,
     window: usize,
     protocol_version: Option<ProtocolVersion>,
+    prepared_streams: usize,
 }
 
 /// The default receive window: 1 MiB.
@@ -47,6 +48,7 @@ impl Default for StreamOptions {
             nodelay: false,
             window: DEFAULT_WINDOW,
             protocol_version: None,
+            prepared_streams: 2,
         }
     }
 }
@@ -55,7 +57,8 @@ impl StreamOptions {
     /// The defaults: 64 KiB messages, 64 messages of read-ahead, 16 messages
     /// of write queue, a peer check every 2 s, a 30 s handshake timeout, a
     /// 10 s linger on drop, small writes coalesced (`nodelay` off), a 1 MiB
-    /// receive window and the protocol version negotiated.
+    /// receive window, the protocol version negotiated and two streams
+    /// prepared ahead.
     ///
     /// ```
     /// # use amqp_stream::StreamOptions;
@@ -216,6 +219,38 @@ impl StreamOptions {
     /// ```
     pub fn get_protocol_version(&self) -> Option<ProtocolVersion> {
         self.protocol_version
+    }
+
+    /// How many streams a [`Connector`](crate::Connector) or
+    /// [`Listener`](crate::Listener) keeps set up ahead of need: each is a
+    /// thread with its AMQP channel, its exclusive queue and its consumer
+    /// ready, so a new stream skips those broker round trips and its
+    /// handshake is one message each way. A connector starts preparing
+    /// after its first `connect`; a listener as soon as it is bound. Each
+    /// costs one channel, one queue and one idle thread while it waits.
+    /// 0 turns preparing off. The default, 2, keeps up with one thread
+    /// connecting back to back (preparing takes longer than a handshake);
+    /// a burst of connections larger than this is set up on demand, as
+    /// without it.
+    ///
+    /// ```
+    /// # use amqp_stream::StreamOptions;
+    /// let o = StreamOptions::new().prepared_streams(4);
+    /// assert_eq!(o.get_prepared_streams(), 4);
+    /// ```
+    pub fn prepared_streams(mut self, streams: usize) -> StreamOptions {
+        self.prepared_streams = streams;
+        self
+    }
+
+    /// See [`prepared_streams`](Self::prepared_streams).
+    ///
+    /// ```
+    /// # use amqp_stream::StreamOptions;
+    /// assert_eq!(StreamOptions::new().get_prepared_streams(), 2);
+    /// ```
+    pub fn get_prepared_streams(&self) -> usize {
+        self.prepared_streams
     }
 
     /// See [`nodelay`](Self::nodelay).

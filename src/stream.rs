@@ -129,7 +129,7 @@ impl Stream {
     pub fn connect_timeout(url: &str, queue: &str, timeout: Duration) -> io::Result<Stream> {
         check_timeout(Some(timeout))?;
         let deadline = Instant::now() + timeout;
-        let connector = Connector::open_with_timeout(url, StreamOptions::default(), Some(timeout))?;
+        let connector = Connector::open_for_one(url, StreamOptions::default(), Some(timeout))?;
         connector.connect_until(queue, Some(deadline), Some(timeout))
     }
 
@@ -142,7 +142,7 @@ impl Stream {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn connect_with(url: &str, queue: &str, options: &StreamOptions) -> io::Result<Stream> {
-        Connector::open_with(url, options.clone())?.connect(queue)
+        Connector::open_for_one(url, options.clone(), None)?.connect(queue)
     }
 
     pub(crate) fn from_established(

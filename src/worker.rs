@@ -16,6 +16,7 @@ use crate::protocol::frame;
 use crate::protocol::handshake::{self, Offer};
 use crate::protocol::{new_queue_name, queue_declare_options};
 use crate::shared::{Failure, Shared};
+use crate::spare::{SpareLife, SparePool, SpareSlot};
 use crate::version::ProtocolVersion;
 use amiquip::{
     Channel, Confirm, ConfirmSmoother, ConsumerMessage, ConsumerOptions, Delivery, Publish, Return,
@@ -95,12 +96,25 @@ pub(crate) struct Established {
     pub(crate) shared: Arc<Shared>,
 }
 
-/// Starts a stream's worker thread and waits for its handshake.
+/// Sets up a stream and waits for its handshake: on a prepared worker
+/// from `spares` when one is ready, else on a new thread.
 pub(crate) fn start(
-    connection: Arc<BrokerConnection>,
+    connection: &Arc<BrokerConnection>,
     role: Role,
     options: StreamOptions,
+    spares: Option<&SparePool>,
 ) -> Result<Established, Error> {
+    begin(connection, role, options, spares)?.wait()
+}
+
+/// Starts setting up a stream without waiting for its handshake; the
+/// [`Pending`] it returns says when it is done.
+pub(crate) fn begin(
+    connection: &Arc<BrokerConnection>,
+    role: Role,
+    options: StreamOptions,
+    spares: Option<&SparePool>,
+) -> Result<Pending, Error> {
     let (setup_tx, setup_rx) = bounded(1);
     let (outbound_tx, outbound_rx) = bounded(4);
     let (control_tx, control_rx) = unbounded();
@@ -108,33 +122,150 @@ pub(crate) fn start(
     let write_limit = options.get_write_queue() * options.get_max_message_size();
     let shared = Arc::new(Shared::new(write_limit));
     shared.set_nodelay(options.get_nodelay());
-    let ends = WorkerEnds {
-        outbound: outbound_rx,
-        control: control_rx,
-        control_sender: control_tx.clone(),
-        shared: Arc::clone(&shared),
-        _alive: alive_tx,
+    let assignment = Box::new(Assignment {
+        role,
+        options,
+        setup: setup_tx,
+        ends: WorkerEnds {
+            outbound: outbound_rx,
+            control: control_rx,
+            control_sender: control_tx.clone(),
+            shared: Arc::clone(&shared),
+            _alive: alive_tx,
+        },
+    });
+    let assignment = match spares {
+        Some(spares) => spares.hand_over(assignment),
+        None => Err(assignment),
     };
-    std::thread::Builder::new()
-        .name("amqp-stream".to_string())
-        .spawn(move || run(connection, role, options, setup_tx, ends))
-        .map_err(|e| Error::InvalidArgument(format!("cannot start a stream thread: {e}")))?;
-    let handshake = setup_rx.recv().unwrap_or_else(|_| {
-        Err(Error::broker(
-            "setting up a stream",
-            amiquip::Error::EventLoopDropped,
-        ))
-    })?;
-    Ok(Established {
-        local_queue: handshake.local_queue,
-        peer_queue: handshake.peer_queue,
-        inbox: handshake.inbox,
-        message_limit: handshake.message_limit,
+    if let Err(assignment) = assignment {
+        let connection = Arc::clone(connection);
+        let options = assignment.options.clone();
+        spawn_worker(move || run(connection, options, Start::Now(assignment)))?;
+    }
+    Ok(Pending {
+        setup: setup_rx,
         outbound: outbound_tx,
         control: control_tx,
         alive: alive_rx,
         shared,
     })
+}
+
+/// Starts a thread that prepares a stream ahead of need and offers itself
+/// on `ready`; `slot` goes with the offer and is dropped when the thread
+/// is taken or gives up; `life` is dropped when it is taken, or when it
+/// has closed its channel after giving up.
+pub(crate) fn spawn_spare(
+    connection: Arc<BrokerConnection>,
+    options: StreamOptions,
+    ready: Sender<Spare>,
+    slot: SpareSlot,
+    life: SpareLife,
+) -> Result<(), Error> {
+    spawn_worker(move || {
+        let start = Start::Spare {
+            ready,
+            slot,
+            life: Some(life),
+        };
+        run(connection, options, start)
+    })
+}
+
+fn spawn_worker(work: impl FnOnce() + Send + 'static) -> Result<(), Error> {
+    std::thread::Builder::new()
+        .name("amqp-stream".to_string())
+        .spawn(work)
+        .map(drop)
+        .map_err(|e| Error::InvalidArgument(format!("cannot start a stream thread: {e}")))
+}
+
+/// A stream being set up: the user's ends, and where the worker reports
+/// the handshake's outcome.
+pub(crate) struct Pending {
+    setup: Receiver<Result<Handshake, Error>>,
+    outbound: Sender<Outbound>,
+    control: Sender<Control>,
+    alive: Receiver<()>,
+    shared: Arc<Shared>,
+}
+
+/// What a worker reports when its handshake is over.
+pub(crate) type SetupOutcome = Result<Handshake, Error>;
+
+impl Pending {
+    /// Receives the handshake's outcome, for a `Select` over many.
+    pub(crate) fn outcome(&self) -> &Receiver<SetupOutcome> {
+        &self.setup
+    }
+
+    /// Waits for the handshake.
+    pub(crate) fn wait(self) -> Result<Established, Error> {
+        let outcome = self.setup.recv();
+        self.finish(outcome)
+    }
+
+    /// Turns the outcome received from [`outcome`](Self::outcome) into the
+    /// stream's ends. A worker that ended without a word is a lost
+    /// connection.
+    pub(crate) fn finish(
+        self,
+        outcome: Result<SetupOutcome, crossbeam_channel::RecvError>,
+    ) -> Result<Established, Error> {
+        let handshake = outcome.unwrap_or_else(|_| Err(worker_gone()))?;
+        Ok(Established {
+            local_queue: handshake.local_queue,
+            peer_queue: handshake.peer_queue,
+            inbox: handshake.inbox,
+            message_limit: handshake.message_limit,
+            outbound: self.outbound,
+            control: self.control,
+            alive: self.alive,
+            shared: self.shared,
+        })
+    }
+}
+
+fn worker_gone() -> Error {
+    Error::broker("setting up a stream", amiquip::Error::EventLoopDropped)
+}
+
+/// Everything a worker thread needs to set up one particular stream.
+pub(crate) struct Assignment {
+    role: Role,
+    options: StreamOptions,
+    setup: Sender<SetupOutcome>,
+    ends: WorkerEnds,
+}
+
+/// A prepared worker waiting for its stream.
+pub(crate) struct Spare {
+    /// Takes the stream; disconnected if the worker gave up.
+    assign: Sender<Box<Assignment>>,
+    _slot: SpareSlot,
+}
+
+impl Spare {
+    /// Gives this worker its stream, or hands it back if the worker is
+    /// gone.
+    pub(crate) fn assign(self, assignment: Box<Assignment>) -> Result<(), Box<Assignment>> {
+        self.assign
+            .send(assignment)
+            .map_err(|crossbeam_channel::SendError(a)| a)
+    }
+}
+
+/// How a worker thread gets its stream.
+enum Start {
+    /// Set up this stream right away.
+    Now(Box<Assignment>),
+    /// Prepare, offer the prepared worker on `ready`, then wait.
+    Spare {
+        ready: Sender<Spare>,
+        slot: SpareSlot,
+        life: Option<SpareLife>,
+    },
 }
 
 /// The worker's ends of the channels to the user's side.
@@ -149,7 +280,7 @@ struct WorkerEnds {
 }
 
 /// What the handshake hands back to the thread that asked for the stream.
-struct Handshake {
+pub(crate) struct Handshake {
     local_queue: String,
     peer_queue: String,
     inbox: Arc<Inbox>,
@@ -175,13 +306,14 @@ struct StreamChannel {
     confirms: Receiver<Confirm>,
 }
 
-fn run(
-    connection: Arc<BrokerConnection>,
-    role: Role,
-    options: StreamOptions,
-    setup: Sender<Result<Handshake, Error>>,
-    ends: WorkerEnds,
-) {
+fn run(connection: Arc<BrokerConnection>, options: StreamOptions, mut start: Start) {
+    // Dropped last (locals drop in reverse order), once the channel is
+    // closed and the connection let go.
+    let life = match &mut start {
+        Start::Spare { life, .. } => life.take(),
+        Start::Now(_) => None,
+    };
+    let connection = connection;
     let local_queue = new_queue_name();
     let owned = match connection
         .open_channel("a stream")
@@ -189,44 +321,68 @@ fn run(
     {
         Ok(owned) => owned,
         Err(err) => {
-            let _ = setup.send(Err(err));
+            start.fail(err);
             return;
         }
     };
     let channel = &owned.channel;
     let returns = owned.returns.clone();
     let mut publisher = Publisher::new(channel, owned.confirms.clone());
-    // The handshake message goes before the consumer starts: our queue is
-    // declared already (the broker keeps the answer in it), and the
-    // consume round trip overlaps with the peer's work.
-    let sent = match send_handshake(&role, &local_queue, &options, &mut publisher) {
-        Ok(sent) => sent,
-        Err(err) => {
-            let _ = setup.send(Err(err));
-            return;
-        }
-    };
-    let consumer = match channel
-        .qos(0, options.get_prefetch(), false)
-        .and_then(|()| {
-            channel.basic_consume(
-                local_queue.clone(),
-                ConsumerOptions {
-                    no_ack: false,
-                    exclusive: true,
-                    ..ConsumerOptions::default()
-                },
+    let (assignment, sent, consumer) = match start {
+        Start::Now(assignment) => {
+            // The handshake message goes before the consumer starts: our
+            // queue is declared already (the broker keeps the answer in
+            // it), and the consume round trip overlaps with the peer's work.
+            let sent = send_handshake(
+                &assignment.role,
+                &local_queue,
+                &assignment.options,
+                &mut publisher,
             )
-        }) {
-        Ok(consumer) => consumer,
-        Err(err) => {
-            let _ = setup.send(Err(Error::broker(
-                format!("consuming queue {local_queue:?}"),
-                err,
-            )));
-            return;
+            .and_then(|sent| Ok((sent, consume(channel, &local_queue, &options)?)));
+            match sent {
+                Ok((sent, consumer)) => (assignment, sent, consumer),
+                Err(err) => {
+                    let _ = assignment.setup.send(Err(err));
+                    return;
+                }
+            }
+        }
+        Start::Spare { ready, slot, .. } => {
+            let consumer = match consume(channel, &local_queue, &options) {
+                Ok(consumer) => consumer,
+                Err(err) => {
+                    debug!("could not prepare a stream: {err}");
+                    return;
+                }
+            };
+            let Some(assignment) = wait_for_assignment(&consumer, ready, slot) else {
+                cancel_consumer(&consumer);
+                return;
+            };
+            // A stream now: its pool no longer waits for it.
+            drop(life);
+            match send_handshake(
+                &assignment.role,
+                &local_queue,
+                &assignment.options,
+                &mut publisher,
+            ) {
+                Ok(sent) => (assignment, sent, consumer),
+                Err(err) => {
+                    cancel_consumer(&consumer);
+                    let _ = assignment.setup.send(Err(err));
+                    return;
+                }
+            }
         }
     };
+    let Assignment {
+        role,
+        options,
+        setup,
+        ends,
+    } = *assignment;
     let agreed = match await_handshake(&role, sent, &options, &consumer, &mut publisher, &returns) {
         Ok(agreed) => agreed,
         Err(err) => {
@@ -309,6 +465,67 @@ pub(crate) fn cancel_consumer(consumer: &amiquip::Consumer<'_>) -> Vec<Delivery>
                 Ok(_) | Err(_) => return held,
             },
             recv(deadline) -> _ => return held,
+        }
+    }
+}
+
+impl Start {
+    /// Reports that the channel could not be set up.
+    fn fail(self, err: Error) {
+        match self {
+            Start::Now(assignment) => {
+                let _ = assignment.setup.send(Err(err));
+            }
+            Start::Spare { .. } => debug!("could not prepare a stream: {err}"),
+        }
+    }
+}
+
+/// Starts consuming our queue, with the stream's read-ahead.
+fn consume<'a>(
+    channel: &'a Channel,
+    local_queue: &str,
+    options: &StreamOptions,
+) -> Result<amiquip::Consumer<'a>, Error> {
+    channel
+        .qos(0, options.get_prefetch(), false)
+        .and_then(|()| {
+            channel.basic_consume(
+                local_queue,
+                ConsumerOptions {
+                    no_ack: false,
+                    exclusive: true,
+                    ..ConsumerOptions::default()
+                },
+            )
+        })
+        .map_err(|err| Error::broker(format!("consuming queue {local_queue:?}"), err))
+}
+
+/// Offers a prepared worker on `ready` and waits until it is given a
+/// stream. `None` when nobody will: the pool is gone, or the consumer
+/// ended (a lost connection) or got something nobody should have sent.
+fn wait_for_assignment(
+    consumer: &amiquip::Consumer<'_>,
+    ready: Sender<Spare>,
+    slot: SpareSlot,
+) -> Option<Box<Assignment>> {
+    let (assign, assigned) = bounded(1);
+    ready
+        .send(Spare {
+            assign,
+            _slot: slot,
+        })
+        .ok()?;
+    drop(ready);
+    select! {
+        recv(assigned) -> assignment => assignment.ok(),
+        recv(consumer.receiver()) -> message => {
+            debug!("a prepared stream gave up waiting: {}", match message {
+                Ok(ConsumerMessage::Delivery(_)) => "a stray message arrived",
+                _ => "its consumer ended",
+            });
+            None
         }
     }
 }

@@ -4,7 +4,7 @@
 mod common;
 
 use amiquip::{AmqpProperties, Publish};
-use amqp_stream::{Connector, Listener, Stream};
+use amqp_stream::{Connector, Listener, Stream, StreamOptions};
 use common::{capture_logs, logs, queue, raw_connection, url};
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -99,7 +99,10 @@ fn broker_channels_of(port: u16) -> Option<u32> {
 
 #[test]
 fn dropping_everything_leaves_no_queue_and_no_channel() {
-    let connector = Connector::open(&url()).unwrap();
+    // Nothing prepared ahead, so every channel belongs to a stream or the
+    // listener (`prepared_streams_close_with_their_owner` covers those).
+    let options = StreamOptions::new().prepared_streams(0);
+    let connector = Connector::open_with(&url(), options).unwrap();
     let q = queue("cleanup");
     let listener = connector.bind(&q).unwrap();
     let mut names = vec![q.clone()];
@@ -145,4 +148,53 @@ fn dropping_everything_leaves_no_queue_and_no_channel() {
     } else {
         eprintln!("rabbitmqctl not available: channel count not checked");
     }
+}
+
+/// The channel count of our connection, which must be listed.
+fn channels_of(connector: &Connector) -> u32 {
+    broker_channels_of(connector.local_socket_addr().port())
+        .expect("rabbitmqctl lists our connection (scripts/ensure-broker.sh installs it)")
+}
+
+#[test]
+fn prepared_streams_serve_connections_and_close_with_their_owner() {
+    let prepared = StreamOptions::new().prepared_streams(3);
+    let server_side = Connector::open_with(&url(), prepared.clone()).unwrap();
+    let client_side = Connector::open_with(&url(), prepared).unwrap();
+    let q = queue("prepared");
+    let listener = server_side.bind(&q).unwrap();
+
+    // More connections than are prepared, each checked end to end.
+    let mut kept = Vec::new();
+    for i in 0..8u8 {
+        let mut client = client_side.connect(&q).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        client.write_all(&[i]).unwrap();
+        client.flush().unwrap();
+        let mut got = [0u8; 1];
+        server.read_exact(&mut got).unwrap();
+        server.write_all(&got).unwrap();
+        client.read_exact(&mut got).unwrap();
+        assert_eq!(got, [i]);
+        kept.push((client, server));
+    }
+    let (client, server) = kept.pop().unwrap();
+    drop(kept);
+
+    // Dropping the listener closes its prepared streams before it
+    // returns: the server side keeps only the accepted stream's channel.
+    drop(listener);
+    assert_eq!(channels_of(&server_side), 1, "listener's prepared streams");
+
+    // Likewise for the connector: the client stream keeps the connection
+    // open, and its channel is the only one left.
+    let probe = client.try_clone().unwrap();
+    let port = client_side.local_socket_addr().port();
+    drop(client_side);
+    assert_eq!(
+        broker_channels_of(port),
+        Some(1),
+        "connector's prepared streams"
+    );
+    drop((probe, client, server));
 }
