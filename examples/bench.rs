@@ -436,6 +436,58 @@ fn fan_out(client: impl Fn() -> usize + Send + Sync + 'static) -> (f64, f64) {
     )
 }
 
+/// The raw equivalent of fan-out: `FAN_OUT` clients at once on one
+/// connection, each with its own channel and exclusive reply queue,
+/// sending `FAN_OUT_BYTES` to an echo service in one message and taking
+/// the answer.
+fn raw_fan_out() -> (f64, f64) {
+    let service = format!("bench-raw-fan-out-{}", std::process::id());
+    let mut service_conn = raw_connection();
+    let service_ch = service_conn.open_channel(None).unwrap();
+    service_ch
+        .queue_declare(service.clone(), exclusive())
+        .unwrap();
+    let served = service.clone();
+    let echo = thread::spawn(move || {
+        let requests = service_ch.queue_declare_passive(served).unwrap();
+        let consumer = requests.consume(no_ack()).unwrap();
+        for _ in 0..FAN_OUT {
+            if let ConsumerMessage::Delivery(d) = consumer.receiver().recv().unwrap() {
+                let reply_to = d.properties.reply_to().clone().unwrap();
+                service_ch
+                    .basic_publish("", Publish::new(&d.body, reply_to))
+                    .unwrap();
+            }
+        }
+        cancel_and_drop(consumer);
+        service_conn
+    });
+    let conn = std::sync::Arc::new(std::sync::Mutex::new(raw_connection()));
+    let shared = std::sync::Arc::clone(&conn);
+    let figures = fan_out(move || {
+        let ch = shared.lock().unwrap().open_channel(None).unwrap();
+        let own = ch.queue_declare("", exclusive()).unwrap();
+        let consumer = own.consume(no_ack()).unwrap();
+        let props = amiquip::AmqpProperties::default().with_reply_to(own.name().to_string());
+        let body = vec![7u8; FAN_OUT_BYTES];
+        ch.basic_publish("", Publish::with_properties(&body, service.clone(), props))
+            .unwrap();
+        let echoed = loop {
+            if let ConsumerMessage::Delivery(d) = consumer.receiver().recv().unwrap() {
+                break d.body.len();
+            }
+        };
+        cancel_and_drop(consumer);
+        ch.close().unwrap();
+        echoed
+    });
+    let _ = echo.join().unwrap().close();
+    if let Ok(conn) = std::sync::Arc::try_unwrap(conn) {
+        let _ = conn.into_inner().unwrap().close();
+    }
+    figures
+}
+
 fn tcp_fan_out() -> (f64, f64) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
@@ -480,7 +532,8 @@ fn main() {
     );
     let ((s_p50, s_p99), (r_p50, r_p99), (t_p50, t_p99)) = (stream_ping(), raw_ping(), tcp_ping());
     let setup = (stream_setup(), raw_setup(), tcp_setup());
-    let ((s_fan, s_wall), (t_fan, t_wall)) = (stream_fan_out(), tcp_fan_out());
+    let ((s_fan, s_wall), (r_fan, r_wall), (t_fan, t_wall)) =
+        (stream_fan_out(), raw_fan_out(), tcp_fan_out());
     let rows = [
         Row {
             name: "bulk 256 MiB, 64 KiB writes, MiB/s",
@@ -521,14 +574,14 @@ fn main() {
             name: "fan-out 1,000 x 64 KiB echo, MiB/s",
             key: "fan_out_mib_s",
             stream: s_fan,
-            raw: None,
+            raw: Some(r_fan),
             tcp: t_fan,
         },
         Row {
             name: "fan-out 1,000 x 64 KiB echo, wall s",
             key: "fan_out_wall_s",
             stream: s_wall,
-            raw: None,
+            raw: Some(r_wall),
             tcp: t_wall,
         },
     ];
