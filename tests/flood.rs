@@ -1,0 +1,206 @@
+//! A flood of malformed and abandoned connection requests on a listener's
+//! control queue: a good client is still accepted afterwards, and once the
+//! listener has worked through them nothing is left behind: no queue, no
+//! channel, no thread.
+
+mod common;
+
+use amiquip::{AmqpProperties, Publish, QueueDeclareOptions};
+use amqp_stream::{Connector, Stream};
+use common::{queue, queue_depth, raw_connection, url};
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+/// 4,400 without reply_to, 4,400 with a body, 800 to a missing queue,
+/// 400 from vanishing clients.
+const REQUESTS: usize = 10_000;
+
+/// How long the listener may take to work through the flood.
+const DRAIN_LIMIT: Duration = Duration::from_secs(120);
+
+fn threads_of_this_process() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .expect("Linux /proc")
+        .count()
+}
+
+/// Queue names on the broker, from `rabbitmqctl`.
+fn broker_queues() -> Vec<String> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_queues", "-q", "name"])
+        .output()
+        .expect("rabbitmqctl runs (scripts/ensure-broker.sh installs it)");
+    assert!(out.status.success(), "rabbitmqctl failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip_while(|l| l.starts_with("name"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The channel count of the connection on local `port`.
+fn broker_channels_of(port: u16) -> u32 {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "peer_port", "channels"])
+        .output()
+        .expect("rabbitmqctl runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|line| {
+            let mut cols = line.split_whitespace();
+            let p: u16 = cols.next()?.parse().ok()?;
+            (p == port).then(|| cols.next()?.parse().ok())?
+        })
+        .expect("our connection is listed")
+}
+
+/// Checks `settled` until it holds or `limit` passes; the broker and our
+/// threads settle on their own time, and this is how the test observes it.
+fn eventually(limit: Duration, what: &str, mut settled: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + limit;
+    loop {
+        match settled() {
+            Ok(()) => return,
+            Err(why) if Instant::now() > deadline => panic!("{what}: {why}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    }
+}
+
+#[test]
+fn a_flood_of_bad_requests_leaves_the_listener_working_and_nothing_behind() {
+    let q = queue("flood");
+    let server_side = Connector::open(&url()).unwrap();
+    let listener = server_side.bind(&q).unwrap();
+    let client_side = Connector::open(&url()).unwrap();
+
+    // Accepted streams (from requests whose queue vanished only after the
+    // answer) are read until they fail or end; the good one says hello.
+    let (hello_tx, hello_rx) = crossbeam_channel::bounded::<Stream>(1);
+    let acceptor = std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let hello_tx = hello_tx.clone();
+            std::thread::spawn(move || {
+                let mut first = [0u8; 5];
+                if stream.read_exact(&mut first).is_ok() && &first == b"hello" {
+                    let _ = hello_tx.send(stream);
+                }
+            });
+        }
+    });
+
+    // A first good stream brings both sides' prepared streams to their
+    // steady number before the baseline is taken.
+    let mut warm = client_side.connect(&q).unwrap();
+    warm.write_all(b"hello").unwrap();
+    drop(hello_rx.recv_timeout(Duration::from_secs(30)).unwrap());
+    drop(warm);
+    let threads_before = threads_of_this_process();
+    let server_channels_before = broker_channels_of(server_side.local_socket_addr().port());
+
+    // The flood, from a raw peer: requests with no reply_to, with a body,
+    // answering to a queue that never existed, and answering to a queue
+    // deleted right after the request (a client that vanished
+    // mid-handshake). The last two cost the listener a stream setup each
+    // (and the raw peer two round trips for a vanishing one), so they are
+    // fewer.
+    let mut raw = raw_connection();
+    let channel = raw.open_channel(None).unwrap();
+    let requests_sent = Instant::now();
+    for i in 0..REQUESTS {
+        let (body, reply_to): (&[u8], Option<String>) = match i % 50 {
+            0..=21 => (b"", None),
+            22..=43 => (b"not empty", Some("somewhere".to_string())),
+            44..=47 => (b"", Some(format!("no-such-queue-{i}"))),
+            _ => {
+                let vanishing = channel
+                    .queue_declare(
+                        "",
+                        QueueDeclareOptions {
+                            exclusive: true,
+                            ..QueueDeclareOptions::default()
+                        },
+                    )
+                    .unwrap();
+                let name = vanishing.name().to_string();
+                channel
+                    .basic_publish(
+                        "",
+                        Publish::with_properties(
+                            b"",
+                            q.clone(),
+                            AmqpProperties::default().with_reply_to(name.clone()),
+                        ),
+                    )
+                    .unwrap();
+                channel.queue_delete(name, Default::default()).unwrap();
+                continue;
+            }
+        };
+        let mut properties = AmqpProperties::default();
+        if let Some(reply_to) = reply_to {
+            properties = properties.with_reply_to(reply_to);
+        }
+        channel
+            .basic_publish("", Publish::with_properties(body, q.clone(), properties))
+            .unwrap();
+    }
+    eprintln!(
+        "{REQUESTS} requests published in {:?}",
+        requests_sent.elapsed()
+    );
+
+    // A good client, behind all of them in the queue, still gets in.
+    let good_started = Instant::now();
+    let mut good = client_side
+        .connect_timeout(&q, DRAIN_LIMIT)
+        .expect("a good client is accepted after the flood");
+    good.write_all(b"hello").unwrap();
+    let mut served = hello_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the good stream reaches the acceptor");
+    eprintln!(
+        "good client connected {:?} after the flood was published",
+        good_started.elapsed()
+    );
+    good.write_all(b" world").unwrap();
+    let mut rest = [0u8; 6];
+    served.read_exact(&mut rest).unwrap();
+    assert_eq!(&rest, b" world");
+    drop((good, served));
+
+    // The control queue is empty: every request was answered or rejected.
+    assert_eq!(queue_depth(&q).map(|(messages, _)| messages), Some(0));
+
+    // Nothing is left behind: the flood's streams and threads are gone.
+    eventually(DRAIN_LIMIT, "threads left behind", || {
+        let now = threads_of_this_process();
+        (now <= threads_before)
+            .then_some(())
+            .ok_or(format!("{now} threads, {threads_before} before the flood"))
+    });
+    eventually(DRAIN_LIMIT, "channels left behind", || {
+        let now = broker_channels_of(server_side.local_socket_addr().port());
+        (now <= server_channels_before).then_some(()).ok_or(format!(
+            "{now} channels, {server_channels_before} before the flood"
+        ))
+    });
+    eventually(DRAIN_LIMIT, "queues left behind", || {
+        let left: Vec<String> = broker_queues()
+            .into_iter()
+            .filter(|name| name.starts_with("amqp-stream.") || name.starts_with("amq.gen"))
+            .collect();
+        // Our own prepared streams' queues stay; nothing else of ours.
+        let prepared = 2 * amqp_stream::StreamOptions::new().get_prepared_streams();
+        (left.len() <= prepared).then_some(()).ok_or(format!(
+            "{} queues: {:?}",
+            left.len(),
+            &left[..left.len().min(5)]
+        ))
+    });
+    let _ = raw.close();
+    drop(client_side);
+    drop(server_side);
+    drop(acceptor);
+}
