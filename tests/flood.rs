@@ -170,8 +170,16 @@ fn a_flood_of_bad_requests_leaves_the_listener_working_and_nothing_behind() {
     assert_eq!(&rest, b" world");
     drop((good, served));
 
-    // The control queue is empty: every request was answered or rejected.
-    assert_eq!(queue_depth(&q).map(|(messages, _)| messages), Some(0));
+    // The control queue empties: every request is answered or rejected
+    // (handshakes run side by side, so a few may still be finishing).
+    eventually(
+        DRAIN_LIMIT,
+        "requests left on the control queue",
+        || match queue_depth(&q) {
+            Some((0, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
 
     // Nothing is left behind: the flood's streams and threads are gone.
     eventually(DRAIN_LIMIT, "threads left behind", || {
