@@ -317,21 +317,20 @@ fn cancel_and_drop(consumer: amiquip::Consumer<'_>) {
     }
 }
 
-/// The raw equivalent of a stream's setup on an open connection: a
-/// channel, an exclusive reply queue, a consumer, a request to an echo
-/// service and its answer, then closing the channel.
-fn raw_setup() -> f64 {
-    let service = format!("bench-raw-setup-{}", std::process::id());
+/// A raw echo service on its own connection: answers `requests` messages
+/// on the queue `service` to their `reply_to`, then hands back its
+/// connection.
+fn raw_echo_service(service: &str, requests: usize) -> thread::JoinHandle<amiquip::Connection> {
     let mut service_conn = raw_connection();
     let service_ch = service_conn.open_channel(None).unwrap();
     service_ch
-        .queue_declare(service.clone(), exclusive())
+        .queue_declare(service.to_string(), exclusive())
         .unwrap();
-    let served = service.clone();
-    let echo = thread::spawn(move || {
-        let requests = service_ch.queue_declare_passive(served).unwrap();
-        let consumer = requests.consume(no_ack()).unwrap();
-        for _ in 0..SETUPS {
+    let served = service.to_string();
+    thread::spawn(move || {
+        let queue = service_ch.queue_declare_passive(served).unwrap();
+        let consumer = queue.consume(no_ack()).unwrap();
+        for _ in 0..requests {
             if let ConsumerMessage::Delivery(d) = consumer.receiver().recv().unwrap() {
                 let reply_to = d.properties.reply_to().clone().unwrap();
                 service_ch
@@ -341,7 +340,15 @@ fn raw_setup() -> f64 {
         }
         cancel_and_drop(consumer);
         service_conn
-    });
+    })
+}
+
+/// The raw equivalent of a stream's setup on an open connection: a
+/// channel, an exclusive reply queue, a consumer, a request to an echo
+/// service and its answer, then closing the channel.
+fn raw_setup() -> f64 {
+    let service = format!("bench-raw-setup-{}", std::process::id());
+    let echo = raw_echo_service(&service, SETUPS);
     let mut conn = raw_connection();
     let samples = (0..SETUPS)
         .map(|_| {
@@ -442,26 +449,7 @@ fn fan_out(client: impl Fn() -> usize + Send + Sync + 'static) -> (f64, f64) {
 /// the answer.
 fn raw_fan_out() -> (f64, f64) {
     let service = format!("bench-raw-fan-out-{}", std::process::id());
-    let mut service_conn = raw_connection();
-    let service_ch = service_conn.open_channel(None).unwrap();
-    service_ch
-        .queue_declare(service.clone(), exclusive())
-        .unwrap();
-    let served = service.clone();
-    let echo = thread::spawn(move || {
-        let requests = service_ch.queue_declare_passive(served).unwrap();
-        let consumer = requests.consume(no_ack()).unwrap();
-        for _ in 0..FAN_OUT {
-            if let ConsumerMessage::Delivery(d) = consumer.receiver().recv().unwrap() {
-                let reply_to = d.properties.reply_to().clone().unwrap();
-                service_ch
-                    .basic_publish("", Publish::new(&d.body, reply_to))
-                    .unwrap();
-            }
-        }
-        cancel_and_drop(consumer);
-        service_conn
-    });
+    let echo = raw_echo_service(&service, FAN_OUT);
     let conn = std::sync::Arc::new(std::sync::Mutex::new(raw_connection()));
     let shared = std::sync::Arc::clone(&conn);
     let figures = fan_out(move || {

@@ -5,10 +5,9 @@ mod common;
 
 use amiquip::{AmqpProperties, Publish};
 use amqp_stream::{Connector, Listener, Stream, StreamOptions};
-use common::{capture_logs, logs, queue, raw_connection, url};
+use common::{broker_channels_of, capture_logs, logs, queue, raw_connection, url};
 use std::io::{Read, Write};
 use std::net::Shutdown;
-use std::process::Command;
 
 #[test]
 fn malformed_requests_are_rejected_logged_and_skipped() {
@@ -79,22 +78,6 @@ fn malformed_requests_are_rejected_logged_and_skipped() {
         "{warnings:#?}"
     );
     raw.close().unwrap();
-}
-
-/// `rabbitmqctl list_connections peer_port channels`: our connection's
-/// channel count, found by its local port.
-fn broker_channels_of(port: u16) -> Option<u32> {
-    let out = Command::new("rabbitmqctl")
-        .args(["-q", "list_connections", "peer_port", "channels"])
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|line| {
-            let mut cols = line.split_whitespace();
-            let p: u16 = cols.next()?.parse().ok()?;
-            (p == port).then(|| cols.next()?.parse().ok())?
-        })
 }
 
 #[test]

@@ -112,3 +112,20 @@ pub fn resident_bytes() -> u64 {
         .expect("VmRSS in /proc/self/status");
     kib * 1024
 }
+
+/// `rabbitmqctl list_connections peer_port channels`: the channel count of
+/// our connection whose local port is `port`; `None` when it is not
+/// listed (or rabbitmqctl cannot run).
+pub fn broker_channels_of(port: u16) -> Option<u32> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "peer_port", "channels"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|line| {
+            let mut cols = line.split_whitespace();
+            let p: u16 = cols.next()?.parse().ok()?;
+            (p == port).then(|| cols.next()?.parse().ok())?
+        })
+}
