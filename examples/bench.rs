@@ -292,10 +292,15 @@ fn echo_listener(tag: &str) -> String {
 fn stream_setup() -> f64 {
     let queue = echo_listener("setup");
     let connector = Connector::open(&url()).unwrap();
+    time_setups(|| connector.connect(&queue).unwrap())
+}
+
+/// Median of `SETUPS` times: `connect`, one byte there and back, drop.
+fn time_setups<S: Read + Write>(mut connect: impl FnMut() -> S) -> f64 {
     let samples = (0..SETUPS)
         .map(|_| {
             let started = Instant::now();
-            let mut s = connector.connect(&queue).unwrap();
+            let mut s = connect();
             s.write_all(&[1]).unwrap();
             s.read_exact(&mut [0u8; 1]).unwrap();
             drop(s);
@@ -383,18 +388,11 @@ fn tcp_setup() -> f64 {
             thread::spawn(move || echo_bytes(s));
         }
     });
-    let samples = (0..SETUPS)
-        .map(|_| {
-            let started = Instant::now();
-            let mut s = TcpStream::connect(addr).unwrap();
-            s.set_nodelay(true).unwrap();
-            s.write_all(&[1]).unwrap();
-            s.read_exact(&mut [0u8; 1]).unwrap();
-            drop(s);
-            started.elapsed()
-        })
-        .collect();
-    median_ms(samples)
+    time_setups(|| {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_nodelay(true).unwrap();
+        s
+    })
 }
 
 /// `FAN_OUT` streams at once on one connector, each sending

@@ -67,14 +67,10 @@ impl Connector {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn open_with(url: &str, options: StreamOptions) -> io::Result<Connector> {
-        let url: BrokerUrl = url.parse()?;
-        let connection = Arc::new(BrokerConnection::open(&url, None)?);
-        let spares = SparePool::new(Arc::clone(&connection), options.clone());
-        Ok(Connector {
-            connection,
-            options,
-            spares: Some(Arc::new(spares)),
-        })
+        let mut connector = Connector::open_for_one(url, options, None)?;
+        let spares = SparePool::new(Arc::clone(&connector.connection), connector.options.clone());
+        connector.spares = Some(Arc::new(spares));
+        Ok(connector)
     }
 
     /// A connector for one stream, which prepares none ahead.

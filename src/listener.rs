@@ -281,23 +281,21 @@ fn run(backlog: Backlog, setup: Sender<Result<(), Error>>) {
     let mut answering: Vec<Answering> = Vec::new();
     loop {
         let mut waiting = Select::new();
-        waiting.recv(&backlog.stop);
+        let stop = waiting.recv(&backlog.stop);
         // Take a request only when its stream has a place to wait in.
         let room = backlog.accepted.len() + answering.len() < usize::from(BACKLOG);
-        if room {
-            waiting.recv(consumer.receiver());
-        }
-        let first_answer = waiting_index(room);
+        let requests = room.then(|| waiting.recv(consumer.receiver()));
+        let first_answer = requests.unwrap_or(stop) + 1;
         for a in &answering {
             waiting.recv(a.stream.outcome());
         }
         let ready = waiting.select();
         let flow = match ready.index() {
-            0 => {
+            i if i == stop => {
                 let _ = ready.recv(&backlog.stop);
                 ControlFlow::Break(())
             }
-            i if i < first_answer => {
+            i if Some(i) == requests => {
                 let message = ready.recv(consumer.receiver());
                 backlog.take(&channel, &consumer, message, &mut answering)
             }
@@ -327,13 +325,6 @@ fn run(backlog: Backlog, setup: Sender<Result<(), Error>>) {
     drop(consumer);
     let _ = channel.close();
     debug!("stopped listening on {queue:?}");
-}
-
-/// Where the handshakes' outcomes start among the listener's selected
-/// operations: after the stop signal and, when there is room, the
-/// requests.
-fn waiting_index(room: bool) -> usize {
-    if room { 2 } else { 1 }
 }
 
 impl Backlog {

@@ -141,7 +141,7 @@ pub(crate) fn begin(
     if let Err(assignment) = assignment {
         let connection = Arc::clone(connection);
         let options = assignment.options.clone();
-        spawn_worker(move || run(connection, options, Start::Now(assignment)))?;
+        spawn_worker(move || run(None, connection, options, Start::Now(assignment)))?;
     }
     Ok(Pending {
         setup: setup_rx,
@@ -164,12 +164,12 @@ pub(crate) fn spawn_spare(
     life: SpareLife,
 ) -> Result<(), Error> {
     spawn_worker(move || {
-        let start = Start::Spare {
-            ready,
-            slot,
-            life: Some(life),
-        };
-        run(connection, options, start)
+        run(
+            Some(life),
+            connection,
+            options,
+            Start::Spare { ready, slot },
+        )
     })
 }
 
@@ -184,7 +184,7 @@ fn spawn_worker(work: impl FnOnce() + Send + 'static) -> Result<(), Error> {
 /// A stream being set up: the user's ends, and where the worker reports
 /// the handshake's outcome.
 pub(crate) struct Pending {
-    setup: Receiver<Result<Handshake, Error>>,
+    setup: Receiver<SetupOutcome>,
     outbound: Sender<Outbound>,
     control: Sender<Control>,
     alive: Receiver<()>,
@@ -264,7 +264,6 @@ enum Start {
     Spare {
         ready: Sender<Spare>,
         slot: SpareSlot,
-        life: Option<SpareLife>,
     },
 }
 
@@ -306,14 +305,16 @@ struct StreamChannel {
     confirms: Receiver<Confirm>,
 }
 
-fn run(connection: Arc<BrokerConnection>, options: StreamOptions, mut start: Start) {
-    // Dropped last (locals drop in reverse order), once the channel is
-    // closed and the connection let go.
-    let life = match &mut start {
-        Start::Spare { life, .. } => life.take(),
-        Start::Now(_) => None,
-    };
-    let connection = connection;
+/// The worker thread. `life` (a prepared worker's, see [`spawn_spare`])
+/// is the first parameter so that it drops last: parameters drop after
+/// the body's locals, in reverse order, so after the channel has closed
+/// and `connection` has been let go.
+fn run(
+    life: Option<SpareLife>,
+    connection: Arc<BrokerConnection>,
+    options: StreamOptions,
+    start: Start,
+) {
     let local_queue = new_queue_name();
     let owned = match connection
         .open_channel("a stream")
@@ -348,7 +349,7 @@ fn run(connection: Arc<BrokerConnection>, options: StreamOptions, mut start: Sta
                 }
             }
         }
-        Start::Spare { ready, slot, .. } => {
+        Start::Spare { ready, slot } => {
             let consumer = match consume(channel, &local_queue, &options) {
                 Ok(consumer) => consumer,
                 Err(err) => {
