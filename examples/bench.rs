@@ -1,6 +1,8 @@
 //! Measures amqp-stream against raw amiquip and TCP loopback, in one run.
 //!
-//! `cargo run --release --example bench [-- --json]`. Broker from
+//! `cargo run --release --example bench [-- [--json] [SCENARIO...]]`,
+//! where a scenario is `bulk`, `small`, `ping`, `setup` or `fan-out`
+//! (all of them when none is named). Broker from
 //! `AMQP_URL` (default the local one). Scenarios: bulk transfer in 64 KiB
 //! writes; small writes (1 KiB); a 1-byte ping-pong round trip; setup
 //! (connect, first byte back, close); fan-out (1,000 concurrent streams on
@@ -504,73 +506,122 @@ struct Row {
     tcp: f64,
 }
 
+/// A scenario's name on the command line and how to measure it.
+struct Scenario {
+    name: &'static str,
+    run: fn() -> Vec<Row>,
+}
+
+/// The scenarios, each giving its rows of the table.
+const SCENARIOS: [Scenario; 5] = [
+    Scenario {
+        name: "bulk",
+        run: || {
+            vec![Row {
+                name: "bulk 256 MiB, 64 KiB writes, MiB/s",
+                key: "bulk_mib_s",
+                stream: stream_bulk(BULK, CHUNK),
+                raw: Some(raw_bulk(BULK, CHUNK)),
+                tcp: tcp_bulk(BULK, CHUNK),
+            }]
+        },
+    },
+    Scenario {
+        name: "small",
+        run: || {
+            vec![Row {
+                name: "small writes 64 MiB in 1 KiB, MiB/s",
+                key: "small_writes_mib_s",
+                stream: stream_bulk(SMALL_TOTAL, SMALL),
+                raw: Some(raw_bulk(SMALL_TOTAL, SMALL)),
+                tcp: tcp_bulk(SMALL_TOTAL, SMALL),
+            }]
+        },
+    },
+    Scenario {
+        name: "ping",
+        run: || {
+            let ((s_p50, s_p99), (r_p50, r_p99), (t_p50, t_p99)) =
+                (stream_ping(), raw_ping(), tcp_ping());
+            vec![
+                Row {
+                    name: "ping-pong 1 byte, median us",
+                    key: "ping_median_us",
+                    stream: s_p50,
+                    raw: Some(r_p50),
+                    tcp: t_p50,
+                },
+                Row {
+                    name: "ping-pong 1 byte, p99 us",
+                    key: "ping_p99_us",
+                    stream: s_p99,
+                    raw: Some(r_p99),
+                    tcp: t_p99,
+                },
+            ]
+        },
+    },
+    Scenario {
+        name: "setup",
+        run: || {
+            vec![Row {
+                name: "setup (connect+byte+close), median ms",
+                key: "setup_median_ms",
+                stream: stream_setup(),
+                raw: Some(raw_setup()),
+                tcp: tcp_setup(),
+            }]
+        },
+    },
+    Scenario {
+        name: "fan-out",
+        run: || {
+            let ((s_fan, s_wall), (r_fan, r_wall), (t_fan, t_wall)) =
+                (stream_fan_out(), raw_fan_out(), tcp_fan_out());
+            vec![
+                Row {
+                    name: "fan-out 1,000 x 64 KiB echo, MiB/s",
+                    key: "fan_out_mib_s",
+                    stream: s_fan,
+                    raw: Some(r_fan),
+                    tcp: t_fan,
+                },
+                Row {
+                    name: "fan-out 1,000 x 64 KiB echo, wall s",
+                    key: "fan_out_wall_s",
+                    stream: s_wall,
+                    raw: Some(r_wall),
+                    tcp: t_wall,
+                },
+            ]
+        },
+    },
+];
+
 fn main() {
-    let json = std::env::args().any(|a| a == "--json");
-    let bulk = (
-        stream_bulk(BULK, CHUNK),
-        raw_bulk(BULK, CHUNK),
-        tcp_bulk(BULK, CHUNK),
-    );
-    let small = (
-        stream_bulk(SMALL_TOTAL, SMALL),
-        raw_bulk(SMALL_TOTAL, SMALL),
-        tcp_bulk(SMALL_TOTAL, SMALL),
-    );
-    let ((s_p50, s_p99), (r_p50, r_p99), (t_p50, t_p99)) = (stream_ping(), raw_ping(), tcp_ping());
-    let setup = (stream_setup(), raw_setup(), tcp_setup());
-    let ((s_fan, s_wall), (r_fan, r_wall), (t_fan, t_wall)) =
-        (stream_fan_out(), raw_fan_out(), tcp_fan_out());
-    let rows = [
-        Row {
-            name: "bulk 256 MiB, 64 KiB writes, MiB/s",
-            key: "bulk_mib_s",
-            stream: bulk.0,
-            raw: Some(bulk.1),
-            tcp: bulk.2,
-        },
-        Row {
-            name: "small writes 64 MiB in 1 KiB, MiB/s",
-            key: "small_writes_mib_s",
-            stream: small.0,
-            raw: Some(small.1),
-            tcp: small.2,
-        },
-        Row {
-            name: "ping-pong 1 byte, median us",
-            key: "ping_median_us",
-            stream: s_p50,
-            raw: Some(r_p50),
-            tcp: t_p50,
-        },
-        Row {
-            name: "ping-pong 1 byte, p99 us",
-            key: "ping_p99_us",
-            stream: s_p99,
-            raw: Some(r_p99),
-            tcp: t_p99,
-        },
-        Row {
-            name: "setup (connect+byte+close), median ms",
-            key: "setup_median_ms",
-            stream: setup.0,
-            raw: Some(setup.1),
-            tcp: setup.2,
-        },
-        Row {
-            name: "fan-out 1,000 x 64 KiB echo, MiB/s",
-            key: "fan_out_mib_s",
-            stream: s_fan,
-            raw: Some(r_fan),
-            tcp: t_fan,
-        },
-        Row {
-            name: "fan-out 1,000 x 64 KiB echo, wall s",
-            key: "fan_out_wall_s",
-            stream: s_wall,
-            raw: Some(r_wall),
-            tcp: t_wall,
-        },
-    ];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let json = args.iter().any(|a| a == "--json");
+    let chosen: Vec<&str> = args
+        .iter()
+        .filter(|a| !a.starts_with("--"))
+        .map(String::as_str)
+        .collect();
+    if let Some(unknown) = chosen
+        .iter()
+        .find(|c| !SCENARIOS.iter().any(|s| s.name == **c))
+    {
+        let names: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
+        eprintln!(
+            "unknown scenario {unknown:?}; the scenarios are {}",
+            names.join(", ")
+        );
+        std::process::exit(2);
+    }
+    let rows: Vec<Row> = SCENARIOS
+        .iter()
+        .filter(|s| chosen.is_empty() || chosen.contains(&s.name))
+        .flat_map(|s| (s.run)())
+        .collect();
     if json {
         let fields: Vec<String> = rows
             .iter()
