@@ -11,7 +11,7 @@ use crate::spare::SparePool;
 use crate::stream::Stream;
 use crate::worker::{self, Pending, Role, SetupOutcome};
 use amiquip::{Channel, ConsumerMessage, ConsumerOptions, Delivery};
-use crossbeam_channel::{Receiver, Select, Sender, bounded};
+use crossbeam_channel::{Receiver, Select, Sender, after, bounded, select};
 use log::{debug, warn};
 use std::fmt;
 use std::io;
@@ -249,37 +249,71 @@ struct Answering {
     peer: Addr,
 }
 
-/// The listener's thread: owns the control queue's channel and consumer,
-/// answers connection requests while there is room in the backlog, and
-/// queues each stream for `accept` once its handshake is done. Handshakes
-/// run in the streams' own threads, side by side.
-fn run(backlog: Backlog, setup: Sender<Result<(), Error>>) {
+/// Why one session of the listener's thread ended.
+enum Ended {
+    /// The listener was dropped, or its first bind failed (reported).
+    Stopped,
+    /// The broker connection (or the queue) was lost.
+    Lost(Error),
+}
+
+/// The listener's thread: listens until the listener is dropped and,
+/// with [`StreamOptions::reconnect`], connects again after each loss of
+/// the broker connection.
+fn run(mut backlog: Backlog, setup: Sender<Result<(), Error>>) {
+    let mut setup = Some(setup);
+    loop {
+        let err = match listen(&backlog, setup.take()) {
+            Ended::Stopped => break,
+            Ended::Lost(err) => err,
+        };
+        if !backlog.options.get_reconnect() {
+            let _ = backlog.accepted.try_send(Err(err.into()));
+            break;
+        }
+        warn!("listener {:?}: {err}; connecting again", backlog.queue);
+        if !backlog.reconnect() {
+            break;
+        }
+    }
+}
+
+/// One session of the listener's thread, on one broker connection: owns
+/// the control queue's channel and consumer, answers connection requests
+/// while there is room in the backlog, and queues each stream for
+/// `accept` once its handshake is done. Handshakes run in the streams' own
+/// threads, side by side. `setup` hears whether binding worked (the first
+/// session only; later ones report failures as a loss, to retry).
+fn listen(backlog: &Backlog, setup: Option<Sender<Result<(), Error>>>) -> Ended {
     let queue = backlog.queue.clone();
+    let failed = |err: Error| match &setup {
+        Some(setup) => {
+            let _ = setup.send(Err(err));
+            Ended::Stopped
+        }
+        None => Ended::Lost(err),
+    };
     let channel = match backlog
         .connection
         .open_channel(&format!("listening on {queue:?}"))
     {
         Ok(channel) => channel,
-        Err(err) => {
-            let _ = setup.send(Err(err));
-            return;
-        }
+        Err(err) => return failed(err),
     };
     let consumer = match declare_and_consume(&channel, &queue) {
         Ok(consumer) => consumer,
-        Err(err) => {
-            let _ = setup.send(Err(err));
-            return;
-        }
+        Err(err) => return failed(err),
     };
-    if setup.send(Ok(())).is_err() {
+    if let Some(setup) = setup
+        && setup.send(Ok(())).is_err()
+    {
         worker::cancel_consumer(&consumer);
-        return;
+        return Ended::Stopped;
     }
     debug!("listening on {queue:?}");
     backlog.spares.refill();
     let mut answering: Vec<Answering> = Vec::new();
-    loop {
+    let ended = loop {
         let mut waiting = Select::new();
         let stop = waiting.recv(&backlog.stop);
         // Take a request only when its stream has a place to wait in.
@@ -293,7 +327,7 @@ fn run(backlog: Backlog, setup: Sender<Result<(), Error>>) {
         let flow = match ready.index() {
             i if i == stop => {
                 let _ = ready.recv(&backlog.stop);
-                ControlFlow::Break(())
+                ControlFlow::Break(Ended::Stopped)
             }
             i if Some(i) == requests => {
                 let message = ready.recv(consumer.receiver());
@@ -305,10 +339,10 @@ fn run(backlog: Backlog, setup: Sender<Result<(), Error>>) {
                 backlog.answered(&consumer, done, outcome)
             }
         };
-        if flow.is_break() {
-            break;
+        if let ControlFlow::Break(ended) = flow {
+            break ended;
         }
-    }
+    };
     // Stop deliveries (the queue is deleted with its last consumer), then
     // tell the clients whose requests we hold that nobody will answer.
     let held = worker::cancel_consumer(&consumer);
@@ -325,9 +359,38 @@ fn run(backlog: Backlog, setup: Sender<Result<(), Error>>) {
     drop(consumer);
     let _ = channel.close();
     debug!("stopped listening on {queue:?}");
+    ended
 }
 
+/// The first delay between attempts to reconnect a listener, and the
+/// longest.
+const RECONNECT_DELAYS: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(5));
+
 impl Backlog {
+    /// Opens a new broker connection (and prepares streams on it), trying
+    /// again with backoff; `false` when the listener was dropped first.
+    fn reconnect(&mut self) -> bool {
+        let (mut delay, longest) = RECONNECT_DELAYS;
+        loop {
+            match BrokerConnection::open(self.connection.url(), None) {
+                Ok(connection) => {
+                    let connection = Arc::new(connection);
+                    self.spares = SparePool::new(Arc::clone(&connection), self.options.clone());
+                    self.connection = connection;
+                    return true;
+                }
+                Err(err) => warn!(
+                    "listener {:?}: cannot connect again yet: {err}; next attempt in {delay:?}",
+                    self.queue
+                ),
+            }
+            select! {
+                recv(self.stop) -> _ => return false,
+                recv(after(delay)) -> _ => delay = (delay * 2).min(longest),
+            }
+        }
+    }
+
     /// Handles one message from the control queue's consumer.
     fn take(
         &self,
@@ -335,7 +398,7 @@ impl Backlog {
         consumer: &amiquip::Consumer<'_>,
         message: Result<ConsumerMessage, crossbeam_channel::RecvError>,
         answering: &mut Vec<Answering>,
-    ) -> ControlFlow<()> {
+    ) -> ControlFlow<Ended> {
         match message {
             Ok(ConsumerMessage::Delivery(request)) => {
                 if let Some(started) = self.answer(channel, consumer, request) {
@@ -344,12 +407,17 @@ impl Backlog {
                 ControlFlow::Continue(())
             }
             Ok(ConsumerMessage::ServerClosedChannel(err))
-            | Ok(ConsumerMessage::ServerClosedConnection(err)) => {
-                let err = Error::broker(format!("listening on {:?}", self.queue), err);
-                let _ = self.accepted.try_send(Err(err.into()));
-                ControlFlow::Break(())
-            }
-            Ok(_) | Err(_) => ControlFlow::Break(()),
+            | Ok(ConsumerMessage::ServerClosedConnection(err)) => ControlFlow::Break(Ended::Lost(
+                Error::broker(format!("listening on {:?}", self.queue), err),
+            )),
+            Ok(ConsumerMessage::ServerCancelled) => ControlFlow::Break(Ended::Lost(Error::broker(
+                format!("listening on {:?}: the queue was deleted", self.queue),
+                amiquip::Error::ClientClosedChannel,
+            ))),
+            Ok(_) | Err(_) => ControlFlow::Break(Ended::Lost(Error::broker(
+                format!("listening on {:?}", self.queue),
+                amiquip::Error::EventLoopDropped,
+            ))),
         }
     }
 
@@ -419,7 +487,7 @@ impl Backlog {
         consumer: &amiquip::Consumer<'_>,
         done: Answering,
         outcome: Result<SetupOutcome, crossbeam_channel::RecvError>,
-    ) -> ControlFlow<()> {
+    ) -> ControlFlow<Ended> {
         let queue = &self.queue;
         if let Err(err) = consumer.ack(done.request) {
             debug!("listener {queue:?}: {err}");
@@ -436,13 +504,10 @@ impl Backlog {
                 // There is room: requests are taken only while there is.
                 match self.accepted.try_send(Ok((stream, peer))) {
                     Ok(()) => ControlFlow::Continue(()),
-                    Err(_) => ControlFlow::Break(()),
+                    Err(_) => ControlFlow::Break(Ended::Stopped),
                 }
             }
-            Err(err @ Error::Broker { .. }) => {
-                let _ = self.accepted.try_send(Err(err.into()));
-                ControlFlow::Break(())
-            }
+            Err(err @ Error::Broker { .. }) => ControlFlow::Break(Ended::Lost(err)),
             Err(err) => {
                 warn!("listener {queue:?}: could not answer the request from {peer}: {err}");
                 ControlFlow::Continue(())

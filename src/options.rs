@@ -31,6 +31,7 @@ pub struct StreamOptions {
     window: usize,
     protocol_version: Option<ProtocolVersion>,
     prepared_streams: usize,
+    reconnect: bool,
 }
 
 /// The default receive window: 1 MiB.
@@ -49,6 +50,7 @@ impl Default for StreamOptions {
             window: DEFAULT_WINDOW,
             protocol_version: None,
             prepared_streams: 2,
+            reconnect: false,
         }
     }
 }
@@ -57,8 +59,8 @@ impl StreamOptions {
     /// The defaults: 64 KiB messages, 64 messages of read-ahead, 16 messages
     /// of write queue, a peer check every 2 s, a 30 s handshake timeout, a
     /// 10 s linger on drop, small writes coalesced (`nodelay` off), a 1 MiB
-    /// receive window, the protocol version negotiated and two streams
-    /// prepared ahead.
+    /// receive window, the protocol version negotiated, two streams
+    /// prepared ahead and no reconnecting.
     ///
     /// ```
     /// # use amqp_stream::StreamOptions;
@@ -241,6 +243,45 @@ impl StreamOptions {
     pub fn prepared_streams(mut self, streams: usize) -> StreamOptions {
         self.prepared_streams = streams;
         self
+    }
+
+    /// Whether a [`Listener`](crate::Listener) bound with these options
+    /// survives the loss of its broker connection (a broker restart, a
+    /// network cut): it connects again on its own, retrying with backoff
+    /// (0.1 s doubling up to 5 s) until it succeeds or is dropped, declares
+    /// its queue again and goes on accepting, so `accept` simply waits
+    /// meanwhile. Each loss and each failed attempt is logged at `warn`.
+    /// Streams accepted before the loss still end with it
+    /// (`ConnectionAborted`), as TCP connections end when a server's host
+    /// reboots. Off by default: `accept` then fails with
+    /// `ConnectionAborted` once the connection is lost. Streams and
+    /// connectors do not reconnect.
+    ///
+    /// ```no_run
+    /// use amqp_stream::{Listener, StreamOptions};
+    /// let options = StreamOptions::new().reconnect(true);
+    /// let listener = Listener::bind_with("amqp://127.0.0.1", "echo", &options)?;
+    /// for stream in listener.incoming() {
+    ///     // Only a dropped listener ends this loop: after a broker restart,
+    ///     // new streams arrive again once the listener is back.
+    ///     let _stream = stream?;
+    /// }
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn reconnect(mut self, reconnect: bool) -> StreamOptions {
+        self.reconnect = reconnect;
+        self
+    }
+
+    /// See [`reconnect`](Self::reconnect).
+    ///
+    /// ```
+    /// # use amqp_stream::StreamOptions;
+    /// assert!(!StreamOptions::new().get_reconnect());
+    /// assert!(StreamOptions::new().reconnect(true).get_reconnect());
+    /// ```
+    pub fn get_reconnect(&self) -> bool {
+        self.reconnect
     }
 
     /// See [`prepared_streams`](Self::prepared_streams).

@@ -2,6 +2,7 @@
 //! names, reproducible random data and a log capture.
 #![allow(dead_code)]
 
+pub mod node;
 pub mod raw;
 pub mod relay;
 
