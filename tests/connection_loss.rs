@@ -6,6 +6,7 @@ mod common;
 
 use amqp_stream::Connector;
 use common::relay::Relay;
+use common::summary::record;
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::time::Duration;
@@ -69,6 +70,13 @@ fn a_cut_connection_is_reported_and_fails_its_streams() {
     let err = stream.read(&mut buf).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ConnectionReset);
     assert!(!client.is_closed());
+    record(
+        "broker connection cut",
+        "1 stream, blocked read and accept",
+        "relay cuts the listener's connection",
+        "ConnectionAborted here, ConnectionReset at the peer",
+        0,
+    );
 }
 
 #[test]

@@ -4,6 +4,7 @@
 mod common;
 
 use amqp_stream::{Listener, Stream};
+use common::summary::record;
 use common::{queue, url};
 use std::io::{self, Read, Write};
 use std::process::{Command, Stdio};
@@ -73,6 +74,13 @@ fn killed_peer_fails_a_blocked_read_with_connection_reset_within_10s() {
     // Writes fail too, and keep failing.
     let err = (&stream).write(b"anyone?").unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::BrokenPipe, "{err}");
+    record(
+        "peer killed while this end reads",
+        "1 stream, blocked read",
+        "SIGKILL of the peer process",
+        &format!("ConnectionReset after {noticed_after:.1?}, then BrokenPipe"),
+        20,
+    );
 }
 
 #[test]
@@ -93,6 +101,13 @@ fn killed_peer_fails_writes_with_broken_pipe() {
         }
     };
     assert_eq!(err.kind(), io::ErrorKind::BrokenPipe, "{err}");
+    record(
+        "peer killed while this end writes",
+        "1 stream, 4 KiB writes",
+        "SIGKILL of the peer process",
+        &format!("BrokenPipe after {:.1?}", started.elapsed()),
+        20,
+    );
 }
 
 #[test]

@@ -5,6 +5,7 @@
 mod common;
 
 use amqp_stream::{Listener, ProtocolVersion, Stream, StreamOptions};
+use common::summary::record;
 use common::{queue, queue_depth, resident_bytes, url};
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -121,6 +122,19 @@ fn a_reader_that_sleeps_holds_the_writer_to_one_window() {
     assert!(
         grown < 64 * MIB,
         "memory grew {grown} bytes while 256 MiB passed"
+    );
+    record(
+        "stopped reader",
+        "256 MiB, 64 KiB writes",
+        "reader sleeps 3 s, then drains",
+        &format!(
+            "writer held at {} KiB; queue at most {} KiB (window {} KiB); memory +{} KiB",
+            held_back_at / 1024,
+            most_while_asleep.max(most_while_draining) / 1024,
+            window / 1024,
+            grown / 1024
+        ),
+        TOTAL,
     );
 }
 

@@ -2,9 +2,11 @@
 //! names, reproducible random data and a log capture.
 #![allow(dead_code)]
 
+pub mod data;
 pub mod node;
 pub mod raw;
 pub mod relay;
+pub mod summary;
 
 use std::sync::{Mutex, Once};
 

@@ -1,0 +1,89 @@
+//! Reproducible random data produced and checked as it streams, so that
+//! gigabytes need no memory: a seeded source and a running digest.
+
+use std::hash::{DefaultHasher, Hasher};
+use std::io::{self, Read, Write};
+
+/// An endless reproducible stream of pseudo-random bytes (xorshift64*).
+pub struct RandomSource {
+    state: u64,
+}
+
+impl RandomSource {
+    /// Distinct seeds below 2^63 give distinct streams.
+    pub fn new(seed: u64) -> RandomSource {
+        RandomSource {
+            state: (seed << 1) | 1,
+        }
+    }
+
+    /// Fills `buf` with the next bytes.
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        let mut words = buf.chunks_exact_mut(8);
+        for word in &mut words {
+            word.copy_from_slice(&self.next_word().to_le_bytes());
+        }
+        let tail = words.into_remainder();
+        if !tail.is_empty() {
+            let word = self.next_word().to_le_bytes();
+            tail.copy_from_slice(&word[..tail.len()]);
+        }
+    }
+
+    fn next_word(&mut self) -> u64 {
+        self.state ^= self.state >> 12;
+        self.state ^= self.state << 25;
+        self.state ^= self.state >> 27;
+        self.state.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
+
+/// A byte count and a 64-bit SipHash of everything that went through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Digest {
+    pub bytes: u64,
+    pub hash: u64,
+}
+
+/// Writes `total` bytes from `seed` in `chunk`-sized writes; the digest
+/// of what was written.
+pub fn send_random(
+    out: &mut impl Write,
+    seed: u64,
+    total: u64,
+    chunk: usize,
+) -> io::Result<Digest> {
+    let mut source = RandomSource::new(seed);
+    let mut hasher = DefaultHasher::new();
+    let mut buf = vec![0; chunk];
+    let mut sent = 0;
+    while sent < total {
+        let n = chunk.min((total - sent) as usize);
+        source.fill(&mut buf[..n]);
+        hasher.write(&buf[..n]);
+        out.write_all(&buf[..n])?;
+        sent += n as u64;
+    }
+    Ok(Digest {
+        bytes: sent,
+        hash: hasher.finish(),
+    })
+}
+
+/// Reads to EOF; the digest of what arrived.
+pub fn receive_digest(input: &mut impl Read) -> io::Result<Digest> {
+    let mut hasher = DefaultHasher::new();
+    let mut buf = vec![0; 256 * 1024];
+    let mut bytes = 0;
+    loop {
+        let n = input.read(&mut buf)?;
+        if n == 0 {
+            return Ok(Digest {
+                bytes,
+                hash: hasher.finish(),
+            });
+        }
+        hasher.write(&buf[..n]);
+        bytes += n as u64;
+    }
+}
