@@ -1,7 +1,13 @@
-//! One AMQP connection to the broker, shared by the streams and listeners
-//! that run over it.
+//! The connection to the broker that streams and listeners share: one
+//! AMQP connection, and more when its channels run out.
 //!
-//! The socket is opened here (not by amiquip) so that `TCP_NODELAY` is set:
+//! The broker limits the channels of one AMQP connection (`channel_max`,
+//! 2047 by default in RabbitMQ, often set lower); each stream takes one.
+//! When the connections in use have none left, another is opened to the
+//! same broker with the same login, so a `Connector` carries any number
+//! of streams without its user noticing.
+//!
+//! Sockets are opened here (not by amiquip) so that `TCP_NODELAY` is set:
 //! without it, every small message waits for Nagle's algorithm and the
 //! peer's delayed ACK, about 40 ms on Linux.
 
@@ -19,14 +25,18 @@ use std::time::{Duration, Instant};
 /// How long opening a connection may take when the URL does not say.
 pub(crate) const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A live AMQP connection. Channels are opened under its lock and then
-/// moved to the thread that uses them.
+/// A live connection to the broker: the first AMQP connection and any
+/// extra ones opened when channels ran out. Channels are opened under its
+/// lock and then moved to the thread that uses them.
 pub(crate) struct BrokerConnection {
     url: BrokerUrl,
     local_addr: SocketAddr,
-    connection: Mutex<Option<Connection>>,
-    /// amiquip's connection-blocked notifications; its sender lives in
-    /// amiquip's I/O thread, so it disconnects when the connection ends.
+    /// The first connection, then the extra ones, in the order opened;
+    /// empty once dropped.
+    connections: Mutex<Vec<Connection>>,
+    /// amiquip's connection-blocked notifications of the first connection;
+    /// its sender lives in amiquip's I/O thread, so it disconnects when
+    /// that connection ends.
     events: Receiver<ConnectionBlockedNotification>,
 }
 
@@ -37,43 +47,14 @@ impl BrokerConnection {
         url: &BrokerUrl,
         timeout: Option<Duration>,
     ) -> Result<BrokerConnection, Error> {
-        if url.is_tls() {
-            return Err(Error::Unsupported(format!(
-                "{url}: amqps:// (TLS) is not supported by this build of amqp-stream"
-            )));
-        }
-        let timeout = timeout
-            .or(url.connection_timeout())
-            .unwrap_or(DEFAULT_CONNECTION_TIMEOUT);
-        let deadline = Instant::now() + timeout;
-        let socket = connect_socket(url, timeout)?;
-        let local_addr = socket
-            .local_addr()
-            .map_err(|source| unreachable(url, source))?;
-        let socket =
-            mio::net::TcpStream::from_stream(socket).map_err(|source| unreachable(url, source))?;
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let options = ConnectionOptions::default()
-            .auth(Auth::Plain {
-                username: url.username().to_string(),
-                password: url.password().to_string(),
-            })
-            .virtual_host(url.vhost())
-            .heartbeat(url.heartbeat())
-            .channel_max(url.channel_max().unwrap_or(0))
-            .connection_timeout(Some(remaining.max(Duration::from_millis(1))))
-            .information(Some(format!("amqp-stream {}", env!("CARGO_PKG_VERSION"))));
-        let mut connection =
-            Connection::insecure_open_stream(socket, options, ConnectionTuning::default())
-                .map_err(|err| login_error(url, err, timeout))?;
+        let (mut connection, local_addr) = log_in(url, timeout)?;
         let events = connection
             .listen_for_connection_blocked()
             .map_err(|err| Error::broker(format!("logging in to {url}"), err))?;
-        info!("connected to {url} from {local_addr}");
         Ok(BrokerConnection {
             url: url.clone(),
             local_addr,
-            connection: Mutex::new(Some(connection)),
+            connections: Mutex::new(vec![connection]),
             events,
         })
     }
@@ -115,35 +96,91 @@ impl BrokerConnection {
         self.local_addr
     }
 
-    /// Opens a channel; `purpose` says what for, in errors.
+    /// Opens a channel; `purpose` says what for, in errors. Takes the
+    /// first connection with a channel free, opening another when none
+    /// has. Fails when the first connection is gone: the connection as a
+    /// whole counts as lost then (see [`wait_closed`](Self::wait_closed)).
     pub(crate) fn open_channel(&self, purpose: &str) -> Result<Channel, Error> {
-        let mut guard = self.connection.lock().unwrap_or_else(|e| e.into_inner());
-        match guard.as_mut() {
-            Some(connection) => connection
-                .open_channel(None)
-                .map_err(|err| Error::broker(format!("opening a channel for {purpose}"), err)),
-            None => Err(Error::broker(
-                format!("opening a channel for {purpose}"),
-                amiquip::Error::ClientClosedConnection,
-            )),
+        let failed = |err| Error::broker(format!("opening a channel for {purpose}"), err);
+        let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        if connections.is_empty() {
+            return Err(failed(amiquip::Error::ClientClosedConnection));
         }
+        let mut index = 0;
+        while index < connections.len() {
+            match connections[index].open_channel(None) {
+                Ok(channel) => return Ok(channel),
+                Err(amiquip::Error::ExhaustedChannelIds) => index += 1,
+                Err(err) if index == 0 => return Err(failed(err)),
+                Err(err) => {
+                    // An extra connection that died: its streams have
+                    // failed with it; it takes no new ones.
+                    debug!("extra connection to {} ended: {err}", self.url);
+                    drop(connections.remove(index));
+                }
+            }
+        }
+        let (mut extra, local_addr) = log_in(&self.url, None)?;
+        let channel = extra.open_channel(None).map_err(failed)?;
+        info!(
+            "all {} connection(s) to {} have every channel in use: opened another from {local_addr}",
+            connections.len(),
+            self.url
+        );
+        connections.push(extra);
+        Ok(channel)
     }
 }
 
 impl Drop for BrokerConnection {
     fn drop(&mut self) {
-        let connection = self
-            .connection
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(connection) = connection {
+        let connections = std::mem::take(
+            self.connections
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for connection in connections {
             match connection.close() {
-                Ok(()) => debug!("closed connection to {} from {}", self.url, self.local_addr),
-                Err(err) => debug!("connection to {} ended: {err}", self.url),
+                Ok(()) => debug!("closed a connection to {}", self.url),
+                Err(err) => debug!("a connection to {} ended: {err}", self.url),
             }
         }
     }
+}
+
+/// Opens one AMQP connection and logs in, within `timeout` if given
+/// (else the URL's `connection_timeout`, else 10 s).
+fn log_in(url: &BrokerUrl, timeout: Option<Duration>) -> Result<(Connection, SocketAddr), Error> {
+    if url.is_tls() {
+        return Err(Error::Unsupported(format!(
+            "{url}: amqps:// (TLS) is not supported by this build of amqp-stream"
+        )));
+    }
+    let timeout = timeout
+        .or(url.connection_timeout())
+        .unwrap_or(DEFAULT_CONNECTION_TIMEOUT);
+    let deadline = Instant::now() + timeout;
+    let socket = connect_socket(url, timeout)?;
+    let local_addr = socket
+        .local_addr()
+        .map_err(|source| unreachable(url, source))?;
+    let socket =
+        mio::net::TcpStream::from_stream(socket).map_err(|source| unreachable(url, source))?;
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let options = ConnectionOptions::default()
+        .auth(Auth::Plain {
+            username: url.username().to_string(),
+            password: url.password().to_string(),
+        })
+        .virtual_host(url.vhost())
+        .heartbeat(url.heartbeat())
+        .channel_max(url.channel_max().unwrap_or(0))
+        .connection_timeout(Some(remaining.max(Duration::from_millis(1))))
+        .information(Some(format!("amqp-stream {}", env!("CARGO_PKG_VERSION"))));
+    let connection = Connection::insecure_open_stream(socket, options, ConnectionTuning::default())
+        .map_err(|err| login_error(url, err, timeout))?;
+    info!("connected to {url} from {local_addr}");
+    Ok((connection, local_addr))
 }
 
 /// Tries each address the host resolves to, with no-delay set.

@@ -22,6 +22,15 @@ use std::time::{Duration, Instant};
 /// [`prepared_streams`](StreamOptions::prepared_streams) streams set up
 /// ahead (channel, queue and consumer ready), so a new stream's setup is
 /// one message each way.
+///
+/// Each stream takes one AMQP channel, and the broker limits the channels
+/// of a connection (`channel_max`: 2047 by default in RabbitMQ, often set
+/// lower). When every channel is in use the connector opens another
+/// connection to the same broker with the same login and goes on there,
+/// so it carries any number of streams; it logs that at `info`. The
+/// connection state it reports ([`is_closed`](Connector::is_closed) and
+/// the `wait_closed` methods) is that of its first connection.
+///
 /// It is cheap to clone (clones share the connection) and `Send + Sync`.
 /// Streams and listeners keep the connection open after every
 /// `Connector` handle is dropped; it closes when the last of them goes.
