@@ -28,10 +28,7 @@ fn pipe(tcp: TcpStream, stream: Stream) -> io::Result<()> {
 }
 
 fn main() -> io::Result<()> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        // amiquip logs the login (with the password) at debug here.
-        .filter_module("amiquip::io_loop::handshake_state", log::LevelFilter::Info)
-        .init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let url = std::env::var("AMQP_URL")
         .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string());
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -13,6 +13,7 @@
 
 use crate::broker_url::BrokerUrl;
 use crate::error::Error;
+use crate::quiet_login::QuietLogin;
 use amiquip::{
     Auth, Channel, Connection, ConnectionBlockedNotification, ConnectionOptions, ConnectionTuning,
 };
@@ -177,8 +178,10 @@ fn log_in(url: &BrokerUrl, timeout: Option<Duration>) -> Result<(Connection, Soc
         .channel_max(url.channel_max().unwrap_or(0))
         .connection_timeout(Some(remaining.max(Duration::from_millis(1))))
         .information(Some(format!("amqp-stream {}", env!("CARGO_PKG_VERSION"))));
-    let connection = Connection::insecure_open_stream(socket, options, ConnectionTuning::default())
-        .map_err(|err| login_error(url, err, timeout))?;
+    let quiet = QuietLogin::begin();
+    let opened = Connection::insecure_open_stream(socket, options, ConnectionTuning::default());
+    drop(quiet);
+    let connection = opened.map_err(|err| login_error(url, err, timeout))?;
     info!("connected to {url} from {local_addr}");
     Ok((connection, local_addr))
 }

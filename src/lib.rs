@@ -164,10 +164,12 @@
 //! a logger. Broker URLs are logged, printed and put in errors without
 //! their password.
 //!
-//! One caveat from below: amiquip logs the AMQP login, password included,
-//! at `debug` under the target `amiquip::io_loop::handshake_state`. Keep
-//! that target at `info` or above (the examples do, with
-//! `filter_module("amiquip::io_loop::handshake_state", LevelFilter::Info)`).
+//! amiquip, underneath, logs every method of the AMQP login at `debug`,
+//! the one carrying the password among them. So that no logger ever sees
+//! it, the crate holds the `log` crate's process-wide maximum level at
+//! `info` while a login runs (a few milliseconds; the level is put back
+//! afterwards): `debug` and `trace` records from other threads logged in
+//! that moment are dropped too.
 
 #![deny(missing_docs)]
 
@@ -181,6 +183,7 @@ mod inbox;
 mod listener;
 mod options;
 mod protocol;
+mod quiet_login;
 mod shared;
 mod spare;
 mod stream;
