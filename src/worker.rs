@@ -589,7 +589,8 @@ fn send_handshake(
 }
 
 /// Waits for the handshake to complete: the client for the SYN-ACK, the
-/// listener for the broker's confirm of its SYN-ACK.
+/// listener for the broker's confirm of its SYN-ACK; either gives up after
+/// the handshake timeout.
 fn await_handshake(
     role: &Role,
     sent: Option<Offer>,
@@ -647,9 +648,17 @@ fn await_handshake(
             offer,
         } => {
             let seq = publisher.published;
+            // The broker may hold the answer back (a resource alarm blocks
+            // publishing): give up after the handshake timeout.
+            let timeout = options.get_handshake_timeout();
+            let timer = timeout.map(after).unwrap_or_else(never);
             loop {
                 select! {
                     recv(returns) -> _ => return Err(Error::ConnectionRefused { queue: client_queue.clone() }),
+                    recv(timer) -> _ => return Err(Error::TimedOut {
+                        what: format!("answering {client_queue:?}"),
+                        after: timeout.unwrap_or_default(),
+                    }),
                     recv(publisher.confirms) -> confirm => {
                         let confirm = confirm.map_err(|_| Error::broker(
                             format!("answering {client_queue:?}"),

@@ -2,8 +2,8 @@
 
 mod common;
 
-use amqp_stream::{Listener, Stream};
-use common::{queue, raw_connection, url};
+use amqp_stream::{Connector, Listener, Stream, StreamOptions};
+use common::{broker_channels_of, queue, raw_connection, url};
 use std::io::{self, Read};
 use std::time::{Duration, Instant};
 
@@ -63,8 +63,9 @@ fn unreachable_broker_fails_fast() {
 }
 
 #[test]
-fn unanswered_handshake_times_out() {
-    // A queue that exists but that no listener serves: the request is
+fn unanswered_handshakes_time_out_and_free_their_resources() {
+    const TRIES: usize = 10;
+    // A queue that exists but that no listener serves: the requests are
     // routed, never answered.
     let q = queue("silent");
     let mut raw = raw_connection();
@@ -78,10 +79,40 @@ fn unanswered_handshake_times_out() {
             },
         )
         .unwrap();
-    let started = Instant::now();
-    let err = Stream::connect_timeout(&url(), &q, Duration::from_millis(300)).unwrap_err();
-    assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
-    assert!(started.elapsed() < Duration::from_secs(5));
+    let connector = Connector::open_with(&url(), StreamOptions::new().prepared_streams(0)).unwrap();
+    let port = connector.local_socket_addr().port();
+    for _ in 0..TRIES {
+        let started = Instant::now();
+        let err = connector
+            .connect_timeout(&q, Duration::from_millis(300))
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+    // Each try's channel is closed, and its queue (named in the request
+    // it left behind) deleted with it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while broker_channels_of(port) != Some(0) {
+        assert!(
+            Instant::now() < deadline,
+            "{:?} channels left on the connection",
+            broker_channels_of(port)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut reply_queues = Vec::new();
+    while let Some(request) = channel.basic_get(q.clone(), true).unwrap() {
+        reply_queues.push(request.delivery.properties.reply_to().clone().unwrap());
+    }
+    assert_eq!(reply_queues.len(), TRIES);
+    for reply_queue in reply_queues {
+        let probe = raw.open_channel(None).unwrap();
+        match probe.queue_declare_passive(reply_queue.clone()) {
+            Err(amiquip::Error::ServerClosedChannel { code: 404, .. }) => {}
+            Ok(_) => panic!("queue {reply_queue} is still there"),
+            Err(err) => panic!("probing {reply_queue}: {err}"),
+        }
+    }
     raw.close().unwrap();
 }
 
