@@ -124,3 +124,69 @@ fn shutdown_as_the_connection_is_lost() {
         assert_eq!(err.kind(), ErrorKind::ConnectionAborted, "{err}");
     }
 }
+
+/// A connection that goes silent (stalled, or half-open: the broker's
+/// side gone, ours still open) is noticed by AMQP heartbeats (1 s here):
+/// the client's blocked read fails with `ConnectionAborted`, and the peer,
+/// on a healthy connection, sees `ConnectionReset` once the broker has
+/// dropped the silent connection and its queues.
+fn a_silent_connection_is_noticed(fault: &str, break_it: impl FnOnce(&Relay)) {
+    let relay = Relay::to_broker();
+    let client = Connector::open(&format!("{}?heartbeat=1", relay.url())).unwrap();
+    let server = Connector::open(&common::url()).unwrap();
+    let queue = common::queue("silent");
+    let listener = server.bind(&queue).unwrap();
+    let mut near = client.connect(&queue).unwrap();
+    let (mut far, _) = listener.accept().unwrap();
+    let mut byte = [0u8; 1];
+    near.write_all(b"?").unwrap();
+    far.read_exact(&mut byte).unwrap();
+    far.write_all(b"!").unwrap();
+    near.read_exact(&mut byte).unwrap();
+    // A read that hung would fail with WouldBlock after BOUND instead.
+    for stream in [&near, &far] {
+        stream.set_read_timeout(Some(BOUND)).unwrap();
+    }
+    let reading = |stream: amqp_stream::Stream| {
+        std::thread::spawn(move || {
+            let result = (&stream).read(&mut [0u8; 16]);
+            (result, std::time::Instant::now())
+        })
+    };
+    let (near_read, far_read) = (reading(near), reading(far));
+
+    let broken = std::time::Instant::now();
+    break_it(&relay);
+    let (near_result, near_at) = near_read.join().unwrap();
+    let (far_result, far_at) = far_read.join().unwrap();
+    let near_err = near_result.unwrap_err();
+    assert_eq!(near_err.kind(), ErrorKind::ConnectionAborted, "{near_err}");
+    let far_err = far_result.unwrap_err();
+    assert_eq!(far_err.kind(), ErrorKind::ConnectionReset, "{far_err}");
+    assert!(
+        client.wait_closed_timeout(BOUND),
+        "the client never noticed"
+    );
+    assert!(!server.is_closed());
+    let (near_after, far_after) = (near_at - broken, far_at - broken);
+    eprintln!("{fault}: noticed here after {near_after:?}, at the peer after {far_after:?}");
+    record(
+        &format!("broker connection {fault}"),
+        "1 stream, blocked reads at both ends",
+        &format!("relay {fault}, heartbeat 1 s"),
+        &format!(
+            "ConnectionAborted here after {near_after:.1?}, ConnectionReset at the peer after {far_after:.1?}"
+        ),
+        2,
+    );
+}
+
+#[test]
+fn a_stalled_connection_is_noticed_by_both_ends() {
+    a_silent_connection_is_noticed("stalled", Relay::stall);
+}
+
+#[test]
+fn a_half_open_connection_is_noticed_by_both_ends() {
+    a_silent_connection_is_noticed("half-open", Relay::half_open);
+}

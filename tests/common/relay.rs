@@ -1,8 +1,14 @@
 //! A TCP relay between a client under test and the broker, which the test
-//! can cut: every relayed connection is closed at once and new ones are
-//! accepted and closed straight away, until the test restores it.
+//! can break in three ways:
+//! - **cut**: every relayed connection is closed at once, and new ones are
+//!   accepted and closed straight away until the test restores it;
+//! - **stall**: nothing is forwarded either way, but every socket stays
+//!   open (a network that silently stopped delivering);
+//! - **half-open**: the broker's side is closed, the client's stays open and
+//!   what the client sends vanishes (the client's end of a connection
+//!   whose other end is gone without a word).
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,8 +23,11 @@ struct Shared {
     target: SocketAddr,
     up: AtomicBool,
     closing: AtomicBool,
-    /// Both sockets of every relayed connection, to cut them.
-    sockets: Mutex<Vec<TcpStream>>,
+    /// Nothing is forwarded while set (stall and half-open).
+    frozen: AtomicBool,
+    /// Both sockets of every relayed connection, to cut them: (client,
+    /// broker) pairs.
+    sockets: Mutex<Vec<(TcpStream, TcpStream)>>,
 }
 
 impl Relay {
@@ -30,6 +39,7 @@ impl Relay {
             target,
             up: AtomicBool::new(true),
             closing: AtomicBool::new(false),
+            frozen: AtomicBool::new(false),
             sockets: Mutex::new(Vec::new()),
         });
         let accepting = Arc::clone(&shared);
@@ -83,8 +93,23 @@ impl Relay {
     /// accepted and closed at once) until [`restore`](Relay::restore).
     pub fn cut(&self) {
         self.shared.up.store(false, Ordering::SeqCst);
-        for socket in self.shared.sockets.lock().unwrap().drain(..) {
-            let _ = socket.shutdown(Shutdown::Both);
+        for (client, broker) in self.shared.sockets.lock().unwrap().drain(..) {
+            let _ = client.shutdown(Shutdown::Both);
+            let _ = broker.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Stops forwarding either way; every socket stays open.
+    pub fn stall(&self) {
+        self.shared.frozen.store(true, Ordering::SeqCst);
+    }
+
+    /// Closes the broker's side of every relayed connection; the client's
+    /// side stays open, and what the client sends is read and dropped.
+    pub fn half_open(&self) {
+        self.shared.frozen.store(true, Ordering::SeqCst);
+        for (_, broker) in self.shared.sockets.lock().unwrap().iter() {
+            let _ = broker.shutdown(Shutdown::Both);
         }
     }
 
@@ -104,26 +129,50 @@ impl Drop for Relay {
 }
 
 impl Shared {
-    fn relay(&self, client: TcpStream) -> io::Result<()> {
+    fn relay(self: &Arc<Self>, client: TcpStream) -> io::Result<()> {
         let server = TcpStream::connect(self.target)?;
         client.set_nodelay(true)?;
         server.set_nodelay(true)?;
-        {
-            let mut sockets = self.sockets.lock().unwrap();
-            sockets.push(client.try_clone()?);
-            sockets.push(server.try_clone()?);
-        }
-        pump(client.try_clone()?, server.try_clone()?);
-        pump(server, client);
+        self.sockets
+            .lock()
+            .unwrap()
+            .push((client.try_clone()?, server.try_clone()?));
+        let shared = Arc::clone(self);
+        let (from_client, to_server) = (client.try_clone()?, server.try_clone()?);
+        std::thread::spawn(move || shared.pump(from_client, to_server, true));
+        let shared = Arc::clone(self);
+        std::thread::spawn(move || shared.pump(server, client, false));
         Ok(())
     }
-}
 
-/// Copies `from` to `to` on a thread; at the end closes both.
-fn pump(mut from: TcpStream, mut to: TcpStream) {
-    std::thread::spawn(move || {
-        let _ = io::copy(&mut from, &mut to);
+    /// Copies `from` to `to` until either ends, then closes both. While
+    /// frozen it forwards nothing: the client's side (`from_client`) is
+    /// read and dropped, the broker's is left unread.
+    fn pump(&self, mut from: TcpStream, mut to: TcpStream, from_client: bool) {
+        let mut buf = vec![0; 64 * 1024];
+        loop {
+            if self.frozen.load(Ordering::SeqCst) && !from_client {
+                if self.closing.load(Ordering::SeqCst) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                continue;
+            }
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if self.frozen.load(Ordering::SeqCst) {
+                continue;
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
         let _ = from.shutdown(Shutdown::Both);
-        let _ = to.shutdown(Shutdown::Both);
-    });
+        // Half-open: the broker's side ended, the client's stays open.
+        if from_client || !self.frozen.load(Ordering::SeqCst) {
+            let _ = to.shutdown(Shutdown::Both);
+        }
+    }
 }
