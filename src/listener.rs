@@ -255,6 +255,9 @@ enum Ended {
     Stopped,
     /// The broker connection (or the queue) was lost.
     Lost(Error),
+    /// A later session could not bind (the queue still held by the old
+    /// connection, say): try again after a growing delay.
+    Unbound(Error),
 }
 
 /// The listener's thread: listens until the listener is dropped and,
@@ -262,17 +265,26 @@ enum Ended {
 /// the broker connection.
 fn run(mut backlog: Backlog, setup: Sender<Result<(), Error>>) {
     let mut setup = Some(setup);
+    let (first_delay, _) = RECONNECT_DELAYS;
+    let mut delay = first_delay;
     loop {
-        let err = match listen(&backlog, setup.take()) {
+        let (err, was_listening) = match listen(&backlog, setup.take()) {
             Ended::Stopped => break,
-            Ended::Lost(err) => err,
+            Ended::Lost(err) => (err, true),
+            Ended::Unbound(err) => (err, false),
         };
         if !backlog.options.get_reconnect() {
             let _ = backlog.accepted.try_send(Err(err.into()));
             break;
         }
         warn!("listener {:?}: {err}; connecting again", backlog.queue);
-        if !backlog.reconnect() {
+        // Back off from the start only after a session that listened.
+        if was_listening {
+            delay = first_delay;
+        } else if !backlog.pause(&mut delay) {
+            break;
+        }
+        if !backlog.reconnect(&mut delay) {
             break;
         }
     }
@@ -291,7 +303,7 @@ fn listen(backlog: &Backlog, setup: Option<Sender<Result<(), Error>>>) -> Ended 
             let _ = setup.send(Err(err));
             Ended::Stopped
         }
-        None => Ended::Lost(err),
+        None => Ended::Unbound(err),
     };
     let channel = match backlog
         .connection
@@ -369,8 +381,7 @@ const RECONNECT_DELAYS: (Duration, Duration) = (Duration::from_millis(100), Dura
 impl Backlog {
     /// Opens a new broker connection (and prepares streams on it), trying
     /// again with backoff; `false` when the listener was dropped first.
-    fn reconnect(&mut self) -> bool {
-        let (mut delay, longest) = RECONNECT_DELAYS;
+    fn reconnect(&mut self, delay: &mut Duration) -> bool {
         loop {
             match BrokerConnection::open(self.connection.url(), None) {
                 Ok(connection) => {
@@ -384,9 +395,21 @@ impl Backlog {
                     self.queue
                 ),
             }
-            select! {
-                recv(self.stop) -> _ => return false,
-                recv(after(delay)) -> _ => delay = (delay * 2).min(longest),
+            if !self.pause(delay) {
+                return false;
+            }
+        }
+    }
+
+    /// Waits `delay` and doubles it (up to the longest); `false` when the
+    /// listener was dropped meanwhile.
+    fn pause(&self, delay: &mut Duration) -> bool {
+        let (_, longest) = RECONNECT_DELAYS;
+        select! {
+            recv(self.stop) -> _ => false,
+            recv(after(*delay)) -> _ => {
+                *delay = (*delay * 2).min(longest);
+                true
             }
         }
     }
