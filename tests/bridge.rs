@@ -221,12 +221,7 @@ fn run_to_exit(url: &str, args: &[&str], level: &str) -> (Option<i32>, String) {
 #[test]
 fn failures_get_one_clear_line_and_their_exit_code() {
     let url = common::url();
-    let free_port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let unreachable = format!("amqp://guest:guest@127.0.0.1:{free_port}/%2f");
+    let unreachable = format!("amqp://guest:guest@127.0.0.1:{}/%2f", common::free_port());
     let (code, log) = run_to_exit(&unreachable, &["connect", "--queue", "q"], "off");
     assert_eq!(code, Some(3), "{log}");
     assert!(log.contains("cannot reach the broker"), "{log}");

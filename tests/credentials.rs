@@ -86,7 +86,7 @@ fn no_password_in_logs_debug_display_or_errors() {
             "a broker that is not there",
             format!(
                 "amqp://{USER}:{PASSWORD}@127.0.0.1:{}/%2f",
-                common::node::free_port()
+                common::free_port()
             ),
         ),
         (

@@ -3,7 +3,7 @@
 mod common;
 
 use amqp_stream::{Connector, Listener, Stream, StreamOptions};
-use common::{broker_channels_of, queue, raw_connection, url};
+use common::{broker_channels_of, eventually, free_port, queue, raw_connection, url};
 use std::io::{self, Read};
 use std::time::{Duration, Instant};
 
@@ -52,12 +52,8 @@ fn malformed_urls_are_invalid_input() {
 
 #[test]
 fn unreachable_broker_fails_fast() {
-    // A port with nothing behind it: bind, note the port, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A port with nothing behind it.
+    let port = free_port();
     let err = Stream::connect(&format!("amqp://127.0.0.1:{port}"), "x").unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
 }
@@ -91,15 +87,14 @@ fn unanswered_handshakes_time_out_and_free_their_resources() {
     }
     // Each try's channel is closed, and its queue (named in the request
     // it left behind) deleted with it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while broker_channels_of(port) != Some(0) {
-        assert!(
-            Instant::now() < deadline,
-            "{:?} channels left on the connection",
-            broker_channels_of(port)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually(
+        Duration::from_secs(10),
+        "channels left behind",
+        || match broker_channels_of(port) {
+            Some(0) => Ok(()),
+            other => Err(format!("{other:?} channels on the connection")),
+        },
+    );
     let mut reply_queues = Vec::new();
     while let Some(request) = channel.basic_get(q.clone(), true).unwrap() {
         reply_queues.push(request.delivery.properties.reply_to().clone().unwrap());

@@ -8,7 +8,10 @@ mod common;
 use amiquip::{AmqpProperties, Publish, QueueDeclareOptions};
 use amqp_stream::{Connector, Stream};
 use common::summary::record;
-use common::{broker_channels_of, queue, queue_depth, raw_connection, url};
+use common::{
+    broker_channels_of, eventually, queue, queue_depth, raw_connection, threads_of_this_process,
+    url,
+};
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
@@ -18,12 +21,6 @@ const REQUESTS: usize = 10_000;
 
 /// How long the listener may take to work through the flood.
 const DRAIN_LIMIT: Duration = Duration::from_secs(120);
-
-fn threads_of_this_process() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .expect("Linux /proc")
-        .count()
-}
 
 /// Queue names on the broker, from `rabbitmqctl`.
 fn broker_queues() -> Vec<String> {
@@ -37,19 +34,6 @@ fn broker_queues() -> Vec<String> {
         .skip_while(|l| l.starts_with("name"))
         .map(str::to_string)
         .collect()
-}
-
-/// Checks `settled` until it holds or `limit` passes; the broker and our
-/// threads settle on their own time, and this is how the test observes it.
-fn eventually(limit: Duration, what: &str, mut settled: impl FnMut() -> Result<(), String>) {
-    let deadline = Instant::now() + limit;
-    loop {
-        match settled() {
-            Ok(()) => return,
-            Err(why) if Instant::now() > deadline => panic!("{what}: {why}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(200)),
-        }
-    }
 }
 
 #[test]

@@ -3,7 +3,7 @@
 mod common;
 
 use amqp_stream::{Listener, Stream};
-use common::data::{Digest, receive_digest, send_random};
+use common::data::{Digest, full_duplex, receive_digest, send_random};
 use common::summary::record;
 use common::{queue, url};
 use std::net::Shutdown;
@@ -44,20 +44,6 @@ fn one_gibibyte_through_one_stream() {
         &format!("hash equal, {took:.1?}"),
         TOTAL,
     );
-}
-
-/// Sends `seed`'s bytes on a clone of `stream` while reading what the
-/// peer sends; returns (sent, received).
-fn full_duplex(stream: Stream, seed: u64, total: u64) -> (Digest, Digest) {
-    let mut writer = stream.try_clone().unwrap();
-    let sending = thread::spawn(move || {
-        let sent = send_random(&mut writer, seed, total, 64 * 1024).unwrap();
-        writer.shutdown(Shutdown::Write).unwrap();
-        sent
-    });
-    let mut reader = stream;
-    let received = receive_digest(&mut reader).unwrap();
-    (sending.join().unwrap(), received)
 }
 
 #[test]

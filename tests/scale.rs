@@ -6,10 +6,10 @@
 mod common;
 
 use amqp_stream::{Connector, Stream, StreamOptions};
-use common::data::{receive_digest, send_random};
+use common::data::full_duplex;
 use common::node::TestNode;
 use common::summary::record;
-use common::{broker_channels_of, queue, resident_bytes, url};
+use common::{broker_channels_of, queue, resident_bytes, threads_of_this_process, url};
 use std::net::Shutdown;
 use std::sync::Mutex;
 use std::thread;
@@ -19,11 +19,6 @@ const MIB: u64 = 1024 * 1024;
 
 /// The tests here count this process's threads and memory: one at a time.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-/// This process's thread count (Linux).
-fn threads() -> usize {
-    std::fs::read_dir("/proc/self/task").unwrap().count()
-}
 
 /// Opens `n` streams from `client` to a listener on `server`, all at once
 /// (accepted in a thread of their own); returns (client end, server end)
@@ -55,15 +50,7 @@ fn echo_all(pairs: Vec<(Stream, Stream)>, bytes: u64) -> u64 {
             None
         }));
         work.push(thread::spawn(move || {
-            let mut writer = client.try_clone().unwrap();
-            let sending = thread::spawn(move || {
-                let sent = send_random(&mut writer, i as u64, bytes, 64 * 1024).unwrap();
-                writer.shutdown(Shutdown::Write).unwrap();
-                sent
-            });
-            let mut reader = client;
-            let echoed = receive_digest(&mut reader).unwrap();
-            Some((sending.join().unwrap(), echoed))
+            Some(full_duplex(client, i as u64, bytes))
         }));
     }
     let mut verified = 0;
@@ -99,13 +86,13 @@ fn cost_of(
         broker_channels_of(client.local_socket_addr().port()).unwrap()
             + broker_channels_of(server.local_socket_addr().port()).unwrap()
     };
-    let (threads_before, channels_before) = (threads(), channels());
+    let (threads_before, channels_before) = (threads_of_this_process(), channels());
     let started = Instant::now();
     let pairs = open_pairs(client, server, n);
     let opening = started.elapsed();
     let per = |now: f64, before: f64| (now - before) / n as f64;
     let cost = Cost {
-        threads: per(threads() as f64, threads_before as f64),
+        threads: per(threads_of_this_process() as f64, threads_before as f64),
         memory_kib: per(resident_bytes() as f64, memory_before as f64) / 1024.0,
         channels: per(f64::from(channels()), f64::from(channels_before)),
         opening,

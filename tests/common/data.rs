@@ -87,3 +87,17 @@ pub fn receive_digest(input: &mut impl Read) -> io::Result<Digest> {
         bytes += n as u64;
     }
 }
+
+/// Sends `seed`'s bytes on a clone of `stream` (then shuts its write half)
+/// while reading what the peer sends; returns (sent, received).
+pub fn full_duplex(stream: amqp_stream::Stream, seed: u64, total: u64) -> (Digest, Digest) {
+    let mut writer = stream.try_clone().unwrap();
+    let sending = std::thread::spawn(move || {
+        let sent = send_random(&mut writer, seed, total, 64 * 1024).unwrap();
+        writer.shutdown(std::net::Shutdown::Write).unwrap();
+        sent
+    });
+    let mut reader = stream;
+    let received = receive_digest(&mut reader).unwrap();
+    (sending.join().unwrap(), received)
+}

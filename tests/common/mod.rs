@@ -20,18 +20,43 @@ pub fn queue(tag: &str) -> String {
     format!("test-{tag}-{}", uuid::Uuid::new_v4())
 }
 
-/// `len` pseudo-random bytes from `seed` (xorshift64*).
+/// `len` pseudo-random bytes from `seed` (see [`data::RandomSource`]).
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        out.extend_from_slice(&state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
-    }
-    out.truncate(len);
+    let mut out = vec![0; len];
+    data::RandomSource::new(seed).fill(&mut out);
     out
+}
+
+/// A TCP port free right now on 127.0.0.1 (nothing listens on it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// This process's thread count (Linux).
+pub fn threads_of_this_process() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .expect("Linux /proc")
+        .count()
+}
+
+/// Checks `settled` until it holds or `limit` passes; the broker and our
+/// threads settle on their own time, and this is how a test observes it.
+pub fn eventually(
+    limit: std::time::Duration,
+    what: &str,
+    mut settled: impl FnMut() -> Result<(), String>,
+) {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match settled() {
+            Ok(()) => return,
+            Err(why) if std::time::Instant::now() > deadline => panic!("{what}: {why}"),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(200)),
+        }
+    }
 }
 
 /// Where the first difference between two byte strings is, for messages.
