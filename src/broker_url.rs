@@ -4,6 +4,7 @@
 //! `Display` or `Debug`: both print the URL with the password removed.
 
 use crate::error::Error;
+use crate::tls_settings::TlsSettings;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use std::fmt;
 use std::str::FromStr;
@@ -58,6 +59,7 @@ pub struct BrokerUrl {
     heartbeat: u16,
     connection_timeout: Option<Duration>,
     channel_max: Option<u16>,
+    tls_settings: TlsSettings,
 }
 
 impl BrokerUrl {
@@ -169,6 +171,22 @@ impl BrokerUrl {
         self.channel_max
     }
 
+    /// How an `amqps://` connection checks the broker: the URL's
+    /// `cacertfile`, `certfile`, `keyfile`, `verify` and
+    /// `server_name_indication` (see [`TlsSettings`]). An `amqp://` URL
+    /// may not set them.
+    ///
+    /// ```
+    /// # use amqp_stream::BrokerUrl;
+    /// let url = BrokerUrl::parse("amqps://h?verify=verify_none")?;
+    /// assert!(!url.tls_settings().verify_peer());
+    /// assert!(BrokerUrl::parse("amqp://h?verify=verify_none").is_err());
+    /// # Ok::<(), amqp_stream::Error>(())
+    /// ```
+    pub fn tls_settings(&self) -> &TlsSettings {
+        &self.tls_settings
+    }
+
     pub(crate) fn password(&self) -> &str {
         &self.password
     }
@@ -228,6 +246,7 @@ impl BrokerUrl {
         };
         let mut url = BrokerUrl {
             tls,
+            tls_settings: TlsSettings::new(&host),
             host,
             port,
             vhost,
@@ -245,13 +264,25 @@ impl BrokerUrl {
                         Some(Duration::from_millis(number::<u64>(s, &key, &value)?))
                 }
                 "channel_max" => url.channel_max = Some(number(s, &key, &value)?),
-                other => {
-                    if !extra(other, &value) {
+                other => match url.tls_settings.set(other, &value) {
+                    Ok(true) => {}
+                    Ok(false) if extra(other, &value) => {}
+                    Ok(false) => {
                         return Err(invalid(s, &format!("unknown query parameter {other:?}")));
                     }
-                }
+                    Err(reason) => return Err(invalid(s, &reason)),
+                },
             }
         }
+        if url.tls_settings.is_set() && !tls {
+            return Err(invalid(
+                s,
+                "TLS settings (cacertfile, certfile, keyfile, verify, server_name_indication) need an amqps:// URL",
+            ));
+        }
+        url.tls_settings
+            .check()
+            .map_err(|reason| invalid(s, &reason))?;
         Ok(url)
     }
 }
@@ -290,6 +321,7 @@ impl fmt::Debug for BrokerUrl {
             .field("heartbeat", &self.heartbeat)
             .field("connection_timeout", &self.connection_timeout)
             .field("channel_max", &self.channel_max)
+            .field("tls_settings", &self.tls_settings)
             .finish_non_exhaustive()
     }
 }
@@ -418,6 +450,26 @@ mod tests {
         assert_eq!(redact("amqp://h/x@y"), "amqp://h/x@y");
         assert_eq!(redact("amqp://u:p:q@@h"), "amqp://u:***@h");
         assert_eq!(redact("plain"), "plain");
+    }
+
+    #[test]
+    fn tls_settings_need_amqps() {
+        let url: BrokerUrl = "amqps://alice:hunter2@h/?cacertfile=%2Fca.pem&verify=verify_peer"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            url.tls_settings().ca_cert_file(),
+            Some(std::path::Path::new("/ca.pem"))
+        );
+        for bad in [
+            "amqp://alice:hunter2@h/?cacertfile=/ca.pem",
+            "amqps://alice:hunter2@h/?verify=sometimes",
+            "amqps://alice:hunter2@h/?certfile=/c.pem",
+        ] {
+            let err = bad.parse::<BrokerUrl>().unwrap_err();
+            assert!(matches!(err, Error::InvalidUrl { .. }), "{bad}: {err}");
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+        }
     }
 
     #[test]

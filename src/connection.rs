@@ -14,6 +14,7 @@
 use crate::broker_url::BrokerUrl;
 use crate::error::Error;
 use crate::quiet_login::QuietLogin;
+use crate::tls;
 use amiquip::{
     Auth, Channel, Connection, ConnectionBlockedNotification, ConnectionOptions, ConnectionTuning,
 };
@@ -153,9 +154,7 @@ impl Drop for BrokerConnection {
 /// (else the URL's `connection_timeout`, else 10 s).
 fn log_in(url: &BrokerUrl, timeout: Option<Duration>) -> Result<(Connection, SocketAddr), Error> {
     if url.is_tls() {
-        return Err(Error::Unsupported(format!(
-            "{url}: amqps:// (TLS) is not supported by this build of amqp-stream"
-        )));
+        tls::ensure_supported(url)?;
     }
     let timeout = timeout
         .or(url.connection_timeout())
@@ -179,9 +178,14 @@ fn log_in(url: &BrokerUrl, timeout: Option<Duration>) -> Result<(Connection, Soc
         .connection_timeout(Some(remaining.max(Duration::from_millis(1))))
         .information(Some(format!("amqp-stream {}", env!("CARGO_PKG_VERSION"))));
     let quiet = QuietLogin::begin();
-    let opened = Connection::insecure_open_stream(socket, options, ConnectionTuning::default());
+    let opened = if url.is_tls() {
+        tls::open(url, socket, options, |err| login_error(url, err, timeout))
+    } else {
+        Connection::insecure_open_stream(socket, options, ConnectionTuning::default())
+            .map_err(|err| login_error(url, err, timeout))
+    };
     drop(quiet);
-    let connection = opened.map_err(|err| login_error(url, err, timeout))?;
+    let connection = opened?;
     info!("connected to {url} from {local_addr}");
     Ok((connection, local_addr))
 }

@@ -54,6 +54,16 @@ pub enum Error {
         /// What the broker said.
         reason: String,
     },
+    /// The TLS connection to the broker could not be set up: its
+    /// certificate is not trusted or not for its name, or the client's
+    /// own certificate or key could not be used.
+    #[error("TLS with the broker at {broker} failed: {reason}")]
+    Tls {
+        /// The broker, without password.
+        broker: String,
+        /// What failed, as OpenSSL (or the platform's TLS) says it.
+        reason: String,
+    },
     /// Nothing listens on the queue: the connection request came back.
     #[error("connection refused: no listener on queue {queue:?}")]
     ConnectionRefused {
@@ -107,6 +117,7 @@ impl Error {
             Error::Unsupported(_) => io::ErrorKind::Unsupported,
             Error::Unreachable { source, .. } => source.kind(),
             Error::AccessRefused { .. } => io::ErrorKind::PermissionDenied,
+            Error::Tls { .. } => io::ErrorKind::InvalidData,
             Error::ConnectionRefused { .. } => io::ErrorKind::ConnectionRefused,
             Error::AddrInUse { .. } => io::ErrorKind::AddrInUse,
             Error::TimedOut { .. } => io::ErrorKind::TimedOut,

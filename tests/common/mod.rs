@@ -2,6 +2,7 @@
 //! names, reproducible random data and a log capture.
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod data;
 pub mod node;
 pub mod raw;
