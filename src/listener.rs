@@ -11,8 +11,9 @@ use crate::spare::SparePool;
 use crate::stream::Stream;
 use crate::worker::{self, Pending, Role, SetupOutcome};
 use amiquip::{Channel, ConsumerMessage, ConsumerOptions, Delivery};
-use crossbeam_channel::{Receiver, Select, Sender, after, bounded, select};
+use crossbeam_channel::{Receiver, Select, Sender, after, bounded, select, unbounded};
 use log::{debug, warn};
+use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::ops::ControlFlow;
@@ -23,6 +24,10 @@ use std::time::Duration;
 /// accepts them (the AMQP prefetch of the control queue).
 const BACKLOG: u16 = 128;
 
+/// The prefetch of a shared listener's control queue: it holds one
+/// request at a time, so the others go to listeners ready for them.
+const SHARED_PREFETCH: u16 = 1;
+
 /// How long dropping a listener waits for its thread to refuse the
 /// requests it held and delete the queue.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
@@ -31,7 +36,9 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// [`std::net::TcpListener`] listens on a port.
 ///
 /// Binding declares the queue (exclusive to this connection, deleted
-/// with it); a second listener on the same name fails with `AddrInUse`.
+/// with it); a second listener on the same name fails with `AddrInUse`,
+/// unless both are bound with [`StreamOptions::shared`], which spreads
+/// clients over several listeners, in one process or many.
 /// [`accept`](Listener::accept) and [`incoming`](Listener::incoming) hand
 /// out connected [`Stream`]s. Handshakes run side by side, on streams
 /// prepared ahead ([`StreamOptions::prepared_streams`]) when there are
@@ -62,6 +69,8 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 pub struct Listener {
     local: Addr,
     accepted: Receiver<io::Result<(Stream, Addr)>>,
+    /// A shared listener's `accept` says here that it waits for a stream.
+    wanted: Option<Sender<()>>,
     stop: Sender<()>,
     alive: Receiver<()>,
 }
@@ -110,6 +119,8 @@ impl Listener {
         let (accepted_tx, accepted_rx) = bounded(usize::from(BACKLOG));
         let (stop_tx, stop_rx) = bounded(1);
         let (alive_tx, alive_rx) = bounded::<()>(0);
+        let (wanted_tx, wanted_rx) = unbounded();
+        let wanted_tx = options.get_shared().then_some(wanted_tx);
         let local = Addr::new(connection.url().clone(), queue);
         let backlog = Backlog {
             spares: SparePool::new(Arc::clone(&connection), options.clone()),
@@ -117,6 +128,8 @@ impl Listener {
             options,
             queue: queue.to_string(),
             accepted: accepted_tx,
+            wanted: wanted_rx,
+            demand: Cell::new(0),
             stop: stop_rx,
         };
         std::thread::Builder::new()
@@ -134,6 +147,7 @@ impl Listener {
         Ok(Listener {
             local,
             accepted: accepted_rx,
+            wanted: wanted_tx,
             stop: stop_tx,
             alive: alive_rx,
         })
@@ -145,7 +159,10 @@ impl Listener {
     /// As with TCP, where the kernel completes handshakes before the
     /// server calls `accept`, the listener's thread answers connection
     /// requests by itself, up to a backlog of 128 streams waiting to be
-    /// accepted; so `Stream::connect` does not wait for `accept`.
+    /// accepted; so `Stream::connect` does not wait for `accept`. A
+    /// [shared](StreamOptions::shared) listener answers a request only
+    /// while `accept` waits, and acknowledges it once the stream is
+    /// handed out.
     /// Malformed requests and clients that vanished before the answer are
     /// logged at `warn` and skipped. Fails with `ConnectionAborted` when
     /// the broker connection is lost.
@@ -157,6 +174,11 @@ impl Listener {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn accept(&self) -> io::Result<(Stream, Addr)> {
+        if let Some(wanted) = &self.wanted {
+            // Fails only once the listener's thread has ended, and then
+            // `accepted` says why.
+            let _ = wanted.send(());
+        }
         // The sender lives in the listener's thread: it disconnects, after
         // everything queued has been taken, when that thread ends.
         self.accepted.recv().unwrap_or_else(|_| {
@@ -237,6 +259,10 @@ struct Backlog {
     queue: String,
     /// Streams connected but not yet accepted (bounded: the backlog).
     accepted: Sender<io::Result<(Stream, Addr)>>,
+    /// One message per call of a shared listener's `accept`.
+    wanted: Receiver<()>,
+    /// How many calls of a shared listener's `accept` wait for a stream.
+    demand: Cell<usize>,
     stop: Receiver<()>,
     /// Streams prepared for the next requests.
     spares: SparePool,
@@ -312,7 +338,8 @@ fn listen(backlog: &Backlog, setup: Option<Sender<Result<(), Error>>>) -> Ended 
         Ok(channel) => channel,
         Err(err) => return failed(err),
     };
-    let consumer = match declare_and_consume(&channel, &queue) {
+    let shared = backlog.options.get_shared();
+    let consumer = match declare_and_consume(&channel, &queue, shared) {
         Ok(consumer) => consumer,
         Err(err) => return failed(err),
     };
@@ -328,26 +355,37 @@ fn listen(backlog: &Backlog, setup: Option<Sender<Result<(), Error>>>) -> Ended 
     let ended = loop {
         let mut waiting = Select::new();
         let stop = waiting.recv(&backlog.stop);
-        // Take a request only when its stream has a place to wait in.
-        let room = backlog.accepted.len() + answering.len() < usize::from(BACKLOG);
-        let requests = room.then(|| waiting.recv(consumer.receiver()));
-        let first_answer = requests.unwrap_or(stop) + 1;
-        for a in &answering {
-            waiting.recv(a.stream.outcome());
-        }
+        let wanted = shared.then(|| waiting.recv(&backlog.wanted));
+        let requests = backlog
+            .has_room(answering.len())
+            .then(|| waiting.recv(consumer.receiver()));
+        let answers: Vec<usize> = answering
+            .iter()
+            .map(|a| waiting.recv(a.stream.outcome()))
+            .collect();
         let ready = waiting.select();
         let flow = match ready.index() {
             i if i == stop => {
                 let _ = ready.recv(&backlog.stop);
                 ControlFlow::Break(Ended::Stopped)
             }
+            i if Some(i) == wanted => {
+                if ready.recv(&backlog.wanted).is_ok() {
+                    backlog.demand.set(backlog.demand.get() + 1);
+                }
+                ControlFlow::Continue(())
+            }
             i if Some(i) == requests => {
                 let message = ready.recv(consumer.receiver());
                 backlog.take(&channel, &consumer, message, &mut answering)
             }
             i => {
-                let outcome = ready.recv(answering[i - first_answer].stream.outcome());
-                let done = answering.swap_remove(i - first_answer);
+                let k = answers
+                    .iter()
+                    .position(|&arm| arm == i)
+                    .expect("every other arm is an answer");
+                let outcome = ready.recv(answering[k].stream.outcome());
+                let done = answering.swap_remove(k);
                 backlog.answered(&consumer, done, outcome)
             }
         };
@@ -355,12 +393,23 @@ fn listen(backlog: &Backlog, setup: Option<Sender<Result<(), Error>>>) -> Ended 
             break ended;
         }
     };
+    // A shared queue outlives us when other listeners consume it: the
+    // requests we hold go back to them.
+    let others_listen = shared
+        && matches!(ended, Ended::Stopped)
+        && channel
+            .queue_declare_passive(queue.as_str())
+            .is_ok_and(|q| q.declared_consumer_count().unwrap_or(0) > 1);
     // Stop deliveries (the queue is deleted with its last consumer), then
     // tell the clients whose requests we hold that nobody will answer.
     let held = worker::cancel_consumer(&consumer);
     let refusal = format!("connection refused: the listener on {queue:?} closed");
     for request in held {
-        if let Ok(request) = handshake::parse_request(&request.body, &request.properties) {
+        if others_listen {
+            if let Err(err) = request.nack(&channel, true) {
+                debug!("listener {queue:?}: {err}");
+            }
+        } else if let Ok(request) = handshake::parse_request(&request.body, &request.properties) {
             refuse(&channel, request.client_queue, &refusal);
         }
     }
@@ -411,6 +460,17 @@ impl Backlog {
                 *delay = (*delay * 2).min(longest);
                 true
             }
+        }
+    }
+
+    /// Whether to take another request, with `answering` handshakes
+    /// running: an exclusive listener takes one while its stream has a
+    /// place in the backlog; a shared one only for an `accept` that waits.
+    fn has_room(&self, answering: usize) -> bool {
+        if self.options.get_shared() {
+            answering < self.demand.get()
+        } else {
+            self.accepted.len() + answering < usize::from(BACKLOG)
         }
     }
 
@@ -526,7 +586,10 @@ impl Backlog {
                 );
                 // There is room: requests are taken only while there is.
                 match self.accepted.try_send(Ok((stream, peer))) {
-                    Ok(()) => ControlFlow::Continue(()),
+                    Ok(()) => {
+                        self.demand.set(self.demand.get().saturating_sub(1));
+                        ControlFlow::Continue(())
+                    }
                     Err(_) => ControlFlow::Break(Ended::Stopped),
                 }
             }
@@ -545,12 +608,15 @@ fn refuse(channel: &Channel, client_queue: &str, why: &str) {
     let _ = channel.basic_publish("", amiquip::Publish::new(why.as_bytes(), client_queue));
 }
 
+/// Declares the control queue and consumes it: alone, or shared with
+/// other listeners.
 fn declare_and_consume<'a>(
     channel: &'a Channel,
     queue: &str,
+    shared: bool,
 ) -> Result<amiquip::Consumer<'a>, Error> {
     channel
-        .queue_declare(queue, protocol::queue_declare_options())
+        .queue_declare(queue, protocol::listener_queue_declare_options(shared))
         .map_err(|err| match err {
             amiquip::Error::ServerClosedChannel { code: 405, .. } => Error::AddrInUse {
                 queue: queue.to_string(),
@@ -558,14 +624,14 @@ fn declare_and_consume<'a>(
             other => Error::broker(format!("declaring queue {queue:?}"), other),
         })?;
     channel
-        .qos(0, BACKLOG, false)
+        .qos(0, if shared { SHARED_PREFETCH } else { BACKLOG }, false)
         .map_err(|err| Error::broker(format!("setting the backlog of {queue:?}"), err))?;
     channel
         .basic_consume(
             queue,
             ConsumerOptions {
                 no_ack: false,
-                exclusive: true,
+                exclusive: !shared,
                 ..ConsumerOptions::default()
             },
         )

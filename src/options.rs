@@ -32,6 +32,7 @@ pub struct StreamOptions {
     protocol_version: Option<ProtocolVersion>,
     prepared_streams: usize,
     reconnect: bool,
+    shared: bool,
 }
 
 /// The default receive window: 1 MiB.
@@ -51,6 +52,7 @@ impl Default for StreamOptions {
             protocol_version: None,
             prepared_streams: 2,
             reconnect: false,
+            shared: false,
         }
     }
 }
@@ -60,7 +62,8 @@ impl StreamOptions {
     /// of write queue, a peer check every 2 s, a 30 s handshake timeout, a
     /// 10 s linger on drop, small writes coalesced (`nodelay` off), a 1 MiB
     /// receive window, the protocol version negotiated, two streams
-    /// prepared ahead and no reconnecting.
+    /// prepared ahead, no reconnecting and listeners that hold their queue
+    /// alone.
     ///
     /// ```
     /// # use amqp_stream::StreamOptions;
@@ -271,6 +274,53 @@ impl StreamOptions {
     pub fn reconnect(mut self, reconnect: bool) -> StreamOptions {
         self.reconnect = reconnect;
         self
+    }
+
+    /// Whether a [`Listener`](crate::Listener) bound with these options
+    /// shares its queue with the other listeners bound to the same name
+    /// with `shared(true)`, in this process or others: the broker hands
+    /// each connection request to one of them (round robin among those
+    /// ready to accept), spreading clients over several servers.
+    ///
+    /// A shared listener takes a request only while
+    /// [`accept`](crate::Listener::accept) waits for one, answers it then
+    /// and acknowledges it to the broker once the stream is handed out,
+    /// one request at a time. So a busy or stopped server takes no new
+    /// clients, and when a listener dies (killed, or its connection lost)
+    /// the request it held goes back to the queue for another listener:
+    /// none is lost. Dropping a shared listener gives its held request
+    /// back too when others remain; the last one refuses it, and the
+    /// queue is deleted with the last listener. The cost: unlike an
+    /// exclusive listener's backlog, `Stream::connect` waits until a
+    /// server calls `accept` (up to its handshake timeout).
+    ///
+    /// Shared and exclusive listeners do not mix: binding one kind while
+    /// the other holds the name fails with `AddrInUse`. Off by default.
+    ///
+    /// ```no_run
+    /// use amqp_stream::{Listener, StreamOptions};
+    /// // Run this in as many processes as you like.
+    /// let options = StreamOptions::new().shared(true).reconnect(true);
+    /// let listener = Listener::bind_with("amqp://127.0.0.1", "api", &options)?;
+    /// for stream in listener.incoming() {
+    ///     let _stream = stream?;
+    /// }
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn shared(mut self, shared: bool) -> StreamOptions {
+        self.shared = shared;
+        self
+    }
+
+    /// See [`shared`](Self::shared).
+    ///
+    /// ```
+    /// # use amqp_stream::StreamOptions;
+    /// assert!(!StreamOptions::new().get_shared());
+    /// assert!(StreamOptions::new().shared(true).get_shared());
+    /// ```
+    pub fn get_shared(&self) -> bool {
+        self.shared
     }
 
     /// See [`reconnect`](Self::reconnect).

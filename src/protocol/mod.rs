@@ -32,6 +32,17 @@ pub(crate) fn queue_declare_options() -> QueueDeclareOptions {
     }
 }
 
+/// How a listener declares its control queue: like every queue of the
+/// protocol when it is the only listener on the name; non-exclusive when
+/// several listeners share it (still transient, and deleted once its last
+/// consumer goes).
+pub(crate) fn listener_queue_declare_options(shared: bool) -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        exclusive: !shared,
+        ..queue_declare_options()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,5 +60,13 @@ mod tests {
     fn queues_are_exclusive_transient_auto_delete() {
         let o = queue_declare_options();
         assert!(o.exclusive && o.auto_delete && !o.durable);
+    }
+
+    #[test]
+    fn shared_listener_queues_are_not_exclusive() {
+        let alone = listener_queue_declare_options(false);
+        assert!(alone.exclusive && alone.auto_delete && !alone.durable);
+        let shared = listener_queue_declare_options(true);
+        assert!(!shared.exclusive && shared.auto_delete && !shared.durable);
     }
 }

@@ -130,6 +130,39 @@ pub fn queue_depth(queue: &str) -> Option<(u64, u64)> {
         })
 }
 
+/// How `queue` stands now, from `rabbitmqctl`: (messages ready,
+/// messages delivered but unacknowledged, consumers); `None` if the broker
+/// has no such queue.
+pub fn queue_state(queue: &str) -> Option<(u64, u64, u64)> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_queues",
+            "-q",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+            "consumers",
+        ])
+        .output()
+        .expect("rabbitmqctl runs (scripts/ensure-broker.sh installs it)");
+    assert!(
+        out.status.success(),
+        "rabbitmqctl list_queues failed: {out:?}"
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(
+            |line| match line.split_whitespace().collect::<Vec<_>>()[..] {
+                [name, ready, unacked, consumers] if name == queue => Some((
+                    ready.parse().ok()?,
+                    unacked.parse().ok()?,
+                    consumers.parse().ok()?,
+                )),
+                _ => None,
+            },
+        )
+}
+
 /// This process's resident memory in bytes (Linux).
 pub fn resident_bytes() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
