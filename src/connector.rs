@@ -157,6 +157,20 @@ impl Connector {
         Listener::start(Arc::clone(&self.connection), queue, self.options.clone())
     }
 
+    /// Listens on `queue` over this connection with `options` instead of
+    /// the connector's own: a [shared](StreamOptions::shared) listener,
+    /// say, on a connector that also connects streams.
+    ///
+    /// ```no_run
+    /// use amqp_stream::{Connector, StreamOptions};
+    /// let connector = Connector::open("amqp://127.0.0.1")?;
+    /// let listener = connector.bind_with("api", &StreamOptions::new().shared(true))?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn bind_with(&self, queue: &str, options: &StreamOptions) -> io::Result<Listener> {
+        Listener::start(Arc::clone(&self.connection), queue, options.clone())
+    }
+
     /// The broker this connector is connected to.
     ///
     /// ```no_run

@@ -189,6 +189,35 @@ impl Listener {
         })
     }
 
+    /// Stops listening now, from any thread, as dropping the listener
+    /// would: the queue is released (for a [shared](StreamOptions::shared)
+    /// listener, its held request goes back to the others), and `accept`
+    /// calls, blocked in other threads or later, return the streams
+    /// already connected, then fail with `ConnectionAborted`. The way to
+    /// end a thread that loops over [`incoming`](Listener::incoming)
+    /// (what a server does on SIGTERM). Closing twice does nothing more.
+    ///
+    /// ```no_run
+    /// use amqp_stream::Listener;
+    /// use std::sync::Arc;
+    ///
+    /// let listener = Arc::new(Listener::bind("amqp://127.0.0.1", "echo")?);
+    /// let accepting = Arc::clone(&listener);
+    /// let server = std::thread::spawn(move || {
+    ///     for stream in accepting.incoming() {
+    ///         let Ok(_stream) = stream else { break };
+    ///     }
+    /// });
+    /// listener.close();
+    /// server.join().unwrap();
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn close(&self) {
+        // Full: a close is already on its way; disconnected: the thread
+        // has ended.
+        let _ = self.stop.try_send(());
+    }
+
     /// An endless iterator over accepted streams, like
     /// [`TcpListener::incoming`](std::net::TcpListener::incoming).
     ///
@@ -232,7 +261,8 @@ impl fmt::Debug for Listener {
     }
 }
 
-/// The iterator [`Listener::incoming`] returns; it never ends.
+/// The iterator [`Listener::incoming`] returns; it never ends (after
+/// [`Listener::close`] or a lost connection, it yields errors).
 ///
 /// ```no_run
 /// # let listener = amqp_stream::Listener::bind("amqp://127.0.0.1", "echo")?;

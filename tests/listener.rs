@@ -181,3 +181,39 @@ fn prepared_streams_serve_connections_and_close_with_their_owner() {
     );
     drop((probe, client, server));
 }
+
+#[test]
+fn close_wakes_a_blocked_accept_after_the_connected_streams() {
+    let q = queue("close");
+    let listener = std::sync::Arc::new(Listener::bind(&url(), &q).unwrap());
+    let mut early = Stream::connect(&url(), &q).unwrap();
+    early.write_all(b"early").unwrap();
+    early.flush().unwrap();
+    let accepting = std::sync::Arc::clone(&listener);
+    let (results_tx, results) = std::sync::mpsc::channel();
+    let server = std::thread::spawn(move || {
+        for stream in accepting.incoming() {
+            let failed = stream.is_err();
+            results_tx.send(stream).unwrap();
+            if failed {
+                break;
+            }
+        }
+    });
+    // The stream connected before the close is still handed out.
+    let mut first = results.recv().unwrap().unwrap();
+    let mut hello = [0u8; 5];
+    first.read_exact(&mut hello).unwrap();
+    assert_eq!(&hello, b"early");
+    // The next accept blocks until the listener is closed from here.
+    listener.close();
+    let err = results
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("close wakes the blocked accept")
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted, "{err}");
+    server.join().unwrap();
+    listener.close();
+    let refused = Stream::connect(&url(), &q).unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+}
