@@ -334,3 +334,77 @@ fn serve_closes_streams_whose_target_refuses_and_keeps_serving() {
         server.wait_for("failed");
     }
 }
+
+/// Sends `data` through a stream to `queue` (then half-closes) and reads
+/// everything that comes back.
+fn stream_round_trip(queue: &str, data: &[u8]) -> Vec<u8> {
+    let mut stream = amqp_stream::Stream::connect(&common::url(), queue).unwrap();
+    stream.set_read_timeout(Some(BOUND)).unwrap();
+    stream.write_all(data).unwrap();
+    stream.shutdown(Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    stream.read_to_end(&mut back).unwrap();
+    back
+}
+
+/// How many connections `bridge` has logged as closed so far.
+fn connections_closed(bridge: &Bridge) -> usize {
+    bridge
+        .log()
+        .lines()
+        .filter(|line| line.contains(" closed: "))
+        .count()
+}
+
+#[test]
+fn shared_serves_spread_streams_and_one_stops_while_the_other_serves() {
+    const STREAMS: usize = 20;
+    let url = common::url();
+    let queue = common::queue("bridge-shared");
+    let target = echo_service().to_string();
+    let args = ["serve", "--shared", "--queue", &queue, "--to", &target];
+    let [one, two] = [0, 1].map(|_| {
+        let bridge = Bridge::start(&url, &args);
+        bridge.wait_for("serving queue");
+        bridge
+    });
+    // An exclusive `serve` cannot take the name from them.
+    let exclusive = ["serve", "--queue", &queue, "--to", &target];
+    let (code, log) = run_to_exit(&url, &exclusive, "off");
+    assert_eq!(code, Some(5), "{log}");
+
+    for i in 0..STREAMS {
+        let data = format!("stream {i} through a shared queue").into_bytes();
+        assert_same(&data, &stream_round_trip(&queue, &data));
+    }
+    common::eventually(BOUND, "both bridges log their connections", || {
+        let served = [connections_closed(&one), connections_closed(&two)];
+        match served.iter().sum::<usize>() {
+            STREAMS => Ok(()),
+            n => Err(format!("{n} of {STREAMS} logged: {served:?}")),
+        }
+    });
+    let served = [connections_closed(&one), connections_closed(&two)];
+    assert!(
+        served.iter().all(|&n| n > 0),
+        "both bridges serve: {served:?}"
+    );
+
+    // One stops; the other goes on serving every new stream.
+    one.signal("TERM");
+    let status = one.wait_exit();
+    assert!(status.success(), "{status}; log:\n{}", one.log());
+    for i in 0..STREAMS / 2 {
+        let data = format!("stream {i} after one stopped").into_bytes();
+        assert_same(&data, &stream_round_trip(&queue, &data));
+    }
+    common::eventually(BOUND, "the other bridge serves them all", || {
+        match connections_closed(&two) - served[1] {
+            n if n == STREAMS / 2 => Ok(()),
+            n => Err(format!("{n} of {} logged", STREAMS / 2)),
+        }
+    });
+    two.signal("INT");
+    let status = two.wait_exit();
+    assert!(status.success(), "{status}; log:\n{}", two.log());
+}

@@ -48,7 +48,9 @@ pub enum Command {
     /// Serve a queue: connect every stream that arrives on it to a TCP service
     #[command(after_help = "\
 Example: reach the SSH server of a machine behind NAT as queue `ssh`:
-  amqp-bridge serve --queue ssh --to 127.0.0.1:22")]
+  amqp-bridge serve --queue ssh --to 127.0.0.1:22
+Example: three web servers behind one queue, each next to its server:
+  amqp-bridge serve --shared --queue web --to 127.0.0.1:8080")]
     Serve(ServeArgs),
 
     /// Listen on a TCP port: carry every client connection to a served queue
@@ -83,6 +85,11 @@ pub struct ServeArgs {
     /// The TCP service every stream is connected to
     #[arg(long, value_name = "HOST:PORT")]
     pub to: String,
+    /// Share the queue with other `serve --shared` processes: the broker
+    /// spreads new streams over those ready for one, and a process that
+    /// dies leaves the stream it was about to take to the others
+    #[arg(long)]
+    pub shared: bool,
     #[command(flatten)]
     pub stop: StopArgs,
 }

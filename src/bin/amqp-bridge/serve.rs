@@ -8,81 +8,119 @@ use crate::lifecycle::Lifecycle;
 use crate::link::BrokerLink;
 use crate::splice::{ConnectionLog, splice};
 use crate::target::Target;
-use amqp_stream::{Addr, Listener, Stream};
+use amqp_stream::{Addr, Listener, Stream, StreamOptions};
 use log::{info, warn};
-use std::sync::Arc;
-use std::time::Duration;
-
-/// How long stopping waits for its own wake-up stream.
-const WAKE_TIMEOUT: Duration = Duration::from_secs(2);
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// Serves `args.queue` until SIGINT/SIGTERM.
 pub fn run(url: &str, args: &ServeArgs) -> Result<(), Fatal> {
     let target = Target::parse(&args.to).map_err(Fatal::usage)?;
     let grace = args.stop.grace().map_err(Fatal::usage)?;
     let lifecycle = Lifecycle::install().map_err(|e| Fatal::runtime(e.to_string()))?;
-    let link = BrokerLink::open(url).map_err(Fatal::broker)?;
-    let queue = args.queue.clone();
-    let listener = bind(&link, &queue).map_err(|e| Fatal::bind(e, "cannot serve"))?;
-
-    let accepting = Arc::clone(&lifecycle);
-    let server = Server {
-        link: Arc::clone(&link),
-        queue: queue.clone(),
+    let server = Arc::new(Server {
+        link: BrokerLink::open(url).map_err(Fatal::broker)?,
+        queue: args.queue.clone(),
+        options: StreamOptions::new().shared(args.shared),
         target,
-    };
+        listening: Mutex::new(None),
+    });
+    let listener = server.bind().map_err(|e| Fatal::bind(e, "cannot serve"))?;
+
+    let (accepting, accepting_lifecycle) = (Arc::clone(&server), Arc::clone(&lifecycle));
     std::thread::Builder::new()
         .name("accept".to_string())
-        .spawn(move || server.accept_until_stopped(listener, &accepting))
+        .spawn(move || accepting.accept_until_stopped(listener, &accepting_lifecycle))
         .map_err(|e| Fatal::runtime(e.to_string()))?;
 
-    lifecycle.run_until_signalled(grace, || {
-        // A stream of our own wakes the accepting thread, which then sees
-        // that we are stopping and closes the listener.
-        if let Ok(connector) = link.connector(Some(Duration::ZERO)) {
-            let _ = connector.connect_timeout(&queue, WAKE_TIMEOUT);
-        }
-    });
+    lifecycle.run_until_signalled(grace, || server.stop_accepting());
     Ok(())
-}
-
-fn bind(link: &BrokerLink, queue: &str) -> std::io::Result<Listener> {
-    let connector = link.connector(None)?;
-    let listener = connector.bind(queue)?;
-    info!(
-        "serving queue {queue:?} on the broker at {}",
-        connector.broker()
-    );
-    Ok(listener)
 }
 
 struct Server {
     link: Arc<BrokerLink>,
     queue: String,
+    options: StreamOptions,
     target: Target,
+    /// The listener in use, for `stop_accepting` to close.
+    listening: Mutex<Option<Arc<Listener>>>,
 }
 
 impl Server {
+    fn bind(&self) -> std::io::Result<Arc<Listener>> {
+        let connector = self.link.connector(None)?;
+        let listener = connector.bind_with(&self.queue, &self.options)?;
+        info!(
+            "serving queue {:?}{} on the broker at {}",
+            self.queue,
+            if self.options.get_shared() {
+                " (shared)"
+            } else {
+                ""
+            },
+            connector.broker()
+        );
+        Ok(Arc::new(listener))
+    }
+
+    /// Closes the listener in use: the accepting thread's `accept` fails
+    /// and it ends. A listener bound later is closed as it is watched.
+    fn stop_accepting(&self) {
+        let listening = self
+            .listening
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(listener) = listening.as_ref() {
+            listener.close();
+        }
+    }
+
+    /// Lets go of a listener that failed.
+    fn forget_listener(&self) {
+        let mut listening = self
+            .listening
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *listening = None;
+    }
+
+    /// Makes `listener` the one `stop_accepting` closes; `false` (and
+    /// closed) when the stop has already come.
+    fn watch(&self, listener: &Arc<Listener>, lifecycle: &Lifecycle) -> bool {
+        let mut listening = self
+            .listening
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // Under the lock: either we see the stop, or the stop sees this
+        // listener.
+        if lifecycle.stopping() {
+            listener.close();
+            return false;
+        }
+        *listening = Some(Arc::clone(listener));
+        true
+    }
+
     /// Accepts streams and hands each to its own thread; when the
     /// listener fails (the broker connection was lost), binds again once
     /// the link has reconnected.
-    fn accept_until_stopped(&self, mut listener: Listener, lifecycle: &Arc<Lifecycle>) {
+    fn accept_until_stopped(&self, mut listener: Arc<Listener>, lifecycle: &Arc<Lifecycle>) {
         info!("streams on queue {:?} go to {}", self.queue, self.target);
-        loop {
+        let mut watched = self.watch(&listener, lifecycle);
+        while watched {
             match listener.accept() {
+                // Connected before the stop, but not served: dropped, it
+                // closes, as a TCP server's backlog is reset.
                 Ok(_) if lifecycle.stopping() => break,
                 Ok((stream, peer)) => self.start(stream, peer, lifecycle),
-                Err(err) if lifecycle.stopping() => {
-                    warn!("stopped listening on {:?}: {err}", self.queue);
-                    break;
-                }
+                Err(_) if lifecycle.stopping() => break,
                 Err(err) => {
                     warn!("the listener on {:?} failed: {err}", self.queue);
-                    drop(listener);
-                    match self.bind_again(lifecycle) {
-                        Some(again) => listener = again,
-                        None => break,
-                    }
+                    self.forget_listener();
+                    let Some(again) = self.bind_again(lifecycle) else {
+                        break;
+                    };
+                    listener = again;
+                    watched = self.watch(&listener, lifecycle);
                 }
             }
         }
@@ -91,10 +129,10 @@ impl Server {
 
     /// Binds the queue again, retrying with backoff (the old exclusive
     /// queue may linger until the broker notices the old connection died).
-    fn bind_again(&self, lifecycle: &Lifecycle) -> Option<Listener> {
+    fn bind_again(&self, lifecycle: &Lifecycle) -> Option<Arc<Listener>> {
         let mut backoff = Backoff::reconnecting();
         while !lifecycle.stopping() {
-            match bind(&self.link, &self.queue) {
+            match self.bind() {
                 Ok(listener) => return Some(listener),
                 Err(err) => {
                     let delay = backoff.next_delay();
