@@ -188,9 +188,9 @@ fn requests_held_by_a_killed_listener_go_to_the_other_one() {
         &format!("{CLIENTS} clients, 2 processes"),
         "SIGKILL with 1 request held",
         &format!(
-            "the other accepted all {} left in {:.1} s",
+            "the other accepted all {} left in {} ms",
             CLIENTS - CHILD_SERVES,
-            accepted_in.as_secs_f64()
+            accepted_in.as_millis()
         ),
         bytes,
     );
