@@ -105,12 +105,12 @@ pub fn logs() -> Vec<String> {
     LOGS.lock().unwrap().clone()
 }
 
-/// What the broker holds in `queue` now: (messages, body bytes), ready and
-/// unacknowledged together, from `rabbitmqctl`; `None` if it has no such
-/// queue.
-pub fn queue_depth(queue: &str) -> Option<(u64, u64)> {
+/// The numbers `rabbitmqctl list_queues` gives for `queue` in `columns`
+/// (after its name); `None` if the broker has no such queue.
+fn queue_numbers<const N: usize>(queue: &str, columns: [&str; N]) -> Option<[u64; N]> {
     let out = std::process::Command::new("rabbitmqctl")
-        .args(["list_queues", "-q", "name", "messages", "message_bytes"])
+        .args(["list_queues", "-q", "name"])
+        .args(columns)
         .output()
         .expect("rabbitmqctl runs (scripts/ensure-broker.sh installs it)");
     assert!(
@@ -120,47 +120,32 @@ pub fn queue_depth(queue: &str) -> Option<(u64, u64)> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .find_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            match fields.as_slice() {
-                [name, messages, bytes] if *name == queue => {
-                    Some((messages.parse().ok()?, bytes.parse().ok()?))
-                }
-                _ => None,
+            let mut fields = line.split_whitespace();
+            if fields.next() != Some(queue) {
+                return None;
             }
+            let numbers: Vec<u64> = fields.map(|f| f.parse().ok()).collect::<Option<_>>()?;
+            numbers.try_into().ok()
         })
+}
+
+/// What the broker holds in `queue` now: (messages, body bytes), ready and
+/// unacknowledged together, from `rabbitmqctl`; `None` if it has no such
+/// queue.
+pub fn queue_depth(queue: &str) -> Option<(u64, u64)> {
+    let [messages, bytes] = queue_numbers(queue, ["messages", "message_bytes"])?;
+    Some((messages, bytes))
 }
 
 /// How `queue` stands now, from `rabbitmqctl`: (messages ready,
 /// messages delivered but unacknowledged, consumers); `None` if the broker
 /// has no such queue.
 pub fn queue_state(queue: &str) -> Option<(u64, u64, u64)> {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args([
-            "list_queues",
-            "-q",
-            "name",
-            "messages_ready",
-            "messages_unacknowledged",
-            "consumers",
-        ])
-        .output()
-        .expect("rabbitmqctl runs (scripts/ensure-broker.sh installs it)");
-    assert!(
-        out.status.success(),
-        "rabbitmqctl list_queues failed: {out:?}"
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(
-            |line| match line.split_whitespace().collect::<Vec<_>>()[..] {
-                [name, ready, unacked, consumers] if name == queue => Some((
-                    ready.parse().ok()?,
-                    unacked.parse().ok()?,
-                    consumers.parse().ok()?,
-                )),
-                _ => None,
-            },
-        )
+    let [ready, unacked, consumers] = queue_numbers(
+        queue,
+        ["messages_ready", "messages_unacknowledged", "consumers"],
+    )?;
+    Some((ready, unacked, consumers))
 }
 
 /// This process's resident memory in bytes (Linux).
