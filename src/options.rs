@@ -282,11 +282,12 @@ impl StreamOptions {
     /// each connection request to one of them (round robin among those
     /// ready to accept), spreading clients over several servers.
     ///
-    /// A shared listener takes a request only while
-    /// [`accept`](crate::Listener::accept) waits for one, answers it then
-    /// and acknowledges it to the broker once the stream is handed out,
-    /// one request at a time. So a busy or stopped server takes no new
-    /// clients, and when a listener dies (killed, or its connection lost)
+    /// The broker hands a shared listener one request at a time; the
+    /// listener answers it only while [`accept`](crate::Listener::accept)
+    /// waits for a stream, and acknowledges it to the broker once the
+    /// stream is handed out. So a busy or stopped server holds at most
+    /// one waiting client (it waits for `accept` or its handshake
+    /// timeout), and when a listener dies (killed, or its connection lost)
     /// the request it held goes back to the queue for another listener:
     /// none is lost. Dropping a shared listener gives its held request
     /// back too when others remain; the last one refuses it, and the
