@@ -10,7 +10,7 @@ use crate::splice::{ConnectionLog, splice};
 use crate::target::Target;
 use amqp_stream::{Addr, Listener, Stream, StreamOptions};
 use log::{info, warn};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// Serves `args.queue` until SIGINT/SIGTERM.
 pub fn run(url: &str, args: &ServeArgs) -> Result<(), Fatal> {
@@ -62,34 +62,25 @@ impl Server {
         Ok(Arc::new(listener))
     }
 
+    /// The listener in use, locked.
+    fn listening(&self) -> MutexGuard<'_, Option<Arc<Listener>>> {
+        self.listening
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Closes the listener in use: the accepting thread's `accept` fails
     /// and it ends. A listener bound later is closed as it is watched.
     fn stop_accepting(&self) {
-        let listening = self
-            .listening
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(listener) = listening.as_ref() {
+        if let Some(listener) = self.listening().as_ref() {
             listener.close();
         }
-    }
-
-    /// Lets go of a listener that failed.
-    fn forget_listener(&self) {
-        let mut listening = self
-            .listening
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        *listening = None;
     }
 
     /// Makes `listener` the one `stop_accepting` closes; `false` (and
     /// closed) when the stop has already come.
     fn watch(&self, listener: &Arc<Listener>, lifecycle: &Lifecycle) -> bool {
-        let mut listening = self
-            .listening
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut listening = self.listening();
         // Under the lock: either we see the stop, or the stop sees this
         // listener.
         if lifecycle.stopping() {
@@ -115,7 +106,6 @@ impl Server {
                 Err(_) if lifecycle.stopping() => break,
                 Err(err) => {
                     warn!("the listener on {:?} failed: {err}", self.queue);
-                    self.forget_listener();
                     let Some(again) = self.bind_again(lifecycle) else {
                         break;
                     };
