@@ -91,6 +91,9 @@ impl FrontDoor {
                         }
                     }
                 }
+                // Closed before it is said: a client that reads the log
+                // line and connects is refused, not reset.
+                drop(listener);
                 info!("no longer accepting on {local}");
             })
             .map_err(|e| Fatal::runtime(e.to_string()))?;
