@@ -223,17 +223,7 @@ fn read_broken_stream(
     reset_back: bool,
 ) -> (Vec<u8>, io::Error, Option<String>) {
     let server = RawServer::listen();
-    let talk = client(&server.queue, StreamOptions::new(), |mut s| {
-        let mut got = Vec::new();
-        let mut buf = [0u8; 64];
-        loop {
-            match s.read(&mut buf) {
-                Ok(0) => panic!("EOF from a broken stream"),
-                Ok(n) => got.extend_from_slice(&buf[..n]),
-                Err(err) => return (got, err),
-            }
-        }
-    });
+    let talk = client(&server.queue, StreamOptions::new(), read_to_error);
     let (client_queue, _, data) = server.accept(Some(v2_headers(WINDOW)));
     for (body, properties) in frames {
         server.send(&client_queue, body, properties.clone());
