@@ -4,6 +4,7 @@ use crate::broker_url::BrokerUrl;
 use crate::connection::BrokerConnection;
 use crate::listener::Listener;
 use crate::options::{StreamOptions, check_timeout};
+use crate::protocol;
 use crate::spare::SparePool;
 use crate::stream::Stream;
 use crate::worker::{self, Role};
@@ -97,6 +98,8 @@ impl Connector {
     }
 
     /// Connects a stream to the listener on `queue`, over this connection.
+    /// Fails with `InvalidInput`, sending nothing, for a queue name that is
+    /// empty or longer than 255 bytes.
     ///
     /// ```no_run
     /// # let connector = amqp_stream::Connector::open("amqp://127.0.0.1")?;
@@ -128,6 +131,7 @@ impl Connector {
         deadline: Option<Instant>,
         timeout: Option<Duration>,
     ) -> io::Result<Stream> {
+        protocol::check_queue_name(queue, "the listener's")?;
         let role = Role::Client {
             listener_queue: queue.to_string(),
             deadline,

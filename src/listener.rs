@@ -112,13 +112,7 @@ impl Listener {
         queue: &str,
         options: StreamOptions,
     ) -> io::Result<Listener> {
-        if queue.is_empty() || queue.len() > 255 {
-            return Err(Error::InvalidArgument(format!(
-                "a listener's queue name must be 1 to 255 bytes, not {}",
-                queue.len()
-            ))
-            .into());
-        }
+        protocol::check_queue_name(queue, "a listener's")?;
         let (setup_tx, setup_rx) = bounded(1);
         let (accepted_tx, accepted_rx) = bounded(usize::from(BACKLOG));
         let (stop_tx, stop_rx) = bounded(1);

@@ -302,3 +302,34 @@ fn a_queue_limit_fails_one_stream_and_not_the_listener_or_the_connector() {
     drop((third, client_side, server_side));
     drop(server);
 }
+
+#[test]
+fn a_queue_name_amqp_cannot_carry_is_invalid_input_and_harms_no_other_stream() {
+    let q = queue("names");
+    let connector = Connector::open(&url()).unwrap();
+    let server = echo_all(connector.bind(&q).unwrap());
+    let mut live = connector.connect(&q).unwrap();
+    echoes(&mut live, "before");
+    let too_long = "q".repeat(256);
+    for bad in ["", too_long.as_str()] {
+        let errors = [
+            connector.connect(bad).unwrap_err(),
+            connector
+                .connect_timeout(bad, Duration::from_secs(5))
+                .unwrap_err(),
+            Stream::connect(&url(), bad).unwrap_err(),
+            Stream::connect_timeout(&url(), bad, Duration::from_secs(5)).unwrap_err(),
+            Stream::connect_with(&url(), bad, &StreamOptions::new()).unwrap_err(),
+            Listener::bind(&url(), bad).unwrap_err(),
+        ];
+        for err in errors {
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+            assert!(err.to_string().contains("255"), "{err}");
+        }
+    }
+    // The connection, and the stream on it, are untouched.
+    echoes(&mut live, "after");
+    assert!(!connector.is_closed());
+    drop(live);
+    drop(server);
+}
