@@ -333,3 +333,56 @@ fn a_queue_name_amqp_cannot_carry_is_invalid_input_and_harms_no_other_stream() {
     drop(live);
     drop(server);
 }
+
+/// `Duration::MAX` as a timeout is no limit, as `TcpStream` takes it;
+/// nothing panics.
+fn duration_max_is_no_limit(check_stream_timeouts: bool) {
+    let forever = StreamOptions::new()
+        .handshake_timeout(Some(Duration::MAX))
+        .linger(Duration::MAX);
+    let q = queue("forever");
+    let connector = Connector::open_with(
+        &format!("{}?connection_timeout={}", url(), u64::MAX),
+        forever,
+    )
+    .unwrap();
+    let server = echo_all(connector.bind(&q).unwrap());
+    let mut streams = vec![
+        connector.connect(&q).unwrap(),
+        connector.connect_timeout(&q, Duration::MAX).unwrap(),
+    ];
+    if check_stream_timeouts {
+        streams.push(Stream::connect_timeout(&url(), &q, Duration::MAX).unwrap());
+    }
+    for stream in &mut streams {
+        if check_stream_timeouts {
+            stream.set_read_timeout(Some(Duration::MAX)).unwrap();
+            stream.set_write_timeout(Some(Duration::MAX)).unwrap();
+            assert_eq!(stream.read_timeout().unwrap(), Some(Duration::MAX));
+        }
+        echoes(stream, "no limit");
+    }
+    assert!(!connector.wait_closed_timeout(Duration::from_millis(10)));
+    // A wait with no limit ends when the connection does.
+    let relay = common::relay::Relay::to_broker();
+    let cut = Connector::open(&relay.url()).unwrap();
+    let waiting = std::thread::spawn({
+        let cut = cut.clone();
+        move || cut.wait_closed_timeout(Duration::MAX)
+    });
+    relay.cut();
+    assert!(waiting.join().unwrap());
+    drop(streams);
+    drop(server);
+}
+
+#[test]
+fn duration_max_is_no_limit_for_connectors_and_listeners() {
+    duration_max_is_no_limit(false);
+}
+
+#[test]
+#[ignore = "needs Stream's deadlines to take Duration::MAX (stream.rs, in progress)"]
+fn duration_max_is_no_limit_for_streams_too() {
+    duration_max_is_no_limit(true);
+}
