@@ -115,26 +115,32 @@ fn dropping_everything_leaves_no_queue_and_no_channel() {
     }
     drop(listener);
 
-    // Every queue is gone: a passive declare from another connection says 404.
+    // Every queue goes (the streams' workers finish on their own time):
+    // a passive declare from another connection says 404.
     let mut raw = raw_connection();
     for name in &names {
-        let channel = raw.open_channel(None).unwrap();
-        match channel.queue_declare_passive(name.clone()) {
-            Err(amiquip::Error::ServerClosedChannel { code: 404, .. }) => {}
-            other => panic!(
-                "queue {name} still exists: {:?}",
-                other.map(|q| q.name().to_string())
-            ),
-        }
+        eventually(Duration::from_secs(10), "queues left behind", || {
+            let channel = raw.open_channel(None).unwrap();
+            match channel.queue_declare_passive(name.clone()) {
+                Err(amiquip::Error::ServerClosedChannel { code: 404, .. }) => Ok(()),
+                other => Err(format!(
+                    "queue {name} still exists: {:?}",
+                    other.map(|q| q.name().to_string())
+                )),
+            }
+        });
     }
     raw.close().unwrap();
 
     // And the shared connection holds no channel any more.
-    if let Some(channels) = broker_channels_of(connector.local_socket_addr().port()) {
-        assert_eq!(channels, 0, "channels left open on the broker connection");
-    } else {
-        eprintln!("rabbitmqctl not available: channel count not checked");
-    }
+    eventually(
+        Duration::from_secs(10),
+        "channels left open",
+        || match broker_channels_of(connector.local_socket_addr().port()) {
+            Some(0) => Ok(()),
+            other => Err(format!("{other:?} channels on the broker connection")),
+        },
+    );
 }
 
 /// The channel count of our connection, which must be listed.
@@ -170,18 +176,29 @@ fn prepared_streams_serve_connections_and_close_with_their_owner() {
 
     // Dropping the listener closes its prepared streams before it
     // returns: the server side keeps only the accepted stream's channel.
+    // (The streams dropped above close their channels on their own time.)
     drop(listener);
-    assert_eq!(channels_of(&server_side), 1, "listener's prepared streams");
+    eventually(
+        Duration::from_secs(10),
+        "listener's prepared streams",
+        || match channels_of(&server_side) {
+            1 => Ok(()),
+            n => Err(format!("{n} channels")),
+        },
+    );
 
     // Likewise for the connector: the client stream keeps the connection
     // open, and its channel is the only one left.
     let probe = client.try_clone().unwrap();
     let port = client_side.local_socket_addr().port();
     drop(client_side);
-    assert_eq!(
-        broker_channels_of(port),
-        Some(1),
-        "connector's prepared streams"
+    eventually(
+        Duration::from_secs(10),
+        "connector's prepared streams",
+        || match broker_channels_of(port) {
+            Some(1) => Ok(()),
+            other => Err(format!("{other:?} channels")),
+        },
     );
     drop((probe, client, server));
 }
