@@ -47,9 +47,11 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// handshake. Malformed requests on the queue are logged
 /// at `warn`, rejected and skipped; they never end the listener.
 ///
-/// Dropping the listener deletes its queue; clients whose requests it
-/// held but had not answered are told the connection is refused, and
-/// streams connected but not yet accepted are closed.
+/// Dropping (or [closing](Listener::close)) the listener deletes its
+/// queue; clients whose requests it held or that waited in the queue are
+/// told the connection is refused, and streams connected but not yet
+/// accepted are reset, as a closed `TcpListener`'s backlog is: their
+/// clients read `ConnectionReset`, never a clean end of stream.
 ///
 /// ```no_run
 /// use amqp_stream::Listener;
@@ -715,6 +717,7 @@ impl Backlog {
             }),
             Err(err) => {
                 warn!("listener {queue:?}: could not answer {peer}: {err}");
+                refuse(channel, peer.queue(), &format!("connection refused: {err}"));
                 if let Err(err) = consumer.ack(request) {
                     debug!("listener {queue:?}: {err}");
                 }
