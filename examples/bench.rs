@@ -1,6 +1,6 @@
 //! Measures amqp-stream against raw amiquip and TCP loopback, in one run.
 //!
-//! `cargo run --release --example bench [-- [--json] [SCENARIO...]]`,
+//! `cargo run --release --example bench [-- [--help] [--json] [SCENARIO...]]`,
 //! where a scenario is `bulk`, `small`, `ping`, `setup` or `fan-out`
 //! (all of them when none is named). Broker from
 //! `AMQP_URL` (default the local one). Scenarios: bulk transfer in 64 KiB
@@ -598,25 +598,48 @@ const SCENARIOS: [Scenario; 5] = [
     },
 ];
 
+/// The usage line, naming the scenarios.
+fn usage() -> String {
+    let names: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
+    format!(
+        "usage: bench [--json] [SCENARIO...]\n  scenarios: {} (all when none is named)\n  broker: AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f)",
+        names.join(", ")
+    )
+}
+
+/// What the command line asks for: JSON output or a table, and which
+/// scenarios (all when none is named). `Err` carries the exit code: 0
+/// after `--help`, 2 for a mistake, with what to print.
+fn parse_args(args: &[String]) -> Result<(bool, Vec<&str>), (i32, String)> {
+    let mut json = false;
+    let mut chosen = Vec::new();
+    for arg in args {
+        match arg.as_str() {
+            "--help" | "-h" => return Err((0, usage())),
+            "--json" => json = true,
+            name if SCENARIOS.iter().any(|s| s.name == name) => chosen.push(name),
+            other if other.starts_with('-') => {
+                return Err((2, format!("unknown option {other:?}\n{}", usage())));
+            }
+            other => return Err((2, format!("unknown scenario {other:?}\n{}", usage()))),
+        }
+    }
+    Ok((json, chosen))
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let json = args.iter().any(|a| a == "--json");
-    let chosen: Vec<&str> = args
-        .iter()
-        .filter(|a| !a.starts_with("--"))
-        .map(String::as_str)
-        .collect();
-    if let Some(unknown) = chosen
-        .iter()
-        .find(|c| !SCENARIOS.iter().any(|s| s.name == **c))
-    {
-        let names: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
-        eprintln!(
-            "unknown scenario {unknown:?}; the scenarios are {}",
-            names.join(", ")
-        );
-        std::process::exit(2);
-    }
+    let (json, chosen) = match parse_args(&args) {
+        Ok(parsed) => parsed,
+        Err((0, text)) => {
+            println!("{text}");
+            return;
+        }
+        Err((code, text)) => {
+            eprintln!("{text}");
+            std::process::exit(code);
+        }
+    };
     let rows: Vec<Row> = SCENARIOS
         .iter()
         .filter(|s| chosen.is_empty() || chosen.contains(&s.name))

@@ -159,14 +159,16 @@ fn log_in(url: &BrokerUrl, timeout: Option<Duration>) -> Result<(Connection, Soc
     let timeout = timeout
         .or(url.connection_timeout())
         .unwrap_or(DEFAULT_CONNECTION_TIMEOUT);
-    let deadline = Instant::now() + timeout;
+    let deadline = crate::options::deadline_after(timeout);
     let socket = connect_socket(url, timeout)?;
     let local_addr = socket
         .local_addr()
         .map_err(|source| unreachable(url, source))?;
     let socket =
         mio::net::TcpStream::from_stream(socket).map_err(|source| unreachable(url, source))?;
-    let remaining = deadline.saturating_duration_since(Instant::now());
+    let remaining = deadline.map_or(timeout, |deadline| {
+        deadline.saturating_duration_since(Instant::now())
+    });
     let options = ConnectionOptions::default()
         .auth(Auth::Plain {
             username: url.username().to_string(),

@@ -3,7 +3,8 @@
 use crate::broker_url::BrokerUrl;
 use crate::connection::BrokerConnection;
 use crate::listener::Listener;
-use crate::options::{StreamOptions, check_timeout};
+use crate::options::{StreamOptions, check_timeout, deadline_after};
+use crate::protocol;
 use crate::spare::SparePool;
 use crate::stream::Stream;
 use crate::worker::{self, Role};
@@ -97,6 +98,8 @@ impl Connector {
     }
 
     /// Connects a stream to the listener on `queue`, over this connection.
+    /// Fails with `InvalidInput`, sending nothing, for a queue name that is
+    /// empty or longer than 255 bytes.
     ///
     /// ```no_run
     /// # let connector = amqp_stream::Connector::open("amqp://127.0.0.1")?;
@@ -105,11 +108,12 @@ impl Connector {
     /// ```
     pub fn connect(&self, queue: &str) -> io::Result<Stream> {
         let timeout = self.options.get_handshake_timeout();
-        self.connect_until(queue, timeout.map(|t| Instant::now() + t), timeout)
+        self.connect_until(queue, timeout.and_then(deadline_after), timeout)
     }
 
     /// Like [`connect`](Connector::connect), failing with `TimedOut` when
-    /// the listener has not answered within `timeout`.
+    /// the listener has not answered within `timeout` (`Duration::MAX`:
+    /// no limit).
     ///
     /// ```no_run
     /// # use std::time::Duration;
@@ -119,7 +123,7 @@ impl Connector {
     /// ```
     pub fn connect_timeout(&self, queue: &str, timeout: Duration) -> io::Result<Stream> {
         check_timeout(Some(timeout))?;
-        self.connect_until(queue, Some(Instant::now() + timeout), Some(timeout))
+        self.connect_until(queue, deadline_after(timeout), Some(timeout))
     }
 
     pub(crate) fn connect_until(
@@ -128,6 +132,7 @@ impl Connector {
         deadline: Option<Instant>,
         timeout: Option<Duration>,
     ) -> io::Result<Stream> {
+        protocol::check_queue_name(queue, "the listener's")?;
         let role = Role::Client {
             listener_queue: queue.to_string(),
             deadline,
@@ -229,7 +234,8 @@ impl Connector {
     }
 
     /// Like [`wait_closed`](Connector::wait_closed), giving up after
-    /// `timeout`; answers whether the connection has ended.
+    /// `timeout` (`Duration::MAX`: never); answers whether the connection
+    /// has ended.
     ///
     /// ```no_run
     /// # use std::time::Duration;
@@ -238,7 +244,7 @@ impl Connector {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn wait_closed_timeout(&self, timeout: Duration) -> bool {
-        self.connection.wait_closed(Some(Instant::now() + timeout))
+        self.connection.wait_closed(deadline_after(timeout))
     }
 
     /// The options streams made through this connector use.

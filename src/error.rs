@@ -92,7 +92,33 @@ pub enum Error {
         /// What was wrong.
         reason: String,
     },
-    /// The connection to the broker (or the channel on it) failed or closed.
+    /// The broker refused one operation and closed the AMQP channel it
+    /// was on; the connection, and every other stream on it, goes on.
+    /// The kind follows the broker's reply code: 403 ACCESS_REFUSED is
+    /// `PermissionDenied`, 404 NOT_FOUND `NotFound`, 405 RESOURCE_LOCKED
+    /// `AddrInUse`, and any other (such as 406 PRECONDITION_FAILED, which
+    /// a virtual host's `max-queues` limit gives) `Other`.
+    ///
+    /// ```
+    /// use amqp_stream::Error;
+    /// let err = Error::BrokerRefused {
+    ///     context: "declaring a stream queue".into(),
+    ///     code: 406,
+    ///     reason: "PRECONDITION_FAILED - max number of queues reached".into(),
+    /// };
+    /// assert_eq!(err.kind(), std::io::ErrorKind::Other);
+    /// assert!(err.to_string().contains("max number of queues"));
+    /// ```
+    #[error("the broker refused {context} ({code}): {reason}")]
+    BrokerRefused {
+        /// What was being done.
+        context: String,
+        /// The AMQP reply code.
+        code: u16,
+        /// The broker's reply text.
+        reason: String,
+    },
+    /// The connection to the broker failed or closed.
     #[error("lost the broker connection while {context}: {source}")]
     Broker {
         /// What was being done.
@@ -122,16 +148,37 @@ impl Error {
             Error::AddrInUse { .. } => io::ErrorKind::AddrInUse,
             Error::TimedOut { .. } => io::ErrorKind::TimedOut,
             Error::Protocol { .. } => io::ErrorKind::InvalidData,
+            Error::BrokerRefused { code, .. } => match code {
+                403 => io::ErrorKind::PermissionDenied,
+                404 => io::ErrorKind::NotFound,
+                405 => io::ErrorKind::AddrInUse,
+                _ => io::ErrorKind::Other,
+            },
             Error::Broker { source, .. } => amqp_kind(source),
         }
     }
 
-    /// Wraps an amiquip error with what we were doing when it happened.
+    /// Wraps an amiquip error with what we were doing when it happened: a
+    /// refusal that closed only the channel is [`Error::BrokerRefused`],
+    /// anything else [`Error::Broker`].
     pub(crate) fn broker(context: impl Into<String>, source: amiquip::Error) -> Error {
-        Error::Broker {
-            context: context.into(),
-            source: Box::new(source),
+        match source {
+            amiquip::Error::ServerClosedChannel { code, message, .. } => Error::BrokerRefused {
+                context: context.into(),
+                code,
+                reason: message,
+            },
+            source => Error::Broker {
+                context: context.into(),
+                source: Box::new(source),
+            },
         }
+    }
+
+    /// Whether this is a refusal of one operation that closed only its
+    /// channel, the broker connection going on.
+    pub(crate) fn is_channel_refusal(&self) -> bool {
+        matches!(self, Error::BrokerRefused { .. })
     }
 }
 
@@ -194,11 +241,39 @@ mod tests {
                 Error::broker("x", amiquip::Error::UnexpectedSocketClose),
                 io::ErrorKind::ConnectionAborted,
             ),
+            (
+                Error::broker("x", refused(403)),
+                io::ErrorKind::PermissionDenied,
+            ),
+            (Error::broker("x", refused(404)), io::ErrorKind::NotFound),
+            (Error::broker("x", refused(405)), io::ErrorKind::AddrInUse),
+            (Error::broker("x", refused(406)), io::ErrorKind::Other),
         ];
         for (err, kind) in cases {
             assert_eq!(err.kind(), kind, "{err}");
             assert_eq!(io::Error::from(err).kind(), kind);
         }
+    }
+
+    fn refused(code: u16) -> amiquip::Error {
+        amiquip::Error::ServerClosedChannel {
+            channel_id: 1,
+            code,
+            message: "PRECONDITION_FAILED - max number of queues reached".into(),
+        }
+    }
+
+    #[test]
+    fn a_channel_refusal_is_not_a_lost_connection() {
+        let err = Error::broker("declaring queue \"q\"", refused(406));
+        assert!(err.is_channel_refusal());
+        let text = err.to_string();
+        assert!(!text.contains("lost"), "{text}");
+        assert!(text.contains("max number of queues"), "{text}");
+        assert!(text.contains("declaring queue"), "{text}");
+        let lost = Error::broker("x", amiquip::Error::UnexpectedSocketClose);
+        assert!(!lost.is_channel_refusal());
+        assert!(lost.to_string().contains("lost the broker connection"));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::options::StreamOptions;
 use crate::protocol::{self, handshake};
 use crate::spare::SparePool;
 use crate::stream::Stream;
-use crate::worker::{self, Pending, Role, SetupOutcome};
+use crate::worker::{self, Established, Outbound, Pending, Role, SetupOutcome};
 use amiquip::{Channel, ConsumerMessage, ConsumerOptions, Delivery};
 use crossbeam_channel::{Receiver, Select, Sender, after, bounded, select, unbounded};
 use log::{debug, warn};
@@ -18,7 +18,8 @@ use std::fmt;
 use std::io;
 use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 /// How many connection requests the broker may hand a listener before it
 /// accepts them (the AMQP prefetch of the control queue).
@@ -46,9 +47,11 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// handshake. Malformed requests on the queue are logged
 /// at `warn`, rejected and skipped; they never end the listener.
 ///
-/// Dropping the listener deletes its queue; clients whose requests it
-/// held but had not answered are told the connection is refused, and
-/// streams connected but not yet accepted are closed.
+/// Dropping (or [closing](Listener::close)) the listener deletes its
+/// queue; clients whose requests it held or that waited in the queue are
+/// told the connection is refused, and streams connected but not yet
+/// accepted are reset, as a closed `TcpListener`'s backlog is: their
+/// clients read `ConnectionReset`, never a clean end of stream.
 ///
 /// ```no_run
 /// use amqp_stream::Listener;
@@ -68,7 +71,10 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// ```
 pub struct Listener {
     local: Addr,
-    accepted: Receiver<io::Result<(Stream, Addr)>>,
+    options: StreamOptions,
+    accepted: Receiver<io::Result<Connected>>,
+    /// Set once `close` was called (or the listener is being dropped).
+    closed: AtomicBool,
     /// A shared listener's `accept` says here that it waits for a stream.
     wanted: Option<Sender<()>>,
     stop: Sender<()>,
@@ -108,13 +114,7 @@ impl Listener {
         queue: &str,
         options: StreamOptions,
     ) -> io::Result<Listener> {
-        if queue.is_empty() || queue.len() > 255 {
-            return Err(Error::InvalidArgument(format!(
-                "a listener's queue name must be 1 to 255 bytes, not {}",
-                queue.len()
-            ))
-            .into());
-        }
+        protocol::check_queue_name(queue, "a listener's")?;
         let (setup_tx, setup_rx) = bounded(1);
         let (accepted_tx, accepted_rx) = bounded(usize::from(BACKLOG));
         let (stop_tx, stop_rx) = bounded(1);
@@ -125,7 +125,7 @@ impl Listener {
         let backlog = Backlog {
             spares: SparePool::new(Arc::clone(&connection), options.clone()),
             connection,
-            options,
+            options: options.clone(),
             queue: queue.to_string(),
             accepted: accepted_tx,
             wanted: wanted_rx,
@@ -146,7 +146,9 @@ impl Listener {
         })?;
         Ok(Listener {
             local,
+            options,
             accepted: accepted_rx,
+            closed: AtomicBool::new(false),
             wanted: wanted_tx,
             stop: stop_tx,
             alive: alive_rx,
@@ -165,7 +167,10 @@ impl Listener {
     /// handed out.
     /// Malformed requests and clients that vanished before the answer are
     /// logged at `warn` and skipped. Fails with `ConnectionAborted` when
-    /// the broker connection is lost.
+    /// the broker connection is lost (saying why, once; see
+    /// [`StreamOptions::reconnect`]) and after [`close`](Listener::close),
+    /// on every call from then on, at once, as `TcpListener::accept` keeps
+    /// failing on a closed socket.
     ///
     /// ```no_run
     /// # let listener = amqp_stream::Listener::bind("amqp://127.0.0.1", "echo")?;
@@ -174,6 +179,12 @@ impl Listener {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn accept(&self) -> io::Result<(Stream, Addr)> {
+        self.next_accepted().unwrap_or_else(|| Err(self.stopped()))
+    }
+
+    /// The next stream, the error the listener's thread ended with, or
+    /// `None` once it has ended (and said why, if it failed).
+    fn next_accepted(&self) -> Option<io::Result<(Stream, Addr)>> {
         if let Some(wanted) = &self.wanted {
             // Fails only once the listener's thread has ended, and then
             // `accepted` says why.
@@ -181,21 +192,34 @@ impl Listener {
         }
         // The sender lives in the listener's thread: it disconnects, after
         // everything queued has been taken, when that thread ends.
-        self.accepted.recv().unwrap_or_else(|_| {
-            Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                format!("the listener on {:?} stopped", self.local.queue()),
-            ))
-        })
+        let accepted = self.accepted.recv().ok()?;
+        Some(accepted.map(|connected| connected.into_stream(&self.options)))
+    }
+
+    /// The error of an `accept` on a listener whose thread has ended.
+    fn stopped(&self) -> io::Error {
+        let why = if self.closed.load(Ordering::Acquire) {
+            "was closed"
+        } else {
+            "stopped"
+        };
+        io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            format!("the listener on {:?} {why}", self.local.queue()),
+        )
     }
 
     /// Stops listening now, from any thread, as dropping the listener
     /// would: the queue is released (for a [shared](StreamOptions::shared)
-    /// listener, its held request goes back to the others), and `accept`
-    /// calls, blocked in other threads or later, return the streams
-    /// already connected, then fail with `ConnectionAborted`. The way to
-    /// end a thread that loops over [`incoming`](Listener::incoming)
-    /// (what a server does on SIGTERM). Closing twice does nothing more.
+    /// listener, the request it holds goes back to the others), clients
+    /// whose requests it holds are refused (`ConnectionRefused`), and
+    /// streams still in their handshake are reset (their client reads
+    /// `ConnectionReset`), like the connections in a closed
+    /// `TcpListener`'s queue. `accept` calls, blocked in other threads or
+    /// later, return the streams already connected, then fail with
+    /// `ConnectionAborted`; [`incoming`](Listener::incoming) ends. The way
+    /// to end a thread that loops over `incoming` (what a server does on
+    /// SIGTERM). Closing twice does nothing more.
     ///
     /// ```no_run
     /// use amqp_stream::Listener;
@@ -205,7 +229,7 @@ impl Listener {
     /// let accepting = Arc::clone(&listener);
     /// let server = std::thread::spawn(move || {
     ///     for stream in accepting.incoming() {
-    ///         let Ok(_stream) = stream else { break };
+    ///         let Ok(_stream) = stream else { continue };
     ///     }
     /// });
     /// listener.close();
@@ -213,24 +237,37 @@ impl Listener {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
         // Full: a close is already on its way; disconnected: the thread
         // has ended.
         let _ = self.stop.try_send(());
     }
 
-    /// An endless iterator over accepted streams, like
-    /// [`TcpListener::incoming`](std::net::TcpListener::incoming).
+    /// An iterator over accepted streams, like
+    /// [`TcpListener::incoming`](std::net::TcpListener::incoming), that
+    /// ends once the listener is closed for good: after
+    /// [`close`](Listener::close) (once the streams connected before it
+    /// are handed out), or when the broker connection is lost and the
+    /// listener does not [reconnect](StreamOptions::reconnect) (after
+    /// yielding that error once). A loop that logs errors and goes on
+    /// therefore never spins.
     ///
     /// ```no_run
     /// # let listener = amqp_stream::Listener::bind("amqp://127.0.0.1", "echo")?;
     /// for stream in listener.incoming() {
-    ///     let stream = stream?;
-    ///     println!("accepted {}", stream.peer_addr()?);
+    ///     match stream {
+    ///         Ok(stream) => println!("accepted {}", stream.peer_addr()?),
+    ///         Err(err) => eprintln!("accept failed: {err}"),
+    ///     }
     /// }
+    /// // The listener was closed, or lost its broker connection.
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn incoming(&self) -> Incoming<'_> {
-        Incoming { listener: self }
+        Incoming {
+            listener: self,
+            ended: false,
+        }
     }
 
     /// The address this listener listens on: the broker and the queue.
@@ -247,8 +284,13 @@ impl Listener {
 
 impl Drop for Listener {
     fn drop(&mut self) {
+        self.closed.store(true, Ordering::Release);
         if self.stop.send(()).is_ok() {
             let _ = self.alive.recv_timeout(CLOSE_WAIT);
+        }
+        // Streams connected but never accepted are reset as they drop.
+        while let Ok(connected) = self.accepted.try_recv() {
+            drop(connected);
         }
     }
 }
@@ -261,8 +303,8 @@ impl fmt::Debug for Listener {
     }
 }
 
-/// The iterator [`Listener::incoming`] returns; it never ends (after
-/// [`Listener::close`] or a lost connection, it yields errors).
+/// The iterator [`Listener::incoming`] returns; it ends once the listener
+/// is closed or has lost its broker connection for good.
 ///
 /// ```no_run
 /// # let listener = amqp_stream::Listener::bind("amqp://127.0.0.1", "echo")?;
@@ -272,13 +314,53 @@ impl fmt::Debug for Listener {
 #[derive(Debug)]
 pub struct Incoming<'a> {
     listener: &'a Listener,
+    /// The listener's thread has ended and said so.
+    ended: bool,
 }
 
 impl Iterator for Incoming<'_> {
     type Item = io::Result<Stream>;
 
     fn next(&mut self) -> Option<io::Result<Stream>> {
-        Some(self.listener.accept().map(|(stream, _)| stream))
+        if self.ended {
+            return None;
+        }
+        let next = self.listener.next_accepted();
+        // An error is the thread's last word: it has ended.
+        self.ended = !matches!(next, Some(Ok(_)));
+        next.map(|accepted| accepted.map(|(stream, _)| stream))
+    }
+}
+
+/// A stream whose handshake is done, on its way to `accept`. Dropped
+/// without being accepted (the listener closed or dropped), it resets
+/// the stream, so the client sees it end abortively and not with a clean
+/// EOF it would take for the server's answer.
+struct Connected {
+    established: Option<Established>,
+    peer: Addr,
+    connection: Arc<BrokerConnection>,
+}
+
+impl Connected {
+    fn into_stream(mut self, options: &StreamOptions) -> (Stream, Addr) {
+        let established = self.established.take().expect("taken only here");
+        let connection = Arc::clone(&self.connection);
+        let stream = Stream::from_established(connection, established, options.clone());
+        (stream, self.peer.clone())
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        if let Some(established) = self.established.take() {
+            debug!(
+                "resetting the stream from {}: the listener closed",
+                self.peer
+            );
+            let reset = Outbound::Reset("the listener closed".into());
+            let _ = established.outbound.try_send(reset);
+        }
     }
 }
 
@@ -288,7 +370,7 @@ struct Backlog {
     options: StreamOptions,
     queue: String,
     /// Streams connected but not yet accepted (bounded: the backlog).
-    accepted: Sender<io::Result<(Stream, Addr)>>,
+    accepted: Sender<io::Result<Connected>>,
     /// One message per call of a shared listener's `accept`.
     wanted: Receiver<()>,
     /// How many calls of a shared listener's `accept` wait for a stream.
@@ -416,37 +498,14 @@ fn listen(backlog: &Backlog, setup: Option<Sender<Result<(), Error>>>) -> Ended 
                     .expect("every other arm is an answer");
                 let outcome = ready.recv(answering[k].stream.outcome());
                 let done = answering.swap_remove(k);
-                backlog.answered(&consumer, done, outcome)
+                backlog.answered(&channel, &consumer, done, outcome)
             }
         };
         if let ControlFlow::Break(ended) = flow {
             break ended;
         }
     };
-    // A shared queue outlives us when other listeners consume it: the
-    // requests we hold go back to them.
-    let others_listen = shared
-        && matches!(ended, Ended::Stopped)
-        && channel
-            .queue_declare_passive(queue.as_str())
-            .is_ok_and(|q| q.declared_consumer_count().unwrap_or(0) > 1);
-    // Stop deliveries (the queue is deleted with its last consumer), then
-    // tell the clients whose requests we hold that nobody will answer.
-    let held = worker::cancel_consumer(&consumer);
-    let refusal = format!("connection refused: the listener on {queue:?} closed");
-    for request in held {
-        if others_listen {
-            if let Err(err) = request.nack(&channel, true) {
-                debug!("listener {queue:?}: {err}");
-            }
-        } else if let Ok(request) = handshake::parse_request(&request.body, &request.properties) {
-            refuse(&channel, request.client_queue, &refusal);
-        }
-    }
-    // Streams still in their handshake finish it and, dropped, close.
-    for a in answering {
-        let _ = a.stream.wait();
-    }
+    backlog.stop_listening(&channel, &consumer, answering, &ended);
     drop(consumer);
     let _ = channel.close();
     debug!("stopped listening on {queue:?}");
@@ -489,6 +548,79 @@ impl Backlog {
             recv(after(*delay)) -> _ => {
                 *delay = (*delay * 2).min(longest);
                 true
+            }
+        }
+    }
+
+    /// Lets go of the control queue: no request the listener took, or
+    /// that waits for it, is left without an answer, and none is served
+    /// twice.
+    ///
+    /// Requests whose answer is on its way are acknowledged (a shared
+    /// queue would give them to another listener, which would answer the
+    /// same client again), and their streams reset once their handshake
+    /// is over. The requests held but not begun go back to the other
+    /// listeners of a shared queue; with none (or for an exclusive queue,
+    /// deleted with its consumer, and with it the requests waiting there)
+    /// they are refused, as are those still waiting in the queue.
+    fn stop_listening(
+        &self,
+        channel: &Channel,
+        consumer: &amiquip::Consumer<'_>,
+        answering: Vec<Answering>,
+        ended: &Ended,
+    ) {
+        let queue = &self.queue;
+        let mut streams = Vec::with_capacity(answering.len());
+        for a in answering {
+            if let Err(err) = consumer.ack(a.request) {
+                debug!("listener {queue:?}: {err}");
+            }
+            streams.push((a.stream, a.peer));
+        }
+        // A shared queue outlives us when other listeners consume it: the
+        // requests we hold go back to them.
+        let others_listen = self.options.get_shared()
+            && matches!(ended, Ended::Stopped)
+            && channel
+                .queue_declare_passive(queue.as_str())
+                .is_ok_and(|q| q.declared_consumer_count().unwrap_or(0) > 1);
+        let refusal = format!("connection refused: the listener on {queue:?} closed");
+        if !others_listen {
+            // Deleted with our consumer, the queue would take the requests
+            // waiting in it along: refuse them first. Those the broker
+            // hands the consumer meanwhile are among `held` below.
+            loop {
+                match channel.basic_get(queue.as_str(), true) {
+                    Ok(Some(get)) => refuse_request(channel, &get.delivery, &refusal),
+                    Ok(None) => break,
+                    Err(err) => {
+                        debug!("listener {queue:?}: {err}");
+                        break;
+                    }
+                }
+            }
+        }
+        // Stop deliveries (the queue is deleted with its last consumer),
+        // then answer the requests we hold.
+        for request in worker::cancel_consumer(consumer) {
+            if others_listen {
+                if let Err(err) = request.nack(channel, true) {
+                    debug!("listener {queue:?}: {err}");
+                }
+            } else {
+                refuse_request(channel, &request, &refusal);
+            }
+        }
+        // Streams still in their handshake finish it and, dropped
+        // unaccepted, reset.
+        for (stream, peer) in streams {
+            if let Ok(established) = stream.wait() {
+                drop(Connected {
+                    established: Some(established),
+                    peer,
+                    connection: Arc::clone(&self.connection),
+                });
             }
         }
     }
@@ -585,6 +717,7 @@ impl Backlog {
             }),
             Err(err) => {
                 warn!("listener {queue:?}: could not answer {peer}: {err}");
+                refuse(channel, peer.queue(), &format!("connection refused: {err}"));
                 if let Err(err) = consumer.ack(request) {
                     debug!("listener {queue:?}: {err}");
                 }
@@ -594,9 +727,12 @@ impl Backlog {
     }
 
     /// Finishes a request whose handshake is over: queues its stream for
-    /// `accept`.
+    /// `accept`. A stream that failed costs that one request only: its
+    /// client is refused when our answer cannot have reached it, and the
+    /// listener goes on unless the broker connection itself is gone.
     fn answered(
         &self,
+        channel: &Channel,
         consumer: &amiquip::Consumer<'_>,
         done: Answering,
         outcome: Result<SetupOutcome, crossbeam_channel::RecvError>,
@@ -609,13 +745,13 @@ impl Backlog {
         match done.stream.finish(outcome) {
             Ok(established) => {
                 debug!("listener {queue:?}: connected {peer}");
-                let stream = Stream::from_established(
-                    Arc::clone(&self.connection),
-                    established,
-                    self.options.clone(),
-                );
+                let connected = Connected {
+                    established: Some(established),
+                    peer,
+                    connection: Arc::clone(&self.connection),
+                };
                 // There is room: requests are taken only while there is.
-                match self.accepted.try_send(Ok((stream, peer))) {
+                match self.accepted.try_send(Ok(connected)) {
                     Ok(()) => {
                         self.demand.set(self.demand.get().saturating_sub(1));
                         ControlFlow::Continue(())
@@ -623,12 +759,36 @@ impl Backlog {
                     Err(_) => ControlFlow::Break(Ended::Stopped),
                 }
             }
-            Err(err @ Error::Broker { .. }) => ControlFlow::Break(Ended::Lost(err)),
+            Err(err @ Error::Broker { .. }) if self.connection_lost() => {
+                ControlFlow::Break(Ended::Lost(err))
+            }
             Err(err) => {
                 warn!("listener {queue:?}: could not answer the request from {peer}: {err}");
+                // The broker refused to set up the stream's queue (a limit
+                // of the virtual host, say): it discarded our answer with
+                // the rest of that channel's work.
+                if err.is_channel_refusal() {
+                    let why = format!(
+                        "connection refused: the listener could not set up the stream: {err}"
+                    );
+                    refuse(channel, peer.queue(), &why);
+                }
                 ControlFlow::Continue(())
             }
         }
+    }
+
+    /// Whether the broker connection the listener runs on has ended.
+    fn connection_lost(&self) -> bool {
+        self.connection.wait_closed(Some(Instant::now()))
+    }
+}
+
+/// Refuses a request from the control queue, if it is a connection
+/// request (malformed ones have nobody to tell).
+fn refuse_request(channel: &Channel, request: &Delivery, why: &str) {
+    if let Ok(request) = handshake::parse_request(&request.body, &request.properties) {
+        refuse(channel, request.client_queue, why);
     }
 }
 

@@ -2,7 +2,7 @@
 
 use crate::error::Error;
 use crate::version::ProtocolVersion;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Settings for the streams a [`Connector`](crate::Connector),
 /// [`Listener`](crate::Listener) or [`Stream::connect_with`](crate::Stream::connect_with)
@@ -130,8 +130,9 @@ impl StreamOptions {
         self
     }
 
-    /// How long `connect` waits for the listener's answer; `None` waits
-    /// forever. [`Stream::connect_timeout`](crate::Stream::connect_timeout)
+    /// How long `connect` waits for the listener's answer; `None` (or a
+    /// duration too long to reach, such as `Duration::MAX`) waits forever.
+    /// [`Stream::connect_timeout`](crate::Stream::connect_timeout)
     /// overrides it per call.
     ///
     /// ```
@@ -426,5 +427,24 @@ pub(crate) fn check_timeout(timeout: Option<Duration>) -> Result<(), Error> {
             "cannot set a 0 duration timeout".to_string(),
         )),
         _ => Ok(()),
+    }
+}
+
+/// When a timeout of `timeout` from now runs out; `None` when that lies
+/// beyond what `Instant` can hold (`Duration::MAX`, say), which means no
+/// limit, as `TcpStream` takes such a timeout.
+pub(crate) fn deadline_after(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_timeout_too_long_for_an_instant_is_no_deadline() {
+        assert_eq!(deadline_after(Duration::MAX), None);
+        let soon = deadline_after(Duration::from_secs(1)).unwrap();
+        assert!(soon > Instant::now());
     }
 }

@@ -4,10 +4,14 @@
 mod common;
 
 use amiquip::{AmqpProperties, Publish};
-use amqp_stream::{Connector, Listener, Stream, StreamOptions};
-use common::{broker_channels_of, capture_logs, logs, queue, raw_connection, url};
+use amqp_stream::{Connector, Listener, ProtocolVersion, Stream, StreamOptions};
+use common::raw::{RawClient, next};
+use common::{
+    broker_channels_of, capture_logs, eventually, logs, queue, queue_state, raw_connection, url,
+};
 use std::io::{Read, Write};
 use std::net::Shutdown;
+use std::time::{Duration, Instant};
 
 #[test]
 fn malformed_requests_are_rejected_logged_and_skipped() {
@@ -61,22 +65,21 @@ fn malformed_requests_are_rejected_logged_and_skipped() {
     drop(stream);
     assert_eq!(good.join().unwrap(), "pong");
 
-    let warnings: Vec<String> = logs()
-        .into_iter()
-        .filter(|l| l.starts_with("WARN") && l.contains(&q))
-        .collect();
-    assert!(
-        warnings.iter().any(|l| l.contains("9 bytes")),
-        "{warnings:#?}"
-    );
-    assert!(
-        warnings.iter().any(|l| l.contains("reply_to")),
-        "{warnings:#?}"
-    );
-    assert!(
-        warnings.iter().any(|l| l.contains("no-such-queue")),
-        "{warnings:#?}"
-    );
+    // The bad requests are checked in order, before the good one; the
+    // answer to the missing queue fails side by side with the good
+    // client's handshake, and may be logged after it.
+    eventually(Duration::from_secs(10), "warnings logged", || {
+        let warnings: Vec<String> = logs()
+            .into_iter()
+            .filter(|l| l.starts_with("WARN") && l.contains(&q))
+            .collect();
+        let logged = |what: &str| warnings.iter().any(|l| l.contains(what));
+        if logged("9 bytes") && logged("reply_to") && logged("no-such-queue") {
+            Ok(())
+        } else {
+            Err(format!("{warnings:#?}"))
+        }
+    });
     raw.close().unwrap();
 }
 
@@ -111,26 +114,32 @@ fn dropping_everything_leaves_no_queue_and_no_channel() {
     }
     drop(listener);
 
-    // Every queue is gone: a passive declare from another connection says 404.
+    // Every queue goes (the streams' workers finish on their own time):
+    // a passive declare from another connection says 404.
     let mut raw = raw_connection();
     for name in &names {
-        let channel = raw.open_channel(None).unwrap();
-        match channel.queue_declare_passive(name.clone()) {
-            Err(amiquip::Error::ServerClosedChannel { code: 404, .. }) => {}
-            other => panic!(
-                "queue {name} still exists: {:?}",
-                other.map(|q| q.name().to_string())
-            ),
-        }
+        eventually(Duration::from_secs(10), "queues left behind", || {
+            let channel = raw.open_channel(None).unwrap();
+            match channel.queue_declare_passive(name.clone()) {
+                Err(amiquip::Error::ServerClosedChannel { code: 404, .. }) => Ok(()),
+                other => Err(format!(
+                    "queue {name} still exists: {:?}",
+                    other.map(|q| q.name().to_string())
+                )),
+            }
+        });
     }
     raw.close().unwrap();
 
     // And the shared connection holds no channel any more.
-    if let Some(channels) = broker_channels_of(connector.local_socket_addr().port()) {
-        assert_eq!(channels, 0, "channels left open on the broker connection");
-    } else {
-        eprintln!("rabbitmqctl not available: channel count not checked");
-    }
+    eventually(
+        Duration::from_secs(10),
+        "channels left open",
+        || match broker_channels_of(connector.local_socket_addr().port()) {
+            Some(0) => Ok(()),
+            other => Err(format!("{other:?} channels on the broker connection")),
+        },
+    );
 }
 
 /// The channel count of our connection, which must be listed.
@@ -166,18 +175,29 @@ fn prepared_streams_serve_connections_and_close_with_their_owner() {
 
     // Dropping the listener closes its prepared streams before it
     // returns: the server side keeps only the accepted stream's channel.
+    // (The streams dropped above close their channels on their own time.)
     drop(listener);
-    assert_eq!(channels_of(&server_side), 1, "listener's prepared streams");
+    eventually(
+        Duration::from_secs(10),
+        "listener's prepared streams",
+        || match channels_of(&server_side) {
+            1 => Ok(()),
+            n => Err(format!("{n} channels")),
+        },
+    );
 
     // Likewise for the connector: the client stream keeps the connection
     // open, and its channel is the only one left.
     let probe = client.try_clone().unwrap();
     let port = client_side.local_socket_addr().port();
     drop(client_side);
-    assert_eq!(
-        broker_channels_of(port),
-        Some(1),
-        "connector's prepared streams"
+    eventually(
+        Duration::from_secs(10),
+        "connector's prepared streams",
+        || match broker_channels_of(port) {
+            Some(1) => Ok(()),
+            other => Err(format!("{other:?} channels")),
+        },
     );
     drop((probe, client, server));
 }
@@ -192,12 +212,10 @@ fn close_wakes_a_blocked_accept_after_the_connected_streams() {
     let accepting = std::sync::Arc::clone(&listener);
     let (results_tx, results) = std::sync::mpsc::channel();
     let server = std::thread::spawn(move || {
+        // Errors are logged and skipped, as a server would: the loop ends
+        // only because `incoming` does.
         for stream in accepting.incoming() {
-            let failed = stream.is_err();
             results_tx.send(stream).unwrap();
-            if failed {
-                break;
-            }
         }
     });
     // The stream connected before the close is still handed out.
@@ -205,15 +223,270 @@ fn close_wakes_a_blocked_accept_after_the_connected_streams() {
     let mut hello = [0u8; 5];
     first.read_exact(&mut hello).unwrap();
     assert_eq!(&hello, b"early");
-    // The next accept blocks until the listener is closed from here.
+    // The next accept blocks until the listener is closed from here; then
+    // `incoming` ends, without an error: it was asked to.
     listener.close();
-    let err = results
-        .recv_timeout(std::time::Duration::from_secs(10))
-        .expect("close wakes the blocked accept")
-        .unwrap_err();
-    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted, "{err}");
+    match results.recv_timeout(Duration::from_secs(10)) {
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {}
+        other => panic!("incoming goes on after close: {other:?}"),
+    }
     server.join().unwrap();
+    // `accept` fails, every time and at once.
+    let started = Instant::now();
+    for _ in 0..1000 {
+        let err = listener.accept().unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted, "{err}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(1));
     listener.close();
     let refused = Stream::connect(&url(), &q).unwrap_err();
     assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+}
+
+/// What one client of a listener that goes away ends with: refused at
+/// connect, or connected and then reset (an abortive end, never a clean
+/// EOF), and how long it took from the drop.
+fn connect_and_read(
+    q: &str,
+    options: &StreamOptions,
+    connected: impl FnOnce(),
+) -> Result<std::io::ErrorKind, String> {
+    let started = Instant::now();
+    let outcome = match Stream::connect_with(&url(), q, options) {
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => Ok(err.kind()),
+        Err(err) => Err(format!("connect failed with {:?}: {err}", err.kind())),
+        Ok(mut stream) => {
+            connected();
+            stream
+                .set_read_timeout(Some(Duration::from_secs(60)))
+                .unwrap();
+            match stream.read(&mut [0u8; 16]) {
+                Ok(0) => Err("a clean EOF from a listener that went away".to_string()),
+                Ok(n) => Err(format!("{n} bytes from nowhere")),
+                Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => Ok(err.kind()),
+                Err(err) => Err(format!("read failed with {:?}: {err}", err.kind())),
+            }
+        }
+    };
+    outcome.map_err(|why| format!("{why} (after {:?})", started.elapsed()))
+}
+
+/// Clients that wait a minute for their handshake: a test that sees them
+/// end sooner knows it was told, not timed out.
+fn patient() -> StreamOptions {
+    StreamOptions::new()
+        .handshake_timeout(Some(Duration::from_secs(60)))
+        .keepalive_interval(Duration::from_millis(200))
+}
+
+#[test]
+fn dropping_a_shared_listener_refuses_every_waiting_client_at_once() {
+    const CLIENTS: usize = 3;
+    let q = queue("shared-refuse-all");
+    let listener = Listener::bind_with(&url(), &q, &StreamOptions::new().shared(true)).unwrap();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let q = q.clone();
+            std::thread::spawn(move || connect_and_read(&q, &patient(), || {}))
+        })
+        .collect();
+    // One request held by the listener (nobody accepts), the others ready
+    // in the queue behind it.
+    eventually(
+        Duration::from_secs(30),
+        "requests queued",
+        || match queue_state(&q) {
+            Some((ready, 1, 1)) if ready == CLIENTS as u64 - 1 => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let dropped = Instant::now();
+    drop(listener);
+    for client in clients {
+        let kind = client.join().unwrap().unwrap();
+        assert_eq!(kind, std::io::ErrorKind::ConnectionRefused);
+    }
+    assert!(
+        dropped.elapsed() < Duration::from_secs(10),
+        "refused after {:?}",
+        dropped.elapsed()
+    );
+}
+
+/// Streams connected (in the backlog) but never accepted end abortively
+/// when the listener goes, as TCP resets a closed listener's backlog.
+fn dropping_a_listener_resets_its_backlog(version: ProtocolVersion) {
+    const CLIENTS: usize = 3;
+    let q = queue("backlog-reset");
+    let listener = Listener::bind(&url(), &q).unwrap();
+    let options = patient().protocol_version(Some(version));
+    let (connected_tx, connected) = crossbeam_channel::unbounded();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let q = q.clone();
+            let options = options.clone();
+            let connected_tx = connected_tx.clone();
+            std::thread::spawn(move || {
+                let mut stream = Stream::connect_with(&url(), &q, &options).unwrap();
+                connected_tx.send(()).unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(60)))
+                    .unwrap();
+                let started = Instant::now();
+                (stream.read(&mut [0u8; 16]), started.elapsed())
+            })
+        })
+        .collect();
+    for _ in 0..CLIENTS {
+        connected.recv_timeout(Duration::from_secs(30)).unwrap();
+    }
+    drop(listener);
+    for client in clients {
+        let (read, took) = client.join().unwrap();
+        let err = read.expect_err("a read from a stream the listener dropped fails");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionReset, "{err}");
+        assert!(took < Duration::from_secs(10), "reset after {took:?}");
+    }
+}
+
+#[test]
+fn dropping_a_listener_resets_its_backlog_v2() {
+    dropping_a_listener_resets_its_backlog(ProtocolVersion::V2);
+}
+
+#[test]
+#[ignore = "needs a version-1 reset that sends no FIN (worker.rs, in progress)"]
+fn dropping_a_listener_resets_its_backlog_v1() {
+    dropping_a_listener_resets_its_backlog(ProtocolVersion::V1);
+}
+
+/// Clients connecting while the listener goes: every one is refused or
+/// reset, none waits for its handshake timeout. A request on its way to
+/// the queue as the broker deletes it is lost without a return, so only
+/// a client that notices the deleted queue meets this.
+#[test]
+#[ignore = "needs the client's handshake to notice a deleted listener queue (worker.rs, in progress)"]
+fn clients_connecting_while_the_listener_closes_are_refused_or_reset() {
+    const CLIENTS: usize = 16;
+    let q = queue("close-mid-handshake");
+    let listener = Listener::bind(&url(), &q).unwrap();
+    let (connected_tx, connected) = crossbeam_channel::unbounded();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let q = q.clone();
+            let connected_tx = connected_tx.clone();
+            std::thread::spawn(move || {
+                connect_and_read(&q, &patient(), || {
+                    let _ = connected_tx.send(());
+                })
+            })
+        })
+        .collect();
+    connected.recv_timeout(Duration::from_secs(30)).unwrap();
+    let dropped = Instant::now();
+    drop(listener);
+    let mut outcomes = Vec::new();
+    for client in clients {
+        outcomes.push(client.join().unwrap());
+    }
+    let took = dropped.elapsed();
+    let failures: Vec<_> = outcomes.iter().filter(|o| o.is_err()).collect();
+    for l in logs() {
+        eprintln!("LOG {l}");
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
+#[test]
+fn a_stream_answered_when_its_listener_goes_is_reset_not_closed() {
+    let options = StreamOptions::new().prepared_streams(0);
+    let q = queue("answered-then-dropped");
+    let listener = Listener::bind_with(&url(), &q, &options).unwrap();
+    let mut raw = raw_connection();
+    let channel = raw.open_channel(None).unwrap();
+    let client = RawClient::new(&channel);
+    client.syn(&q, true);
+    // The listener has answered; its handshake may still be in flight.
+    client.syn_ack();
+    drop(listener);
+    loop {
+        let frame = next(client.consumer.receiver());
+        let kind = frame.properties.type_().clone().unwrap_or_default();
+        client.consumer.ack(frame).unwrap();
+        match kind.as_str() {
+            "keepalive" | "window" => continue,
+            "reset" => break,
+            other => panic!("the stream ended with {other:?}, not a reset"),
+        }
+    }
+    raw.close().unwrap();
+}
+
+#[test]
+fn a_shared_listener_closed_mid_handshake_does_not_give_the_request_to_another() {
+    let shared = StreamOptions::new().shared(true).prepared_streams(0);
+    let q = queue("shared-once");
+    let mut raw = raw_connection();
+    let channel = raw.open_channel(None).unwrap();
+    // The other listener holds a request already (nobody accepts on it),
+    // so a request given back would wait in the queue, where it shows.
+    let other = Listener::bind_with(&url(), &q, &shared).unwrap();
+    let held = RawClient::new(&channel);
+    held.syn(&q, true);
+    eventually(
+        Duration::from_secs(30),
+        "the other listener holds one",
+        || match queue_state(&q) {
+            Some((0, 1, 1)) => Ok(()),
+            state => Err(format!("{state:?}")),
+        },
+    );
+    let closing = std::sync::Arc::new(Listener::bind_with(&url(), &q, &shared).unwrap());
+    let accepting = std::thread::spawn({
+        let closing = std::sync::Arc::clone(&closing);
+        move || closing.accept().map(|(stream, _)| stream)
+    });
+    let client = RawClient::new(&channel);
+    client.syn(&q, true);
+    client.syn_ack();
+    closing.close();
+    // Served once (by the closing listener, whether or not it got as far
+    // as handing the stream out), never again.
+    let _ = accepting.join().unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the closing listener gone",
+        || match queue_state(&q) {
+            Some((_, _, 1)) => Ok(()),
+            state => Err(format!("{state:?}")),
+        },
+    );
+    assert_eq!(
+        queue_state(&q),
+        Some((0, 1, 1)),
+        "the answered request went back to the queue"
+    );
+    drop(other);
+    raw.close().unwrap();
+}
+
+#[test]
+fn incoming_ends_after_a_lost_connection_instead_of_spinning() {
+    let relay = common::relay::Relay::to_broker();
+    let connector = Connector::open(&relay.url()).unwrap();
+    let listener = connector.bind(&queue("lost")).unwrap();
+    relay.cut();
+    assert!(connector.wait_closed_timeout(Duration::from_secs(20)));
+    // A loop that logs errors and goes on: the loss once, then the end.
+    let errors: Vec<std::io::Error> = listener
+        .incoming()
+        .take(100)
+        .map(|s| s.unwrap_err())
+        .collect();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].kind(), std::io::ErrorKind::ConnectionAborted);
+    assert!(listener.incoming().next().is_none());
+    let err = listener.accept().unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted, "{err}");
 }

@@ -8,6 +8,7 @@
 pub(crate) mod frame;
 pub(crate) mod handshake;
 
+use crate::error::Error;
 use amiquip::QueueDeclareOptions;
 
 /// Prefix of the queue names this crate chooses for its stream queues.
@@ -19,6 +20,23 @@ pub(crate) const QUEUE_PREFIX: &str = "amqp-stream.";
 /// declared without waiting for the broker's answer.
 pub(crate) fn new_queue_name() -> String {
     format!("{QUEUE_PREFIX}{}", uuid::Uuid::new_v4())
+}
+
+/// The longest queue name AMQP can carry (a short string).
+pub(crate) const MAX_QUEUE_NAME: usize = 255;
+
+/// Checks a queue name given by the user before anything goes on the
+/// wire: AMQP carries 1 to 255 bytes, and a longer name would make a
+/// malformed frame, for which the broker closes the whole connection
+/// (and every other stream on it). `whose` says which queue, in the error.
+pub(crate) fn check_queue_name(queue: &str, whose: &str) -> Result<(), Error> {
+    if queue.is_empty() || queue.len() > MAX_QUEUE_NAME {
+        return Err(Error::InvalidArgument(format!(
+            "{whose} queue name must be 1 to {MAX_QUEUE_NAME} bytes, not {}",
+            queue.len()
+        )));
+    }
+    Ok(())
 }
 
 /// How every queue of the protocol is declared: transient, exclusive to the
@@ -54,6 +72,17 @@ mod tests {
         assert_ne!(a, b);
         assert!(a.starts_with(QUEUE_PREFIX));
         assert!(a.len() < 255, "AMQP short strings hold 255 bytes");
+    }
+
+    #[test]
+    fn queue_names_hold_1_to_255_bytes() {
+        assert!(check_queue_name("q", "a").is_ok());
+        assert!(check_queue_name(&"q".repeat(255), "a").is_ok());
+        for bad in [String::new(), "q".repeat(256)] {
+            let err = check_queue_name(&bad, "a listener's").unwrap_err();
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+            assert!(err.to_string().contains("255"), "{err}");
+        }
     }
 
     #[test]

@@ -176,3 +176,38 @@ pub fn broker_channels_of(port: u16) -> Option<u32> {
             (p == port).then(|| cols.next()?.parse().ok())?
         })
 }
+
+/// `rabbitmqctl -q ARGS`, as lines of whitespace-separated fields (the
+/// header line included: callers match on their own values).
+fn rabbitmqctl_rows(args: &[&str]) -> Vec<Vec<String>> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .arg("-q")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs (scripts/ensure-broker.sh installs it)");
+    assert!(out.status.success(), "rabbitmqctl {args:?} failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|line| line.split_whitespace().map(str::to_string).collect())
+        .collect()
+}
+
+/// The exclusive queues the broker holds for our connections whose local
+/// ports are `ports`: what a test made, whatever else uses the broker.
+pub fn queues_owned_by(ports: &[u16]) -> Vec<String> {
+    let owners: Vec<String> = rabbitmqctl_rows(&["list_connections", "pid", "peer_port"])
+        .into_iter()
+        .filter_map(|row| match row.as_slice() {
+            [pid, port] if port.parse().is_ok_and(|p: u16| ports.contains(&p)) => Some(pid.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(owners.len(), ports.len(), "our connections are listed");
+    rabbitmqctl_rows(&["list_queues", "name", "owner_pid"])
+        .into_iter()
+        .filter_map(|row| match row.as_slice() {
+            [name, owner] if owners.contains(owner) => Some(name.clone()),
+            _ => None,
+        })
+        .collect()
+}

@@ -31,3 +31,65 @@ pub fn next(rx: &crossbeam_channel::Receiver<ConsumerMessage>) -> Delivery {
         other => panic!("expected a delivery, got {other:?}"),
     }
 }
+
+/// The version-2 handshake headers: version 2 and `window`.
+pub fn v2_headers(window: i64) -> amiquip::FieldTable {
+    let mut headers = amiquip::FieldTable::new();
+    headers.insert(
+        "x-amqp-stream-version".to_string(),
+        amiquip::AmqpValue::LongLongInt(2),
+    );
+    headers.insert(
+        "x-amqp-stream-window".to_string(),
+        amiquip::AmqpValue::LongLongInt(window),
+    );
+    headers
+}
+
+/// A raw client: its own queue, consumed, from which it sends SYNs.
+pub struct RawClient<'a> {
+    pub channel: &'a Channel,
+    pub queue: String,
+    pub consumer: amiquip::Consumer<'a>,
+}
+
+impl<'a> RawClient<'a> {
+    /// Declares and consumes the client's queue on `channel`.
+    pub fn new(channel: &'a Channel) -> RawClient<'a> {
+        let queue = channel.queue_declare("", exclusive_auto_delete()).unwrap();
+        let consumer = queue
+            .consume(amiquip::ConsumerOptions {
+                exclusive: true,
+                ..Default::default()
+            })
+            .unwrap();
+        RawClient {
+            channel,
+            queue: queue.name().to_string(),
+            consumer,
+        }
+    }
+
+    /// Sends a SYN to the listener on `listener_queue`: version 2 when
+    /// `v2`, else version 1.
+    pub fn syn(&self, listener_queue: &str, v2: bool) {
+        let mut properties = AmqpProperties::default().with_reply_to(self.queue.clone());
+        if v2 {
+            properties = properties.with_headers(v2_headers(1 << 20));
+        }
+        publish_with(self.channel, listener_queue, b"", properties);
+    }
+
+    /// Waits for the SYN-ACK; returns the server's queue.
+    pub fn syn_ack(&self) -> String {
+        let answer = next(self.consumer.receiver());
+        assert!(
+            answer.body.is_empty(),
+            "a SYN-ACK, not a refusal: {:?}",
+            String::from_utf8_lossy(&answer.body)
+        );
+        let server = answer.properties.reply_to().clone().expect("reply_to");
+        self.consumer.ack(answer).unwrap();
+        server
+    }
+}
