@@ -101,7 +101,7 @@ fn profiles() -> Vec<Profile> {
                 .max_message_size(1024)
                 .write_queue(1)
                 .prefetch(4)
-                .linger(Duration::from_millis(300))
+                .linger(Duration::from_millis(2))
                 .keepalive_interval(Duration::from_millis(100)),
             big: 128 * KIB,
         },
@@ -148,11 +148,13 @@ enum Kind {
     ShutdownThenFlush,
     /// Flushes between writes and from another thread, racing shutdown.
     FlushRace,
+    /// A writes and closes abortively (`set_linger(Some(ZERO))`).
+    AbortiveClose,
     /// Everything random on both ends.
     Chaos,
 }
 
-const KINDS: [Kind; 8] = [
+const KINDS: [Kind; 9] = [
     Kind::RaceShutdownWrite,
     Kind::RaceShutdownBoth,
     Kind::ShutdownWhileBlocked,
@@ -160,6 +162,7 @@ const KINDS: [Kind; 8] = [
     Kind::CleanDrop,
     Kind::ShutdownThenFlush,
     Kind::FlushRace,
+    Kind::AbortiveClose,
     Kind::Chaos,
 ];
 
@@ -173,6 +176,7 @@ impl Kind {
             Kind::CleanDrop => "clean_drop",
             Kind::ShutdownThenFlush => "shutdown_then_flush",
             Kind::FlushRace => "flush_race",
+            Kind::AbortiveClose => "abortive_close",
             Kind::Chaos => "chaos",
         }
     }
@@ -268,6 +272,9 @@ struct EndPlan {
     /// then drop the stream.
     patience: Duration,
     nodelay: bool,
+    /// `Stream::set_linger` before anything else; `Some(ZERO)` makes the
+    /// close abortive.
+    linger: Option<Duration>,
 }
 
 impl EndPlan {
@@ -354,6 +361,7 @@ fn plan(seed: u64, profiles: &[Profile]) -> Plan {
                     hold: Duration::ZERO,
                     patience: long,
                     nodelay: rng.chance(0.3),
+                    linger: None,
                 },
                 EndPlan {
                     write: random_write(&mut rng, bw_total),
@@ -362,6 +370,7 @@ fn plan(seed: u64, profiles: &[Profile]) -> Plan {
                     hold: Duration::ZERO,
                     patience: long,
                     nodelay: rng.chance(0.3),
+                    linger: None,
                 },
             )
         }
@@ -387,6 +396,7 @@ fn plan(seed: u64, profiles: &[Profile]) -> Plan {
                     hold: Duration::ZERO,
                     patience: long,
                     nodelay: rng.chance(0.3),
+                    linger: None,
                 },
                 EndPlan {
                     // B keeps its direction open until it has read A's
@@ -403,6 +413,7 @@ fn plan(seed: u64, profiles: &[Profile]) -> Plan {
                     hold: Duration::ZERO,
                     patience: long,
                     nodelay: false,
+                    linger: None,
                 },
             )
         }
@@ -434,6 +445,7 @@ fn plan(seed: u64, profiles: &[Profile]) -> Plan {
                     },
                     patience: Duration::ZERO,
                     nodelay: rng.chance(0.3),
+                    linger: None,
                 },
                 EndPlan {
                     write: bw,
@@ -442,6 +454,7 @@ fn plan(seed: u64, profiles: &[Profile]) -> Plan {
                     hold: Duration::ZERO,
                     patience: long,
                     nodelay: rng.chance(0.3),
+                    linger: None,
                 },
             )
         }
@@ -457,6 +470,7 @@ fn plan(seed: u64, profiles: &[Profile]) -> Plan {
                     hold: rng.millis(0, 50),
                     patience: long,
                     nodelay: rng.chance(0.3),
+                    linger: None,
                 },
                 EndPlan {
                     write: bw,
@@ -465,6 +479,7 @@ fn plan(seed: u64, profiles: &[Profile]) -> Plan {
                     hold: Duration::ZERO,
                     patience: long,
                     nodelay: rng.chance(0.3),
+                    linger: None,
                 },
             )
         }
@@ -487,6 +502,7 @@ fn plan(seed: u64, profiles: &[Profile]) -> Plan {
                     hold: Duration::ZERO,
                     patience: long,
                     nodelay: rng.chance(0.3),
+                    linger: None,
                 },
                 EndPlan {
                     write: bw,
@@ -495,6 +511,7 @@ fn plan(seed: u64, profiles: &[Profile]) -> Plan {
                     hold: rng.millis(0, 20),
                     patience: long,
                     nodelay: rng.chance(0.3),
+                    linger: None,
                 },
             )
         }
@@ -520,6 +537,7 @@ fn plan(seed: u64, profiles: &[Profile]) -> Plan {
                     hold: Duration::ZERO,
                     patience: long,
                     nodelay: rng.chance(0.3),
+                    linger: None,
                 },
                 EndPlan {
                     write: {
@@ -531,6 +549,49 @@ fn plan(seed: u64, profiles: &[Profile]) -> Plan {
                     hold: Duration::ZERO,
                     patience: long,
                     nodelay: rng.chance(0.3),
+                    linger: None,
+                },
+            )
+        }
+        Kind::AbortiveClose => {
+            let a_total = rng.size(1, big * 2);
+            let mut aw = random_write(&mut rng, a_total);
+            aw.timeout = Some(rng.millis(100, 1500));
+            let b_total = if rng.chance(0.5) {
+                0
+            } else {
+                rng.size(1, 64 * KIB)
+            };
+            let mut ar = ReadPlan::to_end(&mut rng);
+            if rng.chance(0.3) {
+                ar.stop_after = Some(rng.range(0, b_total));
+            }
+            (
+                EndPlan {
+                    write: aw,
+                    control: if rng.chance(0.3) {
+                        vec![(Trigger::Delay(rng.millis(0, 300)), Action::Flush)]
+                    } else {
+                        vec![]
+                    },
+                    read: ar,
+                    hold: if rng.chance(0.7) {
+                        Duration::ZERO
+                    } else {
+                        rng.millis(1, 100)
+                    },
+                    patience: rng.millis(0, 500),
+                    nodelay: rng.chance(0.3),
+                    linger: Some(Duration::ZERO),
+                },
+                EndPlan {
+                    write: random_write(&mut rng, b_total),
+                    control: vec![(Trigger::WriterDone, Action::ShutdownWrite)],
+                    read: ReadPlan::to_end(&mut rng),
+                    hold: Duration::ZERO,
+                    patience: long,
+                    nodelay: rng.chance(0.3),
+                    linger: None,
                 },
             )
         }
@@ -610,6 +671,11 @@ fn chaos_end(rng: &mut Rng, window: u64, big: u64) -> EndPlan {
         hold: rng.millis(0, 100),
         patience: rng.millis(0, 3000),
         nodelay: rng.chance(0.3),
+        linger: match rng.range(0, 6) {
+            0 => Some(Duration::ZERO),
+            1 => Some(rng.millis(1, 200)),
+            _ => None,
+        },
     }
 }
 
@@ -678,6 +744,8 @@ struct EndState {
     flushes_failed: Vec<CallError>,
     shutdowns_failed: Vec<CallError>,
     dropped: Option<(Instant, u64)>,
+    /// Closed with `set_linger(Some(ZERO))`.
+    abortive: bool,
 }
 
 struct End {
@@ -1084,6 +1152,8 @@ fn run_end(
     linger: Duration,
 ) {
     stream.set_nodelay(plan.nodelay).expect("set_nodelay");
+    stream.set_linger(plan.linger).expect("set_linger");
+    let linger = plan.linger.unwrap_or(linger);
     stream
         .set_write_timeout(plan.write.timeout)
         .expect("set_write_timeout");
@@ -1139,6 +1209,9 @@ fn run_end(
         end.violate("test-panic", "the reader thread panicked".into());
     }
     let read_total = lock(&end.state).read_total;
+    if plan.linger == Some(Duration::ZERO) {
+        end.update(|s| s.abortive = true);
+    }
     // Dropping waits up to the linger for the worker twice, and up to a
     // second for the inbox.
     let bound = Some(2 * linger + Duration::from_secs(1) + SLACK);
@@ -1244,6 +1317,9 @@ fn failure_evidence(end: &EndState, peer: &EndState) -> Vec<String> {
             )
         })
         .collect();
+    if end.abortive {
+        why.push("closed abortively (linger 0)".to_string());
+    }
     if let Some((_, read)) = end.dropped
         && read < peer.accepted
     {
@@ -1503,13 +1579,14 @@ fn run_schedule(
     if !result.violations.is_empty() || std::env::var_os("STRESS_VERBOSE").is_some() {
         let _ = writeln!(
             dump,
-            "---- FAILED schedule seed={} (STRESS_SEED={}) kind={} profile={} A={} took {:.1?}",
+            "---- schedule seed={} (STRESS_SEED={}) kind={} profile={} A={} took {:.1?}: {} violations",
             plan.seed,
             plan.seed,
             plan.kind.name(),
             profile.name,
             if plan.a_is_client { "client" } else { "server" },
-            result.took
+            result.took,
+            result.violations.len()
         );
         let _ = writeln!(dump, "plan: {plan:#?}");
         for v in &result.violations {
