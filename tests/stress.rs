@@ -31,6 +31,8 @@ mod check;
 mod common;
 #[path = "stress/end.rs"]
 mod end;
+#[path = "stress/kinds.rs"]
+mod kinds;
 #[path = "stress/plan.rs"]
 mod plan;
 
@@ -39,6 +41,7 @@ use amqp_stream::{Connector, Listener, ProtocolVersion, Stream, StreamOptions};
 use check::*;
 use common::schedule::{Rng, fill_pattern, first_mismatch, locate, mix};
 use end::*;
+use kinds::*;
 use plan::*;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
