@@ -46,6 +46,12 @@ pub(super) struct Worker<'a> {
     pub(super) last_sent: Instant,
     pub(super) probe_channel: Option<Channel>,
     pub(super) fin_sent: bool,
+    /// Version 1: a FIN held back until the broker has confirmed every
+    /// message before it. Version 1 has no sequence numbers: a data
+    /// message refused after the FIN went out would leave the peer a clean
+    /// EOF after a gap. Held back, a refusal fails the stream and no FIN
+    /// is ever sent.
+    pub(super) fin_waiting: bool,
     pub(super) fin_received: bool,
     pub(super) peer_gone: bool,
     pub(super) reader_done: bool,
@@ -128,8 +134,10 @@ impl Worker<'_> {
         match item {
             Outbound::Push => self.publish_unsent(false),
             Outbound::Fin(reply) => {
+                // Like a TCP shutdown, this does not wait for the peer: a
+                // held-back FIN leaves once the broker has the data.
                 let result = match self.publish_unsent(true) {
-                    ControlFlow::Continue(()) => self.send_fin(),
+                    ControlFlow::Continue(()) => self.fin_after_data(),
                     ControlFlow::Break(()) => Err(self.ends.shared.write_error()),
                 };
                 let _ = reply.send(result);
@@ -150,8 +158,11 @@ impl Worker<'_> {
                     // The reader found a violation; its abort may still
                     // be queued behind this close.
                     self.send_reset(&why);
-                } else if !self.fin_sent && self.publish_unsent(true).is_continue() {
-                    let _ = self.send_fin();
+                } else if !self.fin_sent
+                    && !self.fin_waiting
+                    && self.publish_unsent(true).is_continue()
+                {
+                    let _ = self.fin_after_data();
                 }
                 ControlFlow::Break(())
             }
@@ -207,6 +218,32 @@ impl Worker<'_> {
             }
         }
         ControlFlow::Continue(())
+    }
+
+    /// Sends the FIN now (version 2, whose sequence numbers expose any
+    /// refused message before it, or nothing unconfirmed) or holds it until
+    /// everything before it is confirmed (version 1).
+    fn fin_after_data(&mut self) -> io::Result<()> {
+        if self.version == ProtocolVersion::V1 && !self.publisher.all_confirmed() {
+            if let Some(failure) = self.ends.shared.failure() {
+                return Err(failure.write_error());
+            }
+            self.fin_waiting = true;
+            return Ok(());
+        }
+        self.send_fin()
+    }
+
+    /// Sends a held-back FIN once everything before it is confirmed; a
+    /// failed stream never sends it.
+    fn settle_waiting_fin(&mut self) {
+        if !self.fin_waiting || !self.publisher.all_confirmed() {
+            return;
+        }
+        self.fin_waiting = false;
+        if self.ends.shared.failure().is_none() {
+            let _ = self.send_fin();
+        }
     }
 
     fn send_fin(&mut self) -> io::Result<()> {
@@ -417,6 +454,7 @@ impl Worker<'_> {
     }
 
     fn answer_flushes(&mut self) {
+        self.settle_waiting_fin();
         if let Some(failure) = self.ends.shared.failure() {
             for (_, reply) in self.publisher.flushes.drain(..) {
                 let _ = reply.send(Err(failure.write_error()));
@@ -441,7 +479,13 @@ impl Worker<'_> {
     /// broker has confirmed everything published.
     pub(super) fn finish(&mut self) {
         let deadline = after(self.linger);
-        while !self.publisher.all_confirmed() && self.ends.shared.failure().is_none() {
+        loop {
+            // A held-back FIN goes once the data before it is confirmed,
+            // and is waited for in turn.
+            self.settle_waiting_fin();
+            if self.publisher.all_confirmed() || self.ends.shared.failure().is_some() {
+                break;
+            }
             select! {
                 recv(self.publisher.confirms) -> confirm => match confirm {
                     Ok(confirm) => {

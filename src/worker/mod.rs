@@ -447,6 +447,7 @@ fn run(
         last_sent: Instant::now(),
         probe_channel: None,
         fin_sent: false,
+        fin_waiting: false,
         fin_received: false,
         peer_gone: false,
         reader_done: false,
