@@ -22,7 +22,8 @@
 //! `STRESS_SEED=S` replays one schedule (`STRESS_SCHEDULES` times, default
 //! once), `STRESS_BASE=B` fixes the seeds of a whole run, `STRESS_LANES=L`
 //! how many schedules run at once (default 4), `STRESS_KIND=name` and
-//! `STRESS_PROTOCOL=v1|v2` keep only matching seeds.
+//! `STRESS_PROTOCOL=v1|v2` keep only matching seeds, `STRESS_VERBOSE=1`
+//! prints every schedule's plan and events, not only failed ones.
 
 #[path = "stress/actors.rs"]
 mod actors;
