@@ -7,6 +7,7 @@ pub mod data;
 pub mod node;
 pub mod raw;
 pub mod relay;
+pub mod schedule;
 pub mod summary;
 
 use std::sync::{Mutex, Once};
