@@ -5,7 +5,8 @@ use crate::connection::BrokerConnection;
 use crate::connector::Connector;
 use crate::credit::ReceiveWindow;
 use crate::inbox::{Inbox, Pump, Received};
-use crate::options::{StreamOptions, check_timeout};
+use crate::options::{StreamOptions, check_timeout, deadline_after};
+use crate::protocol::check_queue_name;
 use crate::protocol::frame::{Frame, SequenceCheck};
 use crate::shared::{Ending, Shared, lock};
 use crate::version::ProtocolVersion;
@@ -129,9 +130,10 @@ impl Stream {
     /// ```
     pub fn connect_timeout(url: &str, queue: &str, timeout: Duration) -> io::Result<Stream> {
         check_timeout(Some(timeout))?;
-        let deadline = Instant::now() + timeout;
+        check_queue_name(queue, "the listener's")?;
+        let deadline = deadline_after(timeout);
         let connector = Connector::open_for_one(url, StreamOptions::default(), Some(timeout))?;
-        connector.connect_until(queue, Some(deadline), Some(timeout))
+        connector.connect_until(queue, deadline, Some(timeout))
     }
 
     /// Like [`connect`](Stream::connect), with the given options.
@@ -143,6 +145,7 @@ impl Stream {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn connect_with(url: &str, queue: &str, options: &StreamOptions) -> io::Result<Stream> {
+        check_queue_name(queue, "the listener's")?;
         Connector::open_for_one(url, options.clone(), None)?.connect(queue)
     }
 
@@ -412,7 +415,7 @@ impl Inner {
             return Ok(0);
         }
         let mut state = self.lock_reader();
-        let deadline = deadline_after(*lock(&self.read_timeout));
+        let deadline = lock(&self.read_timeout).and_then(deadline_after);
         loop {
             if self.read_shut.load(Ordering::SeqCst) {
                 return Ok(0);
@@ -651,7 +654,7 @@ impl Inner {
 
     /// When the write timeout, if any, runs out for a call starting now.
     fn write_deadline(&self) -> Receiver<Instant> {
-        match deadline_after(*lock(&self.write_timeout)) {
+        match lock(&self.write_timeout).and_then(deadline_after) {
             Some(deadline) => at(deadline),
             None => never(),
         }
@@ -824,13 +827,6 @@ impl Drop for Inner {
             let _ = self.alive.recv_timeout(linger);
         }
     }
-}
-
-/// When a timeout that starts now runs out: `None` for no timeout, or one
-/// too long for the clock to represent (`Duration::MAX`), as `TcpStream`
-/// takes it.
-fn deadline_after(timeout: Option<Duration>) -> Option<Instant> {
-    timeout.and_then(|timeout| Instant::now().checked_add(timeout))
 }
 
 fn write_shut() -> io::Error {

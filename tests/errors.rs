@@ -393,7 +393,6 @@ fn duration_max_is_no_limit_for_connectors_and_listeners() {
 }
 
 #[test]
-#[ignore = "needs Stream's deadlines to take Duration::MAX (stream.rs, in progress)"]
 fn duration_max_is_no_limit_for_streams_too() {
     duration_max_is_no_limit(true);
 }
