@@ -167,9 +167,13 @@ fn a_shutdown_wakes_a_write_blocked_on_credit() {
 /// `flush` answers `Ok` (whether or not the stream's worker has ended).
 #[test]
 fn a_cleanly_closed_stream_flushes_ok() {
-    for version in VERSIONS {
-        let (listener, connector) = pair(version, StreamOptions::new(), "flush-closed");
-        for trial in 0..15 {
+    // A tiny linger too: it bounds only the close of the last handle, never
+    // how long the confirms of a stream still held may take.
+    let lingers = [StreamOptions::new().get_linger(), Duration::from_millis(1)];
+    for (version, linger) in VERSIONS.into_iter().flat_map(|v| lingers.map(|l| (v, l))) {
+        let options = StreamOptions::new().linger(linger);
+        let (listener, connector) = pair(version, options, "flush-closed");
+        for trial in 0..25 {
             let mut client = connector
                 .connect(listener.local_addr().unwrap().queue())
                 .unwrap();
@@ -185,9 +189,9 @@ fn a_cleanly_closed_stream_flushes_ok() {
             end.unwrap();
             assert_eq!(got, b"reply");
             for (side, stream) in [("client", &mut client), ("server", &mut server)] {
-                stream
-                    .flush()
-                    .unwrap_or_else(|e| panic!("{version} trial {trial}: {side} flush: {e}"));
+                stream.flush().unwrap_or_else(|e| {
+                    panic!("{version} linger {linger:?} trial {trial}: {side} flush: {e}")
+                });
                 let err = stream.write(b"late").unwrap_err();
                 assert_eq!(err.kind(), io::ErrorKind::BrokenPipe, "{err}");
             }

@@ -355,7 +355,6 @@ fn dropping_a_listener_resets_its_backlog_v2() {
 }
 
 #[test]
-#[ignore = "needs a version-1 reset that sends no FIN (worker.rs, in progress)"]
 fn dropping_a_listener_resets_its_backlog_v1() {
     dropping_a_listener_resets_its_backlog(ProtocolVersion::V1);
 }
@@ -365,7 +364,6 @@ fn dropping_a_listener_resets_its_backlog_v1() {
 /// the queue as the broker deletes it is lost without a return, so only
 /// a client that notices the deleted queue meets this.
 #[test]
-#[ignore = "needs the client's handshake to notice a deleted listener queue (worker.rs, in progress)"]
 fn clients_connecting_while_the_listener_closes_are_refused_or_reset() {
     const CLIENTS: usize = 16;
     let q = queue("close-mid-handshake");

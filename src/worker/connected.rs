@@ -11,7 +11,7 @@ use crate::protocol::frame;
 use crate::shared::{Ending, Failure};
 use crate::version::ProtocolVersion;
 use amiquip::{Channel, Return};
-use crossbeam_channel::{Receiver, after, select, tick};
+use crossbeam_channel::{Receiver, after, never, select, tick};
 use log::{debug, warn};
 use std::io;
 use std::ops::ControlFlow;
@@ -29,6 +29,9 @@ pub(super) struct Worker<'a> {
     pub(super) linger: Duration,
     /// The secret of our "peer gone" marker.
     pub(super) marker: String,
+    /// The last handle is gone (closed or reset): closing waits no longer
+    /// than the linger time.
+    pub(super) closing: bool,
     pub(super) publisher: Publisher<'a>,
     pub(super) returns: Receiver<Return>,
     pub(super) ends: WorkerEnds,
@@ -151,9 +154,7 @@ impl Worker<'_> {
                 ControlFlow::Continue(())
             }
             Outbound::Close => {
-                if let Some(Ending::Close { linger }) = self.ends.shared.ending() {
-                    self.linger = linger;
-                }
+                self.last_handle_gone();
                 if let Some(Failure::Protocol(why)) = self.ends.shared.failure() {
                     // The reader found a violation; its abort may still
                     // be queued behind this close.
@@ -167,10 +168,20 @@ impl Worker<'_> {
                 ControlFlow::Break(())
             }
             Outbound::Reset(why) => {
+                self.last_handle_gone();
                 self.unsent.clear();
                 self.send_reset(&why);
                 ControlFlow::Break(())
             }
+        }
+    }
+
+    /// The user's last handle is gone: from now on closing waits at most
+    /// the linger time it set.
+    fn last_handle_gone(&mut self) {
+        self.closing = true;
+        if let Some(Ending::Close { linger }) = self.ends.shared.ending() {
+            self.linger = linger;
         }
     }
 
@@ -343,21 +354,37 @@ impl Worker<'_> {
             "message to {:?} returned: {} {}",
             returned.routing_key, returned.reply_code, returned.reply_text
         );
-        self.peer_left(&format!(
-            "the peer's queue {:?} is gone ({})",
-            returned.routing_key, returned.reply_text
-        ));
+        // A keepalive or window report lost with the peer's queue costs no
+        // byte of the stream; data, a FIN or a reset does.
+        let control = matches!(
+            returned.properties.type_().as_deref(),
+            Some(frame::KEEPALIVE | frame::WINDOW)
+        ) || returned.routing_key == self.local_queue;
+        self.peer_left(
+            &format!(
+                "the peer's queue {:?} is gone ({})",
+                returned.routing_key, returned.reply_text
+            ),
+            !control,
+        );
     }
 
     /// Marks the peer as gone. Data it sent before going stays readable:
     /// a marker on our own queue, behind that data, tells the reader where
-    /// the stream ends.
-    fn peer_left(&mut self, why: &str) {
+    /// the stream ends. `ours_lost`: a message of ours did not reach it.
+    ///
+    /// A peer that goes after our FIN was sent, with nothing of ours lost,
+    /// may simply have closed (its queue goes with its consumer): our
+    /// direction is complete, so only reading can fail (if its FIN never
+    /// came), and `flush` still reports the broker's confirms.
+    fn peer_left(&mut self, why: &str, ours_lost: bool) {
         if self.peer_gone {
             return;
         }
         self.peer_gone = true;
-        self.ends.shared.fail(Failure::PeerGone(why.to_string()));
+        if ours_lost || !self.fin_sent {
+            self.ends.shared.fail(Failure::PeerGone(why.to_string()));
+        }
         self.answer_flushes();
         if self.fin_received {
             self.reader_done = true;
@@ -446,7 +473,7 @@ impl Worker<'_> {
             Err(amiquip::Error::ServerClosedChannel { code: 405, .. }) => {}
             Err(amiquip::Error::ServerClosedChannel { code: 404, .. }) => {
                 let why = format!("the peer's queue {:?} is gone", self.peer_queue);
-                self.peer_left(&why);
+                self.peer_left(&why, false);
             }
             Err(err) => return self.broker_lost(&format!("checking the peer: {err}")),
         }
@@ -475,10 +502,17 @@ impl Worker<'_> {
         }
     }
 
-    /// Before the channel closes: wait (up to the linger time) until the
-    /// broker has confirmed everything published.
+    /// Before the channel closes: wait until the broker has confirmed
+    /// everything published, answering the flushes that come meanwhile;
+    /// once the last handle is gone, for at most the linger time.
     pub(super) fn finish(&mut self) {
-        let deadline = after(self.linger);
+        let mut deadline = if self.closing {
+            after(self.linger)
+        } else {
+            never()
+        };
+        let (outbound, nothing) = (self.ends.outbound.clone(), never());
+        let mut handles_left = !self.closing;
         loop {
             // A held-back FIN goes once the data before it is confirmed,
             // and is waited for in turn.
@@ -499,6 +533,27 @@ impl Worker<'_> {
                 recv(self.returns) -> returned => match returned {
                     Ok(returned) => self.returned(returned),
                     Err(_) => break,
+                },
+                recv(if handles_left { &outbound } else { &nothing }) -> item => match item {
+                    Ok(Outbound::Flush(reply)) => {
+                        let seq = self.publisher.published;
+                        self.publisher.flushes.push_back((seq, reply));
+                        self.answer_flushes();
+                    }
+                    // Both directions are over: the FIN went (or the
+                    // stream failed, which the reply says).
+                    Ok(Outbound::Fin(reply)) => {
+                        let _ = reply.send(match self.ends.shared.failure() {
+                            Some(failure) => Err(failure.write_error()),
+                            None => Ok(()),
+                        });
+                    }
+                    Ok(Outbound::Push) => {}
+                    Ok(Outbound::Close | Outbound::Reset(_)) | Err(_) => {
+                        handles_left = false;
+                        self.last_handle_gone();
+                        deadline = after(self.linger);
+                    }
                 },
                 recv(deadline) -> _ => {
                     warn!("stream {}: closing with unconfirmed data", self.local_queue);

@@ -3,11 +3,12 @@
 
 use super::publisher::Publisher;
 use super::{Agreed, Role};
+use crate::connection::BrokerConnection;
 use crate::error::Error;
 use crate::options::StreamOptions;
 use crate::protocol::handshake::{self, Offer};
 use amiquip::{ConsumerMessage, Return};
-use crossbeam_channel::{Receiver, after, never, select};
+use crossbeam_channel::{Receiver, after, never, select, tick};
 use log::debug;
 
 /// Publishes our handshake message: the SYN to the listener or the
@@ -44,7 +45,13 @@ pub(super) fn send_handshake(
 /// Waits for the handshake to complete: the client for the SYN-ACK, the
 /// listener for the broker's confirm of its SYN-ACK; either gives up after
 /// the handshake timeout.
+///
+/// A SYN published just as the listener's queue is deleted can be routed
+/// and then lost with the queue, with no return: so a client still
+/// waiting after a keepalive interval checks that the queue exists, and
+/// is refused at once when it does not.
 pub(super) fn await_handshake(
+    connection: &BrokerConnection,
     role: &Role,
     sent: Option<Offer>,
     options: &StreamOptions,
@@ -59,10 +66,15 @@ pub(super) fn await_handshake(
             timeout,
         } => {
             let timer = deadline.map(crossbeam_channel::at).unwrap_or_else(never);
-            let answer = select! {
+            let check = tick(options.get_keepalive_interval());
+            let answer = loop {
+                select! {
+                recv(check) -> _ => if queue_is_gone(connection, listener_queue) {
+                    return Err(Error::ConnectionRefused { queue: listener_queue.clone() });
+                },
                 recv(returns) -> _ => return Err(Error::ConnectionRefused { queue: listener_queue.clone() }),
                 recv(consumer.receiver()) -> message => match message {
-                    Ok(ConsumerMessage::Delivery(delivery)) => delivery,
+                    Ok(ConsumerMessage::Delivery(delivery)) => break delivery,
                     Ok(other) => return Err(consumer_ended(listener_queue, other)),
                     Err(_) => return Err(Error::broker(
                         format!("connecting to {listener_queue:?}"),
@@ -73,6 +85,7 @@ pub(super) fn await_handshake(
                     what: format!("connecting to {listener_queue:?}"),
                     after: timeout.unwrap_or_default(),
                 }),
+                }
             };
             let agreed = handshake::parse_accept(&answer.body, &answer.properties)
                 .map_err(|reason| refused(listener_queue, &answer.body, reason))
@@ -163,5 +176,23 @@ fn consumer_ended(queue: &str, message: ConsumerMessage) -> Error {
         ConsumerMessage::ServerClosedChannel(err)
         | ConsumerMessage::ServerClosedConnection(err) => Error::broker(context, err),
         _ => Error::broker(context, amiquip::Error::ClientClosedChannel),
+    }
+}
+
+/// Whether `queue` no longer exists, by a passive declare on a channel of
+/// its own (a failed one closes its channel). Anything but "not found"
+/// (the queue is there, exclusive to its listener's connection, or the
+/// check itself failed) counts as there: the other paths report those.
+fn queue_is_gone(connection: &BrokerConnection, queue: &str) -> bool {
+    let Ok(channel) = connection.open_channel("checking a listener's queue") else {
+        return false;
+    };
+    match channel.queue_declare_passive(queue) {
+        Ok(_) => {
+            let _ = channel.close();
+            false
+        }
+        Err(amiquip::Error::ServerClosedChannel { code: 404, .. }) => true,
+        Err(_) => false,
     }
 }

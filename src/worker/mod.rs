@@ -392,7 +392,15 @@ fn run(
         setup,
         ends,
     } = *assignment;
-    let agreed = match await_handshake(&role, sent, &options, &consumer, &mut publisher, &returns) {
+    let agreed = match await_handshake(
+        &connection,
+        &role,
+        sent,
+        &options,
+        &consumer,
+        &mut publisher,
+        &returns,
+    ) {
         Ok(agreed) => agreed,
         Err(err) => {
             cancel_consumer(&consumer);
@@ -434,6 +442,7 @@ fn run(
         linger: options.get_linger(),
         options,
         marker,
+        closing: false,
         publisher,
         returns,
         ends,
