@@ -9,6 +9,12 @@
 //! half the peer's window, so a reader that has consumed everything has
 //! always reported enough for the next message: no deadlock.
 
+/// The largest window a stream offers or takes from a peer: 64 MiB. A
+/// peer that offers more (a hostile one may offer `i64::MAX` and never
+/// read) gets no more than this in flight, so the broker's queue stays
+/// bounded whatever the peer says.
+pub(crate) const MAX_WINDOW: u64 = 64 << 20;
+
 /// The sending side's view of the peer's window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SendWindow {
@@ -30,10 +36,11 @@ impl SendWindow {
         }
     }
 
-    /// Flow control against a peer that offered `window` bytes.
+    /// Flow control against a peer that offered `window` bytes (taken up
+    /// to [`MAX_WINDOW`]).
     pub(crate) fn limited(window: u64) -> SendWindow {
         SendWindow {
-            window: Some(window),
+            window: Some(window.min(MAX_WINDOW)),
             ..SendWindow::unlimited()
         }
     }
@@ -80,7 +87,10 @@ impl SendWindow {
 pub(crate) fn message_limit(max_message_size: usize, peer_window: Option<u64>) -> usize {
     match peer_window {
         None => max_message_size,
-        Some(window) => max_message_size.min(usize::try_from(window / 2).unwrap_or(usize::MAX)),
+        Some(window) => {
+            let window = window.min(MAX_WINDOW);
+            max_message_size.min(usize::try_from(window / 2).unwrap_or(usize::MAX))
+        }
     }
     .max(1)
 }
@@ -140,6 +150,9 @@ mod tests {
         assert_eq!(w.grant(30), Ok(()));
         assert_eq!(w.available(), 50);
         assert!(w.grant(101).unwrap_err().contains("only 100"));
+        let mut huge = SendWindow::limited(i64::MAX as u64);
+        assert_eq!(huge.available(), MAX_WINDOW, "a peer's offer is capped");
+        assert!(!huge.try_reserve(MAX_WINDOW as usize + 1));
         w.unreserve(10);
         assert_eq!(w.available(), 60);
     }

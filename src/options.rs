@@ -177,7 +177,8 @@ impl StreamOptions {
     /// more than a window per direction of a stream, and receive memory
     /// stays within it. Larger windows keep fast links busier. The peer
     /// cuts its messages to at most half this window. Values below 2 are
-    /// raised to 2. (Version 1 has no window; the broker queue grows while
+    /// raised to 2, values above 64 MiB lowered to 64 MiB (the most a
+    /// stream takes from a peer's offer, too). (Version 1 has no window; the broker queue grows while
     /// the reader is slow.)
     ///
     /// ```
@@ -186,7 +187,7 @@ impl StreamOptions {
     /// assert_eq!(o.get_window(), 4 * 1024 * 1024);
     /// ```
     pub fn window(mut self, bytes: usize) -> StreamOptions {
-        self.window = bytes.max(2);
+        self.window = bytes.clamp(2, crate::credit::MAX_WINDOW as usize);
         self
     }
 
