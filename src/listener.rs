@@ -7,6 +7,7 @@ use crate::connector::Connector;
 use crate::error::Error;
 use crate::options::StreamOptions;
 use crate::protocol::{self, handshake};
+use crate::shared::Ending;
 use crate::spare::SparePool;
 use crate::stream::Stream;
 use crate::worker::{self, Established, Outbound, Pending, Role, SetupOutcome};
@@ -358,8 +359,11 @@ impl Drop for Connected {
                 "resetting the stream from {}: the listener closed",
                 self.peer
             );
-            let reset = Outbound::Reset("the listener closed".into());
-            let _ = established.outbound.try_send(reset);
+            let why = "the listener closed".to_string();
+            // Recorded too: should the worker's queue be full, it still
+            // finds the reset when the channel disconnects.
+            established.shared.set_ending(Ending::Reset(why.clone()));
+            let _ = established.outbound.try_send(Outbound::Reset(why));
         }
     }
 }
