@@ -57,6 +57,8 @@ pub(crate) struct Inbox {
     received: AtomicU64,
     /// Version 2: the bytes consumed that the reader has reported.
     reported: AtomicU64,
+    /// Version 2: the peer's FIN has arrived; nothing numbered may follow.
+    fin_seen: AtomicBool,
 }
 
 impl Inbox {
@@ -86,6 +88,7 @@ impl Inbox {
             window: (version >= ProtocolVersion::V2).then_some(window),
             received: AtomicU64::new(0),
             reported: AtomicU64::new(0),
+            fin_seen: AtomicBool::new(false),
         }
     }
 
@@ -173,12 +176,19 @@ impl Inbox {
             &delivery.properties,
             &self.marker,
         );
-        if let Frame::Data(_) = frame
-            && let Err(why) = self.count_received(delivery.body.len())
-        {
-            // Its bytes are not kept: memory stays bounded by the window.
-            delivery.body = Vec::new();
-            frame = Frame::Invalid(why);
+        if self.window.is_some() && matches!(frame, Frame::Data(_) | Frame::Fin(_)) {
+            if self.fin_seen.load(Ordering::SeqCst) {
+                // The reader stops at the FIN: without this, whatever
+                // follows it would be dropped without a word.
+                delivery.body = Vec::new();
+                frame = Frame::Invalid("the peer sent a frame after its FIN".to_string());
+            } else if let Frame::Fin(_) = frame {
+                self.fin_seen.store(true, Ordering::SeqCst);
+            } else if let Err(why) = self.count_received(delivery.body.len()) {
+                // Its bytes are not kept: memory stays bounded by the window.
+                delivery.body = Vec::new();
+                frame = Frame::Invalid(why);
+            }
         }
         match &frame {
             Frame::Window(consumed) => {

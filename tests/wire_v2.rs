@@ -470,3 +470,47 @@ fn a_message_the_broker_refuses_fails_the_stream() {
     prober.close().unwrap();
     server.close();
 }
+
+/// Nothing may follow a FIN: the reader stops there, so data after it
+/// would otherwise vanish without a word. The stream fails (`InvalidData`
+/// for later calls) and the peer is reset, even while nobody reads.
+#[test]
+fn a_frame_after_the_fin_is_invalid_data() {
+    let server = RawServer::listen();
+    let options = StreamOptions::new().keepalive_interval(std::time::Duration::from_millis(100));
+    let (read_tx, read_rx) = crossbeam_channel::bounded(1);
+    let talk = client(&server.queue, options, move |mut s| {
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        read_tx.send(got).unwrap();
+        // The worker finds the stray frame within a keepalive interval.
+        let mut write = Ok(0);
+        common::eventually(std::time::Duration::from_secs(10), "a failed write", || {
+            write = s.write(b"x");
+            write
+                .as_ref()
+                .err()
+                .map(drop)
+                .ok_or_else(|| "still Ok".to_string())
+        });
+        write.unwrap_err()
+    });
+    let (client_queue, _, data) = server.accept(Some(v2_headers(WINDOW)));
+    server.send(&client_queue, b"one", frame("data", Some(1)));
+    server.send(&client_queue, b"", frame("fin", Some(2)));
+    server.send(&client_queue, b"stray", frame("data", Some(3)));
+    assert_eq!(read_rx.recv().unwrap(), b"one");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let reset = loop {
+        assert!(std::time::Instant::now() < deadline, "no reset within 10 s");
+        let d = next(data.receiver());
+        if d.properties.type_().as_deref() == Some("reset") {
+            break String::from_utf8_lossy(&d.body).into_owned();
+        }
+    };
+    assert!(reset.contains("after its FIN"), "{reset}");
+    let err = talk.join().unwrap();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    forget_consumer(data);
+    server.close();
+}
