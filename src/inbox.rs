@@ -18,7 +18,7 @@ use crate::worker::Control;
 use amiquip::{ConsumerMessage, Delivery};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// What the reader gets from the inbox, in stream order.
@@ -48,15 +48,28 @@ pub(crate) struct Inbox {
     reader_waiting: AtomicBool,
     shared: Arc<Shared>,
     control: Sender<Control>,
+    /// What marks our own "peer gone" marker as ours (see
+    /// [`frame::classify`]): known to nobody else.
+    marker: String,
+    /// Version 2: the receive window we offered the peer.
+    window: Option<u64>,
+    /// Version 2: the data bytes received, in all.
+    received: AtomicU64,
+    /// Version 2: the bytes consumed that the reader has reported.
+    reported: AtomicU64,
 }
 
 impl Inbox {
-    /// The inbox of a stream that speaks `version`.
+    /// The inbox of a stream that speaks `version`, which offered the peer
+    /// a receive `window` (version 2) and marks its own "peer gone"
+    /// marker with `marker`.
     pub(crate) fn new(
         version: ProtocolVersion,
         deliveries: Receiver<ConsumerMessage>,
         shared: Arc<Shared>,
         control: Sender<Control>,
+        marker: String,
+        window: u64,
     ) -> Inbox {
         let token = bounded(1);
         token.0.send(()).expect("the token fits");
@@ -69,6 +82,35 @@ impl Inbox {
             reader_waiting: AtomicBool::new(false),
             shared,
             control,
+            marker,
+            window: (version >= ProtocolVersion::V2).then_some(window),
+            received: AtomicU64::new(0),
+            reported: AtomicU64::new(0),
+        }
+    }
+
+    /// The reader reported to the peer that it consumed `total` bytes in
+    /// all: the peer may now have up to a window more in flight.
+    pub(crate) fn reported(&self, total: u64) {
+        self.reported.fetch_max(total, Ordering::SeqCst);
+    }
+
+    /// Counts `n` data bytes received; `Err` says how the peer overran the
+    /// window we offered (a sender may have at most that many bytes not
+    /// yet reported consumed).
+    fn count_received(&self, n: usize) -> Result<(), String> {
+        let Some(window) = self.window else {
+            return Ok(());
+        };
+        let received = self.received.fetch_add(n as u64, Ordering::SeqCst) + n as u64;
+        let reported = self.reported.load(Ordering::SeqCst);
+        if received > reported.saturating_add(window) {
+            Err(format!(
+                "the peer ignored flow control: it sent {received} bytes with only {reported} \
+                 consumed and a window of {window}"
+            ))
+        } else {
+            Ok(())
         }
     }
 
@@ -125,7 +167,19 @@ impl Inbox {
             ConsumerMessage::Delivery(delivery) => delivery,
             other => return Some(Received::Ended(other)),
         };
-        let frame = frame::classify(self.version, &delivery.body, &delivery.properties);
+        let mut frame = frame::classify(
+            self.version,
+            &delivery.body,
+            &delivery.properties,
+            &self.marker,
+        );
+        if let Frame::Data(_) = frame
+            && let Err(why) = self.count_received(delivery.body.len())
+        {
+            // Its bytes are not kept: memory stays bounded by the window.
+            delivery.body = Vec::new();
+            frame = Frame::Invalid(why);
+        }
         match &frame {
             Frame::Window(consumed) => {
                 if let Err(why) = self.shared.grant(*consumed) {

@@ -76,8 +76,16 @@
 //! `BrokenPipe`, and its reads deliver whatever the peer sent before
 //! going and then fail with `ConnectionReset`: to keep that order, the
 //! stream puts a marker message (AMQP `type`
-//! `amqp-stream.local.peer-gone`) on its *own* queue, behind the peer's
-//! last data. Losing the broker connection gives `ConnectionAborted`.
+//! `amqp-stream.local.peer-gone`, with a secret of the stream's own in
+//! `message_id` so that nobody else can forge one) on its *own* queue,
+//! behind the peer's last data. Losing the broker connection gives
+//! `ConnectionAborted`.
+//!
+//! Version 1 has no reset. An abortive close (dropping a stream that holds
+//! unread data, or [`Stream::set_linger`] zero) therefore sends *no* FIN:
+//! the stream's queue goes away with its consumer, and the peer finds it
+//! gone (`ConnectionReset` after the data that arrived). A FIN is only
+//! ever sent after every byte written before it.
 //!
 //! Queue names chosen by this crate are `amqp-stream.<uuid v4>`: picked by
 //! the client so they can be declared without waiting for the broker.
@@ -114,7 +122,9 @@
 //!   Data and FIN frames are numbered in decimal from 1 per direction. A
 //!   gap or a repeat, a frame without type or number, or an unknown type
 //!   fails the stream with `InvalidData` (after the data before it) and
-//!   resets it: corruption is never silent.
+//!   resets it: corruption is never silent. So does a frame of the type
+//!   reserved for the local "peer gone" marker without the stream's
+//!   secret.
 //! * **Credit flow control.** A sender may have at most the peer's window
 //!   of bytes written but not consumed by the peer's application. The
 //!   receiver reports its cumulative consumed count in a `window` frame
@@ -122,7 +132,10 @@
 //!   and senders cut messages to at most half the peer's window, so a
 //!   reader that has read everything has always reported enough credit.
 //!   A writer out of credit blocks in `write` (or fails with `WouldBlock`
-//!   after its write timeout). Acknowledgements go out before each report,
+//!   after its write timeout). The receiver enforces its window: a peer
+//!   that sends more than a window beyond the consumption the reader has
+//!   reported breaks the protocol (`InvalidData`, reset), so a peer that
+//!   ignores credit cannot grow the receiver's memory. Acknowledgements go out before each report,
 //!   so the broker never holds more than a window per direction.
 //!   Window frames share the queue with data: while the application is not
 //!   reading, a writer waiting for credit (or the stream's worker, once a
@@ -142,17 +155,28 @@
 //!
 //! # Guarantees
 //!
+//! * Every byte a `write` returned `Ok` for reaches the peer's reader, in
+//!   order, before any FIN; otherwise the stream fails on both ends (an
+//!   error on the peer's `read`, never a clean end of the stream after
+//!   part of the data).
 //! * [`Write::flush`](std::io::Write::flush) publishes any gathered small
 //!   writes and returns once the broker has confirmed (publisher confirms)
-//!   every byte written before it, and fails if a message was returned or
-//!   refused.
+//!   every byte written before it. A message the broker refuses (a nack,
+//!   for example from a full queue that rejects publishes) or returns
+//!   fails the whole stream: that `flush` and every later call fail, and
+//!   the peer is reset (or, when even that is refused, finds this end
+//!   gone). On a stream closed cleanly in both directions with everything
+//!   confirmed, `flush` returns `Ok`, as it does on a `TcpStream`.
 //! * [`Stream::shutdown`] with `Shutdown::Write` returns once the FIN is
-//!   handed to the broker connection.
+//!   handed to the broker connection, behind every byte any thread's
+//!   `write` got `Ok` for; a write blocked in another thread (on the
+//!   peer's window or a full write buffer) wakes with `BrokenPipe`.
 //! * Dropping the last handle of a stream sends the FIN (if not sent) and
 //!   waits, up to the [linger](StreamOptions::linger) time, until the
 //!   broker has confirmed everything; then it deletes the stream's queue.
-//!   With received data unread, it resets the stream instead (version 2;
-//!   version 1 has no reset and sends the FIN).
+//!   With received data unread, or with [`Stream::set_linger`] zero, it
+//!   aborts the stream instead (version 2: a reset; version 1: no FIN, the
+//!   queue goes), as closing a TCP socket does.
 //! * With version 2, a writer never gets more than the peer's
 //!   [window](StreamOptions::window) ahead of the peer's reader: memory
 //!   and broker queues stay bounded whatever the reader's pace.

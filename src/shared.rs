@@ -20,6 +20,9 @@ pub(crate) enum Failure {
     Protocol(String),
     /// The broker connection or our channel failed.
     BrokerLost(String),
+    /// The broker refused (nacked) a message of ours: what was written
+    /// cannot all arrive, so the stream is aborted.
+    Refused(String),
 }
 
 impl Failure {
@@ -30,7 +33,7 @@ impl Failure {
                 io::Error::new(io::ErrorKind::ConnectionReset, why.clone())
             }
             Failure::Protocol(why) => io::Error::new(io::ErrorKind::InvalidData, why.clone()),
-            Failure::BrokerLost(why) => {
+            Failure::BrokerLost(why) | Failure::Refused(why) => {
                 io::Error::new(io::ErrorKind::ConnectionAborted, why.clone())
             }
         }
@@ -45,9 +48,25 @@ impl Failure {
     }
 }
 
+/// How the last handle of a stream ended it.
+#[derive(Debug, Clone)]
+pub(crate) enum Ending {
+    /// A clean close: the FIN (if not sent), then up to `linger` waiting
+    /// for the broker's confirms.
+    Close { linger: std::time::Duration },
+    /// An abortive close: unsent bytes are dropped and the peer is reset
+    /// (version 1, which has no reset: no FIN, the queue goes away).
+    Reset(String),
+}
+
 /// State the worker and the user's handles both see.
 pub(crate) struct Shared {
     failure: Mutex<Option<Failure>>,
+    /// Set by the last handle before it lets go of the worker.
+    ending: Mutex<Option<Ending>>,
+    /// Set by the worker when it ended with no failure and every message
+    /// confirmed by the broker: a later `flush` has nothing to wait for.
+    closed_cleanly: AtomicBool,
     /// Publish every write at once (no coalescing while a confirm is due).
     nodelay: AtomicBool,
     /// The peer's receive window, as far as writes have used it.
@@ -64,6 +83,8 @@ impl Shared {
     pub(crate) fn new(write_limit: usize) -> Shared {
         Shared {
             failure: Mutex::new(None),
+            ending: Mutex::new(None),
+            closed_cleanly: AtomicBool::new(false),
             nodelay: AtomicBool::new(false),
             send_window: Mutex::new(SendWindow::unlimited()),
             credit_wake: bounded(1),
@@ -88,6 +109,26 @@ impl Shared {
             Some(failure) => failure.write_error(),
             None => io::Error::new(io::ErrorKind::BrokenPipe, "the stream is closed"),
         }
+    }
+
+    /// Records how the last handle ends the stream.
+    pub(crate) fn set_ending(&self, ending: Ending) {
+        *lock(&self.ending) = Some(ending);
+    }
+
+    /// How the last handle ended the stream, if it has.
+    pub(crate) fn ending(&self) -> Option<Ending> {
+        lock(&self.ending).clone()
+    }
+
+    /// The worker ended with everything confirmed and no failure.
+    pub(crate) fn set_closed_cleanly(&self) {
+        self.closed_cleanly.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether the worker ended with everything confirmed and no failure.
+    pub(crate) fn closed_cleanly(&self) -> bool {
+        self.closed_cleanly.load(Ordering::SeqCst) && self.failure().is_none()
     }
 
     /// The failure, if the stream has one.

@@ -7,7 +7,7 @@ use crate::credit::ReceiveWindow;
 use crate::inbox::{Inbox, Pump, Received};
 use crate::options::{StreamOptions, check_timeout};
 use crate::protocol::frame::{Frame, SequenceCheck};
-use crate::shared::{Shared, lock};
+use crate::shared::{Ending, Shared, lock};
 use crate::version::ProtocolVersion;
 use crate::worker::{Control, Established, Outbound};
 use crate::write_buffer::Appended;
@@ -69,12 +69,13 @@ struct Inner {
     alive: Receiver<()>,
     shared: Arc<Shared>,
     reader: Mutex<ReadState>,
-    write_shut: AtomicBool,
     read_shut: AtomicBool,
     /// Wakes a read blocked in another thread when the read half shuts.
     read_wake: (Sender<()>, Receiver<()>),
     read_timeout: Mutex<Option<Duration>>,
     write_timeout: Mutex<Option<Duration>>,
+    /// Set by [`Stream::set_linger`]; `None`: the options' linger.
+    linger: Mutex<Option<Duration>>,
 }
 
 /// The reading side: the message being read and what is still unacked.
@@ -169,11 +170,11 @@ impl Stream {
                     window,
                     ..ReadState::default()
                 }),
-                write_shut: AtomicBool::new(false),
                 read_shut: AtomicBool::new(false),
                 read_wake: bounded(1),
                 read_timeout: Mutex::new(None),
                 write_timeout: Mutex::new(None),
+                linger: Mutex::new(None),
             }),
         }
     }
@@ -221,7 +222,10 @@ impl Stream {
     ///
     /// `Shutdown::Write` sends the FIN: the peer reads everything written
     /// before it and then `Ok(0)`; later writes here fail with
-    /// `BrokenPipe`. `Shutdown::Read` makes reads return `Ok(0)`,
+    /// `BrokenPipe`, and so does a write blocked in another thread (waiting
+    /// for the peer's window or for room in the write buffer), as on Linux
+    /// TCP. Every write that returned `Ok`, in any thread, is delivered
+    /// before the FIN. `Shutdown::Read` makes reads return `Ok(0)`,
     /// including one blocked in another thread at the time.
     /// Shutting down a half twice is not an error.
     ///
@@ -240,9 +244,12 @@ impl Stream {
             self.inner.read_shut.store(true, Ordering::SeqCst);
             let _ = self.inner.read_wake.0.try_send(());
         }
-        if matches!(how, Shutdown::Write | Shutdown::Both)
-            && !self.inner.write_shut.swap(true, Ordering::SeqCst)
-        {
+        // Closing the write buffer orders this against every `write`: one
+        // that got its bytes in is published before the FIN, later ones
+        // (and one blocked for room or credit, woken here) fail with
+        // `BrokenPipe`.
+        if matches!(how, Shutdown::Write | Shutdown::Both) && self.inner.shared.written.close() {
+            self.inner.shared.wake_writer();
             let (reply_tx, reply_rx) = bounded(1);
             let deadline = self.inner.write_deadline();
             self.inner
@@ -300,6 +307,44 @@ impl Stream {
     /// ```
     pub fn nodelay(&self) -> io::Result<bool> {
         Ok(self.inner.shared.nodelay())
+    }
+
+    /// Sets how closing this stream (dropping its last handle) treats
+    /// data not yet confirmed, like `SO_LINGER` on a TCP socket
+    /// (`socket2::Socket::set_linger`).
+    ///
+    /// `Some(Duration::ZERO)` makes the close abortive, as a TCP close
+    /// with linger 0 sends a reset: bytes not yet published are dropped
+    /// and the peer's reads and writes fail with `ConnectionReset` (a
+    /// version-2 peer gets a reset frame; a version-1 peer gets no FIN and
+    /// finds this end gone). `Some(d)` makes the close wait up to `d` for
+    /// the broker's confirms; `None` goes back to
+    /// [`StreamOptions::linger`]. Shared by every handle of the stream.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// # let stream = amqp_stream::Stream::connect("amqp://127.0.0.1", "echo")?;
+    /// // Something went wrong on our side: make the peer see a reset,
+    /// // never a clean end of the stream.
+    /// stream.set_linger(Some(Duration::ZERO))?;
+    /// drop(stream);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn set_linger(&self, linger: Option<Duration>) -> io::Result<()> {
+        *lock(&self.inner.linger) = linger;
+        Ok(())
+    }
+
+    /// What [`set_linger`](Stream::set_linger) set (`None`: the
+    /// [`StreamOptions::linger`] applies).
+    ///
+    /// ```no_run
+    /// # let stream = amqp_stream::Stream::connect("amqp://127.0.0.1", "echo")?;
+    /// assert_eq!(stream.linger()?, None);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn linger(&self) -> io::Result<Option<Duration>> {
+        Ok(*lock(&self.inner.linger))
     }
 
     /// Sets how long `read` may block; `None` blocks until data comes. A
@@ -367,7 +412,7 @@ impl Inner {
             return Ok(0);
         }
         let mut state = self.lock_reader();
-        let deadline = lock(&self.read_timeout).map(|t| Instant::now() + t);
+        let deadline = deadline_after(*lock(&self.read_timeout));
         loop {
             if self.read_shut.load(Ordering::SeqCst) {
                 return Ok(0);
@@ -381,6 +426,9 @@ impl Inner {
                     // Acknowledge first: the broker then never holds more
                     // than the window (what the peer may send past it).
                     self.send_ack(&mut state);
+                    // Recorded before the peer can hear of it: what the
+                    // peer may send is checked against it.
+                    self.inbox.reported(total);
                     let _ = self.control.send(Control::Window(total));
                 }
                 if state.position == state.current.len() {
@@ -569,14 +617,11 @@ impl Inner {
         if data.is_empty() {
             return Ok(0);
         }
-        if self.write_shut.load(Ordering::SeqCst) {
-            return Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "the stream was shut down for writing",
-            ));
-        }
         if let Some(failure) = self.shared.failure() {
             return Err(failure.write_error());
+        }
+        if self.shared.written.is_closed() {
+            return Err(write_shut());
         }
         let deadline = self.write_deadline();
         let n = data.len().min(self.message_limit);
@@ -591,20 +636,23 @@ impl Inner {
     /// Hands written bytes to the worker, waiting while it has its fill.
     fn append(&self, data: &[u8], deadline: &Receiver<Instant>) -> io::Result<()> {
         let written = &self.shared.written;
-        while written.append(data) == Appended::Full {
-            select! {
-                recv(written.emptied()) -> _ => {}
-                recv(self.alive) -> _ => return Err(self.worker_gone()),
-                recv(deadline) -> _ => return Err(write_timed_out()),
+        loop {
+            match written.append(data) {
+                Appended::Done => return Ok(()),
+                Appended::Closed => return Err(write_shut()),
+                Appended::Full => select! {
+                    recv(written.emptied()) -> _ => {}
+                    recv(self.alive) -> _ => return Err(self.worker_gone()),
+                    recv(deadline) -> _ => return Err(write_timed_out()),
+                },
             }
         }
-        Ok(())
     }
 
     /// When the write timeout, if any, runs out for a call starting now.
     fn write_deadline(&self) -> Receiver<Instant> {
-        match *lock(&self.write_timeout) {
-            Some(timeout) => at(Instant::now() + timeout),
+        match deadline_after(*lock(&self.write_timeout)) {
+            Some(deadline) => at(deadline),
             None => never(),
         }
     }
@@ -616,6 +664,9 @@ impl Inner {
         loop {
             if let Some(failure) = self.shared.failure() {
                 return Err(failure.write_error());
+            }
+            if self.shared.written.is_closed() {
+                return Err(write_shut());
             }
             if self.shared.send_window().try_reserve(n) {
                 return Ok(());
@@ -646,6 +697,7 @@ impl Inner {
     ) -> io::Result<()> {
         loop {
             if self.shared.failure().is_some()
+                || self.shared.written.is_closed()
                 || self.shared.send_window().available() >= n as u64
                 || self.inbox.reader_waiting()
             {
@@ -665,6 +717,8 @@ impl Inner {
                     Err(_) => return Ok(()),
                 },
                 recv(self.inbox.wanted()) -> _ => {}
+                // A shutdown wakes us so.
+                recv(self.shared.credit_wake()) -> _ => {}
                 recv(self.alive) -> _ => return Ok(()),
                 recv(deadline) -> _ => return Err(write_timed_out()),
             }
@@ -676,8 +730,6 @@ impl Inner {
         let deadline = self.write_deadline();
         match self.send_outbound(Outbound::Flush(reply_tx), &deadline) {
             Ok(()) => self.wait_reply(reply_rx, &deadline),
-            // The worker is gone after a clean close: nothing is unflushed.
-            Err(_) if self.shared.failure().is_none() => Ok(()),
             Err(err) => Err(err),
         }
     }
@@ -686,7 +738,7 @@ impl Inner {
     fn send_outbound(&self, item: Outbound, deadline: &Receiver<Instant>) -> io::Result<()> {
         match self.outbound.try_send(item) {
             Ok(()) => Ok(()),
-            Err(crossbeam_channel::TrySendError::Disconnected(_)) => Err(self.worker_gone()),
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => self.after_worker(),
             Err(crossbeam_channel::TrySendError::Full(item)) => select! {
                 send(self.outbound, item) -> sent => sent.map_err(|_| self.worker_gone()),
                 recv(deadline) -> _ => Err(write_timed_out()),
@@ -703,10 +755,11 @@ impl Inner {
         deadline: &Receiver<Instant>,
     ) -> io::Result<()> {
         select! {
-            recv(reply) -> answer => answer.map_err(|_| self.worker_gone())?,
+            // Dropped unanswered: the worker ended with it still queued.
+            recv(reply) -> answer => answer.unwrap_or_else(|_| self.after_worker()),
             recv(self.alive) -> _ => match reply.try_recv() {
                 Ok(answer) => answer,
-                Err(_) => Err(self.worker_gone()),
+                Err(_) => self.after_worker(),
             },
             recv(deadline) -> _ => Err(write_timed_out()),
         }
@@ -736,21 +789,55 @@ impl Inner {
     fn worker_gone(&self) -> io::Error {
         self.shared.write_error()
     }
+
+    /// The answer to a flush (or FIN) the worker can no longer give: `Ok`
+    /// when it ended cleanly with everything confirmed (both directions
+    /// closed, so nothing is left to flush), else the stream's error.
+    fn after_worker(&self) -> io::Result<()> {
+        if self.shared.closed_cleanly() {
+            Ok(())
+        } else {
+            Err(self.worker_gone())
+        }
+    }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let linger = self.options.get_linger();
-        let last = if self.holds_unread_data() {
-            Outbound::Reset("closed with unread data".to_string())
+        let linger = lock(&self.linger).unwrap_or(self.options.get_linger());
+        let ending = if linger.is_zero() {
+            Ending::Reset("closed abortively (linger 0)".to_string())
+        } else if self.holds_unread_data() {
+            Ending::Reset("closed with unread data".to_string())
         } else {
-            Outbound::Close
+            Ending::Close { linger }
+        };
+        // Recorded first: if the worker's queue is full past the linger
+        // time, it still finds the ending when the channel disconnects.
+        self.shared.set_ending(ending.clone());
+        let last = match ending {
+            Ending::Close { .. } => Outbound::Close,
+            Ending::Reset(why) => Outbound::Reset(why),
         };
         if self.outbound.send_timeout(last, linger).is_ok() {
             // Disconnects when the worker has finished.
             let _ = self.alive.recv_timeout(linger);
         }
     }
+}
+
+/// When a timeout that starts now runs out: `None` for no timeout, or one
+/// too long for the clock to represent (`Duration::MAX`), as `TcpStream`
+/// takes it.
+fn deadline_after(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.and_then(|timeout| Instant::now().checked_add(timeout))
+}
+
+fn write_shut() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "the stream was shut down for writing",
+    )
 }
 
 fn read_timed_out() -> io::Error {

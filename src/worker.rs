@@ -15,7 +15,7 @@ use crate::options::StreamOptions;
 use crate::protocol::frame;
 use crate::protocol::handshake::{self, Offer};
 use crate::protocol::{new_queue_name, queue_declare_options};
-use crate::shared::{Failure, Shared};
+use crate::shared::{Ending, Failure, Shared};
 use crate::spare::{SpareLife, SparePool, SpareSlot};
 use crate::version::ProtocolVersion;
 use amiquip::{
@@ -402,11 +402,14 @@ fn run(
         *ends.shared.send_window() = SendWindow::limited(window);
     }
     let message_limit = message_limit(options.get_max_message_size(), peer_window);
+    let marker = frame::new_marker();
     let inbox = Arc::new(Inbox::new(
         version,
         consumer.receiver().clone(),
         Arc::clone(&ends.shared),
         ends.control_sender.clone(),
+        marker.clone(),
+        options.get_window() as u64,
     ));
     let handed_over = setup.send(Ok(Handshake {
         local_queue: local_queue.clone(),
@@ -420,7 +423,9 @@ fn run(
     }
     let mut worker = Worker {
         connection,
+        linger: options.get_linger(),
         options,
+        marker,
         publisher,
         returns,
         ends,
@@ -779,6 +784,11 @@ impl<'a> Publisher<'a> {
 struct Worker<'a> {
     connection: Arc<BrokerConnection>,
     options: StreamOptions,
+    /// How long closing waits for confirms: the options' linger, or the
+    /// stream's own (`Stream::set_linger`) once its last handle is gone.
+    linger: Duration,
+    /// The secret of our "peer gone" marker.
+    marker: String,
     publisher: Publisher<'a>,
     returns: Receiver<Return>,
     ends: WorkerEnds,
@@ -819,7 +829,11 @@ impl Worker<'_> {
                 }
                 recv(self.ends.outbound) -> item => match item {
                     Ok(item) => self.outbound(item),
-                    Err(_) => self.outbound(Outbound::Close),
+                    // The last handle is gone; it said how to end.
+                    Err(_) => self.outbound(match self.ends.shared.ending() {
+                        Some(Ending::Reset(why)) => Outbound::Reset(why),
+                        _ => Outbound::Close,
+                    }),
                 },
                 recv(self.ends.control) -> control => match control {
                     Ok(control) => self.control(control),
@@ -835,8 +849,12 @@ impl Worker<'_> {
                 recv(self.publisher.confirms) -> confirm => match confirm {
                     Ok(confirm) => {
                         self.publisher.absorb(confirm);
-                        self.answer_flushes();
-                        self.publish_unsent(false)
+                        if self.publisher.nacked {
+                            self.refused_by_broker()
+                        } else {
+                            self.answer_flushes();
+                            self.publish_unsent(false)
+                        }
                     }
                     Err(_) => self.broker_lost("the channel closed"),
                 },
@@ -885,6 +903,9 @@ impl Worker<'_> {
                 ControlFlow::Continue(())
             }
             Outbound::Close => {
+                if let Some(Ending::Close { linger }) = self.ends.shared.ending() {
+                    self.linger = linger;
+                }
                 if let Some(Failure::Protocol(why)) = self.ends.shared.failure() {
                     // The reader found a violation; its abort may still
                     // be queued behind this close.
@@ -985,9 +1006,10 @@ impl Worker<'_> {
             return;
         }
         if self.version == ProtocolVersion::V1 {
-            if !self.fin_sent {
-                let _ = self.send_fin();
-            }
+            // No reset in version 1, and never a FIN in its place: that
+            // would be a clean end after whatever was dropped. The peer
+            // finds our queue gone (deleted with our consumer) and fails.
+            debug!("stream {}: aborting: {why}", self.local_queue);
             return;
         }
         debug!("stream {}: resetting: {why}", self.local_queue);
@@ -1065,12 +1087,28 @@ impl Worker<'_> {
             return;
         }
         let own = self.local_queue.clone();
-        if let Err(err) = self
-            .publisher
-            .publish(&own, &[], frame::peer_gone_properties())
+        if let Err(err) =
+            self.publisher
+                .publish(&own, &[], frame::peer_gone_properties(&self.marker))
         {
             let _ = self.broker_lost(&format!("marking the end of {own:?}: {err}"));
         }
+    }
+
+    /// The broker nacked a message: bytes a `write` accepted will not all
+    /// arrive, so the stream fails here and the peer is reset (or, if the
+    /// reset is refused too, finds our queue gone once we close).
+    fn refused_by_broker(&mut self) -> ControlFlow<()> {
+        let why = format!(
+            "the broker refused a message to {:?} (nack): the stream is aborted",
+            self.peer_queue
+        );
+        warn!("stream {}: {why}", self.local_queue);
+        self.ends.shared.fail(Failure::Refused(why.clone()));
+        self.unsent.clear();
+        self.answer_flushes();
+        self.send_reset(&why);
+        ControlFlow::Break(())
     }
 
     fn broker_lost(&mut self, why: &str) -> ControlFlow<()> {
@@ -1162,11 +1200,16 @@ impl Worker<'_> {
     /// Before the channel closes: wait (up to the linger time) until the
     /// broker has confirmed everything published.
     fn finish(&mut self) {
-        let deadline = after(self.options.get_linger());
+        let deadline = after(self.linger);
         while !self.publisher.all_confirmed() && self.ends.shared.failure().is_none() {
             select! {
                 recv(self.publisher.confirms) -> confirm => match confirm {
-                    Ok(confirm) => self.publisher.absorb(confirm),
+                    Ok(confirm) => {
+                        self.publisher.absorb(confirm);
+                        if self.publisher.nacked {
+                            let _ = self.refused_by_broker();
+                        }
+                    }
                     Err(_) => break,
                 },
                 recv(self.returns) -> returned => match returned {
@@ -1189,6 +1232,9 @@ impl Worker<'_> {
         }
         if let Some(channel) = self.probe_channel.take() {
             let _ = channel.close();
+        }
+        if self.publisher.all_confirmed() && self.ends.shared.failure().is_none() {
+            self.ends.shared.set_closed_cleanly();
         }
     }
 }

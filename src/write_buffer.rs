@@ -3,6 +3,12 @@
 //! `write` appends here under a mutex and wakes the worker only when the
 //! buffer was empty: back-to-back small writes cost a copy each, not a
 //! thread hop each, and the worker takes them all at once.
+//!
+//! `shutdown(Write)` closes the buffer under the same mutex before it asks
+//! the worker for the FIN: a write either got its bytes in before the
+//! close (and the worker, which takes the buffer before it sends the FIN,
+//! publishes them first) or is refused. No byte a `write` accepted can
+//! land behind the FIN.
 
 use crate::shared::lock;
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -10,13 +16,20 @@ use std::sync::Mutex;
 
 /// Written bytes on their way to the worker, up to a limit.
 pub(crate) struct WriteBuffer {
-    bytes: Mutex<Vec<u8>>,
+    state: Mutex<Buffered>,
     /// `write` waits while the buffer holds this much.
     limit: usize,
     /// Signalled when the buffer goes from empty to not.
     filled: (Sender<()>, Receiver<()>),
     /// Signalled when the worker took the buffer.
     emptied: (Sender<()>, Receiver<()>),
+}
+
+/// The bytes, and whether the writing half is shut.
+#[derive(Default)]
+struct Buffered {
+    bytes: Vec<u8>,
+    closed: bool,
 }
 
 /// What [`WriteBuffer::append`] did.
@@ -26,37 +39,56 @@ pub(crate) enum Appended {
     Done,
     /// The buffer is full: wait for [`WriteBuffer::emptied`] and try again.
     Full,
+    /// The buffer is closed (the stream was shut down for writing): the
+    /// bytes were not taken.
+    Closed,
 }
 
 impl WriteBuffer {
     /// An empty buffer that takes up to about `limit` bytes.
     pub(crate) fn new(limit: usize) -> WriteBuffer {
         WriteBuffer {
-            bytes: Mutex::new(Vec::new()),
+            state: Mutex::new(Buffered::default()),
             limit: limit.max(1),
             filled: bounded(1),
             emptied: bounded(1),
         }
     }
 
-    /// Appends `data` unless the buffer is full.
+    /// Appends `data` unless the buffer is full or closed.
     pub(crate) fn append(&self, data: &[u8]) -> Appended {
-        let mut bytes = lock(&self.bytes);
-        if bytes.len() >= self.limit {
+        let mut state = lock(&self.state);
+        if state.closed {
+            return Appended::Closed;
+        }
+        if state.bytes.len() >= self.limit {
             return Appended::Full;
         }
-        let was_empty = bytes.is_empty();
-        bytes.extend_from_slice(data);
-        drop(bytes);
+        let was_empty = state.bytes.is_empty();
+        state.bytes.extend_from_slice(data);
+        drop(state);
         if was_empty {
             let _ = self.filled.0.try_send(());
         }
         Appended::Done
     }
 
+    /// Refuses every later append; `false` if it was closed already. A
+    /// writer waiting for room is woken (and then refused).
+    pub(crate) fn close(&self) -> bool {
+        let was_open = !std::mem::replace(&mut lock(&self.state).closed, true);
+        let _ = self.emptied.0.try_send(());
+        was_open
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        lock(&self.state).closed
+    }
+
     /// Takes everything written so far.
     pub(crate) fn take(&self) -> Vec<u8> {
-        let bytes = std::mem::take(&mut *lock(&self.bytes));
+        let bytes = std::mem::take(&mut lock(&self.state).bytes);
         if !bytes.is_empty() {
             let _ = self.emptied.0.try_send(());
         }
@@ -101,5 +133,22 @@ mod tests {
         assert_eq!(buffer.append(b"6"), Appended::Full);
         buffer.take();
         assert_eq!(buffer.append(b"6"), Appended::Done);
+    }
+
+    #[test]
+    fn a_closed_buffer_refuses_and_wakes_a_waiting_writer() {
+        let buffer = WriteBuffer::new(4);
+        assert_eq!(buffer.append(b"1234"), Appended::Done);
+        assert_eq!(buffer.append(b"5"), Appended::Full);
+        assert!(buffer.close());
+        assert!(
+            buffer.emptied().try_recv().is_ok(),
+            "the waiting writer wakes"
+        );
+        assert_eq!(buffer.append(b"5"), Appended::Closed);
+        assert!(!buffer.close(), "closed once");
+        assert!(buffer.is_closed());
+        // What was in before the close is still taken (it precedes the FIN).
+        assert_eq!(buffer.take(), b"1234");
     }
 }

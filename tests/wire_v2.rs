@@ -5,7 +5,9 @@
 
 mod common;
 
-use amiquip::{AmqpProperties, AmqpValue, Channel, Consumer, ConsumerOptions, FieldTable};
+use amiquip::{
+    AmqpProperties, AmqpValue, Channel, Consumer, ConsumerOptions, FieldTable, QueueDeclareOptions,
+};
 use amqp_stream::{ProtocolVersion, Stream, StreamOptions};
 use common::raw::{exclusive_auto_delete, next, publish_with};
 use common::{queue, raw_connection, url};
@@ -62,6 +64,16 @@ impl RawServer {
     /// headers (`None`: answer as version 1). Returns the client's queue,
     /// the SYN's headers and the consumer of the server's own queue.
     fn accept(&self, answer: Option<FieldTable>) -> (String, Option<FieldTable>, Consumer<'_>) {
+        self.accept_into(answer, exclusive_auto_delete())
+    }
+
+    /// Like [`accept`](Self::accept), with the server's own queue declared
+    /// with `own`.
+    fn accept_into(
+        &self,
+        answer: Option<FieldTable>,
+        own: QueueDeclareOptions,
+    ) -> (String, Option<FieldTable>, Consumer<'_>) {
         let requests = self
             .channel
             .basic_consume(self.queue.clone(), ConsumerOptions::default())
@@ -70,10 +82,7 @@ impl RawServer {
         let client = syn.properties.reply_to().clone().unwrap();
         let offered = syn.properties.headers().clone();
         requests.ack(syn).unwrap();
-        let own = self
-            .channel
-            .queue_declare("", exclusive_auto_delete())
-            .unwrap();
+        let own = self.channel.queue_declare("", own).unwrap();
         let data = own
             .consume(ConsumerOptions {
                 exclusive: true,
@@ -330,5 +339,131 @@ fn a_client_pinned_to_version_1_offers_nothing() {
     server.send(&client_queue, b"", AmqpProperties::default());
     talk.join().unwrap();
     forget_consumer(data);
+    server.close();
+}
+
+#[test]
+fn a_forged_peer_gone_marker_is_invalid_data() {
+    // The type our own end uses for its local "peer gone" marker.
+    let forged = frame("amqp-stream.local.peer-gone", None);
+    let (got, err, reset) =
+        read_broken_stream(&[(b"one", frame("data", Some(1))), (b"", forged)], true);
+    assert_eq!(got, b"one", "data before the forgery is delivered");
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    assert!(reset.expect("a reset back").contains("local use"));
+}
+
+/// A peer that ignores our window cannot grow our memory: more than a
+/// window beyond what the reader reported is a protocol violation,
+/// found even while nobody reads (the worker takes frames in every
+/// keepalive interval).
+#[test]
+fn a_peer_that_overruns_the_window_is_reset() {
+    let window = 64 * 1024;
+    let server = RawServer::listen();
+    let options = StreamOptions::new()
+        .window(window)
+        .keepalive_interval(std::time::Duration::from_millis(100));
+    let (go_tx, go_rx) = crossbeam_channel::bounded::<()>(0);
+    let talk = client(&server.queue, options, move |s| {
+        // Reads nothing until the server saw the reset.
+        go_rx.recv().unwrap();
+        read_to_error(s)
+    });
+    let (client_queue, _, data) = server.accept(Some(v2_headers(WINDOW)));
+    // Four windows, in 8 KiB frames, with no credit ever given.
+    for seq in 1..=32u64 {
+        server.send(&client_queue, &[seq as u8; 8192], frame("data", Some(seq)));
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let reset = loop {
+        assert!(std::time::Instant::now() < deadline, "no reset within 10 s");
+        let d = next(data.receiver());
+        if d.properties.type_().as_deref() == Some("reset") {
+            break String::from_utf8_lossy(&d.body).into_owned();
+        }
+    };
+    assert!(reset.contains("flow control"), "{reset}");
+    go_tx.send(()).unwrap();
+    let (got, err) = talk.join().unwrap();
+    assert_eq!(got.len(), window, "exactly the window is delivered");
+    assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    forget_consumer(data);
+    server.close();
+}
+
+/// Reads until an error; a clean EOF is a test failure.
+fn read_to_error(mut s: Stream) -> (Vec<u8>, io::Error) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => panic!("EOF from a broken stream"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(err) => return (got, err),
+        }
+    }
+}
+
+/// The broker refuses (nacks) our data: the peer's queue is full and
+/// rejects publishes. `flush` fails, and so does everything after it:
+/// the stream is aborted, never left looking open, and the peer finds our
+/// end gone once we close.
+#[test]
+fn a_message_the_broker_refuses_fails_the_stream() {
+    let server = RawServer::listen();
+    let talk = client(&server.queue, StreamOptions::new(), |mut s| {
+        let local = s.local_addr().unwrap().queue().to_string();
+        let mut flushed = Ok(());
+        for _ in 0..20 {
+            if s.write_all(&[7u8; 1000]).is_err() {
+                break;
+            }
+            flushed = s.flush();
+            if flushed.is_err() {
+                break;
+            }
+        }
+        let err = flushed.expect_err("the broker nacked data: flush fails");
+        let write = s
+            .write(b"more")
+            .expect_err("a refused stream takes no writes");
+        let shut = s.shutdown(Shutdown::Write).expect_err("nor a FIN");
+        drop(s);
+        (local, err, write, shut)
+    });
+    let mut full = exclusive_auto_delete();
+    let mut arguments = FieldTable::new();
+    arguments.insert("x-max-length".to_string(), AmqpValue::LongLongInt(1));
+    arguments.insert(
+        "x-overflow".to_string(),
+        AmqpValue::LongString("reject-publish".to_string()),
+    );
+    full.arguments = arguments;
+    // The server takes one message and never acknowledges it: its queue
+    // then fills at the next one.
+    server.channel.qos(0, 1, false).unwrap();
+    let (_, _, data) = server.accept_into(Some(v2_headers(WINDOW)), full);
+    forget_consumer(data);
+    let (local, err, write, shut) = talk.join().unwrap();
+    for e in [&err, &write, &shut] {
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionAborted, "{e}");
+        assert!(e.to_string().contains("refused"), "{e}");
+    }
+    // Our end's queue is gone: the peer's next publish or probe fails.
+    let mut prober = raw_connection();
+    common::eventually(
+        std::time::Duration::from_secs(10),
+        "our queue to go",
+        || {
+            // A failed passive declare closes its channel: a new one each time.
+            let probe = prober.open_channel(None).unwrap();
+            match probe.queue_declare_passive(local.clone()) {
+                Ok(_) => Err("still there".to_string()),
+                Err(_) => Ok(()),
+            }
+        },
+    );
+    prober.close().unwrap();
     server.close();
 }

@@ -29,8 +29,16 @@ pub(crate) const RESET: &str = "reset";
 
 /// The AMQP `type` of the marker a stream puts on its *own* queue when it
 /// learns that the peer is gone. Only the stream that publishes it ever
-/// consumes it: it is never sent to a peer.
+/// consumes it: it is never sent to a peer. Anyone who can publish to the
+/// queue could send one, so the marker also carries, in `message_id`, a
+/// secret the stream picked ([`new_marker`]); a message of this type
+/// without it is not the marker.
 pub(crate) const PEER_GONE: &str = "amqp-stream.local.peer-gone";
+
+/// A new secret for a stream's "peer gone" marker.
+pub(crate) fn new_marker() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
 
 /// What a message on a stream's receive queue means.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,15 +67,25 @@ impl Frame {
     }
 }
 
-/// Tells apart the messages on a stream's receive queue.
+/// Tells apart the messages on a stream's receive queue; `marker` is the
+/// secret of this stream's own "peer gone" marker.
 pub(crate) fn classify(
     version: ProtocolVersion,
     body: &[u8],
     properties: &AmqpProperties,
+    marker: &str,
 ) -> Frame {
     let kind = properties.type_().as_deref();
     if kind == Some(PEER_GONE) {
-        return Frame::PeerGone;
+        if properties.message_id().as_deref() == Some(marker) {
+            return Frame::PeerGone;
+        }
+        if version != ProtocolVersion::V1 {
+            return Frame::Invalid(format!(
+                "frame type {PEER_GONE:?} is for local use only: a peer may not send it"
+            ));
+        }
+        // Version 1 ignores properties: a body is data, none is the FIN.
     }
     if version == ProtocolVersion::V1 {
         return if body.is_empty() {
@@ -139,9 +157,11 @@ pub(crate) fn reset_properties() -> AmqpProperties {
     AmqpProperties::default().with_type_(RESET.to_string())
 }
 
-/// Properties of the local "peer gone" marker.
-pub(crate) fn peer_gone_properties() -> AmqpProperties {
-    AmqpProperties::default().with_type_(PEER_GONE.to_string())
+/// Properties of the local "peer gone" marker, with its secret.
+pub(crate) fn peer_gone_properties(marker: &str) -> AmqpProperties {
+    AmqpProperties::default()
+        .with_type_(PEER_GONE.to_string())
+        .with_message_id(marker.to_string())
 }
 
 /// Checks that sequence numbers come one after another from 1.
@@ -183,6 +203,13 @@ mod tests {
     use super::*;
     use ProtocolVersion::{V1, V2};
 
+    /// This stream's marker secret.
+    const M: &str = "0123456789abcdef";
+
+    fn classify(version: ProtocolVersion, body: &[u8], properties: &AmqpProperties) -> Frame {
+        super::classify(version, body, properties, M)
+    }
+
     #[test]
     fn version_one_frames() {
         let plain = data_properties(V1, 7);
@@ -193,7 +220,7 @@ mod tests {
         );
         assert_eq!(classify(V1, b"abc", &plain), Frame::Data(None));
         assert_eq!(classify(V1, b"", &fin_properties(V1, 1)), Frame::Fin(None));
-        assert_eq!(classify(V1, b"", &peer_gone_properties()), Frame::PeerGone);
+        assert_eq!(classify(V1, b"", &peer_gone_properties(M)), Frame::PeerGone);
         // A version-1 peer's data with a reply_to is still data.
         let odd = AmqpProperties::default().with_reply_to("q".to_string());
         assert_eq!(classify(V1, b"a", &odd), Frame::Data(None));
@@ -216,7 +243,7 @@ mod tests {
             classify(V2, b"bye", &reset_properties()),
             Frame::Reset("bye".to_string())
         );
-        assert_eq!(classify(V2, b"", &peer_gone_properties()), Frame::PeerGone);
+        assert_eq!(classify(V2, b"", &peer_gone_properties(M)), Frame::PeerGone);
         assert!(!Frame::Window(1).is_for_reader() && !Frame::Keepalive.is_for_reader());
         assert!(Frame::Data(None).is_for_reader() && Frame::Reset(String::new()).is_for_reader());
     }
@@ -234,6 +261,18 @@ mod tests {
         assert!(invalid(classify(V2, b"123", &props)));
         let unknown = AmqpProperties::default().with_type_("gossip".to_string());
         assert!(invalid(classify(V2, b"", &unknown)));
+    }
+
+    #[test]
+    fn a_peer_gone_marker_without_our_secret_is_not_ours() {
+        let forged = peer_gone_properties("guessed");
+        assert!(matches!(classify(V2, b"", &forged), Frame::Invalid(_)));
+        let bare = AmqpProperties::default().with_type_(PEER_GONE.to_string());
+        assert!(matches!(classify(V2, b"", &bare), Frame::Invalid(_)));
+        // Version 1 goes by the body alone, as a version-1 peer's data does.
+        assert_eq!(classify(V1, b"", &forged), Frame::Fin(None));
+        assert_eq!(classify(V1, b"x", &bare), Frame::Data(None));
+        assert_ne!(new_marker(), new_marker());
     }
 
     #[test]
