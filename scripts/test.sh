@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-broker.sh
 bash scripts/ensure-build-deps.sh
+bash scripts/ensure-test-tools.sh
 summary="${CARGO_TARGET_DIR:-target}/tmp/reliability-summary.tsv"
 rm -f "$summary"
 print_summary() {

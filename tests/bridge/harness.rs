@@ -1,7 +1,10 @@
 //! Runs `amqp-bridge` as a child process and follows its log.
+// Shared by several test targets; each uses part of it.
+#![allow(dead_code)]
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError, unbounded};
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::process::{ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -136,4 +139,42 @@ impl Drop for Bridge {
                 .status();
         }
     }
+}
+
+/// Starts `serve` for a fresh queue in front of `target`; returns it and
+/// the queue once it serves.
+pub fn serve(url: &str, target: SocketAddr) -> (Bridge, String) {
+    let queue = crate::common::queue("bridge");
+    let bridge = Bridge::start(
+        url,
+        &["serve", "--queue", &queue, "--to", &target.to_string()],
+    );
+    bridge.wait_for("serving queue");
+    (bridge, queue)
+}
+
+/// Starts `forward` from a free local port to `queue`; returns it and
+/// the port's address once it accepts.
+pub fn forward(url: &str, queue: &str) -> (Bridge, SocketAddr) {
+    let bridge = Bridge::start(
+        url,
+        &["forward", "--listen", "127.0.0.1:0", "--queue", queue],
+    );
+    let line = bridge.wait_for("forwarding");
+    (bridge, address_in(&line))
+}
+
+/// The `IP:PORT` after "forwarding " or "front door on " in a log line.
+pub fn address_in(line: &str) -> SocketAddr {
+    line.split_whitespace()
+        .filter_map(|word| word.trim_end_matches(':').parse().ok())
+        .next()
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+}
+
+/// The log lines at `WARN` or `ERROR` in `log`.
+pub fn warnings(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+        .collect()
 }

@@ -3,7 +3,7 @@
 //! handle to it is dropped; a real end of data travels as a FIN instead.
 
 use amqp_stream::Stream;
-use std::net::{Shutdown, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
 
 /// Makes closing `tcp` abortive: once its last handle is dropped the
@@ -15,11 +15,7 @@ pub fn abort_tcp(tcp: &TcpStream) {
 }
 
 /// Makes closing `stream` abortive: once its last handle is dropped the
-/// peer's reads and writes fail with `ConnectionReset`.
-///
-/// The library's `Stream::set_linger(Some(Duration::ZERO))` does this;
-/// until it is there, the nearest is shutting the stream down both ways,
-/// which the peer reads as an end of data (see the bridge's report).
+/// peer's reads and writes fail with `ConnectionReset` (linger 0).
 pub fn abort_stream(stream: &Stream) {
-    let _ = stream.shutdown(Shutdown::Both);
+    let _ = stream.set_linger(Some(Duration::ZERO));
 }

@@ -28,6 +28,10 @@ pub trait Duplex: Read + Write + Send + Sized + 'static {
     fn stop_reading(&self);
     /// Makes the close abortive, once every handle is dropped.
     fn abort(&self);
+    /// Waits (briefly) until what was written has left: bytes the bridge
+    /// took before a reset then reach the peer ahead of the reset, as
+    /// they would over TCP.
+    fn drain(&self);
     /// Bounds how long one write blocks (`None`: forever).
     fn set_write_limit(&self, limit: Option<Duration>) -> io::Result<()>;
 }
@@ -49,6 +53,9 @@ impl Duplex for TcpStream {
     fn abort(&self) {
         abort_tcp(self);
     }
+    fn drain(&self) {
+        // Written bytes are in the kernel's hands already.
+    }
     fn set_write_limit(&self, limit: Option<Duration>) -> io::Result<()> {
         self.set_write_timeout(limit)
     }
@@ -68,6 +75,10 @@ impl Duplex for Stream {
     }
     fn abort(&self) {
         abort_stream(self);
+    }
+    fn drain(&self) {
+        // Bounded by the write limit: the broker's confirms, if they come.
+        let _ = (&mut &*self).flush();
     }
     fn set_write_limit(&self, limit: Option<Duration>) -> io::Result<()> {
         self.set_write_timeout(limit)
@@ -256,6 +267,8 @@ impl<R: Duplex, W: Duplex> Pump<R, W> {
                 Ok(n) => n,
                 Err(err) if err.kind() == ErrorKind::Interrupted => continue,
                 Err(err) => {
+                    // What came before the reset goes on ahead of it.
+                    self.to.drain();
                     self.abort(self.side, err);
                     break;
                 }
