@@ -367,6 +367,131 @@ fn serve_restarted_at_once_after_sigterm_gets_its_queue_back_every_time() {
     );
 }
 
+#[test]
+fn connections_still_open_when_the_grace_period_ends_are_reset_on_both_sides() {
+    // The target reports how its connection ended.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = listener.local_addr().unwrap();
+    let (ended_tx, ended) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            let ended_tx = ended_tx.clone();
+            std::thread::spawn(move || {
+                let _ = ended_tx.send(read_until_the_end(&mut client).1.map_err(|e| e.kind()));
+            });
+        }
+    });
+    let url = common::url();
+    let (_server, queue) = serve(&url, target);
+    let forwarder = Bridge::start(
+        &url,
+        &[
+            "forward",
+            "--listen",
+            "127.0.0.1:0",
+            "--queue",
+            &queue,
+            "--grace",
+            "1",
+        ],
+    );
+    let port = harness::address_in(&forwarder.wait_for("forwarding"));
+    let mut client = TcpStream::connect(port).unwrap();
+    client.write_all(b"still talking").unwrap();
+    forwarder.signal("TERM");
+    let (_, end) = read_until_the_end(&mut client);
+    let err = end.expect_err("a clean end of data from a bridge that stopped mid-connection");
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+    assert_eq!(
+        ended
+            .recv_timeout(BOUND)
+            .expect("the target's connection ended"),
+        Err(ErrorKind::ConnectionReset),
+        "the target's side"
+    );
+    assert!(forwarder.wait_exit().success(), "{}", forwarder.log());
+    forwarder.wait_for("resetting 1 connection(s) still open");
+}
+
+/// Runs the bridge to its end as users run it (no `RUST_LOG`): its exit
+/// code and everything it printed on standard error.
+fn run_plain(url: &str, args: &[&str]) -> (Option<i32>, String) {
+    let bridge = Bridge::start_logging(url, args, "");
+    let status = bridge.wait_exit();
+    bridge.wait_for("amqp-bridge: ");
+    (status.code(), bridge.log())
+}
+
+#[test]
+fn arguments_are_checked_before_the_broker_is_contacted_and_errors_are_one_line() {
+    // Nothing listens on this broker port: a bridge that contacted it
+    // would fail with exit code 3 instead.
+    let nowhere = format!("amqp://guest:guest@127.0.0.1:{}/%2f", common::free_port());
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    let cases: [(&[&str], i32, &str); 6] = [
+        (
+            &["forward", "--listen", "nowhere", "--queue", "q"],
+            2,
+            "ADDR:PORT",
+        ),
+        (
+            &["forward", "--listen", "127.0.0.1:0", "--queue", ""],
+            2,
+            "cannot be empty",
+        ),
+        (&["http", "--listen", &taken], 5, "cannot listen on"),
+        (
+            &["forward", "--listen", &taken, "--queue", "q"],
+            5,
+            "cannot listen on",
+        ),
+        (
+            &["connect", "--queue", "q", "--connect-timeout", "-1"],
+            2,
+            "0 or more",
+        ),
+        (
+            &[
+                "serve",
+                "--queue",
+                "q",
+                "--to",
+                "127.0.0.1:1",
+                "--grace",
+                "soon",
+            ],
+            2,
+            "not a number",
+        ),
+    ];
+    for (args, code, message) in cases {
+        let (got, log) = run_plain(&nowhere, args);
+        assert_eq!(got, Some(code), "{args:?}: {log}");
+        assert_eq!(log.lines().count(), 1, "{args:?}: not one line:\n{log}");
+        assert!(
+            log.starts_with("amqp-bridge: ") && log.contains(message),
+            "{args:?}: {log}"
+        );
+    }
+
+    // A queue served elsewhere: one line, none of amiquip's own.
+    let url = common::url();
+    let (_server, queue) = serve(&url, download_service(0, false));
+    let (code, log) = run_plain(&url, &["serve", "--queue", &queue, "--to", "127.0.0.1:1"]);
+    assert_eq!(code, Some(5), "{log}");
+    assert!(!log.contains("Close {"), "amiquip's raw message: {log}");
+    assert_eq!(warnings(&log), Vec::<&str>::new());
+    assert!(
+        log.lines()
+            .last()
+            .unwrap()
+            .contains("already has a listener"),
+        "{log}"
+    );
+}
+
 fn assert_same(what: &str, sent: &[u8], got: &[u8]) {
     assert!(
         sent == got,

@@ -29,12 +29,17 @@ impl Bridge {
         Bridge::start_logging(url, args, "info")
     }
 
-    /// Starts `amqp-bridge ARGS` against `url` with `RUST_LOG=level`.
+    /// Starts `amqp-bridge ARGS` against `url` with `RUST_LOG=level`
+    /// (an empty `level`: without `RUST_LOG`, as users run it).
     pub fn start_logging(url: &str, args: &[&str], level: &str) -> Bridge {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_amqp-bridge"))
-            .args(args)
-            .env("AMQP_URL", url)
-            .env("RUST_LOG", level)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_amqp-bridge"));
+        command.args(args).env("AMQP_URL", url);
+        if level.is_empty() {
+            command.env_remove("RUST_LOG");
+        } else {
+            command.env("RUST_LOG", level);
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

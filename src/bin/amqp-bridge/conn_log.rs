@@ -3,7 +3,7 @@
 //! `warn` only for what a user must look at: a reset by a peer, or a
 //! peer that resets after its own end of data, is an `info` line.
 
-use crate::lifecycle::ConnectionGuard;
+use crate::lifecycle::{Aborter, ConnectionGuard};
 use crate::splice::{Side, Transfer};
 use log::{info, warn};
 use std::io;
@@ -28,6 +28,11 @@ impl ConnectionLog {
         };
         info!("#{} open: {} -> {}", log.guard.id(), log.from, log.to);
         log
+    }
+
+    /// How to reset the connection should the bridge stop with it open.
+    pub fn on_abort(&self, abort: Aborter) {
+        self.guard.on_abort(abort);
     }
 
     /// Logs that the far end could not be reached (the near end has been

@@ -35,7 +35,10 @@ fn forward(
     let _ = client.set_nodelay(true);
     let stream = link.connect(queue);
     match stream {
-        Ok(stream) => log.closed(&splice(client, stream)),
+        Ok(stream) => {
+            let transfer = splice(client, stream, |abort| log.on_abort(abort));
+            log.closed(&transfer);
+        }
         // Reset, as a TCP client of a server that is not there would be.
         Err(err) => {
             abort_tcp(&client);

@@ -130,7 +130,7 @@ fn serve_client(
     };
     match stream.write_all(&head) {
         Ok(()) => {
-            let mut transfer = splice(client, stream);
+            let mut transfer = splice(client, stream, |abort| log.on_abort(abort));
             transfer.forth += head.len() as u64;
             log.closed(&transfer);
         }

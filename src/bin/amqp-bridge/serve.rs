@@ -186,7 +186,10 @@ impl Server {
         let spawned = std::thread::Builder::new()
             .name("serve".to_string())
             .spawn(move || match target.connect() {
-                Ok(tcp) => log.closed(&splice(stream, tcp)),
+                Ok(tcp) => {
+                    let transfer = splice(stream, tcp, |abort| log.on_abort(abort));
+                    log.closed(&transfer);
+                }
                 // Reset: the client sees what a refused TCP connection
                 // would give it, not an empty reply.
                 Err(err) => {

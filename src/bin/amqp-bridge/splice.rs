@@ -4,6 +4,7 @@
 //! too, as a TCP RST or a stream reset: never as a FIN.
 
 use crate::abort::{abort_stream, abort_tcp};
+use crate::lifecycle::Aborter;
 use amqp_stream::Stream;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -19,7 +20,7 @@ const WRITE_POLL: Duration = Duration::from_millis(200);
 
 /// A connection that can be split into handles for two threads, closed
 /// one direction at a time, or reset.
-pub trait Duplex: Read + Write + Send + Sized + 'static {
+pub trait Duplex: Read + Write + Send + Sync + Sized + 'static {
     /// Another handle to the same connection.
     fn duplicate(&self) -> io::Result<Self>;
     /// Sends the end of data (FIN) after everything written.
@@ -131,16 +132,29 @@ pub struct Transfer {
 
 /// Copies `a` to `b` and `b` to `a` until both directions have ended. The
 /// end of data of one direction is passed on as a half-close; a failure
-/// in either resets both connections.
-pub fn splice<A: Duplex, B: Duplex>(a: A, b: B) -> Transfer {
+/// in either resets both connections. `on_abort` is given a function that
+/// resets both from outside (for a bridge that stops with it open).
+pub fn splice<A: Duplex, B: Duplex>(a: A, b: B, on_abort: impl FnOnce(Aborter)) -> Transfer {
     let state = Arc::new(Mutex::new(State::default()));
     let prepared = (|| {
         a.set_write_limit(Some(WRITE_POLL))?;
         b.set_write_limit(Some(WRITE_POLL))?;
-        Ok::<_, io::Error>((a.duplicate()?, b.duplicate()?))
+        let (a_reader, b_reader) = (a.duplicate()?, b.duplicate()?);
+        let (a_kept, b_kept) = (a.duplicate()?, b.duplicate()?);
+        Ok::<_, io::Error>((a_reader, b_reader, a_kept, b_kept))
     })();
     let (a_reader, b_reader) = match prepared {
-        Ok(readers) => readers,
+        Ok((a_reader, b_reader, a_kept, b_kept)) => {
+            let stopped = Arc::clone(&state);
+            on_abort(Arc::new(move || {
+                lock(&stopped).fail(
+                    Side::First,
+                    io::Error::new(ErrorKind::Interrupted, "the bridge stopped with it open"),
+                );
+                for_both(&a_kept, &b_kept);
+            }));
+            (a_reader, b_reader)
+        }
         Err(error) => {
             a.abort();
             b.abort();
@@ -219,6 +233,14 @@ impl State {
             Side::Second => self.fin_from_second = true,
         }
     }
+}
+
+/// Makes both connections reset when closed and wakes both directions.
+fn for_both<A: Duplex, B: Duplex>(a: &A, b: &B) {
+    a.abort();
+    b.abort();
+    a.stop_reading();
+    b.stop_reading();
 }
 
 fn lock(state: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
@@ -329,9 +351,6 @@ impl<R: Duplex, W: Duplex> Pump<R, W> {
     /// so that it lets go of its handles too.
     fn abort(&self, failed: Side, error: io::Error) {
         lock(&self.state).fail(failed, error);
-        self.from.abort();
-        self.to.abort();
-        self.from.stop_reading();
-        self.to.stop_reading();
+        for_both(&self.from, &self.to);
     }
 }
