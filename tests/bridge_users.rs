@@ -347,8 +347,12 @@ fn serve_restarted_at_once_after_sigterm_gets_its_queue_back_every_time() {
     let url = common::url();
     let queue = common::queue("bridge-restart");
     let target = download_service(0, false).to_string();
+    let broker_log = BrokerLog::open();
+    let mut ports = Vec::new();
     for round in 1..=20 {
         let bridge = Bridge::start(&url, &["serve", "--queue", &queue, "--to", &target]);
+        let connected = bridge.wait_for("connected to");
+        ports.push(connected.rsplit(':').next().unwrap().trim().to_string());
         bridge.wait_for("serving queue");
         bridge.signal("TERM");
         let status = bridge.wait_exit();
@@ -357,6 +361,23 @@ fn serve_restarted_at_once_after_sigterm_gets_its_queue_back_every_time() {
             "round {round}: {status}; log:\n{}",
             bridge.log()
         );
+    }
+    // Each closed its broker connection properly: the broker logs the
+    // close at info, not "client unexpectedly closed TCP connection".
+    if let Some(broker_log) = broker_log {
+        common::eventually(BOUND, "the broker logs every close", || {
+            let closes = broker_log.closes_of(&ports);
+            let missing = ports.len() - closes.len();
+            let unexpected: Vec<_> = closes
+                .iter()
+                .filter(|line| !line.contains("[info]"))
+                .collect();
+            assert!(unexpected.is_empty(), "closed abruptly: {unexpected:?}");
+            match missing {
+                0 => Ok(()),
+                n => Err(format!("{n} closes not logged yet")),
+            }
+        });
     }
     common::summary::record(
         "bridge: serve restarted on its queue at once after SIGTERM",
@@ -490,6 +511,52 @@ fn arguments_are_checked_before_the_broker_is_contacted_and_errors_are_one_line(
             .contains("already has a listener"),
         "{log}"
     );
+}
+
+/// The broker's log file, read from where it ended when opened (the
+/// machine's RabbitMQ; `None` when `rabbitmq-diagnostics` cannot say
+/// where it is, as for a broker elsewhere).
+struct BrokerLog {
+    path: String,
+    start: u64,
+}
+
+impl BrokerLog {
+    fn open() -> Option<BrokerLog> {
+        let url = common::url();
+        if !(url.contains("@127.0.0.1:") || url.contains("@localhost:")) {
+            return None;
+        }
+        let out = Command::new("rabbitmq-diagnostics")
+            .args(["-q", "log_location"])
+            .output()
+            .ok()?;
+        let path = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()?
+            .trim()
+            .to_string();
+        let start = std::fs::metadata(&path).ok()?.len();
+        Some(BrokerLog { path, start })
+    }
+
+    /// The broker's "closing AMQP connection" lines, since `open`, of
+    /// connections from any of `ports` on 127.0.0.1.
+    fn closes_of(&self, ports: &[String]) -> Vec<String> {
+        let mut file = std::fs::File::open(&self.path).unwrap();
+        io::Seek::seek(&mut file, io::SeekFrom::Start(self.start)).unwrap();
+        let mut text = String::new();
+        let _ = file.read_to_string(&mut text);
+        text.lines()
+            .filter(|line| line.contains("closing AMQP connection"))
+            .filter(|line| {
+                ports
+                    .iter()
+                    .any(|port| line.contains(&format!("(127.0.0.1:{port} -> ")))
+            })
+            .map(String::from)
+            .collect()
+    }
 }
 
 fn assert_same(what: &str, sent: &[u8], got: &[u8]) {
