@@ -354,3 +354,126 @@ impl<R: Duplex, W: Duplex> Pump<R, W> {
         for_both(&self.from, &self.to);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::sync::mpsc;
+
+    const BOUND: Duration = Duration::from_secs(20);
+
+    /// A connected pair of loopback sockets: (the outside end, the end
+    /// the splice gets).
+    fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let outside = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (inside, _) = listener.accept().unwrap();
+        outside.set_read_timeout(Some(BOUND)).unwrap();
+        (outside, inside)
+    }
+
+    /// Splices two fresh pairs on a thread; returns both outside ends,
+    /// the transfer (when it ends) and the outside abort function.
+    fn spliced() -> (TcpStream, TcpStream, mpsc::Receiver<Transfer>, Aborter) {
+        let ((one, a), (two, b)) = (pair(), pair());
+        let (done_tx, done) = mpsc::channel();
+        let (abort_tx, abort) = mpsc::channel();
+        std::thread::spawn(move || {
+            let transfer = splice(a, b, |f| abort_tx.send(f).unwrap());
+            let _ = done_tx.send(transfer);
+        });
+        (one, two, done, abort.recv().unwrap())
+    }
+
+    fn read_to_end(mut tcp: &TcpStream) -> (Vec<u8>, io::Result<()>) {
+        let mut got = Vec::new();
+        let end = tcp.read_to_end(&mut got).map(drop);
+        (got, end)
+    }
+
+    fn reset(tcp: TcpStream) {
+        abort_tcp(&tcp);
+        drop(tcp);
+    }
+
+    #[test]
+    fn an_end_of_data_passes_on_as_an_end_of_data() {
+        let (mut one, mut two, done, _) = spliced();
+        one.write_all(b"request").unwrap();
+        one.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(read_to_end(&two).0, b"request");
+        two.write_all(b"answer").unwrap();
+        two.shutdown(Shutdown::Write).unwrap();
+        let (got, end) = read_to_end(&one);
+        assert_eq!(got, b"answer");
+        end.unwrap();
+        let transfer = done.recv_timeout(BOUND).unwrap();
+        assert!(transfer.failure.is_none(), "{:?}", transfer.failure);
+        assert_eq!((transfer.forth, transfer.back), (7, 6));
+    }
+
+    #[test]
+    fn a_reset_passes_on_as_a_reset() {
+        let (mut one, two, done, _) = spliced();
+        one.write_all(b"partial").unwrap();
+        let mut first = [0u8; 7];
+        (&two).read_exact(&mut first).unwrap();
+        reset(one);
+        let err = read_to_end(&two).1.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+        let failure = done.recv_timeout(BOUND).unwrap().failure.unwrap();
+        assert_eq!(failure.side, Side::First);
+        assert!(failure.is_peer_reset(), "{:?}", failure.error);
+    }
+
+    #[test]
+    fn a_writer_blocked_on_a_reader_that_does_not_read_lets_go_after_a_reset() {
+        let (one, mut two, done, _) = spliced();
+        // Fill every buffer towards `two`, which reads nothing, until
+        // `one` cannot write for a while: the copy towards `two` is then
+        // blocked in a write.
+        one.set_write_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let chunk = vec![0u8; 64 << 10];
+        loop {
+            match (&one).write(&chunk) {
+                Ok(_) => {}
+                Err(err) if err.kind() == ErrorKind::WouldBlock => break,
+                Err(err) => panic!("{err}"),
+            }
+        }
+        // `one` goes away abortively; the other direction finds out when
+        // it writes there, and the blocked copy must let go of `two`.
+        reset(one);
+        let deadline = std::time::Instant::now() + BOUND;
+        let transfer = loop {
+            let _ = two.write_all(b"are you there?");
+            if let Ok(transfer) = done.recv_timeout(Duration::from_millis(100)) {
+                break transfer;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the blocked copy never let go"
+            );
+        };
+        assert_eq!(transfer.failure.unwrap().side, Side::First);
+        let (_, end) = read_to_end(&two);
+        assert_eq!(end.unwrap_err().kind(), ErrorKind::ConnectionReset);
+    }
+
+    #[test]
+    fn the_outside_abort_resets_both_sides() {
+        let (one, two, done, abort) = spliced();
+        abort();
+        let failure = done.recv_timeout(BOUND).unwrap().failure.unwrap();
+        assert_eq!(failure.error.kind(), ErrorKind::Interrupted);
+        // Its handles are the last: dropping it sends the resets (the
+        // bridge drops it with the connection's guard).
+        drop(abort);
+        for side in [&one, &two] {
+            let err = read_to_end(side).1.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+        }
+    }
+}
