@@ -1,9 +1,11 @@
 //! `amqp-bridge` as its users run it, with real third-party programs
 //! (installed by `scripts/ensure-test-tools.sh`): OpenSSH through
 //! `connect` as a ProxyCommand and through `forward`/`serve`, psql against
-//! the machine's PostgreSQL, a request/response protocol that half-closes,
-//! a TCP client that must see a reset when the bridge's broker connection
-//! is cut or the target resets, and `serve` restarted at once.
+//! the machine's PostgreSQL, redis-cli and redis-benchmark (50 clients)
+//! against its Redis, curl through `http`, a request/response protocol
+//! that half-closes, a TCP client that must see a reset when the bridge's
+//! broker connection is cut or the target resets, and `serve` restarted
+//! at once.
 
 mod common;
 #[path = "bridge/harness.rs"]
@@ -139,6 +141,87 @@ fn psql_through_forward_and_serve_logs_no_warning() {
         );
         assert_eq!(warnings(&bridge.log()), Vec::<&str>::new());
     }
+}
+
+#[test]
+fn redis_cli_and_redis_benchmark_with_50_clients_through_forward_and_serve() {
+    let url = common::url();
+    let (server, queue) = serve(&url, "127.0.0.1:6379".parse().unwrap());
+    let (forwarder, port) = forward(&url, &queue);
+    let port = port.port().to_string();
+    let key = common::queue("key");
+    let redis = |args: &[&str]| {
+        let out = run_ok(Command::new("redis-cli").args(["-p", &port]).args(args));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(redis(&["set", &key, "through the broker"]), "OK");
+    assert_eq!(redis(&["get", &key]), "through the broker");
+    assert_eq!(redis(&["del", &key]), "1");
+    let out = run_ok(
+        Command::new("redis-benchmark")
+            .args(["-p", &port, "-q", "-n", "2000", "-c", "50", "-t", "ping"]),
+    );
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "\n");
+    assert!(text.contains("requests per second"), "{text}");
+    for bridge in [&server, &forwarder] {
+        assert_eq!(warnings(&bridge.log()), Vec::<&str>::new());
+    }
+}
+
+#[test]
+fn curl_through_the_http_front_door() {
+    // A web server that answers each request with its request line.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let web = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && client.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let line = String::from_utf8_lossy(&head)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_string();
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{line}",
+                    line.len()
+                );
+                let _ = client.write_all(answer.as_bytes());
+            });
+        }
+    });
+    let url = common::url();
+    let (_server, queue) = serve(&url, web);
+    let front = Bridge::start(&url, &["http", "--listen", "127.0.0.1:0"]);
+    let port = harness::address_in(&front.wait_for("front door on"));
+    let out = run_ok(Command::new("curl").args([
+        "-sS",
+        "--max-time",
+        "30",
+        "-H",
+        &format!("X-AMQP-Server-Queue: {queue}"),
+        &format!("http://{port}/hello"),
+    ]));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "GET /hello HTTP/1.1");
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "30",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .arg(format!("http://{port}/"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "400");
 }
 
 #[test]
