@@ -19,7 +19,7 @@ use std::io::{self, ErrorKind, Read, Write};
 use std::net::Shutdown;
 use std::os::fd::AsFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 /// How much one read takes, from standard input or from the stream.
@@ -73,6 +73,8 @@ pub fn run(url: &str, args: &ConnectArgs) -> Result<(), Fatal> {
 
     let stopping = Arc::new(AtomicBool::new(false));
     let input_ended = Arc::new(AtomicBool::new(false));
+    // Chunks read from standard input and not yet all written.
+    let pending = Arc::new(AtomicUsize::new(0));
     let (stop_tx, stop) = bounded::<()>(0);
     let stdin = File::from(io::stdin().as_fd().try_clone_to_owned().map_err(runtime)?);
     let stdout = File::from(io::stdout().as_fd().try_clone_to_owned().map_err(runtime)?);
@@ -80,9 +82,10 @@ pub fn run(url: &str, args: &ConnectArgs) -> Result<(), Fatal> {
     // Standard input is read on a thread of its own that holds no handle
     // to the stream: a read blocked there cannot keep the stream open.
     let (chunks_tx, chunks) = bounded(1);
+    let read_pending = Arc::clone(&pending);
     std::thread::Builder::new()
         .name("stdin".to_string())
-        .spawn(move || read_input(stdin, &chunks_tx))
+        .spawn(move || read_input(stdin, &chunks_tx, &read_pending))
         .map_err(runtime)?;
 
     // Each copying thread holds a sender until it ends.
@@ -94,11 +97,11 @@ pub fn run(url: &str, args: &ConnectArgs) -> Result<(), Fatal> {
             events_tx.clone(),
             Arc::clone(&stopping),
         );
-        let input_ended = Arc::clone(&input_ended);
+        let (input_ended, pending) = (Arc::clone(&input_ended), Arc::clone(&pending));
         std::thread::Builder::new()
             .name("to-stream".to_string())
             .spawn(move || {
-                let sent = send(&stream, &chunks, &stop, &stopping, &input_ended);
+                let sent = send(&stream, &chunks, &stop, &stopping, &input_ended, &pending);
                 if let Some(sent) = sent {
                     let _ = events_tx.send(Event::InputDone(sent));
                 }
@@ -122,7 +125,7 @@ pub fn run(url: &str, args: &ConnectArgs) -> Result<(), Fatal> {
     }
     drop(events_tx);
 
-    let outcome = wait_for_the_end(&events, &input_ended, &queue);
+    let outcome = wait_for_the_end(&events, &input_ended, &pending, &queue);
     // Ending: both copying threads let go of the stream, then it closes
     // (reset when the transfer did not end normally) and, with it, the
     // broker connection.
@@ -151,7 +154,12 @@ struct Outcome {
 
 /// Waits until the far end has closed and everything is written out, a
 /// failure, or a signal.
-fn wait_for_the_end(events: &Receiver<Event>, input_ended: &AtomicBool, queue: &str) -> Outcome {
+fn wait_for_the_end(
+    events: &Receiver<Event>,
+    input_ended: &AtomicBool,
+    pending: &AtomicUsize,
+    queue: &str,
+) -> Outcome {
     let failed = |failure: Failure| {
         let message = match failure {
             Failure::Stream(err) => format!("queue {queue:?}: {err}"),
@@ -167,12 +175,14 @@ fn wait_for_the_end(events: &Receiver<Event>, input_ended: &AtomicBool, queue: &
         match events.recv() {
             Ok(Event::InputDone(Ok(sent))) => debug!("standard input ended: {sent} bytes sent"),
             // The far end has closed its side. If standard input is still
-            // open the program ends anyway, as `nc -N` would.
+            // open the program ends anyway, as `nc -N` would: normally if
+            // all that was read from it is sent, else with a reset (the
+            // far end must not take a cut-off input for all of it).
             Ok(Event::OutputDone(Ok(received))) => {
                 debug!("the far end closed: {received} bytes received");
                 return Outcome {
                     result: Ok(()),
-                    abort: false,
+                    abort: pending.load(Ordering::SeqCst) > 0,
                 };
             }
             Ok(Event::InputDone(Err(failure)) | Event::OutputDone(Err(failure))) => {
@@ -197,12 +207,13 @@ fn wait_for_the_end(events: &Receiver<Event>, input_ended: &AtomicBool, queue: &
 
 /// Reads standard input in chunks until its end (the channel then
 /// disconnects) or a failure (sent as the last item).
-fn read_input(mut stdin: File, chunks: &Sender<io::Result<Vec<u8>>>) {
+fn read_input(mut stdin: File, chunks: &Sender<io::Result<Vec<u8>>>, pending: &AtomicUsize) {
     let mut buf = vec![0; CHUNK];
     loop {
         match stdin.read(&mut buf) {
             Ok(0) => return,
             Ok(n) => {
+                pending.fetch_add(1, Ordering::SeqCst);
                 if chunks.send(Ok(buf[..n].to_vec())).is_err() {
                     return;
                 }
@@ -224,6 +235,7 @@ fn send(
     stop: &Receiver<()>,
     stopping: &AtomicBool,
     input_ended: &AtomicBool,
+    pending: &AtomicUsize,
 ) -> Option<Result<u64, Failure>> {
     if let Err(err) = stream.set_write_timeout(Some(WRITE_POLL)) {
         return Some(Err(Failure::Stream(err)));
@@ -256,6 +268,7 @@ fn send(
                 Err(err) => return Some(Err(Failure::Stream(err))),
             }
         }
+        pending.fetch_sub(1, Ordering::SeqCst);
     }
     input_ended.store(true, Ordering::SeqCst);
     let fin = stream
