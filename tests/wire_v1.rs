@@ -243,3 +243,64 @@ fn with_nodelay_every_write_still_arrives_in_order() {
     expected.extend_from_slice(b"end");
     assert_eq!(bytes, expected);
 }
+
+/// Version 1 has no sequence numbers, so a FIN must never follow a data
+/// message the broker refused: the peer would read a clean EOF after a
+/// gap. The raw server's queue takes at most 1,500 bytes and rejects
+/// publishes past that: the second 1,000-byte message is refused while
+/// an empty FIN would still fit. Our side holds its FIN until the data
+/// before it is confirmed, so the refusal fails the stream instead.
+#[test]
+fn no_fin_follows_a_refused_message() {
+    let q = queue("wire-nack");
+    let mut connection = raw_connection();
+    let channel = connection.open_channel(None).unwrap();
+    let requests_queue = channel
+        .queue_declare(q.clone(), exclusive_auto_delete())
+        .unwrap();
+    let requests = requests_queue.consume(ConsumerOptions::default()).unwrap();
+    let options = amqp_stream::StreamOptions::new()
+        .protocol_version(Some(amqp_stream::ProtocolVersion::V1))
+        .nodelay(true);
+    let client_q = q.clone();
+    let client = std::thread::spawn(move || {
+        let mut s = Stream::connect_with(&url(), &client_q, &options).unwrap();
+        s.write_all(&[1; 1000]).unwrap();
+        s.flush().unwrap();
+        // Refused by the broker; the FIN behind it must not go.
+        let _ = s.write_all(&[2; 1000]);
+        let _ = s.shutdown(Shutdown::Write);
+        let err = s.read(&mut [0; 16]).expect_err("a refused stream fails");
+        assert_eq!(err.kind(), std::io::ErrorKind::ConnectionAborted, "{err}");
+        assert!(err.to_string().contains("refused"), "{err}");
+    });
+    let syn = next(requests.receiver());
+    let c_name = syn.properties.reply_to().clone().unwrap();
+    requests.ack(syn).unwrap();
+    let mut full = exclusive_auto_delete();
+    full.arguments.insert(
+        "x-max-length-bytes".to_string(),
+        amiquip::AmqpValue::LongLongInt(1500),
+    );
+    full.arguments.insert(
+        "x-overflow".to_string(),
+        amiquip::AmqpValue::LongString("reject-publish".to_string()),
+    );
+    let s = channel.queue_declare("", full).unwrap();
+    publish(&channel, &c_name, b"", Some(s.name()));
+    client.join().unwrap();
+    // What reached the server's queue: the first message, and no FIN.
+    // (length, first byte) of each message.
+    let mut messages = Vec::new();
+    while let Some(got) = s.get(true).unwrap() {
+        let body = got.delivery.body;
+        messages.push((body.len(), body.first().copied()));
+    }
+    assert_eq!(
+        messages,
+        [(1000, Some(1))],
+        "only the confirmed data, no FIN"
+    );
+    std::mem::forget(requests);
+    connection.close().unwrap();
+}

@@ -1,0 +1,524 @@
+//! A worker's life once its stream is connected: one loop over what the
+//! user writes, what the reader reports, the broker's confirms and
+//! returns, and a keepalive tick; then closing.
+
+use super::WorkerEnds;
+use super::publisher::Publisher;
+use crate::connection::BrokerConnection;
+use crate::inbox::Inbox;
+use crate::options::StreamOptions;
+use crate::protocol::frame;
+use crate::shared::{Ending, Failure};
+use crate::version::ProtocolVersion;
+use amiquip::{Channel, Return};
+use crossbeam_channel::{Receiver, after, select, tick};
+use log::{debug, warn};
+use std::io;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{Control, Outbound};
+
+/// The worker's state after the handshake.
+pub(super) struct Worker<'a> {
+    pub(super) connection: Arc<BrokerConnection>,
+    pub(super) options: StreamOptions,
+    /// How long closing waits for confirms: the options' linger, or the
+    /// stream's own (`Stream::set_linger`) once its last handle is gone.
+    pub(super) linger: Duration,
+    /// The secret of our "peer gone" marker.
+    pub(super) marker: String,
+    pub(super) publisher: Publisher<'a>,
+    pub(super) returns: Receiver<Return>,
+    pub(super) ends: WorkerEnds,
+    pub(super) peer_queue: String,
+    pub(super) local_queue: String,
+    pub(super) version: ProtocolVersion,
+    pub(super) inbox: Arc<Inbox>,
+    /// The largest message to publish.
+    pub(super) message_limit: usize,
+    /// The sequence number of the last data or FIN frame sent.
+    pub(super) sequence: u64,
+    /// The delivery tag acknowledged last (acks cover all before it).
+    pub(super) acked: u64,
+    /// When something was last published to the peer.
+    pub(super) last_sent: Instant,
+    pub(super) probe_channel: Option<Channel>,
+    pub(super) fin_sent: bool,
+    /// Version 1: a FIN held back until the broker has confirmed every
+    /// message before it. Version 1 has no sequence numbers: a data
+    /// message refused after the FIN went out would leave the peer a clean
+    /// EOF after a gap. Held back, a refusal fails the stream and no FIN
+    /// is ever sent.
+    pub(super) fin_waiting: bool,
+    pub(super) fin_received: bool,
+    pub(super) peer_gone: bool,
+    pub(super) reader_done: bool,
+    /// Written bytes not yet published: a partial message waits here while
+    /// earlier data awaits its confirm, gathering the writes behind it
+    /// (Nagle's algorithm, with the broker's confirm as the ACK).
+    pub(super) unsent: Vec<u8>,
+}
+
+impl Worker<'_> {
+    pub(super) fn run_loop(&mut self) {
+        let ticker = tick(self.options.get_keepalive_interval());
+        loop {
+            if self.done() {
+                return;
+            }
+            let next = select! {
+                recv(self.ends.shared.written.filled()) -> _ => {
+                    self.take_written();
+                    self.publish_unsent(false)
+                }
+                recv(self.ends.outbound) -> item => match item {
+                    Ok(item) => self.outbound(item),
+                    // The last handle is gone; it said how to end.
+                    Err(_) => self.outbound(match self.ends.shared.ending() {
+                        Some(Ending::Reset(why)) => Outbound::Reset(why),
+                        _ => Outbound::Close,
+                    }),
+                },
+                recv(self.ends.control) -> control => match control {
+                    Ok(control) => self.control(control),
+                    Err(_) => ControlFlow::Break(()),
+                },
+                recv(self.returns) -> returned => match returned {
+                    Ok(returned) => {
+                        self.returned(returned);
+                        ControlFlow::Continue(())
+                    }
+                    Err(_) => self.broker_lost("the channel closed"),
+                },
+                recv(self.publisher.confirms) -> confirm => match confirm {
+                    Ok(confirm) => {
+                        self.publisher.absorb(confirm);
+                        if self.publisher.nacked {
+                            self.refused_by_broker()
+                        } else {
+                            self.answer_flushes();
+                            self.publish_unsent(false)
+                        }
+                    }
+                    Err(_) => self.broker_lost("the channel closed"),
+                },
+                recv(ticker) -> _ => self.keepalive(),
+            };
+            if next.is_break() {
+                return;
+            }
+        }
+    }
+
+    /// The stream is over in both directions, or the peer is gone and
+    /// the reader knows.
+    fn done(&self) -> bool {
+        (self.fin_sent && self.fin_received) || (self.peer_gone && self.reader_done)
+    }
+
+    /// Moves what was written into `unsent`, behind what waits there.
+    fn take_written(&mut self) {
+        let written = self.ends.shared.written.take();
+        if self.unsent.is_empty() {
+            self.unsent = written;
+        } else {
+            self.unsent.extend_from_slice(&written);
+        }
+    }
+
+    fn outbound(&mut self, item: Outbound) -> ControlFlow<()> {
+        // Everything written before this item goes first.
+        self.take_written();
+        match item {
+            Outbound::Push => self.publish_unsent(false),
+            Outbound::Fin(reply) => {
+                // Like a TCP shutdown, this does not wait for the peer: a
+                // held-back FIN leaves once the broker has the data.
+                let result = match self.publish_unsent(true) {
+                    ControlFlow::Continue(()) => self.fin_after_data(),
+                    ControlFlow::Break(()) => Err(self.ends.shared.write_error()),
+                };
+                let _ = reply.send(result);
+                ControlFlow::Continue(())
+            }
+            Outbound::Flush(reply) => {
+                let _ = self.publish_unsent(true);
+                let seq = self.publisher.published;
+                self.publisher.flushes.push_back((seq, reply));
+                self.answer_flushes();
+                ControlFlow::Continue(())
+            }
+            Outbound::Close => {
+                if let Some(Ending::Close { linger }) = self.ends.shared.ending() {
+                    self.linger = linger;
+                }
+                if let Some(Failure::Protocol(why)) = self.ends.shared.failure() {
+                    // The reader found a violation; its abort may still
+                    // be queued behind this close.
+                    self.send_reset(&why);
+                } else if !self.fin_sent
+                    && !self.fin_waiting
+                    && self.publish_unsent(true).is_continue()
+                {
+                    let _ = self.fin_after_data();
+                }
+                ControlFlow::Break(())
+            }
+            Outbound::Reset(why) => {
+                self.unsent.clear();
+                self.send_reset(&why);
+                ControlFlow::Break(())
+            }
+        }
+    }
+
+    /// Publishes one frame to the peer.
+    fn publish_to_peer(
+        &mut self,
+        body: &[u8],
+        properties: amiquip::AmqpProperties,
+    ) -> Result<(), amiquip::Error> {
+        let peer = self.peer_queue.clone();
+        self.publisher.publish(&peer, body, properties)?;
+        self.last_sent = Instant::now();
+        Ok(())
+    }
+
+    /// Publishes the unsent bytes: full messages always; the partial rest
+    /// only when `all` is set, `nodelay` is on, or nothing published is
+    /// still waiting for its confirm (whose arrival calls this again).
+    fn publish_unsent(&mut self, all: bool) -> ControlFlow<()> {
+        if self.ends.shared.failure().is_some() {
+            self.unsent.clear();
+            return ControlFlow::Continue(());
+        }
+        let max = self.message_limit;
+        while !self.unsent.is_empty() {
+            let full = self.unsent.len() >= max;
+            if !(full || all || self.ends.shared.nodelay() || self.publisher.all_confirmed()) {
+                break;
+            }
+            let n = self.unsent.len().min(max);
+            let unsent = std::mem::take(&mut self.unsent);
+            let properties = frame::data_properties(self.version, self.sequence + 1);
+            let published = self.publish_to_peer(&unsent[..n], properties);
+            self.unsent = unsent;
+            if let Err(err) = published {
+                self.unsent.clear();
+                let peer = self.peer_queue.clone();
+                return self.broker_lost(&format!("publishing to {peer:?}: {err}"));
+            }
+            self.sequence += 1;
+            if n == self.unsent.len() {
+                self.unsent.clear();
+            } else {
+                self.unsent.drain(..n);
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Sends the FIN now (version 2, whose sequence numbers expose any
+    /// refused message before it, or nothing unconfirmed) or holds it until
+    /// everything before it is confirmed (version 1).
+    fn fin_after_data(&mut self) -> io::Result<()> {
+        if self.version == ProtocolVersion::V1 && !self.publisher.all_confirmed() {
+            if let Some(failure) = self.ends.shared.failure() {
+                return Err(failure.write_error());
+            }
+            self.fin_waiting = true;
+            return Ok(());
+        }
+        self.send_fin()
+    }
+
+    /// Sends a held-back FIN once everything before it is confirmed; a
+    /// failed stream never sends it.
+    fn settle_waiting_fin(&mut self) {
+        if !self.fin_waiting || !self.publisher.all_confirmed() {
+            return;
+        }
+        self.fin_waiting = false;
+        if self.ends.shared.failure().is_none() {
+            let _ = self.send_fin();
+        }
+    }
+
+    fn send_fin(&mut self) -> io::Result<()> {
+        if self.fin_sent {
+            return Ok(());
+        }
+        if let Some(failure) = self.ends.shared.failure() {
+            return Err(failure.write_error());
+        }
+        let properties = frame::fin_properties(self.version, self.sequence + 1);
+        match self.publish_to_peer(&[], properties) {
+            Ok(()) => {
+                self.sequence += 1;
+                self.fin_sent = true;
+                Ok(())
+            }
+            Err(err) => {
+                let text = format!("sending FIN to {:?}: {err}", self.peer_queue);
+                // The failure is recorded; the loop ends when the channel's
+                // receivers disconnect.
+                let _ = self.broker_lost(&text);
+                Err(io::Error::new(io::ErrorKind::ConnectionAborted, text))
+            }
+        }
+    }
+
+    /// Tells a version-2 peer that the stream is aborted (version 1 has no
+    /// reset: the peer sees the FIN of a close instead).
+    fn send_reset(&mut self, why: &str) {
+        if self.peer_gone
+            || self
+                .ends
+                .shared
+                .failure()
+                .is_some_and(|f| matches!(f, Failure::BrokerLost(_)))
+        {
+            return;
+        }
+        if self.version == ProtocolVersion::V1 {
+            // No reset in version 1, and never a FIN in its place: that
+            // would be a clean end after whatever was dropped. The peer
+            // finds our queue gone (deleted with our consumer) and fails.
+            debug!("stream {}: aborting: {why}", self.local_queue);
+            return;
+        }
+        debug!("stream {}: resetting: {why}", self.local_queue);
+        if let Err(err) = self.publish_to_peer(why.as_bytes(), frame::reset_properties()) {
+            let _ = self.broker_lost(&format!("sending a reset: {err}"));
+        }
+    }
+
+    fn control(&mut self, control: Control) -> ControlFlow<()> {
+        match control {
+            Control::Ack(delivery) => {
+                // Acks are cumulative: one for a later delivery covered it.
+                if delivery.delivery_tag() > self.acked {
+                    self.acked = delivery.delivery_tag();
+                    if let Err(err) = (*delivery).ack_multiple(self.publisher.channel) {
+                        return self.broker_lost(&format!("acknowledging data: {err}"));
+                    }
+                }
+            }
+            Control::FinReceived => {
+                self.fin_received = true;
+                self.reader_done = true;
+            }
+            Control::PeerGoneSeen => self.reader_done = true,
+            Control::Window(consumed) => {
+                if self.peer_gone || self.ends.shared.failure().is_some() {
+                    return ControlFlow::Continue(());
+                }
+                let (properties, body) = frame::window_frame(consumed);
+                if let Err(err) = self.publish_to_peer(&body, properties) {
+                    return self.broker_lost(&format!("reporting the window: {err}"));
+                }
+            }
+            Control::PeerReset => {
+                // Everything before the reset has left the consumer, so the
+                // reader keeps it; nothing after it counts.
+                self.peer_gone = true;
+                self.answer_flushes();
+                return ControlFlow::Break(());
+            }
+            Control::Abort(why) => {
+                warn!("stream {}: {why}", self.local_queue);
+                self.unsent.clear();
+                self.send_reset(&why);
+                self.answer_flushes();
+                return ControlFlow::Break(());
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn returned(&mut self, returned: Return) {
+        debug!(
+            "message to {:?} returned: {} {}",
+            returned.routing_key, returned.reply_code, returned.reply_text
+        );
+        self.peer_left(&format!(
+            "the peer's queue {:?} is gone ({})",
+            returned.routing_key, returned.reply_text
+        ));
+    }
+
+    /// Marks the peer as gone. Data it sent before going stays readable:
+    /// a marker on our own queue, behind that data, tells the reader where
+    /// the stream ends.
+    fn peer_left(&mut self, why: &str) {
+        if self.peer_gone {
+            return;
+        }
+        self.peer_gone = true;
+        self.ends.shared.fail(Failure::PeerGone(why.to_string()));
+        self.answer_flushes();
+        if self.fin_received {
+            self.reader_done = true;
+            return;
+        }
+        let own = self.local_queue.clone();
+        if let Err(err) =
+            self.publisher
+                .publish(&own, &[], frame::peer_gone_properties(&self.marker))
+        {
+            let _ = self.broker_lost(&format!("marking the end of {own:?}: {err}"));
+        }
+    }
+
+    /// The broker nacked a message: bytes a `write` accepted will not all
+    /// arrive, so the stream fails here and the peer is reset (or, if the
+    /// reset is refused too, finds our queue gone once we close).
+    fn refused_by_broker(&mut self) -> ControlFlow<()> {
+        let why = format!(
+            "the broker refused a message to {:?} (nack): the stream is aborted",
+            self.peer_queue
+        );
+        warn!("stream {}: {why}", self.local_queue);
+        self.ends.shared.fail(Failure::Refused(why.clone()));
+        self.unsent.clear();
+        self.answer_flushes();
+        self.send_reset(&why);
+        ControlFlow::Break(())
+    }
+
+    fn broker_lost(&mut self, why: &str) -> ControlFlow<()> {
+        warn!("stream {}: lost the broker: {why}", self.local_queue);
+        self.ends.shared.fail(Failure::BrokerLost(format!(
+            "lost the broker connection: {why}"
+        )));
+        self.answer_flushes();
+        ControlFlow::Break(())
+    }
+
+    /// Runs every keepalive interval: checks that the peer is still there
+    /// and, in version 2, handles control frames nobody is reading.
+    fn keepalive(&mut self) -> ControlFlow<()> {
+        match self.version {
+            ProtocolVersion::V1 => self.probe_peer(),
+            _ => {
+                if let Some(pump) = self.inbox.try_take() {
+                    pump.drain();
+                }
+                self.send_keepalive();
+                ControlFlow::Continue(())
+            }
+        }
+    }
+
+    /// Version 2: a keepalive frame when nothing else went to the peer for
+    /// an interval. The broker returns it if the peer's queue is gone.
+    fn send_keepalive(&mut self) {
+        if self.peer_gone || self.fin_received || self.ends.shared.failure().is_some() {
+            return;
+        }
+        // The ticker fires every interval: allow for its jitter.
+        if self.last_sent.elapsed() < self.options.get_keepalive_interval() / 2 {
+            return;
+        }
+        if let Err(err) = self.publish_to_peer(&[], frame::keepalive_properties()) {
+            let _ = self.broker_lost(&format!("sending a keepalive: {err}"));
+        }
+    }
+
+    /// Version 1: checks that the peer's queue still exists.
+    fn probe_peer(&mut self) -> ControlFlow<()> {
+        if self.peer_gone || self.fin_received {
+            return ControlFlow::Continue(());
+        }
+        let channel = match self.probe_channel.take() {
+            Some(channel) => channel,
+            None => match self.connection.open_channel("checking the peer") {
+                Ok(channel) => channel,
+                Err(err) => return self.broker_lost(&err.to_string()),
+            },
+        };
+        match channel.queue_declare_passive(self.peer_queue.clone()) {
+            Ok(_) => self.probe_channel = Some(channel),
+            // Exclusive to the peer's connection: it exists. The broker
+            // closed the channel, a new one is opened next time.
+            Err(amiquip::Error::ServerClosedChannel { code: 405, .. }) => {}
+            Err(amiquip::Error::ServerClosedChannel { code: 404, .. }) => {
+                let why = format!("the peer's queue {:?} is gone", self.peer_queue);
+                self.peer_left(&why);
+            }
+            Err(err) => return self.broker_lost(&format!("checking the peer: {err}")),
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn answer_flushes(&mut self) {
+        self.settle_waiting_fin();
+        if let Some(failure) = self.ends.shared.failure() {
+            for (_, reply) in self.publisher.flushes.drain(..) {
+                let _ = reply.send(Err(failure.write_error()));
+            }
+            return;
+        }
+        while let Some((seq, _)) = self.publisher.flushes.front() {
+            if *seq > self.publisher.confirmed {
+                break;
+            }
+            let (_, reply) = self.publisher.flushes.pop_front().expect("front exists");
+            let result = if self.publisher.nacked {
+                Err(io::Error::other("the broker refused a message (nack)"))
+            } else {
+                Ok(())
+            };
+            let _ = reply.send(result);
+        }
+    }
+
+    /// Before the channel closes: wait (up to the linger time) until the
+    /// broker has confirmed everything published.
+    pub(super) fn finish(&mut self) {
+        let deadline = after(self.linger);
+        loop {
+            // A held-back FIN goes once the data before it is confirmed,
+            // and is waited for in turn.
+            self.settle_waiting_fin();
+            if self.publisher.all_confirmed() || self.ends.shared.failure().is_some() {
+                break;
+            }
+            select! {
+                recv(self.publisher.confirms) -> confirm => match confirm {
+                    Ok(confirm) => {
+                        self.publisher.absorb(confirm);
+                        if self.publisher.nacked {
+                            let _ = self.refused_by_broker();
+                        }
+                    }
+                    Err(_) => break,
+                },
+                recv(self.returns) -> returned => match returned {
+                    Ok(returned) => self.returned(returned),
+                    Err(_) => break,
+                },
+                recv(deadline) -> _ => {
+                    warn!("stream {}: closing with unconfirmed data", self.local_queue);
+                    break;
+                }
+            }
+        }
+        self.answer_flushes();
+        // Whatever is still waiting was not confirmed in time.
+        for (_, reply) in self.publisher.flushes.drain(..) {
+            let _ = reply.send(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the stream closed before the broker confirmed the data",
+            )));
+        }
+        if let Some(channel) = self.probe_channel.take() {
+            let _ = channel.close();
+        }
+        if self.publisher.all_confirmed() && self.ends.shared.failure().is_none() {
+            self.ends.shared.set_closed_cleanly();
+        }
+    }
+}

@@ -1,0 +1,572 @@
+//! The worker thread of one stream: it owns the stream's AMQP channel,
+//! runs the handshake, publishes what the user writes, acknowledges what
+//! the user reads, watches for returned messages and checks that the peer
+//! is still there.
+//!
+//! The user's `read` takes deliveries straight from amiquip's consumer
+//! receiver (no extra thread hop on the receive path); everything else
+//! that touches the channel happens here.
+//!
+//! This module sets a worker up (a thread of its own, or a prepared one
+//! from a [`SparePool`]); [`handshake`] runs the SYN and SYN-ACK,
+//! [`publisher`] publishes and counts confirms, and [`connected`] is the
+//! worker's loop once the stream is up.
+
+mod connected;
+mod handshake;
+mod publisher;
+
+use crate::connection::BrokerConnection;
+use crate::credit::{SendWindow, message_limit};
+use crate::error::Error;
+use crate::inbox::Inbox;
+use crate::options::StreamOptions;
+use crate::protocol::frame;
+use crate::protocol::handshake::Offer;
+use crate::protocol::{new_queue_name, queue_declare_options};
+use crate::shared::Shared;
+use crate::spare::{SpareLife, SparePool, SpareSlot};
+use crate::version::ProtocolVersion;
+use amiquip::{Channel, Confirm, ConsumerMessage, ConsumerOptions, Delivery, Return};
+use connected::Worker;
+use crossbeam_channel::{Receiver, Sender, after, bounded, select, unbounded};
+use handshake::{await_handshake, send_handshake};
+use log::debug;
+use publisher::Publisher;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What the user's side sends the worker, in stream order.
+pub(crate) enum Outbound {
+    /// Publish the FIN; answer once it is published.
+    Fin(Sender<io::Result<()>>),
+    /// Answer once everything before this is confirmed by the broker.
+    Flush(Sender<io::Result<()>>),
+    /// Publish what small writes are waiting (after `set_nodelay(true)`).
+    Push,
+    /// The last handle is gone: finish and clean up.
+    Close,
+    /// The last handle is gone with data unread: reset the stream (version
+    /// 2; version 1 closes) and clean up.
+    Reset(String),
+}
+
+/// What the receiving side tells the worker, out of stream order.
+pub(crate) enum Control {
+    /// Acknowledge this delivery and every one before it.
+    Ack(Box<Delivery>),
+    /// The reader has taken the peer's FIN.
+    FinReceived,
+    /// The reader has taken the peer-gone marker.
+    PeerGoneSeen,
+    /// Report to the peer that our reader has consumed this many bytes.
+    Window(u64),
+    /// The peer reset the stream.
+    PeerReset,
+    /// The peer broke the protocol: reset the stream, saying why.
+    Abort(String),
+}
+
+/// Which end of the handshake the worker plays.
+pub(crate) enum Role {
+    /// Connect to a listener's control queue.
+    Client {
+        /// The listener's queue.
+        listener_queue: String,
+        /// When to give up waiting for the answer.
+        deadline: Option<Instant>,
+        /// The timeout, for the error message.
+        timeout: Option<Duration>,
+    },
+    /// Answer a connection request.
+    Server {
+        /// The client's queue, from the request's `reply_to`.
+        client_queue: String,
+        /// The version the listener chose for it.
+        version: ProtocolVersion,
+        /// The client's version-2 offer, if it made one.
+        offer: Option<Offer>,
+    },
+}
+
+/// A stream whose handshake succeeded: the ends the user's handles hold.
+pub(crate) struct Established {
+    pub(crate) local_queue: String,
+    pub(crate) peer_queue: String,
+    pub(crate) inbox: Arc<Inbox>,
+    /// The largest message to send: at most half the peer's window.
+    pub(crate) message_limit: usize,
+    pub(crate) outbound: Sender<Outbound>,
+    pub(crate) control: Sender<Control>,
+    /// Disconnects when the worker thread ends.
+    pub(crate) alive: Receiver<()>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// Sets up a stream and waits for its handshake: on a prepared worker
+/// from `spares` when one is ready, else on a new thread.
+pub(crate) fn start(
+    connection: &Arc<BrokerConnection>,
+    role: Role,
+    options: StreamOptions,
+    spares: Option<&SparePool>,
+) -> Result<Established, Error> {
+    begin(connection, role, options, spares)?.wait()
+}
+
+/// Starts setting up a stream without waiting for its handshake; the
+/// [`Pending`] it returns says when it is done.
+pub(crate) fn begin(
+    connection: &Arc<BrokerConnection>,
+    role: Role,
+    options: StreamOptions,
+    spares: Option<&SparePool>,
+) -> Result<Pending, Error> {
+    let (setup_tx, setup_rx) = bounded(1);
+    let (outbound_tx, outbound_rx) = bounded(4);
+    let (control_tx, control_rx) = unbounded();
+    let (alive_tx, alive_rx) = bounded::<()>(0);
+    let write_limit = options.get_write_queue() * options.get_max_message_size();
+    let shared = Arc::new(Shared::new(write_limit));
+    shared.set_nodelay(options.get_nodelay());
+    let assignment = Box::new(Assignment {
+        role,
+        options,
+        setup: setup_tx,
+        ends: WorkerEnds {
+            outbound: outbound_rx,
+            control: control_rx,
+            control_sender: control_tx.clone(),
+            shared: Arc::clone(&shared),
+            _alive: alive_tx,
+        },
+    });
+    let assignment = match spares {
+        Some(spares) => spares.hand_over(assignment),
+        None => Err(assignment),
+    };
+    if let Err(assignment) = assignment {
+        let connection = Arc::clone(connection);
+        let options = assignment.options.clone();
+        spawn_worker(move || run(None, connection, options, Start::Now(assignment)))?;
+    }
+    Ok(Pending {
+        setup: setup_rx,
+        outbound: outbound_tx,
+        control: control_tx,
+        alive: alive_rx,
+        shared,
+    })
+}
+
+/// Starts a thread that prepares a stream ahead of need and offers itself
+/// on `ready`; `slot` goes with the offer and is dropped when the thread
+/// is taken or gives up; `life` is dropped when it is taken, or when it
+/// has closed its channel after giving up.
+pub(crate) fn spawn_spare(
+    connection: Arc<BrokerConnection>,
+    options: StreamOptions,
+    ready: Sender<Spare>,
+    slot: SpareSlot,
+    life: SpareLife,
+) -> Result<(), Error> {
+    spawn_worker(move || {
+        run(
+            Some(life),
+            connection,
+            options,
+            Start::Spare { ready, slot },
+        )
+    })
+}
+
+fn spawn_worker(work: impl FnOnce() + Send + 'static) -> Result<(), Error> {
+    std::thread::Builder::new()
+        .name("amqp-stream".to_string())
+        .spawn(work)
+        .map(drop)
+        .map_err(|e| Error::InvalidArgument(format!("cannot start a stream thread: {e}")))
+}
+
+/// A stream being set up: the user's ends, and where the worker reports
+/// the handshake's outcome.
+pub(crate) struct Pending {
+    setup: Receiver<SetupOutcome>,
+    outbound: Sender<Outbound>,
+    control: Sender<Control>,
+    alive: Receiver<()>,
+    shared: Arc<Shared>,
+}
+
+/// What a worker reports when its handshake is over.
+pub(crate) type SetupOutcome = Result<Handshake, Error>;
+
+impl Pending {
+    /// Receives the handshake's outcome, for a `Select` over many.
+    pub(crate) fn outcome(&self) -> &Receiver<SetupOutcome> {
+        &self.setup
+    }
+
+    /// Waits for the handshake.
+    pub(crate) fn wait(self) -> Result<Established, Error> {
+        let outcome = self.setup.recv();
+        self.finish(outcome)
+    }
+
+    /// Turns the outcome received from [`outcome`](Self::outcome) into the
+    /// stream's ends. A worker that ended without a word is a lost
+    /// connection.
+    pub(crate) fn finish(
+        self,
+        outcome: Result<SetupOutcome, crossbeam_channel::RecvError>,
+    ) -> Result<Established, Error> {
+        let handshake = outcome.unwrap_or_else(|_| Err(worker_gone()))?;
+        Ok(Established {
+            local_queue: handshake.local_queue,
+            peer_queue: handshake.peer_queue,
+            inbox: handshake.inbox,
+            message_limit: handshake.message_limit,
+            outbound: self.outbound,
+            control: self.control,
+            alive: self.alive,
+            shared: self.shared,
+        })
+    }
+}
+
+fn worker_gone() -> Error {
+    Error::broker("setting up a stream", amiquip::Error::EventLoopDropped)
+}
+
+/// Everything a worker thread needs to set up one particular stream.
+pub(crate) struct Assignment {
+    role: Role,
+    options: StreamOptions,
+    setup: Sender<SetupOutcome>,
+    ends: WorkerEnds,
+}
+
+/// A prepared worker waiting for its stream.
+pub(crate) struct Spare {
+    /// Takes the stream; disconnected if the worker gave up.
+    assign: Sender<Box<Assignment>>,
+    _slot: SpareSlot,
+}
+
+impl Spare {
+    /// Gives this worker its stream, or hands it back if the worker is
+    /// gone.
+    pub(crate) fn assign(self, assignment: Box<Assignment>) -> Result<(), Box<Assignment>> {
+        self.assign
+            .send(assignment)
+            .map_err(|crossbeam_channel::SendError(a)| a)
+    }
+}
+
+/// How a worker thread gets its stream.
+enum Start {
+    /// Set up this stream right away.
+    Now(Box<Assignment>),
+    /// Prepare, offer the prepared worker on `ready`, then wait.
+    Spare {
+        ready: Sender<Spare>,
+        slot: SpareSlot,
+    },
+}
+
+/// The worker's ends of the channels to the user's side.
+struct WorkerEnds {
+    outbound: Receiver<Outbound>,
+    control: Receiver<Control>,
+    /// For the inbox, which the worker makes once the version is known.
+    control_sender: Sender<Control>,
+    shared: Arc<Shared>,
+    /// Dropped when the thread ends, which wakes a blocked reader.
+    _alive: Sender<()>,
+}
+
+/// What the handshake hands back to the thread that asked for the stream.
+pub(crate) struct Handshake {
+    local_queue: String,
+    peer_queue: String,
+    inbox: Arc<Inbox>,
+    message_limit: usize,
+}
+
+/// What the handshake settled.
+struct Agreed {
+    peer_queue: String,
+    version: ProtocolVersion,
+    /// The peer's receive window (version 2).
+    peer_window: Option<u64>,
+}
+
+/// A stream's channel with the receivers amiquip feeds for it.
+///
+/// amiquip fails the whole connection when it has a confirm or return for
+/// a receiver that was dropped while the channel is still open, so the
+/// channel must close before they go: fields drop in declaration order.
+struct StreamChannel {
+    channel: Channel,
+    returns: Receiver<Return>,
+    confirms: Receiver<Confirm>,
+}
+
+/// The worker thread. `life` (a prepared worker's, see [`spawn_spare`])
+/// is the first parameter so that it drops last: parameters drop after
+/// the body's locals, in reverse order, so after the channel has closed
+/// and `connection` has been let go.
+fn run(
+    life: Option<SpareLife>,
+    connection: Arc<BrokerConnection>,
+    options: StreamOptions,
+    start: Start,
+) {
+    let local_queue = new_queue_name();
+    let owned = match connection
+        .open_channel("a stream")
+        .and_then(|channel| prepare(channel, &local_queue))
+    {
+        Ok(owned) => owned,
+        Err(err) => {
+            start.fail(err);
+            return;
+        }
+    };
+    let channel = &owned.channel;
+    let returns = owned.returns.clone();
+    let mut publisher = Publisher::new(channel, owned.confirms.clone());
+    let (assignment, sent, consumer) = match start {
+        Start::Now(assignment) => {
+            // The handshake message goes before the consumer starts: our
+            // queue is declared already (the broker keeps the answer in
+            // it), and the consume round trip overlaps with the peer's work.
+            let sent = send_handshake(
+                &assignment.role,
+                &local_queue,
+                &assignment.options,
+                &mut publisher,
+            )
+            .and_then(|sent| Ok((sent, consume(channel, &local_queue, &options)?)));
+            match sent {
+                Ok((sent, consumer)) => (assignment, sent, consumer),
+                Err(err) => {
+                    let _ = assignment.setup.send(Err(err));
+                    return;
+                }
+            }
+        }
+        Start::Spare { ready, slot } => {
+            let consumer = match consume(channel, &local_queue, &options) {
+                Ok(consumer) => consumer,
+                Err(err) => {
+                    debug!("could not prepare a stream: {err}");
+                    return;
+                }
+            };
+            let Some(assignment) = wait_for_assignment(&consumer, ready, slot) else {
+                cancel_consumer(&consumer);
+                return;
+            };
+            // A stream now: its pool no longer waits for it.
+            drop(life);
+            match send_handshake(
+                &assignment.role,
+                &local_queue,
+                &assignment.options,
+                &mut publisher,
+            ) {
+                Ok(sent) => (assignment, sent, consumer),
+                Err(err) => {
+                    cancel_consumer(&consumer);
+                    let _ = assignment.setup.send(Err(err));
+                    return;
+                }
+            }
+        }
+    };
+    let Assignment {
+        role,
+        options,
+        setup,
+        ends,
+    } = *assignment;
+    let agreed = match await_handshake(&role, sent, &options, &consumer, &mut publisher, &returns) {
+        Ok(agreed) => agreed,
+        Err(err) => {
+            cancel_consumer(&consumer);
+            let _ = setup.send(Err(err));
+            return;
+        }
+    };
+    let Agreed {
+        peer_queue,
+        version,
+        peer_window,
+    } = agreed;
+    debug!("stream {local_queue} connected to {peer_queue}, protocol version {version}");
+    if let Some(window) = peer_window {
+        *ends.shared.send_window() = SendWindow::limited(window);
+    }
+    let message_limit = message_limit(options.get_max_message_size(), peer_window);
+    let marker = frame::new_marker();
+    let inbox = Arc::new(Inbox::new(
+        version,
+        consumer.receiver().clone(),
+        Arc::clone(&ends.shared),
+        ends.control_sender.clone(),
+        marker.clone(),
+        options.get_window() as u64,
+    ));
+    let handed_over = setup.send(Ok(Handshake {
+        local_queue: local_queue.clone(),
+        peer_queue: peer_queue.clone(),
+        inbox: Arc::clone(&inbox),
+        message_limit,
+    }));
+    if handed_over.is_err() {
+        cancel_consumer(&consumer);
+        return;
+    }
+    let mut worker = Worker {
+        connection,
+        linger: options.get_linger(),
+        options,
+        marker,
+        publisher,
+        returns,
+        ends,
+        peer_queue,
+        local_queue: local_queue.clone(),
+        version,
+        inbox,
+        message_limit,
+        sequence: 0,
+        acked: 0,
+        last_sent: Instant::now(),
+        probe_channel: None,
+        fin_sent: false,
+        fin_waiting: false,
+        fin_received: false,
+        peer_gone: false,
+        reader_done: false,
+        unsent: Vec::new(),
+    };
+    worker.run_loop();
+    worker.finish();
+    drop(worker);
+    cancel_consumer(&consumer);
+    drop(consumer);
+    drop(owned);
+    debug!("stream {local_queue} closed");
+}
+
+/// Cancels a consumer and returns the deliveries it still held.
+///
+/// amiquip answers the cancel before it sends `ClientCancelled` to the
+/// consumer's receiver, and fails the whole connection if that receiver
+/// is gone by then: so wait for that message before the consumer drops.
+pub(crate) fn cancel_consumer(consumer: &amiquip::Consumer<'_>) -> Vec<Delivery> {
+    let mut held = Vec::new();
+    if consumer.cancel().is_err() {
+        return held;
+    }
+    let deadline = after(Duration::from_secs(2));
+    loop {
+        select! {
+            recv(consumer.receiver()) -> message => match message {
+                Ok(ConsumerMessage::Delivery(delivery)) => held.push(delivery),
+                Ok(_) | Err(_) => return held,
+            },
+            recv(deadline) -> _ => return held,
+        }
+    }
+}
+
+impl Start {
+    /// Reports that the channel could not be set up.
+    fn fail(self, err: Error) {
+        match self {
+            Start::Now(assignment) => {
+                let _ = assignment.setup.send(Err(err));
+            }
+            Start::Spare { .. } => debug!("could not prepare a stream: {err}"),
+        }
+    }
+}
+
+/// Starts consuming our queue, with the stream's read-ahead.
+fn consume<'a>(
+    channel: &'a Channel,
+    local_queue: &str,
+    options: &StreamOptions,
+) -> Result<amiquip::Consumer<'a>, Error> {
+    channel
+        .qos(0, options.get_prefetch(), false)
+        .and_then(|()| {
+            channel.basic_consume(
+                local_queue,
+                ConsumerOptions {
+                    no_ack: false,
+                    exclusive: true,
+                    ..ConsumerOptions::default()
+                },
+            )
+        })
+        .map_err(|err| Error::broker(format!("consuming queue {local_queue:?}"), err))
+}
+
+/// Offers a prepared worker on `ready` and waits until it is given a
+/// stream. `None` when nobody will: the pool is gone, or the consumer
+/// ended (a lost connection) or got something nobody should have sent.
+fn wait_for_assignment(
+    consumer: &amiquip::Consumer<'_>,
+    ready: Sender<Spare>,
+    slot: SpareSlot,
+) -> Option<Box<Assignment>> {
+    let (assign, assigned) = bounded(1);
+    ready
+        .send(Spare {
+            assign,
+            _slot: slot,
+        })
+        .ok()?;
+    drop(ready);
+    select! {
+        recv(assigned) -> assignment => assignment.ok(),
+        recv(consumer.receiver()) -> message => {
+            debug!("a prepared stream gave up waiting: {}", match message {
+                Ok(ConsumerMessage::Delivery(_)) => "a stray message arrived",
+                _ => "its consumer ended",
+            });
+            None
+        }
+    }
+}
+
+/// Sets up the channel without waiting for the broker: returns,
+/// confirms, our queue.
+fn prepare(channel: Channel, local_queue: &str) -> Result<StreamChannel, Error> {
+    let what = |action: &str| format!("{action} for stream queue {local_queue:?}");
+    let returns = channel
+        .listen_for_returns()
+        .map_err(|e| Error::broker(what("listening for returns"), e))?;
+    let confirms = channel
+        .listen_for_publisher_confirms()
+        .map_err(|e| Error::broker(what("listening for confirms"), e))?;
+    let owned = StreamChannel {
+        channel,
+        returns,
+        confirms,
+    };
+    owned
+        .channel
+        .enable_publisher_confirms_nowait()
+        .map_err(|e| Error::broker(what("enabling confirms"), e))?;
+    owned
+        .channel
+        .queue_declare_nowait(local_queue, queue_declare_options())
+        .map_err(|e| Error::broker(what("declaring the queue"), e))?;
+    Ok(owned)
+}
