@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# The echo demo: makes sure a broker runs, starts the echo server, sends a
-# line through it with the echo client and prints the answer.
+# The echo demo: makes sure a broker runs, builds the examples, starts the
+# echo server, sends a line through it with the echo client and prints
+# the answer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/check-toolchain.sh
 bash scripts/ensure-broker.sh
-cargo build --quiet --examples
+echo "demo: building the examples (the first build compiles every dependency: a few minutes)"
+cargo build --examples
 queue="demo-echo-$$"
+echo "demo: starting the echo server on queue $queue"
 RUST_LOG=${RUST_LOG:-info} target/debug/examples/echo_server "$queue" &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT
@@ -16,4 +20,5 @@ for _ in $(seq 1 50); do
   fi
   sleep 0.2
 done
+echo "demo: the echo client got no answer" >&2
 exit 1

@@ -8,7 +8,7 @@ mod common;
 mod harness;
 
 use common::relay::Relay;
-use harness::{BOUND, Bridge};
+use harness::{BOUND, Bridge, address_in, forward, serve};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::thread::JoinHandle;
@@ -57,37 +57,6 @@ fn http_service() -> SocketAddr {
         }
     });
     addr
-}
-
-/// Starts `serve` for a fresh queue in front of `target`; returns it and
-/// the queue once it serves.
-fn serve(url: &str, target: SocketAddr) -> (Bridge, String) {
-    let queue = common::queue("bridge");
-    let bridge = Bridge::start(
-        url,
-        &["serve", "--queue", &queue, "--to", &target.to_string()],
-    );
-    bridge.wait_for("serving queue");
-    (bridge, queue)
-}
-
-/// Starts `forward` from a free local port to `queue`; returns it and
-/// the port's address once it accepts.
-fn forward(url: &str, queue: &str) -> (Bridge, SocketAddr) {
-    let bridge = Bridge::start(
-        url,
-        &["forward", "--listen", "127.0.0.1:0", "--queue", queue],
-    );
-    let line = bridge.wait_for("forwarding");
-    (bridge, address_in(&line))
-}
-
-/// The `IP:PORT` after "forwarding " or "front door on " in a log line.
-fn address_in(line: &str) -> SocketAddr {
-    line.split_whitespace()
-        .filter_map(|word| word.trim_end_matches(':').parse().ok())
-        .next()
-        .unwrap_or_else(|| panic!("no address in {line:?}"))
 }
 
 /// Sends `data` through `addr` on one TCP connection (then half-closes)
@@ -307,8 +276,10 @@ fn bridges_reconnect_after_their_broker_connection_is_cut() {
     // While the relay refuses, reconnecting fails and is retried.
     server.wait_for_each(&["the listener on", "cannot reconnect"]);
     forwarder.wait_for_each(&["lost the connection to the broker", "closed with an error"]);
+    // A reset, as a direct TCP connection whose server went away gives.
     let mut rest = Vec::new();
-    let _ = open.read_to_end(&mut rest);
+    let err = open.read_to_end(&mut rest).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
     assert!(rest.is_empty(), "data after the cut: {rest:?}");
 
     relay.restore();
@@ -327,10 +298,14 @@ fn serve_closes_streams_whose_target_refuses_and_keeps_serving() {
         .unwrap();
     let (server, queue) = serve(&url, closed);
     for _ in 0..2 {
+        // As a TCP client of a refusing server sees: a reset, not an
+        // empty reply.
         let mut stream = amqp_stream::Stream::connect(&url, &queue).unwrap();
         stream.set_read_timeout(Some(BOUND)).unwrap();
         let mut rest = Vec::new();
-        assert_eq!(stream.read_to_end(&mut rest).unwrap(), 0);
+        let err = stream.read_to_end(&mut rest).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+        assert!(rest.is_empty());
         server.wait_for("failed");
     }
 }

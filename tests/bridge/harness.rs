@@ -1,7 +1,10 @@
 //! Runs `amqp-bridge` as a child process and follows its log.
+// Shared by several test targets; each uses part of it.
+#![allow(dead_code)]
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError, unbounded};
 use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::process::{ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -26,12 +29,17 @@ impl Bridge {
         Bridge::start_logging(url, args, "info")
     }
 
-    /// Starts `amqp-bridge ARGS` against `url` with `RUST_LOG=level`.
+    /// Starts `amqp-bridge ARGS` against `url` with `RUST_LOG=level`
+    /// (an empty `level`: without `RUST_LOG`, as users run it).
     pub fn start_logging(url: &str, args: &[&str], level: &str) -> Bridge {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_amqp-bridge"))
-            .args(args)
-            .env("AMQP_URL", url)
-            .env("RUST_LOG", level)
+        let mut command = Command::new(env!("CARGO_BIN_EXE_amqp-bridge"));
+        command.args(args).env("AMQP_URL", url);
+        if level.is_empty() {
+            command.env_remove("RUST_LOG");
+        } else {
+            command.env("RUST_LOG", level);
+        }
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -136,4 +144,42 @@ impl Drop for Bridge {
                 .status();
         }
     }
+}
+
+/// Starts `serve` for a fresh queue in front of `target`; returns it and
+/// the queue once it serves.
+pub fn serve(url: &str, target: SocketAddr) -> (Bridge, String) {
+    let queue = crate::common::queue("bridge");
+    let bridge = Bridge::start(
+        url,
+        &["serve", "--queue", &queue, "--to", &target.to_string()],
+    );
+    bridge.wait_for("serving queue");
+    (bridge, queue)
+}
+
+/// Starts `forward` from a free local port to `queue`; returns it and
+/// the port's address once it accepts.
+pub fn forward(url: &str, queue: &str) -> (Bridge, SocketAddr) {
+    let bridge = Bridge::start(
+        url,
+        &["forward", "--listen", "127.0.0.1:0", "--queue", queue],
+    );
+    let line = bridge.wait_for("forwarding");
+    (bridge, address_in(&line))
+}
+
+/// The `IP:PORT` after "forwarding " or "front door on " in a log line.
+pub fn address_in(line: &str) -> SocketAddr {
+    line.split_whitespace()
+        .filter_map(|word| word.trim_end_matches(':').parse().ok())
+        .next()
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+}
+
+/// The log lines at `WARN` or `ERROR` in `log`.
+pub fn warnings(log: &str) -> Vec<&str> {
+    log.lines()
+        .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+        .collect()
 }

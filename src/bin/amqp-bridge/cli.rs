@@ -1,6 +1,8 @@
 //! The command line: subcommands, their options and `--help`.
 
+use crate::target::Target;
 use clap::{Args, Parser, Subcommand};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 /// The broker used when neither `--url` nor `AMQP_URL` names one.
@@ -8,7 +10,7 @@ pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0  finished, or stopped by SIGINT/SIGTERM
+  0  finished, or stopped by SIGINT/SIGTERM (connect: or SIGHUP)
   1  failed while running
   2  bad arguments (URL, address, queue name)
   3  the broker cannot be reached
@@ -16,7 +18,8 @@ Exit codes:
   5  address in use (the queue is served elsewhere, or the TCP port is taken)
   6  connection refused (nothing serves the queue)
 
-Logging: RUST_LOG=debug (default info). The password is never printed.";
+Logging: RUST_LOG=debug (default info; connect: error, as its standard
+error is often an ssh user's terminal). The password is never printed.";
 
 /// Carry TCP connections through a RabbitMQ broker.
 ///
@@ -80,11 +83,11 @@ A request without the header is answered 400 Bad Request.")]
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// The queue to serve (clients name it to reach the service)
-    #[arg(long)]
+    #[arg(long, value_parser = queue_name)]
     pub queue: String,
     /// The TCP service every stream is connected to
-    #[arg(long, value_name = "HOST:PORT")]
-    pub to: String,
+    #[arg(long, value_name = "HOST:PORT", value_parser = Target::parse)]
+    pub to: Target,
     /// Share the queue with other `serve --shared` processes: the broker
     /// spreads new streams over those ready for one, and a process that
     /// dies leaves the stream it was about to take to the others
@@ -98,10 +101,10 @@ pub struct ServeArgs {
 #[derive(Debug, Args)]
 pub struct ForwardArgs {
     /// The local address to accept TCP clients on (port 0: any free port)
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub listen: String,
+    #[arg(long, value_name = "ADDR:PORT", value_parser = listen_address)]
+    pub listen: ListenAddress,
     /// The queue that serves the far end
-    #[arg(long)]
+    #[arg(long, value_parser = queue_name)]
     pub queue: String,
     #[command(flatten)]
     pub stop: StopArgs,
@@ -111,19 +114,20 @@ pub struct ForwardArgs {
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
     /// The queue that serves the far end
-    #[arg(long)]
+    #[arg(long, value_parser = queue_name)]
     pub queue: String,
     /// How long to wait for the server's answer
-    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
-    pub connect_timeout: f64,
+    #[arg(long, value_name = "SECONDS", default_value = "30",
+          value_parser = seconds, allow_negative_numbers = true)]
+    pub connect_timeout: Duration,
 }
 
 /// `http`'s options.
 #[derive(Debug, Args)]
 pub struct HttpArgs {
     /// The local address to accept HTTP clients on (port 0: any free port)
-    #[arg(long, value_name = "ADDR:PORT")]
-    pub listen: String,
+    #[arg(long, value_name = "ADDR:PORT", value_parser = listen_address)]
+    pub listen: ListenAddress,
     #[command(flatten)]
     pub stop: StopArgs,
 }
@@ -132,28 +136,50 @@ pub struct HttpArgs {
 #[derive(Debug, Args)]
 pub struct StopArgs {
     /// After SIGINT or SIGTERM, how long open connections may go on
-    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
-    pub grace: f64,
+    #[arg(long, value_name = "SECONDS", default_value = "10",
+          value_parser = seconds, allow_negative_numbers = true)]
+    pub grace: Duration,
 }
 
-impl StopArgs {
-    /// The grace period, or an error for a negative or absurd one.
-    pub fn grace(&self) -> Result<Duration, String> {
-        seconds("--grace", self.grace)
+/// A number of seconds from the command line (`1.5`), as a `Duration`.
+fn seconds(value: &str) -> Result<Duration, String> {
+    let number: f64 = value
+        .trim()
+        .parse()
+        .map_err(|_| "not a number of seconds".to_string())?;
+    Duration::try_from_secs_f64(number)
+        .map_err(|_| "the number of seconds must be 0 or more (and finite)".to_string())
+}
+
+/// A queue name as the broker takes it: 1 to 255 bytes.
+fn queue_name(value: &str) -> Result<String, String> {
+    match value.len() {
+        0 => Err("a queue name cannot be empty".to_string()),
+        1..=255 => Ok(value.to_string()),
+        n => Err(format!("a queue name is at most 255 bytes, not {n}")),
     }
 }
 
-impl ConnectArgs {
-    /// The connect timeout, or an error for a negative or absurd one.
-    pub fn connect_timeout(&self) -> Result<Duration, String> {
-        seconds("--connect-timeout", self.connect_timeout)
-    }
-}
+/// A local `ADDR:PORT` to listen on, resolved when the command line is
+/// read (a name may give several addresses; binding takes the first that
+/// works, as `TcpListener` does).
+#[derive(Debug, Clone)]
+pub struct ListenAddress(pub Vec<SocketAddr>);
 
-/// A number of seconds from the command line as a `Duration`.
-fn seconds(option: &str, value: f64) -> Result<Duration, String> {
-    Duration::try_from_secs_f64(value)
-        .map_err(|_| format!("{option} must be a number of seconds, not {value}"))
+fn listen_address(value: &str) -> Result<ListenAddress, String> {
+    match value.to_socket_addrs() {
+        Ok(addrs) => {
+            let addrs: Vec<SocketAddr> = addrs.collect();
+            if addrs.is_empty() {
+                Err("it resolves to no address".to_string())
+            } else {
+                Ok(ListenAddress(addrs))
+            }
+        }
+        Err(err) => Err(format!(
+            "{err} (expected ADDR:PORT, such as 127.0.0.1:8080)"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -176,11 +202,60 @@ mod tests {
 
     #[test]
     fn negative_durations_are_refused() {
-        assert!(seconds("--grace", -1.0).is_err());
-        assert!(seconds("--grace", f64::NAN).is_err());
+        assert!(seconds("-1").unwrap_err().contains("0 or more"));
+        assert!(seconds("NaN").is_err());
+        assert!(seconds("soon").unwrap_err().contains("not a number"));
+        assert_eq!(seconds("1.5").unwrap(), Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn a_negative_timeout_is_a_bad_value_not_an_unknown_option() {
+        let err = Cli::try_parse_from([
+            "amqp-bridge",
+            "connect",
+            "--queue",
+            "q",
+            "--connect-timeout",
+            "-1",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(err.to_string().contains("0 or more"), "{err}");
+    }
+
+    #[test]
+    fn empty_queues_and_bad_addresses_are_refused_before_anything_runs() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|_| ()).unwrap_err();
+        let err = parse(&["amqp-bridge", "connect", "--queue", ""]);
+        assert!(err.to_string().contains("cannot be empty"), "{err}");
+        let long = "q".repeat(256);
+        let err = parse(&[
+            "amqp-bridge",
+            "forward",
+            "--listen",
+            "127.0.0.1:0",
+            "--queue",
+            &long,
+        ]);
+        assert!(err.to_string().contains("at most 255"), "{err}");
+        let err = parse(&[
+            "amqp-bridge",
+            "forward",
+            "--listen",
+            "nowhere",
+            "--queue",
+            "q",
+        ]);
+        assert!(err.to_string().contains("ADDR:PORT"), "{err}");
+        let cli = Cli::try_parse_from(["amqp-bridge", "http", "--listen", "127.0.0.1:0"]).unwrap();
+        let Command::Http(http) = cli.command else {
+            panic!("not http")
+        };
         assert_eq!(
-            seconds("--grace", 1.5).unwrap(),
-            Duration::from_millis(1500)
+            http.listen.0,
+            ["127.0.0.1:0".parse::<SocketAddr>().unwrap()]
         );
+        let err = parse(&["amqp-bridge", "serve", "--queue", "q", "--to", "127.0.0.1"]);
+        assert!(err.to_string().contains("HOST:PORT"), "{err}");
     }
 }

@@ -1,18 +1,20 @@
 //! `amqp-bridge forward`: every TCP client on a local port is carried to
 //! a served queue.
 
+use crate::abort::abort_tcp;
 use crate::cli::ForwardArgs;
+use crate::conn_log::ConnectionLog;
 use crate::fatal::Fatal;
 use crate::lifecycle::ConnectionGuard;
 use crate::link::BrokerLink;
-use crate::splice::{ConnectionLog, splice};
+use crate::splice::splice;
 use crate::tcp_front::FrontDoor;
 use log::info;
 use std::net::{SocketAddr, TcpStream};
 
 /// Forwards `args.listen` to `args.queue` until SIGINT/SIGTERM.
 pub fn run(url: &str, args: &ForwardArgs) -> Result<(), Fatal> {
-    let front = FrontDoor::open(url, &args.listen, &args.stop)?;
+    let front = FrontDoor::open(url, &args.listen.0, &args.stop)?;
     info!(
         "forwarding {} to queue {:?}",
         front.local_addr(),
@@ -33,8 +35,14 @@ fn forward(
     let _ = client.set_nodelay(true);
     let stream = link.connect(queue);
     match stream {
-        Ok(stream) => log.closed(&splice(client, stream)),
-        // Dropping the client closes it.
-        Err(err) => log.failed(&err),
+        Ok(stream) => {
+            let transfer = splice(client, stream, |abort| log.on_abort(abort));
+            log.closed(&transfer);
+        }
+        // Reset, as a TCP client of a server that is not there would be.
+        Err(err) => {
+            abort_tcp(&client);
+            log.failed(&err);
+        }
     }
 }

@@ -3,11 +3,13 @@
 //! the whole connection (that request included, unchanged) then goes
 //! through a stream to that queue.
 
+use crate::abort::abort_tcp;
 use crate::cli::HttpArgs;
+use crate::conn_log::ConnectionLog;
 use crate::fatal::Fatal;
 use crate::lifecycle::ConnectionGuard;
 use crate::link::BrokerLink;
-use crate::splice::{ConnectionLog, splice};
+use crate::splice::splice;
 use crate::tcp_front::FrontDoor;
 use log::{debug, info};
 use std::io::{self, ErrorKind, Read, Write};
@@ -25,7 +27,7 @@ const MAX_HEADERS: usize = 100;
 
 /// Serves HTTP on `args.listen` until SIGINT/SIGTERM.
 pub fn run(url: &str, args: &HttpArgs) -> Result<(), Fatal> {
-    let front = FrontDoor::open(url, &args.listen, &args.stop)?;
+    let front = FrontDoor::open(url, &args.listen.0, &args.stop)?;
     info!(
         "HTTP front door on {}: the {QUEUE_HEADER} header picks the queue",
         front.local_addr()
@@ -128,11 +130,14 @@ fn serve_client(
     };
     match stream.write_all(&head) {
         Ok(()) => {
-            let mut transfer = splice(client, stream);
+            let mut transfer = splice(client, stream, |abort| log.on_abort(abort));
             transfer.forth += head.len() as u64;
             log.closed(&transfer);
         }
-        Err(err) => log.failed(&err),
+        Err(err) => {
+            abort_tcp(&client);
+            log.failed(&err);
+        }
     }
 }
 

@@ -5,9 +5,10 @@ use crossbeam_channel::{Receiver, Sender, after, select, unbounded};
 use log::{info, warn};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
+use std::collections::HashMap;
 use std::io;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 /// Shared by the accepting thread, every connection and `main`.
@@ -18,7 +19,16 @@ pub struct Lifecycle {
     closed_tx: Sender<()>,
     closed_rx: Receiver<()>,
     signals: Receiver<i32>,
+    /// How to reset each open connection, by its number.
+    aborters: Mutex<HashMap<u64, Aborter>>,
 }
+
+/// Resets one open connection (both of its sides).
+pub type Aborter = Arc<dyn Fn() + Send + Sync>;
+
+/// How long the connections reset when the grace period runs out have to
+/// end before the process exits.
+const RESET_WAIT: Duration = Duration::from_secs(2);
 
 /// Held by a connection while it is open; dropping it counts it closed.
 pub struct ConnectionGuard {
@@ -49,6 +59,7 @@ impl Lifecycle {
             closed_tx,
             closed_rx,
             signals: signal_rx,
+            aborters: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -89,10 +100,32 @@ impl Lifecycle {
                 recv(deadline) -> _ => break,
             }
         }
+        let open = self.open.load(Ordering::SeqCst);
+        if open == 0 {
+            info!("all connections closed; exiting");
+            return;
+        }
+        // Ended by us: each side sees a reset, never a clean end of data.
+        warn!("resetting {open} connection(s) still open");
+        let aborters: Vec<Aborter> = self.aborters().values().cloned().collect();
+        for abort in aborters {
+            abort();
+        }
+        let deadline = after(RESET_WAIT);
+        while self.open.load(Ordering::SeqCst) > 0 {
+            select! {
+                recv(self.closed_rx) -> _ => {}
+                recv(deadline) -> _ => break,
+            }
+        }
         match self.open.load(Ordering::SeqCst) {
             0 => info!("all connections closed; exiting"),
             open => warn!("exiting with {open} connection(s) still open"),
         }
+    }
+
+    fn aborters(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Aborter>> {
+        self.aborters.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -101,10 +134,18 @@ impl ConnectionGuard {
     pub fn id(&self) -> u64 {
         self.id
     }
+
+    /// How to reset this connection should the grace period run out.
+    pub fn on_abort(&self, abort: Aborter) {
+        self.lifecycle.aborters().insert(self.id, abort);
+    }
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
+        let abort = self.lifecycle.aborters().remove(&self.id);
+        // Its handles close here: after a reset, the last one sends it.
+        drop(abort);
         self.lifecycle.open.fetch_sub(1, Ordering::SeqCst);
         let _ = self.lifecycle.closed_tx.send(());
     }

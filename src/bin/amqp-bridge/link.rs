@@ -1,21 +1,34 @@
 //! The bridge's broker connection, kept up: a supervisor thread notices
-//! when it ends and reconnects with capped exponential backoff.
+//! when it ends and reconnects with capped exponential backoff; closed
+//! properly (AMQP `connection.close`) when the bridge stops.
 
 use crate::backoff::Backoff;
 use amqp_stream::{Connector, Stream};
+use crossbeam_channel::{Receiver, Sender, bounded};
 use log::{info, warn};
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// How long a new stream waits for the broker while the link reconnects.
 const RECONNECT_WAIT: Duration = Duration::from_secs(10);
+
+/// How often the supervisor looks whether the link is being closed (it
+/// must let go of its handle to the connection for the close to happen).
+const SUPERVISOR_POLL: Duration = Duration::from_millis(100);
 
 /// A broker connection that reconnects by itself.
 pub struct BrokerLink {
     url: String,
     current: Mutex<Option<Connector>>,
     changed: Condvar,
+    closing: AtomicBool,
+    supervisor: Mutex<Option<JoinHandle<()>>>,
+    /// Disconnected by `close`: wakes the supervisor from its backoff.
+    wake: Receiver<()>,
+    wake_tx: Mutex<Option<Sender<()>>>,
 }
 
 impl BrokerLink {
@@ -23,16 +36,47 @@ impl BrokerLink {
     /// and starts the supervisor that reconnects after a loss.
     pub fn open(url: &str) -> io::Result<Arc<BrokerLink>> {
         let connector = Connector::open(url)?;
+        let (wake_tx, wake) = bounded(0);
         let link = Arc::new(BrokerLink {
             url: url.to_string(),
             current: Mutex::new(Some(connector)),
             changed: Condvar::new(),
+            closing: AtomicBool::new(false),
+            supervisor: Mutex::new(None),
+            wake,
+            wake_tx: Mutex::new(Some(wake_tx)),
         });
         let supervised = Arc::clone(&link);
-        std::thread::Builder::new()
+        let supervisor = std::thread::Builder::new()
             .name("broker-supervisor".to_string())
             .spawn(move || supervised.supervise())?;
+        *link.supervisor.lock().unwrap_or_else(|e| e.into_inner()) = Some(supervisor);
         Ok(link)
+    }
+
+    /// Stops reconnecting and lets go of the connection: it closes
+    /// properly (AMQP `connection.close`, so the broker deletes our queues
+    /// at once and logs no "unexpectedly closed" connection) once the
+    /// streams and listeners still on it are gone too.
+    pub fn close(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        drop(
+            self.wake_tx
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take(),
+        );
+        let supervisor = self
+            .supervisor
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(supervisor) = supervisor {
+            let _ = supervisor.join();
+        }
+        let connector = self.lock().take();
+        self.changed.notify_all();
+        drop(connector);
     }
 
     /// The live connection, waiting up to `wait` (forever: `None`) while
@@ -42,21 +86,29 @@ impl BrokerLink {
         let current = match wait {
             Some(wait) => {
                 self.changed
-                    .wait_timeout_while(current, wait, |c| c.is_none())
+                    .wait_timeout_while(current, wait, |c| c.is_none() && !self.is_closing())
                     .unwrap_or_else(|e| e.into_inner())
                     .0
             }
             None => self
                 .changed
-                .wait_while(current, |c| c.is_none())
+                .wait_while(current, |c| c.is_none() && !self.is_closing())
                 .unwrap_or_else(|e| e.into_inner()),
         };
         current.clone().ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::NotConnected,
-                "not connected to the broker (reconnecting)",
+                if self.is_closing() {
+                    "the bridge is stopping"
+                } else {
+                    "not connected to the broker (reconnecting)"
+                },
             )
         })
+    }
+
+    fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::SeqCst)
     }
 
     /// Opens a stream to the listener on `queue`, waiting a while for the
@@ -65,14 +117,21 @@ impl BrokerLink {
         self.connector(Some(RECONNECT_WAIT))?.connect(queue)
     }
 
-    /// Waits for the connection to end, then reconnects; forever.
+    /// Waits for the connection to end, then reconnects; until closed.
     fn supervise(&self) {
         let mut backoff = Backoff::reconnecting();
         loop {
             let Some(connector) = self.lock().clone() else {
                 return;
             };
-            connector.wait_closed();
+            while !connector.wait_closed_timeout(SUPERVISOR_POLL) {
+                if self.closing.load(Ordering::SeqCst) {
+                    return;
+                }
+            }
+            if self.closing.load(Ordering::SeqCst) {
+                return;
+            }
             warn!(
                 "lost the connection to the broker at {}; reconnecting",
                 connector.broker()
@@ -80,18 +139,27 @@ impl BrokerLink {
             *self.lock() = None;
             drop(connector);
             let connector = loop {
+                if self.closing.load(Ordering::SeqCst) {
+                    return;
+                }
                 match Connector::open(&self.url) {
                     Ok(connector) => break connector,
                     Err(err) => {
                         let delay = backoff.next_delay();
                         warn!("cannot reconnect: {err}; next attempt in {delay:?}");
-                        std::thread::sleep(delay);
+                        // Cut short by `close`.
+                        let _ = self.wake.recv_timeout(delay);
                     }
                 }
             };
             info!("reconnected to the broker at {}", connector.broker());
             backoff.reset();
-            *self.lock() = Some(connector);
+            let mut current = self.lock();
+            if self.closing.load(Ordering::SeqCst) {
+                return;
+            }
+            *current = Some(connector);
+            drop(current);
             self.changed.notify_all();
         }
     }

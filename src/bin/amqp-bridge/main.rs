@@ -6,8 +6,10 @@
 //! queue; `connect` joins standard input and output to one stream. See
 //! `amqp-bridge --help`.
 
+mod abort;
 mod backoff;
 mod cli;
+mod conn_log;
 mod connect;
 mod fatal;
 mod forward;
@@ -19,20 +21,20 @@ mod splice;
 mod target;
 mod tcp_front;
 
+use amqp_stream::BrokerUrl;
 use clap::Parser;
+use clap::error::ErrorKind;
 use cli::{Cli, Command};
+use fatal::Fatal;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging();
-    let result = match &cli.command {
-        Command::Serve(args) => serve::run(&cli.url, args),
-        Command::Forward(args) => forward::run(&cli.url, args),
-        Command::Connect(args) => connect::run(&cli.url, args),
-        Command::Http(args) => http::run(&cli.url, args),
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return bad_command_line(err),
     };
-    match result {
+    init_logging(&cli.command);
+    match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(fatal) => {
             eprintln!("amqp-bridge: {fatal}");
@@ -41,8 +43,44 @@ fn main() -> ExitCode {
     }
 }
 
-/// `RUST_LOG` decides (default `info`). The library keeps the password
-/// out of every level.
-fn init_logging() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+fn run(cli: &Cli) -> Result<(), Fatal> {
+    // Every argument is checked before the network is touched.
+    cli.url
+        .parse::<BrokerUrl>()
+        .map_err(|err| Fatal::usage(err.to_string()))?;
+    match &cli.command {
+        Command::Serve(args) => serve::run(&cli.url, args),
+        Command::Forward(args) => forward::run(&cli.url, args),
+        Command::Connect(args) => connect::run(&cli.url, args),
+        Command::Http(args) => http::run(&cli.url, args),
+    }
+}
+
+/// A bad value gets one line that says what is wrong with it (exit 2);
+/// a missing or unknown argument gets clap's message with the usage.
+fn bad_command_line(err: clap::Error) -> ExitCode {
+    match err.kind() {
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation => {
+            let rendered = err.render().to_string();
+            let first = rendered.lines().next().unwrap_or_default();
+            eprintln!(
+                "amqp-bridge: {} (see --help)",
+                first.strip_prefix("error: ").unwrap_or(first)
+            );
+            ExitCode::from(2)
+        }
+        _ => err.exit(),
+    }
+}
+
+/// `RUST_LOG` decides. Without it, `connect` logs only errors (its
+/// standard error is the terminal of whoever runs `ssh`), the others
+/// `info`; amiquip's own lines (the library reports what they mean) only
+/// when `RUST_LOG` asks for them.
+fn init_logging(command: &Command) {
+    let default = match command {
+        Command::Connect(_) => "error,amiquip=off",
+        _ => "info,amiquip=off",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default)).init();
 }

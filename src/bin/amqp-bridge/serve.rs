@@ -1,38 +1,56 @@
 //! `amqp-bridge serve`: every stream accepted on a queue is connected to
 //! a TCP service.
 
+use crate::abort::abort_stream;
 use crate::backoff::Backoff;
 use crate::cli::ServeArgs;
+use crate::conn_log::ConnectionLog;
 use crate::fatal::Fatal;
 use crate::lifecycle::Lifecycle;
 use crate::link::BrokerLink;
-use crate::splice::{ConnectionLog, splice};
+use crate::splice::splice;
 use crate::target::Target;
 use amqp_stream::{Addr, Listener, Stream, StreamOptions};
-use log::{info, warn};
+use log::{debug, info, warn};
+use std::io::{self, ErrorKind};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+/// How long `serve` retries a queue that is in use when it starts: the
+/// exclusive queue of a `serve` that just stopped may still be being
+/// deleted by the broker.
+const IN_USE_RETRY: Duration = Duration::from_secs(5);
 
 /// Serves `args.queue` until SIGINT/SIGTERM.
 pub fn run(url: &str, args: &ServeArgs) -> Result<(), Fatal> {
-    let target = Target::parse(&args.to).map_err(Fatal::usage)?;
-    let grace = args.stop.grace().map_err(Fatal::usage)?;
     let lifecycle = Lifecycle::install().map_err(|e| Fatal::runtime(e.to_string()))?;
     let server = Arc::new(Server {
         link: BrokerLink::open(url).map_err(Fatal::broker)?,
         queue: args.queue.clone(),
         options: StreamOptions::new().shared(args.shared),
-        target,
+        target: args.to.clone(),
         listening: Mutex::new(None),
     });
-    let listener = server.bind().map_err(|e| Fatal::bind(e, "cannot serve"))?;
+    let listener = match server.bind_at_start() {
+        Ok(listener) => listener,
+        Err(err) => {
+            server.link.close();
+            return Err(Fatal::bind(err, "cannot serve"));
+        }
+    };
 
     let (accepting, accepting_lifecycle) = (Arc::clone(&server), Arc::clone(&lifecycle));
-    std::thread::Builder::new()
+    let accept = std::thread::Builder::new()
         .name("accept".to_string())
         .spawn(move || accepting.accept_until_stopped(listener, &accepting_lifecycle))
         .map_err(|e| Fatal::runtime(e.to_string()))?;
 
-    lifecycle.run_until_signalled(grace, || server.stop_accepting());
+    lifecycle.run_until_signalled(args.stop.grace, || server.stop_accepting());
+    // The listener goes (its queue with it), then the broker connection
+    // closes properly: a `serve` started next can take the queue at once.
+    let _ = accept.join();
+    server.listening().take();
+    server.link.close();
     Ok(())
 }
 
@@ -60,6 +78,27 @@ impl Server {
             connector.broker()
         );
         Ok(Arc::new(listener))
+    }
+
+    /// Binds the queue when `serve` starts. A queue in use is tried
+    /// again for [`IN_USE_RETRY`]: it may be the exclusive queue of a
+    /// `serve` that just stopped, which the broker is still deleting.
+    fn bind_at_start(&self) -> io::Result<Arc<Listener>> {
+        let deadline = Instant::now() + IN_USE_RETRY;
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_millis(500));
+        loop {
+            match self.bind() {
+                Err(err) if err.kind() == ErrorKind::AddrInUse && Instant::now() < deadline => {
+                    let delay = backoff.next_delay();
+                    debug!(
+                        "queue {:?} in use: {err}; trying again in {delay:?}",
+                        self.queue
+                    );
+                    std::thread::sleep(delay);
+                }
+                other => return other,
+            }
+        }
     }
 
     /// The listener in use, locked.
@@ -147,9 +186,17 @@ impl Server {
         let spawned = std::thread::Builder::new()
             .name("serve".to_string())
             .spawn(move || match target.connect() {
-                Ok(tcp) => log.closed(&splice(stream, tcp)),
-                // Dropping the stream closes it: the client reads EOF.
-                Err(err) => log.failed(&err),
+                Ok(tcp) => {
+                    let transfer = splice(stream, tcp, |abort| log.on_abort(abort));
+                    log.closed(&transfer);
+                }
+                // Reset: the client sees what a refused TCP connection
+                // would give it, not an empty reply.
+                Err(err) => {
+                    abort_stream(&stream);
+                    drop(stream);
+                    log.failed(&err);
+                }
             });
         if let Err(err) = spawned {
             warn!("cannot start a thread for a stream: {err}");

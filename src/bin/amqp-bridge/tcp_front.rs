@@ -24,14 +24,17 @@ pub struct FrontDoor {
 }
 
 impl FrontDoor {
-    /// Takes over the stop signals, connects to the broker at `url` and
-    /// binds `listen` (`ADDR:PORT`; a port in use is exit code 5).
-    pub fn open(url: &str, listen: &str, stop: &StopArgs) -> Result<FrontDoor, Fatal> {
-        let grace = stop.grace().map_err(Fatal::usage)?;
+    /// Binds `listen` (a port in use is exit code 5), takes over the stop
+    /// signals and connects to the broker at `url`: the port is checked
+    /// before the broker is contacted.
+    pub fn open(url: &str, listen: &[SocketAddr], stop: &StopArgs) -> Result<FrontDoor, Fatal> {
+        let listener = TcpListener::bind(listen).map_err(|err| {
+            let shown: Vec<String> = listen.iter().map(ToString::to_string).collect();
+            Fatal::bind(err, &format!("cannot listen on {}", shown.join(", ")))
+        })?;
         let lifecycle = Lifecycle::install().map_err(|e| Fatal::runtime(e.to_string()))?;
         let link = BrokerLink::open(url).map_err(Fatal::broker)?;
-        let listener = TcpListener::bind(listen)
-            .map_err(|err| Fatal::bind(err, &format!("cannot listen on {listen}")))?;
+        let grace = stop.grace;
         let local = listener
             .local_addr()
             .map_err(|e| Fatal::runtime(e.to_string()))?;
@@ -65,7 +68,8 @@ impl FrontDoor {
         } = self;
         let accepting = Arc::clone(&lifecycle);
         let handle = Arc::new(handle);
-        std::thread::Builder::new()
+        let accepting_link = Arc::clone(&link);
+        let accept = std::thread::Builder::new()
             .name("accept".to_string())
             .spawn(move || {
                 loop {
@@ -77,7 +81,7 @@ impl FrontDoor {
                         Ok((client, peer)) => {
                             let guard = accepting.enter();
                             let handle = Arc::clone(&handle);
-                            let link = Arc::clone(&link);
+                            let link = Arc::clone(&accepting_link);
                             let spawned = std::thread::Builder::new()
                                 .name("client".to_string())
                                 .spawn(move || handle(&link, client, peer, guard));
@@ -102,6 +106,8 @@ impl FrontDoor {
             // then sees that we are stopping and closes the port.
             let _ = TcpStream::connect_timeout(&reachable(local), Duration::from_secs(2));
         });
+        let _ = accept.join();
+        link.close();
         Ok(())
     }
 }

@@ -1,0 +1,77 @@
+//! The log lines of one bridged connection: one when it opens, one when
+//! it closes (how it ended, the bytes each way and how long it lasted).
+//! `warn` only for what a user must look at: a reset by a peer, or a
+//! peer that resets after its own end of data, is an `info` line.
+
+use crate::lifecycle::{Aborter, ConnectionGuard};
+use crate::splice::{Side, Transfer};
+use log::{info, warn};
+use std::io;
+use std::time::Instant;
+
+/// The log of one connection from `from` to `to`.
+pub struct ConnectionLog {
+    guard: ConnectionGuard,
+    from: String,
+    to: String,
+    started: Instant,
+}
+
+impl ConnectionLog {
+    /// Logs the opening of a connection from `from` to `to`.
+    pub fn open(guard: ConnectionGuard, from: impl Into<String>, to: impl Into<String>) -> Self {
+        let log = ConnectionLog {
+            guard,
+            from: from.into(),
+            to: to.into(),
+            started: Instant::now(),
+        };
+        info!("#{} open: {} -> {}", log.guard.id(), log.from, log.to);
+        log
+    }
+
+    /// How to reset the connection should the bridge stop with it open.
+    pub fn on_abort(&self, abort: Aborter) {
+        self.guard.on_abort(abort);
+    }
+
+    /// Logs that the far end could not be reached (the near end has been
+    /// reset).
+    pub fn failed(self, err: &io::Error) {
+        warn!(
+            "#{} failed: {} -> {}: {err} (after {:.3} s)",
+            self.guard.id(),
+            self.from,
+            self.to,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
+    /// Logs the end of a connection and what went through it.
+    pub fn closed(self, transfer: &Transfer) {
+        let id = self.guard.id();
+        let (from, to) = (&self.from, &self.to);
+        let totals = format!(
+            "{} bytes sent, {} bytes received, {:.3} s",
+            transfer.forth,
+            transfer.back,
+            self.started.elapsed().as_secs_f64()
+        );
+        let Some(failure) = &transfer.failure else {
+            info!("#{id} closed: {from} -> {to}: {totals}");
+            return;
+        };
+        let who = match failure.side {
+            Side::First => from,
+            Side::Second => to,
+        };
+        let err = &failure.error;
+        if failure.after_fin && failure.is_peer_reset() {
+            info!("#{id} closed: {from} -> {to}: {totals} ({who} reset after a half-close: {err})");
+        } else if failure.is_peer_reset() {
+            info!("#{id} reset: {from} -> {to}: by {who}: {err}; {totals}");
+        } else {
+            warn!("#{id} closed with an error: {from} -> {to}: {who}: {err}; {totals}");
+        }
+    }
+}
