@@ -339,19 +339,27 @@ fn run(
     let mut publisher = Publisher::new(channel, owned.confirms.clone());
     let (assignment, sent, consumer) = match start {
         Start::Now(assignment) => {
-            // The handshake message goes before the consumer starts: our
-            // queue is declared already (the broker keeps the answer in
-            // it), and the consume round trip overlaps with the peer's work.
-            let sent = send_handshake(
+            // The consumer first: its answer confirms that our queue was
+            // declared. A handshake published on a channel the broker is
+            // closing (a declare refused, say, by a vhost's queue limit)
+            // can reach it cut in two, which kills the whole connection
+            // (505 UNEXPECTED_FRAME), every stream on it included.
+            let consumer = match consume(channel, &local_queue, &options) {
+                Ok(consumer) => consumer,
+                Err(err) => {
+                    let _ = assignment.setup.send(Err(err));
+                    return;
+                }
+            };
+            match send_handshake(
                 &assignment.role,
                 &local_queue,
                 &assignment.options,
                 &mut publisher,
-            )
-            .and_then(|sent| Ok((sent, consume(channel, &local_queue, &options)?)));
-            match sent {
-                Ok((sent, consumer)) => (assignment, sent, consumer),
+            ) {
+                Ok(sent) => (assignment, sent, consumer),
                 Err(err) => {
+                    cancel_consumer(&consumer);
                     let _ = assignment.setup.send(Err(err));
                     return;
                 }
