@@ -119,7 +119,16 @@ fn a_reset_fails_a_write_blocked_on_the_window() {
     server.read_exact(&mut [0u8; 1]).unwrap();
     drop(server);
     let err = writer.join().unwrap();
-    assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+    // The reset, or (when the writer still had window and published into
+    // the queue the server deleted as it closed) the return: as a TCP
+    // write after a reset gets ECONNRESET or EPIPE.
+    assert!(
+        matches!(
+            err.kind(),
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+        ),
+        "{err}"
+    );
 }
 
 #[test]
