@@ -665,15 +665,25 @@ impl Inner {
     /// waiting writer takes in the window updates itself.
     fn reserve_credit(&self, n: usize, deadline: &Receiver<Instant>) -> io::Result<()> {
         loop {
+            // One wake-up reaches one waiting writer: each passes it on to
+            // the next when it leaves and the news is good for others too
+            // (the stream ended, or credit is left over).
             if let Some(failure) = self.shared.failure() {
+                self.shared.wake_writer();
                 return Err(failure.write_error());
             }
             if self.shared.written.is_closed() {
+                self.shared.wake_writer();
                 return Err(write_shut());
             }
-            if self.shared.send_window().try_reserve(n) {
+            let mut window = self.shared.send_window();
+            if window.try_reserve(n) {
+                if window.available() > 0 {
+                    self.shared.wake_writer();
+                }
                 return Ok(());
             }
+            drop(window);
             // A waiting reader has the inbox first (and wakes us after).
             let no_turn = never();
             let inbox = if self.inbox.reader_waiting() {

@@ -59,6 +59,8 @@ impl WriteBuffer {
     pub(crate) fn append(&self, data: &[u8]) -> Appended {
         let mut state = lock(&self.state);
         if state.closed {
+            // One wake-up reaches one waiting writer: pass it on.
+            let _ = self.emptied.0.try_send(());
             return Appended::Closed;
         }
         if state.bytes.len() >= self.limit {
@@ -66,9 +68,14 @@ impl WriteBuffer {
         }
         let was_empty = state.bytes.is_empty();
         state.bytes.extend_from_slice(data);
+        let room_left = state.bytes.len() < self.limit;
         drop(state);
         if was_empty {
             let _ = self.filled.0.try_send(());
+        }
+        if room_left {
+            // Another writer waiting for room may go too.
+            let _ = self.emptied.0.try_send(());
         }
         Appended::Done
     }
@@ -120,6 +127,8 @@ mod tests {
             buffer.filled().try_recv().is_err(),
             "one wake for the batch"
         );
+        // Room is left after each append: a waiting writer may go too.
+        assert!(buffer.emptied().try_recv().is_ok());
         assert_eq!(buffer.take(), b"abcdef");
         assert!(buffer.emptied().try_recv().is_ok());
         assert_eq!(buffer.take(), b"");

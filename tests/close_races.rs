@@ -267,3 +267,104 @@ fn linger_zero_makes_the_close_abortive() {
         );
     }
 }
+
+/// One wake-up used to reach one writer: with several threads blocked in
+/// `write` (and a reader thread holding the receive side), a shutdown
+/// woke one of them and left the others blocked for ever.
+#[test]
+fn a_shutdown_wakes_every_blocked_writer() {
+    let (listener, connector) = pair(
+        ProtocolVersion::V2,
+        StreamOptions::new().window(4096),
+        "wake-all",
+    );
+    for how in [Shutdown::Write, Shutdown::Both] {
+        let client = Arc::new(
+            connector
+                .connect(listener.local_addr().unwrap().queue())
+                .unwrap(),
+        );
+        let (_server, _) = listener.accept().unwrap(); // never reads
+        {
+            // A reader blocked meanwhile (it ends when the stream does).
+            let client = Arc::clone(&client);
+            thread::spawn(move || (&*client).read(&mut [0u8; 16]));
+        }
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        let written = Arc::new(AtomicU64::new(0));
+        for _ in 0..3 {
+            let (client, done_tx, written) =
+                (Arc::clone(&client), done_tx.clone(), Arc::clone(&written));
+            thread::spawn(move || {
+                loop {
+                    match (&*client).write(&[7u8; 1024]) {
+                        Ok(n) => {
+                            written.fetch_add(n as u64, Ordering::SeqCst);
+                        }
+                        Err(err) => return done_tx.send(err),
+                    }
+                }
+            });
+        }
+        common::eventually(Duration::from_secs(30), "the window to fill", || {
+            (written.load(Ordering::SeqCst) >= 4096)
+                .then_some(())
+                .ok_or_else(|| "not yet".to_string())
+        });
+        client.shutdown(how).unwrap();
+        for writer in 0..3 {
+            let err = done_rx
+                .recv_timeout(Duration::from_secs(20))
+                .unwrap_or_else(|_| panic!("{how:?}: writer {writer} of 3 never woke"));
+            assert_eq!(err.kind(), io::ErrorKind::BrokenPipe, "{how:?}: {err}");
+        }
+    }
+}
+
+/// Credit left over after one writer reserved went unused: with several
+/// writers and a reader thread blocked, writers slept while the peer had
+/// room for them, until their write timeout.
+#[test]
+fn several_writers_share_the_credit_a_report_brings() {
+    let (listener, connector) = pair(
+        ProtocolVersion::V2,
+        StreamOptions::new().window(4096),
+        "share-credit",
+    );
+    for trial in 0..3 {
+        let client = Arc::new(
+            connector
+                .connect(listener.local_addr().unwrap().queue())
+                .unwrap(),
+        );
+        client
+            .set_write_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let reader = thread::spawn(move || read_all(&server));
+        {
+            let client = Arc::clone(&client);
+            thread::spawn(move || (&*client).read(&mut [0u8; 16]));
+        }
+        let barrier = Arc::new(std::sync::Barrier::new(8));
+        let writers: Vec<_> = (0..8)
+            .map(|_| {
+                let (client, barrier) = (Arc::clone(&client), Arc::clone(&barrier));
+                thread::spawn(move || {
+                    barrier.wait();
+                    (&*client).write_all(&[1u8; 1024])
+                })
+            })
+            .collect();
+        for (i, writer) in writers.into_iter().enumerate() {
+            writer
+                .join()
+                .unwrap()
+                .unwrap_or_else(|e| panic!("trial {trial}: writer {i}: {e}"));
+        }
+        client.shutdown(Shutdown::Write).unwrap();
+        let (got, end) = reader.join().unwrap();
+        end.unwrap();
+        assert_eq!(got.len(), 8 * 1024, "trial {trial}");
+    }
+}

@@ -97,6 +97,12 @@ impl Worker<'_> {
                 },
                 recv(self.publisher.confirms) -> confirm => match confirm {
                     Ok(confirm) => {
+                        // The broker returns an unroutable message before
+                        // it confirms it: take the returns in first, so a
+                        // flush never answers Ok for a returned message.
+                        while let Ok(returned) = self.returns.try_recv() {
+                            self.returned(returned);
+                        }
                         self.publisher.absorb(confirm);
                         if self.publisher.nacked {
                             self.refused_by_broker()
@@ -523,6 +529,9 @@ impl Worker<'_> {
             select! {
                 recv(self.publisher.confirms) -> confirm => match confirm {
                     Ok(confirm) => {
+                        while let Ok(returned) = self.returns.try_recv() {
+                            self.returned(returned);
+                        }
                         self.publisher.absorb(confirm);
                         if self.publisher.nacked {
                             let _ = self.refused_by_broker();
