@@ -387,7 +387,6 @@ struct Backlog {
 /// A request whose stream is in its handshake.
 struct Answering {
     stream: Pending,
-    request: Delivery,
     peer: Addr,
 }
 
@@ -502,7 +501,7 @@ fn listen(backlog: &Backlog, setup: Option<Sender<Result<(), Error>>>) -> Ended 
                     .expect("every other arm is an answer");
                 let outcome = ready.recv(answering[k].stream.outcome());
                 let done = answering.swap_remove(k);
-                backlog.answered(&channel, &consumer, done, outcome)
+                backlog.answered(&channel, done, outcome)
             }
         };
         if let ControlFlow::Break(ended) = flow {
@@ -560,10 +559,9 @@ impl Backlog {
     /// that waits for it, is left without an answer, and none is served
     /// twice.
     ///
-    /// Requests whose answer is on its way are acknowledged (a shared
-    /// queue would give them to another listener, which would answer the
-    /// same client again), and their streams reset once their handshake
-    /// is over. The requests held but not begun go back to the other
+    /// Requests whose answer is on its way were acknowledged when it
+    /// went (see [`Backlog::answer`]); their streams are reset once their
+    /// handshake is over. The requests held but not begun go back to the other
     /// listeners of a shared queue; with none (or for an exclusive queue,
     /// deleted with its consumer, and with it the requests waiting there)
     /// they are refused, as are those still waiting in the queue.
@@ -575,13 +573,7 @@ impl Backlog {
         ended: &Ended,
     ) {
         let queue = &self.queue;
-        let mut streams = Vec::with_capacity(answering.len());
-        for a in answering {
-            if let Err(err) = consumer.ack(a.request) {
-                debug!("listener {queue:?}: {err}");
-            }
-            streams.push((a.stream, a.peer));
-        }
+        let streams: Vec<_> = answering.into_iter().map(|a| (a.stream, a.peer)).collect();
         // A shared queue outlives us when other listeners consume it: the
         // requests we hold go back to them.
         let others_listen = self.options.get_shared()
@@ -714,11 +706,18 @@ impl Backlog {
             self.options.clone(),
             Some(&self.spares),
         ) {
-            Ok(stream) => Some(Answering {
-                stream,
-                request,
-                peer,
-            }),
+            Ok(stream) => {
+                // Acknowledged as the answer goes out, not once it is
+                // confirmed: should this listener die in between, the
+                // broker must not give the request to another listener of
+                // a shared queue, whose second answer would reach a client
+                // already connected here (a version-1 client would read
+                // it as a FIN).
+                if let Err(err) = consumer.ack(request) {
+                    debug!("listener {queue:?}: {err}");
+                }
+                Some(Answering { stream, peer })
+            }
             Err(err) => {
                 warn!("listener {queue:?}: could not answer {peer}: {err}");
                 refuse(channel, peer.queue(), &format!("connection refused: {err}"));
@@ -737,14 +736,10 @@ impl Backlog {
     fn answered(
         &self,
         channel: &Channel,
-        consumer: &amiquip::Consumer<'_>,
         done: Answering,
         outcome: Result<SetupOutcome, crossbeam_channel::RecvError>,
     ) -> ControlFlow<Ended> {
         let queue = &self.queue;
-        if let Err(err) = consumer.ack(done.request) {
-            debug!("listener {queue:?}: {err}");
-        }
         let peer = done.peer;
         match done.stream.finish(outcome) {
             Ok(established) => {

@@ -286,12 +286,14 @@ impl StreamOptions {
     ///
     /// The broker hands a shared listener one request at a time; the
     /// listener answers it only while [`accept`](crate::Listener::accept)
-    /// waits for a stream, and acknowledges it to the broker once the
-    /// stream is handed out. So a busy or stopped server holds at most
-    /// one waiting client (it waits for `accept` or its handshake
-    /// timeout), and when a listener dies (killed, or its connection lost)
-    /// the request it held goes back to the queue for another listener:
-    /// none is lost. Dropping a shared listener gives its held request
+    /// waits for a stream, and acknowledges it to the broker as its answer
+    /// goes out. So a busy or stopped server holds at most one waiting
+    /// client (it waits for `accept` or its handshake timeout), and when a
+    /// listener dies (killed, or its connection lost) the request it held
+    /// unanswered goes back to the queue for another listener: none is
+    /// lost, and none is answered twice. (One that dies in the instant
+    /// between acknowledging and answering leaves its client to its
+    /// handshake timeout.) Dropping a shared listener gives its held request
     /// back too when others remain; the last one refuses it, and the
     /// queue is deleted with the last listener. The cost: unlike an
     /// exclusive listener's backlog, `Stream::connect` waits until a

@@ -4,13 +4,14 @@
 
 mod common;
 
-use amqp_stream::{Listener, Stream, StreamOptions};
+use amqp_stream::{Listener, ProtocolVersion, Stream, StreamOptions};
+use common::relay::Relay;
 use common::summary::record;
 use common::{eventually, queue, queue_state, url};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::Shutdown;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -308,4 +309,51 @@ fn a_dropped_shared_listener_gives_its_request_back_or_refuses_it_last() {
         ),
         "given back".len() as u64,
     );
+}
+
+/// A shared listener that dies after it answered a request, before it
+/// heard the broker's confirm of the answer: the request must not go to
+/// another listener, whose second answer would reach a client already
+/// connected (a version-1 client read it as a clean EOF). The client
+/// finds its server gone instead: an error, never `Ok(0)`.
+#[test]
+fn a_listener_that_dies_after_answering_leaves_no_request_to_answer_again() {
+    for version in [ProtocolVersion::V1, ProtocolVersion::V2] {
+        let relay = Relay::to_broker();
+        let q = queue("answered-once");
+        let options = shared()
+            .protocol_version(Some(version))
+            .keepalive_interval(Duration::from_millis(200));
+        let first = Arc::new(Listener::bind_with(&relay.url(), &q, &options).unwrap());
+        let accepting = Arc::clone(&first);
+        let first_accept = thread::spawn(move || accepting.accept().map(drop));
+        // The request reaches the first listener, which answers it; then
+        // it hears nothing more from the broker, confirms included.
+        relay.deaf_after(q.as_bytes());
+        let client = Stream::connect_with(&url(), &q, &options).unwrap();
+        assert!(
+            relay.is_deaf(),
+            "{version}: the request went through the relay"
+        );
+        let second = Arc::new(Listener::bind_with(&url(), &q, &options).unwrap());
+        let accepting = Arc::clone(&second);
+        let (served_tx, served) = mpsc::channel();
+        thread::spawn(move || {
+            let _ = served_tx.send(accepting.accept().map(|(_, peer)| peer));
+        });
+        relay.cut();
+        let _ = first_accept.join();
+        client
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let end = (&client).read(&mut [0u8; 16]);
+        assert!(
+            matches!(&end, Err(e) if e.kind() == io::ErrorKind::ConnectionReset),
+            "{version}: the client read {end:?}"
+        );
+        // Nothing was left in the queue for the second listener.
+        wait_for_queue(&q, (0, 0, 1), "the request not requeued");
+        assert!(served.try_recv().is_err(), "{version}: served twice");
+        second.close();
+    }
 }

@@ -6,7 +6,11 @@
 //!   open (a network that silently stopped delivering);
 //! - **half-open**: the broker's side is closed, the client's stays open and
 //!   what the client sends vanishes (the client's end of a connection
-//!   whose other end is gone without a word).
+//!   whose other end is gone without a word);
+//! - **deaf after a pattern**: once the broker sends the client something
+//!   containing a given byte string, nothing more reaches the client,
+//!   while what the client sends still reaches the broker (a client that
+//!   acts on a message and dies before it hears the answer).
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -25,6 +29,10 @@ struct Shared {
     closing: AtomicBool,
     /// Nothing is forwarded while set (stall and half-open).
     frozen: AtomicBool,
+    /// Once the broker sends this, the client hears nothing more.
+    deaf_after: Mutex<Option<Vec<u8>>>,
+    /// Set when `deaf_after` was seen.
+    deaf: AtomicBool,
     /// Both sockets of every relayed connection, to cut them: (client,
     /// broker) pairs.
     sockets: Mutex<Vec<(TcpStream, TcpStream)>>,
@@ -40,6 +48,8 @@ impl Relay {
             up: AtomicBool::new(true),
             closing: AtomicBool::new(false),
             frozen: AtomicBool::new(false),
+            deaf_after: Mutex::new(None),
+            deaf: AtomicBool::new(false),
             sockets: Mutex::new(Vec::new()),
         });
         let accepting = Arc::clone(&shared);
@@ -113,6 +123,17 @@ impl Relay {
         }
     }
 
+    /// Forwards nothing more from the broker to its clients once the
+    /// broker has sent one of them `pattern` (that chunk still goes).
+    pub fn deaf_after(&self, pattern: &[u8]) {
+        *self.shared.deaf_after.lock().unwrap() = Some(pattern.to_vec());
+    }
+
+    /// Whether [`deaf_after`](Relay::deaf_after)'s pattern has come.
+    pub fn is_deaf(&self) -> bool {
+        self.shared.deaf.load(Ordering::SeqCst)
+    }
+
     /// Relays new connections again.
     pub fn restore(&self) {
         self.shared.up.store(true, Ordering::SeqCst);
@@ -162,11 +183,21 @@ impl Shared {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
-            if self.frozen.load(Ordering::SeqCst) {
+            if self.frozen.load(Ordering::SeqCst)
+                || (!from_client && self.deaf.load(Ordering::SeqCst))
+            {
                 continue;
             }
             if to.write_all(&buf[..n]).is_err() {
                 break;
+            }
+            if !from_client
+                && let Some(pattern) = &*self.deaf_after.lock().unwrap()
+                && buf[..n]
+                    .windows(pattern.len())
+                    .any(|w| w == pattern.as_slice())
+            {
+                self.deaf.store(true, Ordering::SeqCst);
             }
         }
         let _ = from.shutdown(Shutdown::Both);
