@@ -243,13 +243,7 @@ fn read_broken_stream(
     }
     let (got, err) = talk.join().unwrap();
     // After the stream's error, our side resets it.
-    let mut reset = None;
-    while reset_back && reset.is_none() {
-        let d = next(data.receiver());
-        if d.properties.type_().as_deref() == Some("reset") {
-            reset = Some(String::from_utf8_lossy(&d.body).into_owned());
-        }
-    }
+    let reset = reset_back.then(|| next_reset(&data));
     forget_consumer(data);
     server.close();
     (got, err, reset)
@@ -378,14 +372,7 @@ fn a_peer_that_overruns_the_window_is_reset() {
     for seq in 1..=32u64 {
         server.send(&client_queue, &[seq as u8; 8192], frame("data", Some(seq)));
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let reset = loop {
-        assert!(std::time::Instant::now() < deadline, "no reset within 10 s");
-        let d = next(data.receiver());
-        if d.properties.type_().as_deref() == Some("reset") {
-            break String::from_utf8_lossy(&d.body).into_owned();
-        }
-    };
+    let reset = next_reset(&data);
     assert!(reset.contains("flow control"), "{reset}");
     go_tx.send(()).unwrap();
     let (got, err) = talk.join().unwrap();
@@ -393,6 +380,19 @@ fn a_peer_that_overruns_the_window_is_reset() {
     assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
     forget_consumer(data);
     server.close();
+}
+
+/// The reason of the next reset our side sends to the raw peer, skipping
+/// other frames (keepalives keep coming: the wait is bounded).
+fn next_reset(data: &Consumer<'_>) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "no reset within 10 s");
+        let d = next(data.receiver());
+        if d.properties.type_().as_deref() == Some("reset") {
+            return String::from_utf8_lossy(&d.body).into_owned();
+        }
+    }
 }
 
 /// Reads until an error; a clean EOF is a test failure.
@@ -500,14 +500,7 @@ fn a_frame_after_the_fin_is_invalid_data() {
     server.send(&client_queue, b"", frame("fin", Some(2)));
     server.send(&client_queue, b"stray", frame("data", Some(3)));
     assert_eq!(read_rx.recv().unwrap(), b"one");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let reset = loop {
-        assert!(std::time::Instant::now() < deadline, "no reset within 10 s");
-        let d = next(data.receiver());
-        if d.properties.type_().as_deref() == Some("reset") {
-            break String::from_utf8_lossy(&d.body).into_owned();
-        }
-    };
+    let reset = next_reset(&data);
     assert!(reset.contains("after its FIN"), "{reset}");
     let err = talk.join().unwrap();
     assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");

@@ -97,13 +97,7 @@ impl Worker<'_> {
                 },
                 recv(self.publisher.confirms) -> confirm => match confirm {
                     Ok(confirm) => {
-                        // The broker returns an unroutable message before
-                        // it confirms it: take the returns in first, so a
-                        // flush never answers Ok for a returned message.
-                        while let Ok(returned) = self.returns.try_recv() {
-                            self.returned(returned);
-                        }
-                        self.publisher.absorb(confirm);
+                        self.take_confirm(confirm);
                         if self.publisher.nacked {
                             self.refused_by_broker()
                         } else {
@@ -119,6 +113,16 @@ impl Worker<'_> {
                 return;
             }
         }
+    }
+
+    /// Takes in a confirm. The broker returns an unroutable message before
+    /// it confirms it: the returns waiting are taken in first, so a flush
+    /// never answers `Ok` for a returned message.
+    fn take_confirm(&mut self, confirm: amiquip::Confirm) {
+        while let Ok(returned) = self.returns.try_recv() {
+            self.returned(returned);
+        }
+        self.publisher.absorb(confirm);
     }
 
     /// The stream is over in both directions, or the peer is gone and
@@ -529,10 +533,7 @@ impl Worker<'_> {
             select! {
                 recv(self.publisher.confirms) -> confirm => match confirm {
                     Ok(confirm) => {
-                        while let Ok(returned) = self.returns.try_recv() {
-                            self.returned(returned);
-                        }
-                        self.publisher.absorb(confirm);
+                        self.take_confirm(confirm);
                         if self.publisher.nacked {
                             let _ = self.refused_by_broker();
                         }

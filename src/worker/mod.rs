@@ -337,29 +337,16 @@ fn run(
     let channel = &owned.channel;
     let returns = owned.returns.clone();
     let mut publisher = Publisher::new(channel, owned.confirms.clone());
-    let (assignment, sent, consumer) = match start {
+    let (assignment, consumer) = match start {
         Start::Now(assignment) => {
             // The consumer first: its answer confirms that our queue was
             // declared. A handshake published on a channel the broker is
             // closing (a declare refused, say, by a vhost's queue limit)
             // can reach it cut in two, which kills the whole connection
             // (505 UNEXPECTED_FRAME), every stream on it included.
-            let consumer = match consume(channel, &local_queue, &options) {
-                Ok(consumer) => consumer,
+            match consume(channel, &local_queue, &options) {
+                Ok(consumer) => (assignment, consumer),
                 Err(err) => {
-                    let _ = assignment.setup.send(Err(err));
-                    return;
-                }
-            };
-            match send_handshake(
-                &assignment.role,
-                &local_queue,
-                &assignment.options,
-                &mut publisher,
-            ) {
-                Ok(sent) => (assignment, sent, consumer),
-                Err(err) => {
-                    cancel_consumer(&consumer);
                     let _ = assignment.setup.send(Err(err));
                     return;
                 }
@@ -379,19 +366,20 @@ fn run(
             };
             // A stream now: its pool no longer waits for it.
             drop(life);
-            match send_handshake(
-                &assignment.role,
-                &local_queue,
-                &assignment.options,
-                &mut publisher,
-            ) {
-                Ok(sent) => (assignment, sent, consumer),
-                Err(err) => {
-                    cancel_consumer(&consumer);
-                    let _ = assignment.setup.send(Err(err));
-                    return;
-                }
-            }
+            (assignment, consumer)
+        }
+    };
+    let sent = match send_handshake(
+        &assignment.role,
+        &local_queue,
+        &assignment.options,
+        &mut publisher,
+    ) {
+        Ok(sent) => sent,
+        Err(err) => {
+            cancel_consumer(&consumer);
+            let _ = assignment.setup.send(Err(err));
+            return;
         }
     };
     let Assignment {
