@@ -8,8 +8,8 @@ mod common;
 mod harness;
 
 use common::relay::Relay;
-use harness::{BOUND, Bridge, address_in, forward, serve};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use harness::{BOUND, Bridge, address_in, forward, http_service, serve};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::thread::JoinHandle;
 
@@ -25,34 +25,6 @@ fn echo_service() -> SocketAddr {
                 let mut writer = client;
                 let _ = io::copy(&mut reader, &mut writer);
                 let _ = writer.shutdown(Shutdown::Write);
-            });
-        }
-    });
-    addr
-}
-
-/// A minimal HTTP server: answers every request with `200` and a body
-/// that names the request line, then closes.
-fn http_service() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let Ok(mut client) = client else { continue };
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(client.try_clone().unwrap());
-                let mut request_line = String::new();
-                reader.read_line(&mut request_line).unwrap();
-                let mut line = String::new();
-                while reader.read_line(&mut line).unwrap() > 2 {
-                    line.clear();
-                }
-                let body = format!("you asked for {}", request_line.trim_end());
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                client.write_all(answer.as_bytes()).unwrap();
             });
         }
     });

@@ -14,7 +14,7 @@ mod harness;
 mod sshd;
 
 use common::relay::Relay;
-use harness::{BOUND, Bridge, forward, serve, warnings};
+use harness::{BOUND, Bridge, forward, http_service, serve, warnings};
 use sshd::{Sshd, run_ok};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -171,31 +171,7 @@ fn redis_cli_and_redis_benchmark_with_50_clients_through_forward_and_serve() {
 
 #[test]
 fn curl_through_the_http_front_door() {
-    // A web server that answers each request with its request line.
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let web = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let Ok(mut client) = client else { continue };
-            std::thread::spawn(move || {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") && client.read(&mut byte).unwrap_or(0) == 1 {
-                    head.push(byte[0]);
-                }
-                let line = String::from_utf8_lossy(&head)
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .to_string();
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{line}",
-                    line.len()
-                );
-                let _ = client.write_all(answer.as_bytes());
-            });
-        }
-    });
+    let web = http_service();
     let url = common::url();
     let (_server, queue) = serve(&url, web);
     let front = Bridge::start(&url, &["http", "--listen", "127.0.0.1:0"]);
@@ -208,7 +184,10 @@ fn curl_through_the_http_front_door() {
         &format!("X-AMQP-Server-Queue: {queue}"),
         &format!("http://{port}/hello"),
     ]));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "GET /hello HTTP/1.1");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "you asked for GET /hello HTTP/1.1"
+    );
     let out = Command::new("curl")
         .args([
             "-sS",

@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError, unbounded};
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
 use std::process::{ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -182,4 +182,32 @@ pub fn warnings(log: &str) -> Vec<&str> {
     log.lines()
         .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
         .collect()
+}
+
+/// A minimal HTTP server: answers every request with `200` and a body
+/// that names the request line, then closes.
+pub fn http_service() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(client.try_clone().unwrap());
+                let mut request_line = String::new();
+                reader.read_line(&mut request_line).unwrap();
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap() > 2 {
+                    line.clear();
+                }
+                let body = format!("you asked for {}", request_line.trim_end());
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                client.write_all(answer.as_bytes()).unwrap();
+            });
+        }
+    });
+    addr
 }
