@@ -7,7 +7,8 @@ use amiquip::{AmqpProperties, Publish};
 use amqp_stream::{Connector, Listener, ProtocolVersion, Stream, StreamOptions};
 use common::raw::{RawClient, next};
 use common::{
-    broker_channels_of, capture_logs, eventually, logs, queue, queue_state, raw_connection, url,
+    broker_channels_of, capture_logs, eventually, holds_tcp_socket_from, logs, queue, queue_state,
+    raw_connection, url,
 };
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -200,6 +201,32 @@ fn prepared_streams_serve_connections_and_close_with_their_owner() {
         },
     );
     drop((probe, client, server));
+}
+
+#[test]
+fn dropping_a_closed_listener_returns_once_its_thread_has_let_go_of_the_connection() {
+    // As a server stops: close, its accepting thread sees `accept` fail,
+    // then the listener and the connector are dropped. The listener's
+    // thread ends its `accept` before it closes its prepared streams;
+    // the drop must still wait for it, or the connection outlives its
+    // last handle (a process exiting then cuts it without a close). Many
+    // rounds, one schedule each.
+    for round in 1..=20 {
+        let connector = Connector::open(&url()).unwrap();
+        let port = connector.local_socket_addr().port();
+        let listener = connector.bind(&queue("drop-waits")).unwrap();
+        listener.close();
+        assert!(
+            listener.accept().is_err(),
+            "round {round}: accept after close"
+        );
+        drop(listener);
+        drop(connector);
+        assert!(
+            !holds_tcp_socket_from(port),
+            "round {round}: the connection from port {port} is still open after its last handle went"
+        );
+    }
 }
 
 #[test]
