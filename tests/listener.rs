@@ -230,6 +230,44 @@ fn dropping_a_closed_listener_returns_once_its_thread_has_let_go_of_the_connecti
 }
 
 #[test]
+fn connector_close_closes_the_connection_under_the_streams_and_listeners_on_it() {
+    let server_side = Connector::open(&url()).unwrap();
+    let client_side = Connector::open(&url()).unwrap();
+    let port = server_side.local_socket_addr().port();
+    let q = queue("connector-close");
+    let listener = server_side.bind(&q).unwrap();
+    let mut client = client_side.connect(&q).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    client.write_all(b"before").unwrap();
+    let mut got = [0u8; 6];
+    server.read_exact(&mut got).unwrap();
+
+    // Closed with a listener, a stream and prepared streams still on it:
+    // the socket is gone when `close` returns, not when they are.
+    server_side.close().unwrap();
+    assert!(!holds_tcp_socket_from(port), "the socket outlives close");
+    assert!(server_side.is_closed());
+    server_side.close().unwrap();
+    // Everything on it fails, loudly.
+    assert!(listener.accept().is_err());
+    let written = server.write_all(b"after").and_then(|()| server.flush());
+    assert!(
+        written.is_err(),
+        "a write on a closed connection: {written:?}"
+    );
+    assert!(server_side.connect(&q).is_err());
+    // The peer sees an abortive end, never a clean one.
+    let read = client
+        .write_all(b"anyone?")
+        .and_then(|()| client.flush())
+        .and_then(|()| client.read(&mut got));
+    assert!(
+        read.is_err(),
+        "the peer of a closed connection reads {read:?}"
+    );
+}
+
+#[test]
 fn close_wakes_a_blocked_accept_after_the_connected_streams() {
     let q = queue("close");
     let listener = std::sync::Arc::new(Listener::bind(&url(), &q).unwrap());
