@@ -132,6 +132,16 @@ impl BrokerConnection {
         connections.push(extra);
         Ok(channel)
     }
+
+    /// Closes every connection now (AMQP `connection.close`, answered by
+    /// the broker), whoever still holds this one: their channels fail
+    /// from then on, and so does [`open_channel`](Self::open_channel).
+    /// Fails when the first connection had already ended otherwise (lost,
+    /// or closed by the broker); closing twice does nothing more.
+    pub(crate) fn close(&self) -> Result<(), Error> {
+        let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        close_all(&self.url, std::mem::take(&mut *connections))
+    }
 }
 
 impl Drop for BrokerConnection {
@@ -141,13 +151,29 @@ impl Drop for BrokerConnection {
                 .get_mut()
                 .unwrap_or_else(|e| e.into_inner()),
         );
-        for connection in connections {
-            match connection.close() {
-                Ok(()) => debug!("closed a connection to {}", self.url),
-                Err(err) => debug!("a connection to {} ended: {err}", self.url),
+        let _ = close_all(&self.url, connections);
+    }
+}
+
+/// Closes `connections` in turn (the first is the one whose fate counts);
+/// the first one's failure is the result.
+fn close_all(url: &BrokerUrl, connections: Vec<Connection>) -> Result<(), Error> {
+    let mut result = Ok(());
+    for (index, connection) in connections.into_iter().enumerate() {
+        match connection.close() {
+            Ok(()) => debug!("closed a connection to {url}"),
+            Err(err) => {
+                debug!("a connection to {url} ended: {err}");
+                if index == 0 {
+                    result = Err(Error::broker(
+                        format!("closing the connection to {url}"),
+                        err,
+                    ));
+                }
             }
         }
     }
+    result
 }
 
 /// Opens one AMQP connection and logs in, within `timeout` if given

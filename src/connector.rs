@@ -247,6 +247,34 @@ impl Connector {
         self.connection.wait_closed(deadline_after(timeout))
     }
 
+    /// Closes the broker connection now, properly (AMQP
+    /// `connection.close`, which the broker logs as a normal close and
+    /// answers by deleting the queues of this connection at once), and
+    /// returns once the broker has confirmed it.
+    ///
+    /// Unlike dropping the last handle, this does not wait for the
+    /// streams and listeners still on the connection, in other threads
+    /// too: from then on they fail as on a lost connection (a listener
+    /// that [reconnects](StreamOptions::reconnect) connects again, so drop
+    /// or close listeners first). Every clone of this connector is closed
+    /// with it. A program that exits (its other threads end with it) calls
+    /// this last, so that the broker never sees its connection cut.
+    ///
+    /// Fails when the connection had already ended otherwise: lost, or
+    /// closed by the broker. Closing twice does nothing more.
+    ///
+    /// ```no_run
+    /// # let connector = amqp_stream::Connector::open("amqp://127.0.0.1")?;
+    /// let listener = connector.bind("echo")?;
+    /// drop(listener);
+    /// connector.close()?;
+    /// assert!(connector.is_closed());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn close(&self) -> io::Result<()> {
+        Ok(self.connection.close()?)
+    }
+
     /// The options streams made through this connector use.
     ///
     /// ```no_run

@@ -286,9 +286,11 @@ impl Listener {
 impl Drop for Listener {
     fn drop(&mut self) {
         self.closed.store(true, Ordering::Release);
-        if self.stop.send(()).is_ok() {
-            let _ = self.alive.recv_timeout(CLOSE_WAIT);
-        }
+        // Full: a stop is on its way; disconnected: the thread is ending,
+        // but may still hold the connection (its prepared streams close
+        // after it lets go of `stop`): wait for it either way.
+        let _ = self.stop.try_send(());
+        let _ = self.alive.recv_timeout(CLOSE_WAIT);
         // Streams connected but never accepted are reset as they drop.
         while let Ok(connected) = self.accepted.try_recv() {
             drop(connected);

@@ -434,15 +434,7 @@ fn serve_restarted_at_once_after_sigterm_gets_its_queue_back_every_time() {
     // close at info, not "client unexpectedly closed TCP connection".
     if let Some(broker_log) = broker_log {
         for (port, from) in &serves {
-            common::eventually(BOUND, "the broker logs the close", || {
-                match broker_log.first_close(port, *from) {
-                    Some(line) => {
-                        assert!(line.contains("[info]"), "closed abruptly: {line}");
-                        Ok(())
-                    }
-                    None => Err(format!("no close of 127.0.0.1:{port} logged")),
-                }
-            });
+            broker_log.assert_closed_properly(port, *from);
         }
     }
     common::summary::record(
@@ -471,6 +463,8 @@ fn connections_still_open_when_the_grace_period_ends_are_reset_on_both_sides() {
     });
     let url = common::url();
     let (_server, queue) = serve(&url, target);
+    let broker_log = BrokerLog::open();
+    let from = broker_log.as_ref().map_or(0, BrokerLog::end);
     let forwarder = Bridge::start(
         &url,
         &[
@@ -483,6 +477,8 @@ fn connections_still_open_when_the_grace_period_ends_are_reset_on_both_sides() {
             "1",
         ],
     );
+    let connected = forwarder.wait_for("connected to");
+    let broker_port = connected.rsplit(':').next().unwrap().trim().to_string();
     let port = harness::address_in(&forwarder.wait_for("forwarding"));
     let mut client = TcpStream::connect(port).unwrap();
     client.write_all(b"still talking").unwrap();
@@ -499,6 +495,60 @@ fn connections_still_open_when_the_grace_period_ends_are_reset_on_both_sides() {
     );
     assert!(forwarder.wait_exit().success(), "{}", forwarder.log());
     forwarder.wait_for("resetting 1 connection(s) still open");
+    // The reset stream's worker may still hold the broker connection as
+    // the process exits: the bridge closes it properly all the same.
+    if let Some(broker_log) = broker_log {
+        broker_log.assert_closed_properly(&broker_port, from);
+    }
+}
+
+#[test]
+fn a_bridge_stopped_with_a_stream_mid_handshake_closes_its_broker_connection_properly() {
+    // A queue that takes connection requests and never answers them: the
+    // forwarded client's stream is still in its handshake (30 s) when the
+    // bridge exits, its worker thread holding the broker connection.
+    let url = common::url();
+    let mut raw = common::raw_connection();
+    let channel = raw.open_channel(None).unwrap();
+    let queue = common::queue("bridge-mute");
+    let exclusive = amiquip::QueueDeclareOptions {
+        exclusive: true,
+        ..amiquip::QueueDeclareOptions::default()
+    };
+    channel.queue_declare(queue.as_str(), exclusive).unwrap();
+    let broker_log = BrokerLog::open();
+    let from = broker_log.as_ref().map_or(0, BrokerLog::end);
+    let forwarder = Bridge::start(
+        &url,
+        &[
+            "forward",
+            "--listen",
+            "127.0.0.1:0",
+            "--queue",
+            &queue,
+            "--grace",
+            "1",
+        ],
+    );
+    let connected = forwarder.wait_for("connected to");
+    let broker_port = connected.rsplit(':').next().unwrap().trim().to_string();
+    let port = harness::address_in(&forwarder.wait_for("forwarding"));
+    let _client = TcpStream::connect(port).unwrap();
+    common::eventually(
+        BOUND,
+        "the connection request reaches the queue",
+        || match channel.queue_declare_passive(queue.as_str()) {
+            Ok(q) if q.declared_message_count() == Some(1) => Ok(()),
+            other => Err(format!("{:?}", other.map(|q| q.declared_message_count()))),
+        },
+    );
+    forwarder.signal("TERM");
+    assert!(forwarder.wait_exit().success(), "{}", forwarder.log());
+    forwarder.wait_for("exiting with 1 connection(s) still open");
+    if let Some(broker_log) = broker_log {
+        broker_log.assert_closed_properly(&broker_port, from);
+    }
+    raw.close().unwrap();
 }
 
 /// Runs the bridge to its end as users run it (no `RUST_LOG`): its exit
@@ -620,6 +670,22 @@ impl BrokerLog {
         text.lines()
             .find(|line| line.contains("closing AMQP connection") && line.contains(&needle))
             .map(String::from)
+    }
+
+    /// Waits until the broker logs the close of the connection from
+    /// 127.0.0.1:`port` (the first after `from`) and checks that it was a
+    /// proper AMQP close (`[info]`), not "client unexpectedly closed TCP
+    /// connection" (`[warning]`).
+    fn assert_closed_properly(&self, port: &str, from: u64) {
+        common::eventually(BOUND, "the broker logs the close", || {
+            match self.first_close(port, from) {
+                Some(line) => {
+                    assert!(line.contains("[info]"), "closed abruptly: {line}");
+                    Ok(())
+                }
+                None => Err(format!("no close of 127.0.0.1:{port} logged")),
+            }
+        });
     }
 }
 

@@ -7,7 +7,8 @@ use amiquip::{AmqpProperties, Publish};
 use amqp_stream::{Connector, Listener, ProtocolVersion, Stream, StreamOptions};
 use common::raw::{RawClient, next};
 use common::{
-    broker_channels_of, capture_logs, eventually, logs, queue, queue_state, raw_connection, url,
+    broker_channels_of, capture_logs, eventually, holds_tcp_socket_from, logs, queue, queue_state,
+    raw_connection, url,
 };
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -200,6 +201,70 @@ fn prepared_streams_serve_connections_and_close_with_their_owner() {
         },
     );
     drop((probe, client, server));
+}
+
+#[test]
+fn dropping_a_closed_listener_returns_once_its_thread_has_let_go_of_the_connection() {
+    // As a server stops: close, its accepting thread sees `accept` fail,
+    // then the listener and the connector are dropped. The listener's
+    // thread ends its `accept` before it closes its prepared streams;
+    // the drop must still wait for it, or the connection outlives its
+    // last handle (a process exiting then cuts it without a close). Many
+    // rounds, one schedule each.
+    for round in 1..=20 {
+        let connector = Connector::open(&url()).unwrap();
+        let port = connector.local_socket_addr().port();
+        let listener = connector.bind(&queue("drop-waits")).unwrap();
+        listener.close();
+        assert!(
+            listener.accept().is_err(),
+            "round {round}: accept after close"
+        );
+        drop(listener);
+        drop(connector);
+        assert!(
+            !holds_tcp_socket_from(port),
+            "round {round}: the connection from port {port} is still open after its last handle went"
+        );
+    }
+}
+
+#[test]
+fn connector_close_closes_the_connection_under_the_streams_and_listeners_on_it() {
+    let server_side = Connector::open(&url()).unwrap();
+    let client_side = Connector::open(&url()).unwrap();
+    let port = server_side.local_socket_addr().port();
+    let q = queue("connector-close");
+    let listener = server_side.bind(&q).unwrap();
+    let mut client = client_side.connect(&q).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    client.write_all(b"before").unwrap();
+    let mut got = [0u8; 6];
+    server.read_exact(&mut got).unwrap();
+
+    // Closed with a listener, a stream and prepared streams still on it:
+    // the socket is gone when `close` returns, not when they are.
+    server_side.close().unwrap();
+    assert!(!holds_tcp_socket_from(port), "the socket outlives close");
+    assert!(server_side.is_closed());
+    server_side.close().unwrap();
+    // Everything on it fails, loudly.
+    assert!(listener.accept().is_err());
+    let written = server.write_all(b"after").and_then(|()| server.flush());
+    assert!(
+        written.is_err(),
+        "a write on a closed connection: {written:?}"
+    );
+    assert!(server_side.connect(&q).is_err());
+    // The peer sees an abortive end, never a clean one.
+    let read = client
+        .write_all(b"anyone?")
+        .and_then(|()| client.flush())
+        .and_then(|()| client.read(&mut got));
+    assert!(
+        read.is_err(),
+        "the peer of a closed connection reads {read:?}"
+    );
 }
 
 #[test]

@@ -44,6 +44,34 @@ pub fn threads_of_this_process() -> usize {
         .count()
 }
 
+/// Whether this process still holds a TCP socket whose local port is
+/// `port` (Linux: its open files against `/proc/net/tcp` and `tcp6`): a
+/// broker connection is closed for good once this is `false`.
+pub fn holds_tcp_socket_from(port: u16) -> bool {
+    let inodes: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .expect("Linux /proc")
+        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy();
+            let inode = target.strip_prefix("socket:[")?.strip_suffix(']')?;
+            Some(inode.to_string())
+        })
+        .collect();
+    let local_port = format!(":{port:04X}");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+        std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .any(|line| {
+                let cols: Vec<&str> = line.split_whitespace().collect();
+                cols.len() > 9
+                    && cols[1].ends_with(&local_port)
+                    && inodes.iter().any(|i| i == cols[9])
+            })
+    })
+}
+
 /// Checks `settled` until it holds or `limit` passes; the broker and our
 /// threads settle on their own time, and this is how a test observes it.
 pub fn eventually(

@@ -5,7 +5,7 @@
 use crate::backoff::Backoff;
 use amqp_stream::{Connector, Stream};
 use crossbeam_channel::{Receiver, Sender, bounded};
-use log::{info, warn};
+use log::{debug, info, warn};
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -54,10 +54,12 @@ impl BrokerLink {
         Ok(link)
     }
 
-    /// Stops reconnecting and lets go of the connection: it closes
-    /// properly (AMQP `connection.close`, so the broker deletes our queues
-    /// at once and logs no "unexpectedly closed" connection) once the
-    /// streams and listeners still on it are gone too.
+    /// Stops reconnecting and closes the connection properly, now (AMQP
+    /// `connection.close`, so the broker deletes our queues at once and
+    /// logs no "unexpectedly closed" connection): for the process to exit
+    /// right after, with threads of the library (a listener's prepared
+    /// streams, say) perhaps still letting go of it. Streams still on it
+    /// fail; listeners must be dropped first.
     pub fn close(&self) {
         self.closing.store(true, Ordering::SeqCst);
         drop(
@@ -76,7 +78,11 @@ impl BrokerLink {
         }
         let connector = self.lock().take();
         self.changed.notify_all();
-        drop(connector);
+        if let Some(connector) = connector
+            && let Err(err) = connector.close()
+        {
+            debug!("closing the broker connection: {err}");
+        }
     }
 
     /// The live connection, waiting up to `wait` (forever: `None`) while
