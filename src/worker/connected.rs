@@ -567,6 +567,15 @@ impl Worker<'_> {
                 },
                 recv(deadline) -> _ => {
                     warn!("stream {}: closing with unconfirmed data", self.local_queue);
+                    // Out of time to wait for the confirms: a held-back
+                    // FIN goes now, behind the data, as it would have
+                    // without holding it back. Dropping it would turn a
+                    // clean close into a reset only because the broker
+                    // confirmed slowly.
+                    if self.fin_waiting && self.ends.shared.failure().is_none() {
+                        self.fin_waiting = false;
+                        let _ = self.send_fin();
+                    }
                     break;
                 }
             }
