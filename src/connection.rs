@@ -162,6 +162,13 @@ fn close_all(url: &BrokerUrl, connections: Vec<Connection>) -> Result<(), Error>
     for (index, connection) in connections.into_iter().enumerate() {
         match connection.close() {
             Ok(()) => debug!("closed a connection to {url}"),
+            // amiquip hands each channel of the connection its end after
+            // the broker's close-ok; a channel whose handle another thread
+            // was dropping just then makes it report this, although the
+            // broker has closed the connection properly.
+            Err(amiquip::Error::EventLoopClientDropped) => {
+                debug!("closed a connection to {url} (a channel was going at the same time)")
+            }
             Err(err) => {
                 debug!("a connection to {url} ended: {err}");
                 if index == 0 {

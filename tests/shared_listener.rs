@@ -327,6 +327,19 @@ fn a_listener_that_dies_after_answering_leaves_no_request_to_answer_again() {
         let first = Arc::new(Listener::bind_with(&relay.url(), &q, &options).unwrap());
         let accepting = Arc::clone(&first);
         let first_accept = thread::spawn(move || accepting.accept().map(drop));
+        // Its prepared streams ready (queue declared and consumed), so
+        // that it answers at once: one set up now would wait for the
+        // broker's answer to its consume, which the deaf relay keeps back.
+        let ports = relay.broker_side_ports();
+        eventually(Duration::from_secs(30), "prepared streams", || {
+            let ready = common::queues_owned_by(&ports)
+                .iter()
+                .filter(|q| queue_state(q).is_some_and(|(_, _, consumers)| consumers == 1))
+                .count();
+            (ready >= 2)
+                .then_some(())
+                .ok_or_else(|| format!("{ready} of 2 ready"))
+        });
         // The request reaches the first listener, which answers it; then
         // it hears nothing more from the broker, confirms included.
         relay.deaf_after(q.as_bytes());

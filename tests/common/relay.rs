@@ -134,6 +134,18 @@ impl Relay {
         self.shared.deaf.load(Ordering::SeqCst)
     }
 
+    /// The local ports of the relay's sockets to the broker: the ports the
+    /// broker sees its relayed connections come from.
+    pub fn broker_side_ports(&self) -> Vec<u16> {
+        self.shared
+            .sockets
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(_, broker)| broker.local_addr().ok().map(|a| a.port()))
+            .collect()
+    }
+
     /// Relays new connections again.
     pub fn restore(&self) {
         self.shared.up.store(true, Ordering::SeqCst);
