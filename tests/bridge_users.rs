@@ -418,8 +418,7 @@ fn serve_restarted_at_once_after_sigterm_gets_its_queue_back_every_time() {
     for round in 1..=20 {
         let from = broker_log.as_ref().map_or(0, BrokerLog::end);
         let bridge = Bridge::start(&url, &["serve", "--queue", &queue, "--to", &target]);
-        let connected = bridge.wait_for("connected to");
-        let port = connected.rsplit(':').next().unwrap().trim().to_string();
+        let port = broker_port(&bridge);
         serves.push((port, from));
         bridge.wait_for("serving queue");
         bridge.signal("TERM");
@@ -465,21 +464,7 @@ fn connections_still_open_when_the_grace_period_ends_are_reset_on_both_sides() {
     let (_server, queue) = serve(&url, target);
     let broker_log = BrokerLog::open();
     let from = broker_log.as_ref().map_or(0, BrokerLog::end);
-    let forwarder = Bridge::start(
-        &url,
-        &[
-            "forward",
-            "--listen",
-            "127.0.0.1:0",
-            "--queue",
-            &queue,
-            "--grace",
-            "1",
-        ],
-    );
-    let connected = forwarder.wait_for("connected to");
-    let broker_port = connected.rsplit(':').next().unwrap().trim().to_string();
-    let port = harness::address_in(&forwarder.wait_for("forwarding"));
+    let (forwarder, broker_port, port) = forward_with_short_grace(&url, &queue);
     let mut client = TcpStream::connect(port).unwrap();
     client.write_all(b"still talking").unwrap();
     forwarder.signal("TERM");
@@ -518,21 +503,7 @@ fn a_bridge_stopped_with_a_stream_mid_handshake_closes_its_broker_connection_pro
     channel.queue_declare(queue.as_str(), exclusive).unwrap();
     let broker_log = BrokerLog::open();
     let from = broker_log.as_ref().map_or(0, BrokerLog::end);
-    let forwarder = Bridge::start(
-        &url,
-        &[
-            "forward",
-            "--listen",
-            "127.0.0.1:0",
-            "--queue",
-            &queue,
-            "--grace",
-            "1",
-        ],
-    );
-    let connected = forwarder.wait_for("connected to");
-    let broker_port = connected.rsplit(':').next().unwrap().trim().to_string();
-    let port = harness::address_in(&forwarder.wait_for("forwarding"));
+    let (forwarder, broker_port, port) = forward_with_short_grace(&url, &queue);
     let _client = TcpStream::connect(port).unwrap();
     common::eventually(
         BOUND,
@@ -697,4 +668,31 @@ fn assert_same(what: &str, sent: &[u8], got: &[u8]) {
         got.len(),
         common::first_difference(sent, got)
     );
+}
+
+/// The local port of a bridge's broker connection, from its "connected
+/// to" line (the port the broker's log names it by).
+fn broker_port(bridge: &Bridge) -> String {
+    let connected = bridge.wait_for("connected to");
+    connected.rsplit(':').next().unwrap().trim().to_string()
+}
+
+/// Starts `forward` to `queue` with a grace period of one second; returns
+/// it, its broker connection's local port and its listening address.
+fn forward_with_short_grace(url: &str, queue: &str) -> (Bridge, String, SocketAddr) {
+    let forwarder = Bridge::start(
+        url,
+        &[
+            "forward",
+            "--listen",
+            "127.0.0.1:0",
+            "--queue",
+            queue,
+            "--grace",
+            "1",
+        ],
+    );
+    let port = broker_port(&forwarder);
+    let listening = harness::address_in(&forwarder.wait_for("forwarding"));
+    (forwarder, port, listening)
 }

@@ -57,6 +57,15 @@ fn read_all(mut stream: &Stream) -> (Vec<u8>, io::Result<()>) {
     }
 }
 
+/// Waits until the writers have had `bytes` accepted in all.
+fn wait_until_written(written: &AtomicU64, bytes: u64, what: &str) {
+    common::eventually(Duration::from_secs(30), what, || {
+        (written.load(Ordering::SeqCst) >= bytes)
+            .then_some(())
+            .ok_or_else(|| "not yet".to_string())
+    });
+}
+
 /// Writes the pattern in 256 KiB calls until a write fails; returns the
 /// bytes the writes returned `Ok` for, and the failure.
 fn write_until_refused(mut stream: &Stream, written: &AtomicU64) -> (u64, io::Error) {
@@ -96,11 +105,7 @@ fn writes_racing_a_shutdown_are_all_delivered_before_the_fin() {
             // Shut down after a varying amount was written, often while a
             // write is in flight.
             let after = trial * 128 * 1024;
-            common::eventually(Duration::from_secs(30), "the writer to start", || {
-                (written.load(Ordering::SeqCst) >= after)
-                    .then_some(())
-                    .ok_or_else(|| "not yet".to_string())
-            });
+            wait_until_written(&written, after, "the writer to start");
             client.shutdown(Shutdown::Write).unwrap();
             let (accepted, err) = writer.join().unwrap();
             assert_eq!(
@@ -146,11 +151,7 @@ fn a_shutdown_wakes_a_write_blocked_on_credit() {
             thread::spawn(move || done_tx.send(write_until_refused(&client, &written)));
         }
         // The peer's window is all the writer gets before it blocks.
-        common::eventually(Duration::from_secs(30), "the window to fill", || {
-            (written.load(Ordering::SeqCst) >= window as u64)
-                .then_some(())
-                .ok_or_else(|| "not yet".to_string())
-        });
+        wait_until_written(&written, window as u64, "the window to fill");
         client.shutdown(how).unwrap();
         let (accepted, err) = done_rx
             .recv_timeout(Duration::from_secs(20))
@@ -306,11 +307,7 @@ fn a_shutdown_wakes_every_blocked_writer() {
                 }
             });
         }
-        common::eventually(Duration::from_secs(30), "the window to fill", || {
-            (written.load(Ordering::SeqCst) >= 4096)
-                .then_some(())
-                .ok_or_else(|| "not yet".to_string())
-        });
+        wait_until_written(&written, 4096, "the window to fill");
         client.shutdown(how).unwrap();
         for writer in 0..3 {
             let err = done_rx
