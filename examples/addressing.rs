@@ -70,11 +70,9 @@ fn median_ms(mut samples: Vec<Duration>) -> f64 {
 }
 
 fn next_delivery(consumer: &amiquip::Consumer<'_>) -> amiquip::Delivery {
-    loop {
-        match consumer.receiver().recv().expect("the consumer lives") {
-            ConsumerMessage::Delivery(d) => return d,
-            other => panic!("the consumer ended: {other:?}"),
-        }
+    match consumer.receiver().recv().expect("the consumer lives") {
+        ConsumerMessage::Delivery(d) => d,
+        other => panic!("the consumer ended: {other:?}"),
     }
 }
 

@@ -13,6 +13,7 @@
 
 use crate::broker_url::BrokerUrl;
 use crate::error::Error;
+use crate::mux::Mux;
 use crate::quiet_login::QuietLogin;
 use crate::tls;
 use amiquip::{
@@ -20,8 +21,9 @@ use amiquip::{
 };
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::{debug, info, warn};
+use std::collections::HashSet;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How long opening a connection may take when the URL does not say.
@@ -40,7 +42,15 @@ pub(crate) struct BrokerConnection {
     /// its sender lives in amiquip's I/O thread, so it disconnects when
     /// that connection ends.
     events: Receiver<ConnectionBlockedNotification>,
+    /// The version-3 transport, set up when the first version-3 stream
+    /// needs it.
+    mux: Mutex<Option<Arc<Mux>>>,
+    /// Listener queues that said they take version-3 requests.
+    v3_listeners: Mutex<HashSet<String>>,
 }
+
+/// How many listeners' versions a connection remembers.
+const REMEMBERED_LISTENERS: usize = 4096;
 
 impl BrokerConnection {
     /// Connects to the broker and logs in, within `timeout` if given (else
@@ -58,6 +68,8 @@ impl BrokerConnection {
             local_addr,
             connections: Mutex::new(vec![connection]),
             events,
+            mux: Mutex::new(None),
+            v3_listeners: Mutex::new(HashSet::new()),
         })
     }
 
@@ -138,6 +150,38 @@ impl BrokerConnection {
     /// from then on, and so does [`open_channel`](Self::open_channel).
     /// Fails when the first connection had already ended otherwise (lost,
     /// or closed by the broker); closing twice does nothing more.
+    /// Whether the listener on `queue` said it takes version-3 requests.
+    pub(crate) fn knows_v3(&self, queue: &str) -> bool {
+        self.v3_listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(queue)
+    }
+
+    /// Remembers whether the listener on `queue` takes version-3 requests.
+    pub(crate) fn learned_v3(&self, queue: &str, takes_v3: bool) {
+        let mut known = self.v3_listeners.lock().unwrap_or_else(|e| e.into_inner());
+        if !takes_v3 {
+            known.remove(queue);
+            return;
+        }
+        if known.len() >= REMEMBERED_LISTENERS {
+            known.clear();
+        }
+        known.insert(queue.to_string());
+    }
+
+    /// The connection's version-3 transport, set up on first use.
+    pub(crate) fn mux(&self) -> Result<Arc<Mux>, Error> {
+        let mut mux = self.mux.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(mux) = mux.as_ref().filter(|mux| mux.is_alive()) {
+            return Ok(Arc::clone(mux));
+        }
+        let started = Mux::start(|| self.open_channel("version-3 streams"))?;
+        *mux = Some(Arc::clone(&started));
+        Ok(started)
+    }
+
     pub(crate) fn close(&self) -> Result<(), Error> {
         let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
         close_all(&self.url, std::mem::take(&mut *connections))

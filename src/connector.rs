@@ -7,6 +7,7 @@ use crate::options::{StreamOptions, check_timeout, deadline_after};
 use crate::protocol;
 use crate::spare::SparePool;
 use crate::stream::Stream;
+use crate::version::ProtocolVersion;
 use crate::worker::{self, Role};
 use std::fmt;
 use std::io;
@@ -133,17 +134,32 @@ impl Connector {
         timeout: Option<Duration>,
     ) -> io::Result<Stream> {
         protocol::check_queue_name(queue, "the listener's")?;
+        let v3 = match self.options.get_protocol_version() {
+            Some(pinned) => pinned == ProtocolVersion::V3,
+            None => self.connection.knows_v3(queue),
+        };
         let role = Role::Client {
             listener_queue: queue.to_string(),
             deadline,
             timeout,
+            v3,
         };
         let established = worker::start(
             &self.connection,
             role,
             self.options.clone(),
             self.spares.as_deref(),
-        )?;
+        )
+        .inspect_err(|_| {
+            if v3 && self.options.get_protocol_version().is_none() {
+                // Maybe no longer a listener that takes version 3.
+                self.connection.learned_v3(queue, false);
+            }
+        })?;
+        if !v3 {
+            // The next stream to this listener skips its queue if it can.
+            self.connection.learned_v3(queue, established.upgrade);
+        }
         Ok(Stream::from_established(
             Arc::clone(&self.connection),
             established,

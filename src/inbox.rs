@@ -233,6 +233,10 @@ impl Inbox {
     }
 
     fn ack(&self, delivery: Delivery) {
+        // Version 3 consumes without acknowledgements.
+        if self.version >= ProtocolVersion::V3 {
+            return;
+        }
         let _ = self.control.send(Control::Ack(Box::new(delivery)));
     }
 }

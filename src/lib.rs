@@ -205,6 +205,7 @@ mod credit;
 mod error;
 mod inbox;
 mod listener;
+mod mux;
 mod options;
 mod protocol;
 mod quiet_login;

@@ -390,6 +390,14 @@ struct Backlog {
 struct Answering {
     stream: Pending,
     peer: Addr,
+    client: Client,
+}
+
+/// Where a client receives its answer: its queue and, in version 3, its
+/// stream id.
+struct Client {
+    queue: String,
+    stream: Option<String>,
 }
 
 /// Why one session of the listener's thread ended.
@@ -673,23 +681,28 @@ impl Backlog {
         request: Delivery,
     ) -> Option<Answering> {
         let queue = &self.queue;
-        let (client_queue, offer) =
-            match handshake::parse_request(&request.body, &request.properties) {
-                Ok(parsed) => (parsed.client_queue.to_string(), parsed.offer),
-                Err(reason) => {
-                    warn!("listener {queue:?}: rejected a malformed connection request: {reason}");
-                    if let Err(err) = consumer.reject(request, false) {
-                        debug!("listener {queue:?}: {err}");
-                    }
-                    return None;
+        let (client, offer) = match handshake::parse_request(&request.body, &request.properties) {
+            Ok(parsed) => (
+                Client {
+                    queue: parsed.client_queue.to_string(),
+                    stream: parsed.stream_id.map(str::to_string),
+                },
+                parsed.offer,
+            ),
+            Err(reason) => {
+                warn!("listener {queue:?}: rejected a malformed connection request: {reason}");
+                if let Err(err) = consumer.reject(request, false) {
+                    debug!("listener {queue:?}: {err}");
                 }
-            };
+                return None;
+            }
+        };
         let pin = self.options.get_protocol_version();
-        let version = match handshake::server_version(offer, pin) {
+        let version = match handshake::server_version(offer, pin, client.stream.is_some()) {
             Ok(version) => version,
             Err(refusal) => {
-                warn!("listener {queue:?}: refused {client_queue:?}: {refusal}");
-                refuse(channel, &client_queue, &refusal);
+                warn!("listener {queue:?}: refused {:?}: {refusal}", client.queue);
+                refuse(channel, &client, &refusal);
                 if let Err(err) = consumer.ack(request) {
                     debug!("listener {queue:?}: {err}");
                 }
@@ -697,11 +710,16 @@ impl Backlog {
             }
         };
         let role = Role::Server {
-            client_queue: client_queue.clone(),
+            client_queue: client.queue.clone(),
             version,
             offer,
+            client_stream: client.stream.clone(),
         };
-        let peer = Addr::new(self.connection.url().clone(), client_queue);
+        let peer_name = match &client.stream {
+            Some(id) => format!("{}#{id}", client.queue),
+            None => client.queue.clone(),
+        };
+        let peer = Addr::new(self.connection.url().clone(), peer_name);
         match worker::begin(
             &self.connection,
             role,
@@ -718,11 +736,15 @@ impl Backlog {
                 if let Err(err) = consumer.ack(request) {
                     debug!("listener {queue:?}: {err}");
                 }
-                Some(Answering { stream, peer })
+                Some(Answering {
+                    stream,
+                    peer,
+                    client,
+                })
             }
             Err(err) => {
                 warn!("listener {queue:?}: could not answer {peer}: {err}");
-                refuse(channel, peer.queue(), &format!("connection refused: {err}"));
+                refuse(channel, &client, &format!("connection refused: {err}"));
                 if let Err(err) = consumer.ack(request) {
                     debug!("listener {queue:?}: {err}");
                 }
@@ -742,7 +764,7 @@ impl Backlog {
         outcome: Result<SetupOutcome, crossbeam_channel::RecvError>,
     ) -> ControlFlow<Ended> {
         let queue = &self.queue;
-        let peer = done.peer;
+        let (peer, client) = (done.peer, done.client);
         match done.stream.finish(outcome) {
             Ok(established) => {
                 debug!("listener {queue:?}: connected {peer}");
@@ -772,7 +794,7 @@ impl Backlog {
                     let why = format!(
                         "connection refused: the listener could not set up the stream: {err}"
                     );
-                    refuse(channel, peer.queue(), &why);
+                    refuse(channel, &client, &why);
                 }
                 ControlFlow::Continue(())
             }
@@ -789,14 +811,28 @@ impl Backlog {
 /// request (malformed ones have nobody to tell).
 fn refuse_request(channel: &Channel, request: &Delivery, why: &str) {
     if let Ok(request) = handshake::parse_request(&request.body, &request.properties) {
-        refuse(channel, request.client_queue, why);
+        let client = Client {
+            queue: request.client_queue.to_string(),
+            stream: request.stream_id.map(str::to_string),
+        };
+        refuse(channel, &client, why);
     }
 }
 
 /// Refuses a connection request: a handshake answer with a body (which
 /// says why) is a refusal in every protocol version.
-fn refuse(channel: &Channel, client_queue: &str, why: &str) {
-    let _ = channel.basic_publish("", amiquip::Publish::new(why.as_bytes(), client_queue));
+///
+/// A version-3 client receives on its connection's queue: the refusal
+/// names its stream in `correlation_id`, as every frame to it does.
+fn refuse(channel: &Channel, client: &Client, why: &str) {
+    let mut properties = amiquip::AmqpProperties::default();
+    if let Some(id) = &client.stream {
+        properties = properties.with_correlation_id(id.clone());
+    }
+    let _ = channel.basic_publish(
+        "",
+        amiquip::Publish::with_properties(why.as_bytes(), client.queue.clone(), properties),
+    );
 }
 
 /// Declares the control queue and consumes it: alone, or shared with

@@ -235,7 +235,8 @@ impl StreamOptions {
     /// handshake is one message each way. A connector starts preparing
     /// after its first `connect`; a listener as soon as it is bound. Each
     /// costs one channel, one queue and one idle thread while it waits.
-    /// 0 turns preparing off. The default, 2, keeps up with one thread
+    /// 0 turns preparing off; streams pinned to protocol version 3, which
+    /// have no queue or channel to prepare, never prepare any. The default, 2, keeps up with one thread
     /// connecting back to back (preparing takes longer than a handshake);
     /// a burst of connections larger than this is set up on demand, as
     /// without it.

@@ -4,6 +4,7 @@
 
 use crate::connection::BrokerConnection;
 use crate::options::StreamOptions;
+use crate::version::ProtocolVersion;
 use crate::worker::{self, Assignment, Spare};
 use crossbeam_channel::{Receiver, Sender, after, bounded, select, unbounded};
 use log::debug;
@@ -67,7 +68,11 @@ impl SparePool {
 
     /// Starts preparing workers until the pool holds as many as it should.
     pub(crate) fn refill(&self) {
-        let wanted = self.options.get_prepared_streams();
+        // Version-3 streams need nothing prepared: no queue, no channel.
+        let wanted = match self.options.get_protocol_version() {
+            Some(ProtocolVersion::V3) => 0,
+            _ => self.options.get_prepared_streams(),
+        };
         let Some(life) = &self.life else { return };
         while self.kept.load(Ordering::Acquire) < wanted {
             let slot = SpareSlot::take(&self.kept);

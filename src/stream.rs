@@ -610,6 +610,11 @@ impl Inner {
     }
 
     fn send_ack(&self, state: &mut ReadState) {
+        if self.inbox.version() >= ProtocolVersion::V3 {
+            // Consumed without acknowledgements.
+            state.unacked = None;
+            return;
+        }
         if let Some(delivery) = state.unacked.take() {
             state.unacked_count = 0;
             let _ = self.control.send(Control::Ack(Box::new(delivery)));

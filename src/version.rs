@@ -13,11 +13,15 @@ use std::fmt;
 ///   implementation: data, FIN, nothing else.
 /// * **Version 2** adds credit flow control (a receive window),
 ///   sequence numbers, keepalive frames and reset.
+/// * **Version 3** keeps version 2's frames and gives a stream no broker
+///   queue or channel of its own: every stream end is addressed by its
+///   connection's queue and a stream id, so setup is the SYN and the
+///   SYN-ACK alone, and nothing is acknowledged per message.
 ///
 /// ```
 /// use amqp_stream::ProtocolVersion;
 /// assert!(ProtocolVersion::V2 > ProtocolVersion::V1);
-/// assert_eq!(ProtocolVersion::LATEST, ProtocolVersion::V2);
+/// assert_eq!(ProtocolVersion::LATEST, ProtocolVersion::V3);
 /// assert_eq!(ProtocolVersion::V2.number(), 2);
 /// assert_eq!(ProtocolVersion::V1.to_string(), "1");
 /// ```
@@ -28,6 +32,9 @@ pub enum ProtocolVersion {
     V1,
     /// Version 1 plus flow control, sequence numbers, keepalive and reset.
     V2,
+    /// Version 2's frames on a queue per AMQP connection: no queue, channel
+    /// or acknowledgement per stream.
+    V3,
 }
 
 impl ProtocolVersion {
@@ -35,9 +42,9 @@ impl ProtocolVersion {
     ///
     /// ```
     /// # use amqp_stream::ProtocolVersion;
-    /// assert_eq!(ProtocolVersion::LATEST.number(), 2);
+    /// assert_eq!(ProtocolVersion::LATEST.number(), 3);
     /// ```
-    pub const LATEST: ProtocolVersion = ProtocolVersion::V2;
+    pub const LATEST: ProtocolVersion = ProtocolVersion::V3;
 
     /// The version's number on the wire.
     ///
@@ -49,6 +56,7 @@ impl ProtocolVersion {
         match self {
             ProtocolVersion::V1 => 1,
             ProtocolVersion::V2 => 2,
+            ProtocolVersion::V3 => 3,
         }
     }
 
@@ -58,7 +66,8 @@ impl ProtocolVersion {
         match number {
             0 => None,
             1 => Some(ProtocolVersion::V1),
-            _ => Some(ProtocolVersion::V2),
+            2 => Some(ProtocolVersion::V2),
+            _ => Some(ProtocolVersion::V3),
         }
     }
 }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use amqp_stream::{Connector, Listener, Stream, StreamOptions};
+use amqp_stream::{Connector, Listener, ProtocolVersion, Stream, StreamOptions};
 use common::{broker_channels_of, eventually, free_port, queue, raw_connection, url};
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
@@ -253,8 +253,10 @@ fn a_queue_limit_fails_one_stream_and_not_the_listener_or_the_connector() {
     common::capture_logs();
     // The listener's queue, then two per stream.
     let vhost = LimitedVhost::new(4);
+    // Version 2: a version-3 stream declares no queue to be refused.
     let options = StreamOptions::new()
         .prepared_streams(0)
+        .protocol_version(Some(ProtocolVersion::V2))
         .handshake_timeout(Some(Duration::from_secs(20)));
     let server_side = Connector::open_with(&vhost.url(), options.clone()).unwrap();
     let q = queue("limited");

@@ -87,8 +87,12 @@ fn malformed_requests_are_rejected_logged_and_skipped() {
 #[test]
 fn dropping_everything_leaves_no_queue_and_no_channel() {
     // Nothing prepared ahead, so every channel belongs to a stream or the
-    // listener (`prepared_streams_close_with_their_owner` covers those).
-    let options = StreamOptions::new().prepared_streams(0);
+    // listener (`prepared_streams_close_with_their_owner` covers those);
+    // version 2, whose streams have queues and channels of their own
+    // (version 3's have none: see tests/protocol_v3.rs).
+    let options = StreamOptions::new()
+        .prepared_streams(0)
+        .protocol_version(Some(ProtocolVersion::V2));
     let connector = Connector::open_with(&url(), options).unwrap();
     let q = queue("cleanup");
     let listener = connector.bind(&q).unwrap();
@@ -151,7 +155,10 @@ fn channels_of(connector: &Connector) -> u32 {
 
 #[test]
 fn prepared_streams_serve_connections_and_close_with_their_owner() {
-    let prepared = StreamOptions::new().prepared_streams(3);
+    // Version 2: prepared streams are for streams with a queue of their own.
+    let prepared = StreamOptions::new()
+        .prepared_streams(3)
+        .protocol_version(Some(ProtocolVersion::V2));
     let server_side = Connector::open_with(&url(), prepared.clone()).unwrap();
     let client_side = Connector::open_with(&url(), prepared).unwrap();
     let q = queue("prepared");

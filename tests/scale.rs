@@ -5,7 +5,7 @@
 
 mod common;
 
-use amqp_stream::{Connector, Stream, StreamOptions};
+use amqp_stream::{Connector, ProtocolVersion, Stream, StreamOptions};
 use common::data::full_duplex;
 use common::node::TestNode;
 use common::summary::record;
@@ -135,7 +135,8 @@ fn streams_past_the_broker_channel_limit_spread_over_connections() {
     const STREAMS: usize = 40;
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let node = TestNode::start(&format!("channel_max = {CHANNEL_MAX}"));
-    let options = StreamOptions::new();
+    // Versions 1 and 2 take a channel per stream (version 3 none).
+    let options = StreamOptions::new().protocol_version(Some(ProtocolVersion::V2));
     let client = Connector::open_with(&node.url(""), options.clone()).unwrap();
     let server = Connector::open_with(&node.url(""), options).unwrap();
     let pairs = open_pairs(&client, &server, STREAMS);

@@ -22,7 +22,7 @@
 //! `STRESS_SEED=S` replays one schedule (`STRESS_SCHEDULES` times, default
 //! once), `STRESS_BASE=B` fixes the seeds of a whole run, `STRESS_LANES=L`
 //! how many schedules run at once (default 4), `STRESS_KIND=name` and
-//! `STRESS_PROTOCOL=v1|v2` keep only matching seeds, `STRESS_VERBOSE=1`
+//! `STRESS_PROTOCOL=v1|v2|v3` keep only matching seeds, `STRESS_VERBOSE=1`
 //! prints every schedule's plan and events, not only failed ones.
 
 #[path = "stress/actors.rs"]
@@ -428,7 +428,11 @@ fn report(results: &[ScheduleResult], profiles: &[Profile], took: Duration, base
     assert_eq!(failed, 0, "{text}");
     common::summary::record(
         "stress: random concurrent schedules",
-        &format!("{} schedules, v1 and v2, 5 option profiles", results.len()),
+        &format!(
+            "{} schedules, v1, v2 and v3, {} option profiles",
+            results.len(),
+            profiles.len()
+        ),
         "races of write/flush/shutdown/drop/read",
         &format!("no violation, {took:.0?}"),
         0,

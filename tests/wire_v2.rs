@@ -139,9 +139,10 @@ fn the_handshake_and_frames_are_as_documented() {
     });
     let (client_queue, offered, data) = server.accept(Some(v2_headers(WINDOW)));
     let offered = offered.expect("the SYN carries headers");
+    // The highest version the client speaks; this listener answers 2.
     assert_eq!(
         offered.get("x-amqp-stream-version"),
-        Some(&AmqpValue::LongLongInt(2))
+        Some(&AmqpValue::LongLongInt(3))
     );
     assert_eq!(
         offered.get("x-amqp-stream-window"),

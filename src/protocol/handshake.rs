@@ -4,6 +4,12 @@
 //! Version 1 handshake messages have an empty body and a `reply_to`. A
 //! side that speaks version 2 adds two headers; a version-1 peer ignores
 //! them, and a version-2 side that gets none back speaks version 1.
+//!
+//! A version-3 SYN also names the client's stream id
+//! ([`STREAM_ID_HEADER`]) and its `reply_to` is the client connection's
+//! queue, not a queue of the stream's own: only a listener that speaks
+//! version 3 can answer it, so a client sends one only to a listener it
+//! knows speaks it (see [`UPGRADE_HEADER`]) or when pinned to version 3.
 
 use crate::version::ProtocolVersion;
 use amiquip::{AmqpProperties, AmqpValue, FieldTable};
@@ -13,6 +19,23 @@ use std::fmt;
 pub(crate) const VERSION_HEADER: &str = "x-amqp-stream-version";
 /// Header with the sender's receive window in bytes.
 pub(crate) const WINDOW_HEADER: &str = "x-amqp-stream-window";
+/// Header of a version-3 SYN or SYN-ACK: the sender's stream id, which
+/// the peer puts in the `correlation_id` of every frame it sends back.
+pub(crate) const STREAM_ID_HEADER: &str = "x-amqp-stream-id";
+/// Header of a version-2 SYN-ACK from a listener that also takes
+/// version-3 requests: the version they would get (3).
+pub(crate) const UPGRADE_HEADER: &str = "x-amqp-stream-upgrade";
+/// The longest stream id taken from a peer.
+pub(crate) const MAX_STREAM_ID: usize = 128;
+
+/// What a handshake message adds for version 3.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Extra<'a> {
+    /// The sender's stream id (version 3).
+    pub(crate) stream_id: Option<&'a str>,
+    /// A version-2 answer's word that version-3 requests are welcome.
+    pub(crate) upgrade: Option<u64>,
+}
 
 /// What a version-2 side says about itself in the handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +58,11 @@ impl Offer {
 
 /// Properties of a SYN or SYN-ACK: `reply_to` names the queue the sender
 /// receives on; an offer adds the version-2 headers.
-pub(crate) fn handshake_properties(reply_to: &str, offer: Option<Offer>) -> AmqpProperties {
+pub(crate) fn handshake_properties(
+    reply_to: &str,
+    offer: Option<Offer>,
+    extra: Extra<'_>,
+) -> AmqpProperties {
     let properties = AmqpProperties::default().with_reply_to(reply_to.to_string());
     match offer {
         None => properties,
@@ -43,9 +70,45 @@ pub(crate) fn handshake_properties(reply_to: &str, offer: Option<Offer>) -> Amqp
             let mut headers = FieldTable::new();
             headers.insert(VERSION_HEADER.to_string(), wire_integer(offer.version));
             headers.insert(WINDOW_HEADER.to_string(), wire_integer(offer.window));
+            if let Some(id) = extra.stream_id {
+                headers.insert(
+                    STREAM_ID_HEADER.to_string(),
+                    AmqpValue::LongString(id.to_string()),
+                );
+            }
+            if let Some(version) = extra.upgrade {
+                headers.insert(UPGRADE_HEADER.to_string(), wire_integer(version));
+            }
             properties.with_headers(headers)
         }
     }
+}
+
+/// The sender's stream id, if the message carries one; `Err` if it is
+/// malformed.
+pub(crate) fn read_stream_id(properties: &AmqpProperties) -> Result<Option<&str>, String> {
+    let Some(value) = properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.get(STREAM_ID_HEADER))
+    else {
+        return Ok(None);
+    };
+    match value {
+        AmqpValue::LongString(id) if !id.is_empty() && id.len() <= MAX_STREAM_ID => Ok(Some(id)),
+        other => Err(format!(
+            "{STREAM_ID_HEADER} must be a string of 1 to {MAX_STREAM_ID} bytes, not {other:?}"
+        )),
+    }
+}
+
+/// The version a version-2 answer says version-3 requests would get.
+pub(crate) fn read_upgrade(properties: &AmqpProperties) -> Option<u64> {
+    properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.get(UPGRADE_HEADER))
+        .and_then(as_u64)
 }
 
 /// A u64 as the signed 64-bit integer RabbitMQ understands.
@@ -125,6 +188,8 @@ pub(crate) struct Request<'a> {
     pub(crate) client_queue: &'a str,
     /// The client's version-2 offer, if it made one.
     pub(crate) offer: Option<Offer>,
+    /// A version-3 request: the client's stream id.
+    pub(crate) stream_id: Option<&'a str>,
 }
 
 /// The queue named by `reply_to`, if any.
@@ -145,19 +210,41 @@ pub(crate) fn parse_request<'a>(
     }
     let client_queue = reply_to(properties).ok_or(BadRequest::NoReplyTo)?;
     let offer = read_offer(properties).map_err(BadRequest::BadHeader)?;
+    let stream_id = read_stream_id(properties).map_err(BadRequest::BadHeader)?;
+    if stream_id.is_some() && offer.is_none_or(|offer| offer.version < 3) {
+        return Err(BadRequest::BadHeader(format!(
+            "{STREAM_ID_HEADER} belongs to a version-3 request; this one offers version {}",
+            offer.map_or(1, |offer| offer.version)
+        )));
+    }
     Ok(Request {
         client_queue,
         offer,
+        stream_id,
     })
 }
 
 /// The listener's choice of version for a request, or why it refuses it.
+/// A version-3 request (`v3`: it named a stream id) gets version 3 or a
+/// refusal; any other gets at most version 2, which works over the
+/// stream's own queue the request names.
 pub(crate) fn server_version(
     offer: Option<Offer>,
     pin: Option<ProtocolVersion>,
+    v3: bool,
 ) -> Result<ProtocolVersion, String> {
+    if v3 {
+        return match pin {
+            None | Some(ProtocolVersion::V3) => Ok(ProtocolVersion::V3),
+            Some(pinned) => Err(format!(
+                "this listener speaks protocol version {pinned}; the client asked for version 3"
+            )),
+        };
+    }
     let offered = match offer {
-        Some(offer) => ProtocolVersion::at_most(offer.version).unwrap_or(ProtocolVersion::V1),
+        Some(offer) => ProtocolVersion::at_most(offer.version)
+            .unwrap_or(ProtocolVersion::V1)
+            .min(ProtocolVersion::V2),
         None => ProtocolVersion::V1,
     };
     match pin {
@@ -177,6 +264,10 @@ pub(crate) struct Accept<'a> {
     pub(crate) server_queue: &'a str,
     /// The server's version-2 answer, if it gave one.
     pub(crate) offer: Option<Offer>,
+    /// The server's stream id (version 3).
+    pub(crate) stream_id: Option<&'a str>,
+    /// A version-2 answer's word that version-3 requests are welcome.
+    pub(crate) upgrade: Option<u64>,
 }
 
 /// Checks the first message on a client's queue (the SYN-ACK).
@@ -193,9 +284,13 @@ pub(crate) fn parse_accept<'a>(
     let server_queue =
         reply_to(properties).ok_or("the listener's answer names no queue in reply_to")?;
     let offer = read_offer(properties).map_err(|why| format!("the listener's answer: {why}"))?;
+    let stream_id =
+        read_stream_id(properties).map_err(|why| format!("the listener's answer: {why}"))?;
     Ok(Accept {
         server_queue,
         offer,
+        stream_id,
+        upgrade: read_upgrade(properties),
     })
 }
 
@@ -203,10 +298,27 @@ pub(crate) fn parse_accept<'a>(
 /// answered; an error when the answer does not fit the offer or the pin.
 pub(crate) fn client_version(
     offered: Option<Offer>,
-    answer: Option<Offer>,
+    answer: &Accept<'_>,
     pin: Option<ProtocolVersion>,
+    v3: bool,
 ) -> Result<ProtocolVersion, String> {
-    let version = match (offered, answer) {
+    let answer_offer = answer.offer;
+    if v3 {
+        return match (answer_offer, answer.stream_id) {
+            (Some(offer), Some(_)) if offer.version == 3 => Ok(ProtocolVersion::V3),
+            (offer, _) => Err(format!(
+                "the listener answered a version-3 request with protocol version {} \
+                 and {} stream id",
+                offer.map_or(1, |offer| offer.version),
+                if answer.stream_id.is_some() {
+                    "a"
+                } else {
+                    "no"
+                }
+            )),
+        };
+    }
+    let version = match (offered, answer_offer) {
         (_, None) => ProtocolVersion::V1,
         (None, Some(answer)) => {
             return Err(format!(
@@ -214,10 +326,11 @@ pub(crate) fn client_version(
                 answer.version
             ));
         }
-        (Some(offered), Some(answer)) if answer.version > offered.version => {
+        (Some(offered), Some(answer)) if answer.version > offered.version.min(2) => {
             return Err(format!(
                 "the listener answered with protocol version {}, above the offered {}",
-                answer.version, offered.version
+                answer.version,
+                offered.version.min(2)
             ));
         }
         (Some(_), Some(answer)) => {
@@ -241,7 +354,9 @@ pub(crate) fn client_offer(pin: Option<ProtocolVersion>, window: usize) -> Optio
 }
 
 /// What the listener answers with for the chosen version: the headers
-/// only for version 2 and up.
+/// only for version 2 and up (a version-3 answer adds its stream id, a
+/// version-2 one from a listener that takes version 3 says so: see
+/// [`Extra`]).
 pub(crate) fn server_offer(version: ProtocolVersion, window: usize) -> Option<Offer> {
     (version >= ProtocolVersion::V2).then(|| Offer::ours(version, window))
 }
@@ -249,7 +364,7 @@ pub(crate) fn server_offer(version: ProtocolVersion, window: usize) -> Option<Of
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ProtocolVersion::{V1, V2};
+    use ProtocolVersion::{V1, V2, V3};
 
     const OFFER: Offer = Offer {
         version: 2,
@@ -258,14 +373,17 @@ mod tests {
 
     #[test]
     fn offer_round_trips_through_headers() {
-        let props = handshake_properties("q", Some(OFFER));
+        let props = handshake_properties("q", Some(OFFER), Extra::default());
         assert_eq!(read_offer(&props), Ok(Some(OFFER)));
-        assert_eq!(read_offer(&handshake_properties("q", None)), Ok(None));
+        assert_eq!(
+            read_offer(&handshake_properties("q", None, Extra::default())),
+            Ok(None)
+        );
     }
 
     #[test]
     fn version_one_request_parses_without_an_offer() {
-        let props = handshake_properties("client-q", None);
+        let props = handshake_properties("client-q", None, Extra::default());
         let request = parse_request(b"", &props).unwrap();
         assert_eq!(request.client_queue, "client-q");
         assert_eq!(request.offer, None);
@@ -273,13 +391,13 @@ mod tests {
 
     #[test]
     fn request_must_be_empty_with_reply_to() {
-        let props = handshake_properties("client-q", Some(OFFER));
+        let props = handshake_properties("client-q", Some(OFFER), Extra::default());
         assert_eq!(parse_request(b"x", &props), Err(BadRequest::HasBody(1)));
         assert_eq!(
             parse_request(b"", &AmqpProperties::default()),
             Err(BadRequest::NoReplyTo)
         );
-        let empty = handshake_properties("", None);
+        let empty = handshake_properties("", None, Extra::default());
         assert_eq!(parse_request(b"", &empty), Err(BadRequest::NoReplyTo));
         assert!(BadRequest::HasBody(3).to_string().contains("3 bytes"));
     }
@@ -291,7 +409,7 @@ mod tests {
             for (k, v) in pairs {
                 headers.insert(k.to_string(), v);
             }
-            handshake_properties("q", None).with_headers(headers)
+            handshake_properties("q", None, Extra::default()).with_headers(headers)
         };
         let text = with(vec![(VERSION_HEADER, AmqpValue::LongString("two".into()))]);
         assert!(matches!(
@@ -325,12 +443,12 @@ mod tests {
 
     #[test]
     fn listener_negotiates_down_and_honours_its_pin() {
-        assert_eq!(server_version(Some(OFFER), None), Ok(V2));
-        assert_eq!(server_version(None, None), Ok(V1));
-        assert_eq!(server_version(Some(OFFER), Some(V1)), Ok(V1));
-        assert_eq!(server_version(Some(OFFER), Some(V2)), Ok(V2));
+        assert_eq!(server_version(Some(OFFER), None, false), Ok(V2));
+        assert_eq!(server_version(None, None, false), Ok(V1));
+        assert_eq!(server_version(Some(OFFER), Some(V1), false), Ok(V1));
+        assert_eq!(server_version(Some(OFFER), Some(V2), false), Ok(V2));
         assert!(
-            server_version(None, Some(V2))
+            server_version(None, Some(V2), false)
                 .unwrap_err()
                 .contains("requires")
         );
@@ -339,21 +457,32 @@ mod tests {
             version: 3,
             window: 10,
         };
-        assert_eq!(server_version(Some(three), None), Ok(V2));
+        assert_eq!(server_version(Some(three), None, false), Ok(V2));
         assert_eq!(server_offer(V1, 100), None);
         assert_eq!(server_offer(V2, 100), Some(Offer::ours(V2, 100)));
     }
 
+    /// A SYN-ACK with this offer and extras, parsed.
+    fn answer(offer: Option<Offer>, extra: Extra<'_>) -> AmqpProperties {
+        handshake_properties("server-q", offer, extra)
+    }
+
     #[test]
     fn client_falls_back_and_checks_the_answer() {
+        let version = |offered, props: &AmqpProperties, pin, v3| {
+            let accept = parse_accept(b"", props).unwrap();
+            client_version(offered, &accept, pin, v3)
+        };
+        let none = answer(None, Extra::default());
+        let two = answer(Some(OFFER), Extra::default());
         assert_eq!(client_offer(Some(V1), 100), None);
-        assert_eq!(client_offer(None, 100), Some(Offer::ours(V2, 100)));
-        assert_eq!(client_version(Some(OFFER), None, None), Ok(V1));
-        assert_eq!(client_version(Some(OFFER), Some(OFFER), None), Ok(V2));
-        assert_eq!(client_version(None, None, Some(V1)), Ok(V1));
-        assert!(client_version(None, Some(OFFER), Some(V1)).is_err());
+        assert_eq!(client_offer(None, 100), Some(Offer::ours(V3, 100)));
+        assert_eq!(version(Some(OFFER), &none, None, false), Ok(V1));
+        assert_eq!(version(Some(OFFER), &two, None, false), Ok(V2));
+        assert_eq!(version(None, &none, Some(V1), false), Ok(V1));
+        assert!(version(None, &two, Some(V1), false).is_err());
         assert!(
-            client_version(Some(OFFER), None, Some(V2))
+            version(Some(OFFER), &none, Some(V2), false)
                 .unwrap_err()
                 .contains("required")
         );
@@ -361,12 +490,80 @@ mod tests {
             version: 3,
             window: 10,
         };
-        assert!(client_version(Some(OFFER), Some(three), None).is_err());
+        // Version 3 only for a version-3 request, with a stream id.
+        let v3_answer = answer(
+            Some(three),
+            Extra {
+                stream_id: Some("s1"),
+                upgrade: None,
+            },
+        );
+        assert!(version(Some(three), &v3_answer, None, false).is_err());
+        assert_eq!(version(Some(three), &v3_answer, None, true), Ok(V3));
+        assert!(version(Some(three), &two, None, true).is_err());
+        assert!(
+            version(
+                Some(three),
+                &answer(Some(three), Extra::default()),
+                None,
+                true
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn version_3_requests_name_a_stream_and_get_3_or_a_refusal() {
+        let three = Offer {
+            version: 3,
+            window: 10,
+        };
+        let extra = Extra {
+            stream_id: Some("abc"),
+            upgrade: None,
+        };
+        let props = handshake_properties("conn-q", Some(three), extra);
+        let request = parse_request(b"", &props).unwrap();
+        assert_eq!(request.stream_id, Some("abc"));
+        assert_eq!(server_version(request.offer, None, true), Ok(V3));
+        assert_eq!(server_version(request.offer, Some(V3), true), Ok(V3));
+        assert!(server_version(request.offer, Some(V2), true).is_err());
+        // A version-2 request never gets 3, and a listener pinned to 3
+        // refuses it.
+        assert_eq!(server_version(Some(three), None, false), Ok(V2));
+        assert!(server_version(Some(three), Some(V3), false).is_err());
+        // A stream id with an offer below 3, or a bad one, is malformed.
+        let low = handshake_properties("q", Some(OFFER), extra);
+        assert!(matches!(
+            parse_request(b"", &low),
+            Err(BadRequest::BadHeader(_))
+        ));
+        let long = "x".repeat(MAX_STREAM_ID + 1);
+        let extra = Extra {
+            stream_id: Some(&long),
+            upgrade: None,
+        };
+        let props = handshake_properties("q", Some(three), extra);
+        assert!(parse_request(b"", &props).is_err());
+    }
+
+    #[test]
+    fn a_version_2_answer_can_say_version_3_is_welcome() {
+        let extra = Extra {
+            stream_id: None,
+            upgrade: Some(3),
+        };
+        let accept_props = answer(Some(OFFER), extra);
+        let accept = parse_accept(b"", &accept_props).unwrap();
+        assert_eq!(accept.upgrade, Some(3));
+        assert_eq!(accept.stream_id, None);
+        let plain = answer(Some(OFFER), Extra::default());
+        assert_eq!(parse_accept(b"", &plain).unwrap().upgrade, None);
     }
 
     #[test]
     fn accept_must_be_empty_with_reply_to() {
-        let props = handshake_properties("server-q", Some(OFFER));
+        let props = handshake_properties("server-q", Some(OFFER), Extra::default());
         let accept = parse_accept(b"", &props).unwrap();
         assert_eq!(accept.server_queue, "server-q");
         assert_eq!(accept.offer, Some(OFFER));

@@ -320,9 +320,13 @@ impl Worker<'_> {
         match control {
             Control::Ack(delivery) => {
                 // Acks are cumulative: one for a later delivery covered it.
+                // Version 3 consumes without acknowledgements.
+                let Some(channel) = self.publisher.channel() else {
+                    return ControlFlow::Continue(());
+                };
                 if delivery.delivery_tag() > self.acked {
                     self.acked = delivery.delivery_tag();
-                    if let Err(err) = (*delivery).ack_multiple(self.publisher.channel) {
+                    if let Err(err) = (*delivery).ack_multiple(channel) {
                         return self.broker_lost(&format!("acknowledging data: {err}"));
                     }
                 }
@@ -401,10 +405,9 @@ impl Worker<'_> {
             return;
         }
         let own = self.local_queue.clone();
-        if let Err(err) =
-            self.publisher
-                .publish(&own, &[], frame::peer_gone_properties(&self.marker))
-        {
+        let own_id = self.publisher.own_id().unwrap_or_default().to_string();
+        let marker = frame::peer_gone_properties(&self.marker);
+        if let Err(err) = self.publisher.publish_to(&own, &own_id, &[], marker) {
             let _ = self.broker_lost(&format!("marking the end of {own:?}: {err}"));
         }
     }

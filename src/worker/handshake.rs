@@ -6,7 +6,8 @@ use super::{Agreed, Role};
 use crate::connection::BrokerConnection;
 use crate::error::Error;
 use crate::options::StreamOptions;
-use crate::protocol::handshake::{self, Offer};
+use crate::protocol::handshake::{self, Extra, Offer};
+use crate::version::ProtocolVersion;
 use amiquip::{ConsumerMessage, Return};
 use crossbeam_channel::{Receiver, after, never, select, tick};
 use log::debug;
@@ -20,24 +21,40 @@ pub(super) fn send_handshake(
     publisher: &mut Publisher<'_>,
 ) -> Result<Option<Offer>, Error> {
     let window = options.get_window();
-    let (to, offer, doing) = match role {
+    let own = publisher.own_id().map(str::to_string);
+    let (to, stream, offer, extra, doing) = match role {
         Role::Client { listener_queue, .. } => (
             listener_queue,
+            own.clone(),
             handshake::client_offer(options.get_protocol_version(), window),
+            Extra {
+                stream_id: own.as_deref(),
+                upgrade: None,
+            },
             "connecting to",
         ),
         Role::Server {
             client_queue,
             version,
+            client_stream,
             ..
         } => (
             client_queue,
+            client_stream.clone(),
             handshake::server_offer(*version, window),
+            Extra {
+                stream_id: own.as_deref(),
+                // A listener free to choose takes version-3 requests too.
+                upgrade: (*version == ProtocolVersion::V2
+                    && options.get_protocol_version().is_none())
+                .then_some(3),
+            },
             "answering",
         ),
     };
+    let properties = handshake::handshake_properties(local_queue, offer, extra);
     publisher
-        .publish(to, &[], handshake::handshake_properties(local_queue, offer))
+        .publish_to(to, stream.as_deref().unwrap_or_default(), &[], properties)
         .map_err(|e| Error::broker(format!("{doing} {to:?}"), e))?;
     Ok(offer)
 }
@@ -55,15 +72,20 @@ pub(super) fn await_handshake(
     role: &Role,
     sent: Option<Offer>,
     options: &StreamOptions,
-    consumer: &amiquip::Consumer<'_>,
+    inbound: Inbound<'_, '_>,
     publisher: &mut Publisher<'_>,
-    returns: &Receiver<Return>,
 ) -> Result<Agreed, Error> {
+    let Inbound {
+        deliveries,
+        consumer,
+        returns,
+    } = inbound;
     match role {
         Role::Client {
             listener_queue,
             deadline,
             timeout,
+            v3,
         } => {
             let timer = deadline.map(crossbeam_channel::at).unwrap_or_else(never);
             let check = tick(options.get_keepalive_interval());
@@ -73,7 +95,7 @@ pub(super) fn await_handshake(
                     return Err(Error::ConnectionRefused { queue: listener_queue.clone() });
                 },
                 recv(returns) -> _ => return Err(Error::ConnectionRefused { queue: listener_queue.clone() }),
-                recv(consumer.receiver()) -> message => match message {
+                recv(deliveries) -> message => match message {
                     Ok(ConsumerMessage::Delivery(delivery)) => break delivery,
                     Ok(other) => return Err(consumer_ended(listener_queue, other)),
                     Err(_) => return Err(Error::broker(
@@ -92,8 +114,9 @@ pub(super) fn await_handshake(
                 .and_then(|accept| {
                     let version = handshake::client_version(
                         sent,
-                        accept.offer,
+                        &accept,
                         options.get_protocol_version(),
+                        *v3,
                     )
                     .map_err(|reason| Error::Protocol {
                         queue: listener_queue.clone(),
@@ -103,15 +126,20 @@ pub(super) fn await_handshake(
                         peer_queue: accept.server_queue.to_string(),
                         version,
                         peer_window: accept.offer.map(|offer| offer.window),
+                        peer_stream: accept.stream_id.map(str::to_string),
+                        upgrade: accept.upgrade.is_some_and(|v| v >= 3),
                     })
                 });
-            let _ = consumer.ack(answer);
+            if let Some(consumer) = consumer {
+                let _ = consumer.ack(answer);
+            }
             agreed
         }
         Role::Server {
             client_queue,
             version,
             offer,
+            client_stream,
         } => {
             let seq = publisher.published;
             // The broker may hold the answer back (a resource alarm blocks
@@ -143,6 +171,8 @@ pub(super) fn await_handshake(
                                 peer_queue: client_queue.clone(),
                                 version: *version,
                                 peer_window: sent.and(offer.map(|offer| offer.window)),
+                                peer_stream: client_stream.clone(),
+                                upgrade: false,
                             });
                         }
                     },
@@ -154,6 +184,14 @@ pub(super) fn await_handshake(
 
 /// The error for a listener's answer that is not a valid SYN-ACK: a
 /// listener refuses by answering with a body that says why.
+/// What the handshake receives: the stream's deliveries (with the
+/// consumer to acknowledge them on, versions 1 and 2) and its returns.
+pub(super) struct Inbound<'a, 'c> {
+    pub(super) deliveries: &'a Receiver<ConsumerMessage>,
+    pub(super) consumer: Option<&'a amiquip::Consumer<'c>>,
+    pub(super) returns: &'a Receiver<Return>,
+}
+
 fn refused(queue: &str, body: &[u8], reason: String) -> Error {
     if body.is_empty() {
         Error::Protocol {

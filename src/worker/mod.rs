@@ -15,6 +15,7 @@
 mod connected;
 mod handshake;
 mod publisher;
+mod v3;
 
 use crate::connection::BrokerConnection;
 use crate::credit::{SendWindow, message_limit};
@@ -30,9 +31,9 @@ use crate::version::ProtocolVersion;
 use amiquip::{Channel, Confirm, ConsumerMessage, ConsumerOptions, Delivery, Return};
 use connected::Worker;
 use crossbeam_channel::{Receiver, Sender, after, bounded, select, unbounded};
-use handshake::{await_handshake, send_handshake};
+use handshake::{Inbound, await_handshake, send_handshake};
 use log::debug;
-use publisher::Publisher;
+use publisher::{Publisher, Transport};
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -78,6 +79,8 @@ pub(crate) enum Role {
         deadline: Option<Instant>,
         /// The timeout, for the error message.
         timeout: Option<Duration>,
+        /// Send a version-3 SYN (the listener is known to take one).
+        v3: bool,
     },
     /// Answer a connection request.
     Server {
@@ -87,7 +90,19 @@ pub(crate) enum Role {
         version: ProtocolVersion,
         /// The client's version-2 offer, if it made one.
         offer: Option<Offer>,
+        /// The client's stream id (version 3).
+        client_stream: Option<String>,
     },
+}
+
+impl Role {
+    /// Whether the stream speaks version 3 (no queue of its own).
+    fn is_v3(&self) -> bool {
+        match self {
+            Role::Client { v3, .. } => *v3,
+            Role::Server { version, .. } => *version >= ProtocolVersion::V3,
+        }
+    }
 }
 
 /// A stream whose handshake succeeded: the ends the user's handles hold.
@@ -102,6 +117,8 @@ pub(crate) struct Established {
     /// Disconnects when the worker thread ends.
     pub(crate) alive: Receiver<()>,
     pub(crate) shared: Arc<Shared>,
+    /// The listener said it takes version-3 requests.
+    pub(crate) upgrade: bool,
 }
 
 /// Sets up a stream and waits for its handshake: on a prepared worker
@@ -142,14 +159,19 @@ pub(crate) fn begin(
             _alive: alive_tx,
         },
     });
-    let assignment = match spares {
-        Some(spares) => spares.hand_over(assignment),
-        None => Err(assignment),
-    };
-    if let Err(assignment) = assignment {
+    if assignment.role.is_v3() {
         let connection = Arc::clone(connection);
-        let options = assignment.options.clone();
-        spawn_worker(move || run(None, connection, options, Start::Now(assignment)))?;
+        spawn_worker(move || v3::run(connection, assignment))?;
+    } else {
+        let assignment = match spares {
+            Some(spares) => spares.hand_over(assignment),
+            None => Err(assignment),
+        };
+        if let Err(assignment) = assignment {
+            let connection = Arc::clone(connection);
+            let options = assignment.options.clone();
+            spawn_worker(move || run(None, connection, options, Start::Now(assignment)))?;
+        }
     }
     Ok(Pending {
         setup: setup_rx,
@@ -227,6 +249,7 @@ impl Pending {
             peer_queue: handshake.peer_queue,
             inbox: handshake.inbox,
             message_limit: handshake.message_limit,
+            upgrade: handshake.upgrade,
             outbound: self.outbound,
             control: self.control,
             alive: self.alive,
@@ -292,6 +315,7 @@ pub(crate) struct Handshake {
     peer_queue: String,
     inbox: Arc<Inbox>,
     message_limit: usize,
+    upgrade: bool,
 }
 
 /// What the handshake settled.
@@ -300,6 +324,10 @@ struct Agreed {
     version: ProtocolVersion,
     /// The peer's receive window (version 2).
     peer_window: Option<u64>,
+    /// The peer's stream id (version 3).
+    peer_stream: Option<String>,
+    /// The listener said it takes version-3 requests.
+    upgrade: bool,
 }
 
 /// A stream's channel with the receivers amiquip feeds for it.
@@ -336,7 +364,7 @@ fn run(
     };
     let channel = &owned.channel;
     let returns = owned.returns.clone();
-    let mut publisher = Publisher::new(channel, owned.confirms.clone());
+    let mut publisher = Publisher::new(Transport::Channel(channel), owned.confirms.clone());
     let (assignment, consumer) = match start {
         Start::Now(assignment) => {
             // The consumer first: its answer confirms that our queue was
@@ -393,9 +421,12 @@ fn run(
         &role,
         sent,
         &options,
-        &consumer,
+        Inbound {
+            deliveries: consumer.receiver(),
+            consumer: Some(&consumer),
+            returns: &returns,
+        },
         &mut publisher,
-        &returns,
     ) {
         Ok(agreed) => agreed,
         Err(err) => {
@@ -404,67 +435,124 @@ fn run(
             return;
         }
     };
-    let Agreed {
-        peer_queue,
-        version,
-        peer_window,
-    } = agreed;
-    debug!("stream {local_queue} connected to {peer_queue}, protocol version {version}");
-    if let Some(window) = peer_window {
-        *ends.shared.send_window() = SendWindow::limited(window);
-    }
-    let message_limit = message_limit(options.get_max_message_size(), peer_window);
-    let marker = frame::new_marker();
-    let inbox = Arc::new(Inbox::new(
-        version,
-        consumer.receiver().clone(),
-        Arc::clone(&ends.shared),
-        ends.control_sender.clone(),
-        marker.clone(),
-        options.get_window() as u64,
-    ));
-    let handed_over = setup.send(Ok(Handshake {
-        local_queue: local_queue.clone(),
-        peer_queue: peer_queue.clone(),
-        inbox: Arc::clone(&inbox),
-        message_limit,
-    }));
-    if handed_over.is_err() {
-        cancel_consumer(&consumer);
-        return;
-    }
-    let mut worker = Worker {
+    let up = Connected {
         connection,
-        linger: options.get_linger(),
         options,
-        marker,
-        closing: false,
+        setup,
+        ends,
+        agreed,
+        local_queue: local_queue.clone(),
+        local_name: local_queue,
         publisher,
         returns,
-        ends,
-        peer_queue,
-        local_queue: local_queue.clone(),
-        version,
-        inbox,
-        message_limit,
-        sequence: 0,
-        acked: 0,
-        last_sent: Instant::now(),
-        probe_channel: None,
-        fin_sent: false,
-        fin_waiting: false,
-        fin_received: false,
-        peer_gone: false,
-        reader_done: false,
-        unsent: Vec::new(),
+        deliveries: consumer.receiver().clone(),
     };
-    worker.run_loop();
-    worker.finish();
-    drop(worker);
+    up.run();
     cancel_consumer(&consumer);
     drop(consumer);
     drop(owned);
-    debug!("stream {local_queue} closed");
+}
+
+/// A stream whose handshake succeeded, before its worker's loop.
+struct Connected<'a> {
+    connection: Arc<BrokerConnection>,
+    options: StreamOptions,
+    setup: Sender<SetupOutcome>,
+    ends: WorkerEnds,
+    agreed: Agreed,
+    /// The queue the stream receives on.
+    local_queue: String,
+    /// The stream's address for the user (version 3: the queue and the
+    /// stream id).
+    local_name: String,
+    publisher: Publisher<'a>,
+    returns: Receiver<Return>,
+    deliveries: Receiver<ConsumerMessage>,
+}
+
+impl Connected<'_> {
+    /// Hands the stream to the user and runs its worker until it is over.
+    fn run(self) {
+        let Connected {
+            connection,
+            options,
+            setup,
+            ends,
+            agreed,
+            local_queue,
+            local_name,
+            mut publisher,
+            returns,
+            deliveries,
+        } = self;
+        let Agreed {
+            peer_queue,
+            version,
+            peer_window,
+            peer_stream,
+            upgrade,
+        } = agreed;
+        let peer_name = match &peer_stream {
+            Some(id) => format!("{peer_queue}#{id}"),
+            None => peer_queue.clone(),
+        };
+        if let Some(id) = peer_stream {
+            publisher.set_peer(id);
+        }
+        debug!("stream {local_name} connected to {peer_name}, protocol version {version}");
+        if let Some(window) = peer_window {
+            *ends.shared.send_window() = SendWindow::limited(window);
+        }
+        let message_limit = message_limit(options.get_max_message_size(), peer_window);
+        let marker = frame::new_marker();
+        let inbox = Arc::new(Inbox::new(
+            version,
+            deliveries,
+            Arc::clone(&ends.shared),
+            ends.control_sender.clone(),
+            marker.clone(),
+            options.get_window() as u64,
+        ));
+        let handed_over = setup.send(Ok(Handshake {
+            local_queue: local_name.clone(),
+            peer_queue: peer_name,
+            inbox: Arc::clone(&inbox),
+            message_limit,
+            upgrade,
+        }));
+        if handed_over.is_err() {
+            return;
+        }
+        let mut worker = Worker {
+            connection,
+            linger: options.get_linger(),
+            options,
+            marker,
+            closing: false,
+            publisher,
+            returns,
+            ends,
+            peer_queue,
+            local_queue,
+            version,
+            inbox,
+            message_limit,
+            sequence: 0,
+            acked: 0,
+            last_sent: Instant::now(),
+            probe_channel: None,
+            fin_sent: false,
+            fin_waiting: false,
+            fin_received: false,
+            peer_gone: false,
+            reader_done: false,
+            unsent: Vec::new(),
+        };
+        worker.run_loop();
+        worker.finish();
+        drop(worker);
+        debug!("stream {local_name} closed");
+    }
 }
 
 /// Cancels a consumer and returns the deliveries it still held.

@@ -68,6 +68,25 @@ pub(crate) fn profiles() -> Vec<Profile> {
                 .keepalive_interval(Duration::from_millis(500)),
             big: 2048 * KIB,
         },
+        Profile {
+            name: "v3-tiny-window",
+            version: ProtocolVersion::V3,
+            options: base(ProtocolVersion::V3)
+                .window(4 * 1024)
+                .max_message_size(1024)
+                .write_queue(1)
+                .linger(Duration::from_millis(2))
+                .keepalive_interval(Duration::from_millis(100)),
+            big: 128 * KIB,
+        },
+        Profile {
+            name: "v3-default",
+            version: ProtocolVersion::V3,
+            options: base(ProtocolVersion::V3)
+                .linger(Duration::from_secs(2))
+                .keepalive_interval(Duration::from_millis(500)),
+            big: 2048 * KIB,
+        },
     ]
 }
 
@@ -273,7 +292,7 @@ pub(crate) fn plan(seed: u64, profiles: &[Profile]) -> Plan {
     let kind = rng.pick(&KINDS);
     let profile = rng.range(0, profiles.len() as u64 - 1) as usize;
     let p = &profiles[profile];
-    let window = if p.version == ProtocolVersion::V2 {
+    let window = if p.version >= ProtocolVersion::V2 {
         p.options.get_window() as u64
     } else {
         p.options.get_max_message_size() as u64 * 4

@@ -1,0 +1,142 @@
+//! The demultiplexer: the one thread of an AMQP connection that takes the
+//! deliveries of its queue and the confirms and returns of its publishing
+//! channel, and hands each to the stream it belongs to.
+
+use super::{Mux, Route, Routes};
+use crate::error::Error;
+use crate::shared::lock;
+use amiquip::{Channel, Confirm, ConsumerMessage, ConsumerOptions, QueueDeclareOptions, Return};
+use crossbeam_channel::{Receiver, Sender, never, select};
+use log::debug;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+
+/// What the demultiplexer reads besides its consumer.
+pub(super) struct Feeds {
+    pub(super) queue: String,
+    pub(super) routes: Arc<Routes>,
+    pub(super) confirms: Receiver<Confirm>,
+    pub(super) returns: Receiver<Return>,
+}
+
+/// Declares and consumes the connection's queue on `channel`, says so on
+/// `ready`, then hands out what arrives until the publishing channel
+/// closes (its confirms and returns must be received for as long as it is
+/// open: amiquip fails the whole connection otherwise).
+pub(super) fn run(
+    channel: Channel,
+    feeds: Feeds,
+    mux: Weak<Mux>,
+    ready: Sender<Result<(), Error>>,
+) {
+    let consumer = match consume(&channel, &feeds.queue) {
+        Ok(consumer) => consumer,
+        Err(err) => {
+            let _ = ready.send(Err(err));
+            end(&feeds.routes);
+            return;
+        }
+    };
+    let _ = ready.send(Ok(()));
+    let mut deliveries = Some(consumer.receiver().clone());
+    let nothing = never();
+    loop {
+        select! {
+            recv(deliveries.as_ref().unwrap_or(&nothing)) -> message => match message {
+                Ok(ConsumerMessage::Delivery(delivery)) => {
+                    let Some(to) = delivery.properties.correlation_id().clone() else {
+                        debug!("{:?}: dropped a message that names no stream", feeds.queue);
+                        continue;
+                    };
+                    if let Some(route) = lock(&feeds.routes.streams).get(to.as_str()) {
+                        let _ = route.deliveries.send(ConsumerMessage::Delivery(delivery));
+                    } else {
+                        debug!("{:?}: dropped a frame for stream {to:?}, which is not here", feeds.queue);
+                    }
+                }
+                Ok(other) => {
+                    debug!("{:?}: the consumer ended: {other:?}", feeds.queue);
+                    deliveries = None;
+                    end(&feeds.routes);
+                }
+                Err(_) => {
+                    deliveries = None;
+                    end(&feeds.routes);
+                }
+            },
+            recv(feeds.returns) -> returned => match returned {
+                Ok(returned) => route_return(&feeds.routes, returned),
+                Err(_) => break,
+            },
+            recv(feeds.confirms) -> confirm => match confirm {
+                Ok(confirm) => {
+                    // A message comes back before it is confirmed: the
+                    // returns waiting go first.
+                    while let Ok(returned) = feeds.returns.try_recv() {
+                        route_return(&feeds.routes, returned);
+                    }
+                    let Some(mux) = mux.upgrade() else { continue };
+                    let confirmed = mux.confirmed(confirm);
+                    let streams = lock(&feeds.routes.streams);
+                    for (stream, confirm) in confirmed {
+                        if let Some(route) = streams.get(&stream) {
+                            let _ = route.confirms.send(confirm);
+                        }
+                    }
+                }
+                Err(_) => break,
+            },
+        }
+    }
+    end(&feeds.routes);
+    drop(consumer);
+    let _ = channel.close();
+}
+
+/// Hands a returned message to the stream that published it.
+fn route_return(routes: &Routes, returned: Return) {
+    let from = returned.properties.app_id().clone();
+    let streams = lock(&routes.streams);
+    match from.as_deref().and_then(|from| streams.get(from)) {
+        Some(Route { returns, .. }) => {
+            let _ = returns.send(returned);
+        }
+        None => debug!(
+            "a message to {:?} came back for a stream not here: {}",
+            returned.routing_key, returned.reply_text
+        ),
+    }
+}
+
+/// The connection's consumer is gone: every stream loses its feeds (and
+/// learns it from their disconnection) and none registers any more.
+fn end(routes: &Routes) {
+    let mut streams = lock(&routes.streams);
+    routes.ended.store(true, Ordering::SeqCst);
+    streams.clear();
+}
+
+fn consume<'a>(channel: &'a Channel, queue: &str) -> Result<amiquip::Consumer<'a>, Error> {
+    let what = |action: &str| format!("{action} the connection's stream queue {queue:?}");
+    channel
+        .queue_declare(
+            queue,
+            QueueDeclareOptions {
+                durable: false,
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+        )
+        .map_err(|e| Error::broker(what("declaring"), e))?;
+    channel
+        .basic_consume(
+            queue,
+            ConsumerOptions {
+                no_ack: true,
+                exclusive: true,
+                ..ConsumerOptions::default()
+            },
+        )
+        .map_err(|e| Error::broker(what("consuming"), e))
+}

@@ -1,0 +1,201 @@
+//! Version 3's transport: one queue, one consumer and one publishing
+//! channel per AMQP connection, shared by every version-3 stream on it.
+//!
+//! Every stream end registers a *stream id* here. Frames to it carry that
+//! id in `correlation_id`; the [`demux`] thread, the connection's only
+//! consumer of its queue, hands each delivery to the stream it names, and
+//! the publishing channel's confirms and returns to the stream that
+//! published the message (every frame names its sender's stream id in
+//! `app_id`). Nothing is acknowledged: the queue is consumed in no-ack
+//! mode and each stream's credit window bounds what the broker and this
+//! process hold for it.
+
+mod confirms;
+mod demux;
+
+use crate::error::Error;
+use crate::shared::lock;
+use amiquip::{AmqpProperties, Channel, Confirm, ConsumerMessage, Publish, Return};
+use confirms::ConfirmBook;
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The prefix of a connection's queue.
+const QUEUE_PREFIX: &str = "amqp-stream.conn.";
+
+/// One AMQP connection's version-3 transport.
+pub(crate) struct Mux {
+    queue: String,
+    publishing: Mutex<Publishing>,
+    routes: Arc<Routes>,
+}
+
+/// The publishing channel and what it published.
+struct Publishing {
+    channel: Channel,
+    book: ConfirmBook,
+}
+
+/// Where the demultiplexer delivers, by stream id.
+pub(crate) struct Routes {
+    streams: Mutex<HashMap<Arc<str>, Route>>,
+    /// The connection's consumer has ended: nothing registers any more.
+    ended: AtomicBool,
+}
+
+/// One stream's ends of what the demultiplexer feeds.
+struct Route {
+    deliveries: Sender<ConsumerMessage>,
+    confirms: Sender<Confirm>,
+    returns: Sender<Return>,
+}
+
+/// What a registered stream receives.
+pub(crate) struct Registration {
+    /// The stream's id.
+    pub(crate) id: Arc<str>,
+    /// Frames for the stream, in the order the broker delivered them.
+    pub(crate) deliveries: Receiver<ConsumerMessage>,
+    /// Confirms of the stream's own messages, numbered from 1 in the order
+    /// it published them.
+    pub(crate) confirms: Receiver<Confirm>,
+    /// The stream's messages the broker could not route.
+    pub(crate) returns: Receiver<Return>,
+}
+
+impl Mux {
+    /// Sets up the transport on two new channels from `open_channel`: the
+    /// connection's queue, consumed by a new demultiplexer thread, and the
+    /// publishing channel with confirms.
+    pub(crate) fn start(
+        mut open_channel: impl FnMut() -> Result<Channel, Error>,
+    ) -> Result<Arc<Mux>, Error> {
+        let queue = format!("{QUEUE_PREFIX}{}", uuid::Uuid::new_v4());
+        let named = queue.clone();
+        let what = |action: &str| format!("{action} for the connection's stream queue {named:?}");
+        let consuming = open_channel()?;
+        let channel = open_channel()?;
+        let returns = channel
+            .listen_for_returns()
+            .map_err(|e| Error::broker(what("listening for returns"), e))?;
+        let confirms = channel
+            .listen_for_publisher_confirms()
+            .map_err(|e| Error::broker(what("listening for confirms"), e))?;
+        channel
+            .enable_publisher_confirms()
+            .map_err(|e| Error::broker(what("enabling confirms"), e))?;
+        let routes = Arc::new(Routes {
+            streams: Mutex::new(HashMap::new()),
+            ended: AtomicBool::new(false),
+        });
+        let (ready_tx, ready) = bounded(1);
+        let feeds = demux::Feeds {
+            queue: queue.clone(),
+            routes: Arc::clone(&routes),
+            confirms,
+            returns,
+        };
+        let mux = Arc::new(Mux {
+            queue,
+            publishing: Mutex::new(Publishing {
+                channel,
+                book: ConfirmBook::default(),
+            }),
+            routes,
+        });
+        let book_owner = Arc::downgrade(&mux);
+        std::thread::Builder::new()
+            .name("amqp-stream-demux".to_string())
+            .spawn(move || demux::run(consuming, feeds, book_owner, ready_tx))
+            .map_err(|e| Error::InvalidArgument(format!("cannot start a thread: {e}")))?;
+        ready.recv().unwrap_or_else(|_| {
+            Err(Error::broker(
+                what("consuming"),
+                amiquip::Error::EventLoopDropped,
+            ))
+        })?;
+        Ok(mux)
+    }
+
+    /// The connection's queue, which every stream on it receives on.
+    pub(crate) fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    /// Whether the connection's consumer still runs.
+    pub(crate) fn is_alive(&self) -> bool {
+        !self.routes.ended.load(Ordering::SeqCst)
+    }
+
+    /// Registers a new stream end under a new id.
+    pub(crate) fn register(&self) -> Result<Registration, Error> {
+        let id: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
+        let (deliveries_tx, deliveries) = unbounded();
+        let (confirms_tx, confirms) = unbounded();
+        let (returns_tx, returns) = unbounded();
+        let mut streams = lock(&self.routes.streams);
+        // Checked under the lock the demultiplexer empties the map under.
+        if self.routes.ended.load(Ordering::SeqCst) {
+            return Err(Error::broker(
+                format!("registering a stream on {:?}", self.queue),
+                amiquip::Error::EventLoopDropped,
+            ));
+        }
+        streams.insert(
+            Arc::clone(&id),
+            Route {
+                deliveries: deliveries_tx,
+                confirms: confirms_tx,
+                returns: returns_tx,
+            },
+        );
+        Ok(Registration {
+            id,
+            deliveries,
+            confirms,
+            returns,
+        })
+    }
+
+    /// Forgets a stream end: frames still arriving for it are dropped.
+    pub(crate) fn unregister(&self, id: &str) {
+        lock(&self.routes.streams).remove(id);
+    }
+
+    /// Publishes a frame from stream `from` (its `tag`-th message) to the
+    /// stream `to` receiving on `queue`, mandatory: a frame nobody can
+    /// receive comes back to `from` as a return, then its confirm.
+    pub(crate) fn publish(
+        &self,
+        from: &Arc<str>,
+        tag: u64,
+        queue: &str,
+        to: &str,
+        body: &[u8],
+        properties: AmqpProperties,
+    ) -> Result<(), amiquip::Error> {
+        let properties = properties
+            .with_correlation_id(to.to_string())
+            .with_app_id(from.to_string());
+        let mut publishing = lock(&self.publishing);
+        publishing.channel.basic_publish(
+            "",
+            Publish {
+                body,
+                routing_key: queue.to_string(),
+                mandatory: true,
+                immediate: false,
+                properties,
+            },
+        )?;
+        publishing.book.record(Arc::clone(from), tag);
+        Ok(())
+    }
+
+    /// The stream confirms a confirm of the publishing channel stands for.
+    fn confirmed(&self, confirm: Confirm) -> Vec<(Arc<str>, Confirm)> {
+        lock(&self.publishing).book.confirm(confirm)
+    }
+}

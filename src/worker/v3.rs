@@ -1,0 +1,80 @@
+//! Setting up a version-3 stream: no channel, queue or consumer of its
+//! own, only a stream id on its connection's shared transport
+//! ([`Mux`](crate::mux::Mux)). The worker's loop after the handshake is
+//! the one every version runs.
+
+use super::handshake::{Inbound, await_handshake, send_handshake};
+use super::publisher::{Publisher, Transport};
+use super::{Assignment, Connected};
+use crate::connection::BrokerConnection;
+use crate::mux::Registration;
+use std::sync::Arc;
+
+/// The worker thread of a version-3 stream.
+pub(super) fn run(connection: Arc<BrokerConnection>, assignment: Box<Assignment>) {
+    let Assignment {
+        role,
+        options,
+        setup,
+        ends,
+    } = *assignment;
+    let registered = connection
+        .mux()
+        .and_then(|mux| mux.register().map(|registration| (mux, registration)));
+    let (mux, registration) = match registered {
+        Ok(registered) => registered,
+        Err(err) => {
+            let _ = setup.send(Err(err));
+            return;
+        }
+    };
+    let Registration {
+        id,
+        deliveries,
+        confirms,
+        returns,
+    } = registration;
+    let queue = mux.queue().to_string();
+    let transport = Transport::Mux {
+        mux: Arc::clone(&mux),
+        own: Arc::clone(&id),
+        peer: None,
+    };
+    let mut publisher = Publisher::new(transport, confirms);
+    let agreed = send_handshake(&role, &queue, &options, &mut publisher).and_then(|sent| {
+        await_handshake(
+            &connection,
+            &role,
+            sent,
+            &options,
+            Inbound {
+                deliveries: &deliveries,
+                consumer: None,
+                returns: &returns,
+            },
+            &mut publisher,
+        )
+    });
+    let agreed = match agreed {
+        Ok(agreed) => agreed,
+        Err(err) => {
+            mux.unregister(&id);
+            let _ = setup.send(Err(err));
+            return;
+        }
+    };
+    Connected {
+        connection,
+        options,
+        setup,
+        ends,
+        agreed,
+        local_name: format!("{queue}#{id}"),
+        local_queue: queue,
+        publisher,
+        returns,
+        deliveries,
+    }
+    .run();
+    mux.unregister(&id);
+}
