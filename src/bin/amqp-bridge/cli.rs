@@ -25,7 +25,7 @@ error is often an ssh user's terminal). The password is never printed.";
 /// Carry TCP connections through a RabbitMQ broker.
 ///
 /// Run `serve` next to a service (it only needs to reach the broker) and
-/// `forward`, `connect` or `http` wherever clients are: each client
+/// `forward`, `connect`, `http` or `socks` wherever clients are: each client
 /// connection becomes one reliable, ordered stream through the broker.
 #[derive(Debug, Parser)]
 #[command(name = "amqp-bridge", version, after_long_help = EXIT_CODES)]
@@ -49,7 +49,8 @@ pub struct Cli {
 /// What to run.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve a queue: connect every stream that arrives on it to a TCP service
+    /// Serve a queue: connect every stream that arrives on it to a TCP
+    /// service (--to), or to the one it asks for within --allow (for `socks`)
     #[command(after_help = "\
 Example: reach the SSH server of a machine behind NAT as queue `ssh`:
   amqp-bridge serve --queue ssh --to 127.0.0.1:22
