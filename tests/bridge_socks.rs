@@ -300,3 +300,56 @@ fn a_plain_forward_at_an_allow_serve_is_reset_and_logged() {
     let line = server.wait_for("did not start with a target request");
     assert!(line.contains(" WARN ") && line.contains("--to"), "{line}");
 }
+
+/// Opens a stream to `queue` straight from the library (a peer of any
+/// kind), with reads bounded.
+fn raw_stream(queue: &str) -> amqp_stream::Stream {
+    let stream = amqp_stream::Stream::connect(&common::url(), queue).unwrap();
+    stream.set_read_timeout(Some(BOUND)).unwrap();
+    stream
+}
+
+#[test]
+fn requests_of_another_version_or_malformed_are_answered_so() {
+    let url = common::url();
+    let (server, queue) = serve_allowing(&url, &["127.0.0.1:*"]);
+    // The wire format (README): magic, version, kind, address, port; the
+    // answer: magic, version, reply.
+    for (request, reply, logged) in [
+        (
+            &b"\0AMQPBR?\x09\x01\x7f\0\0\x01\0\x50"[..],
+            0x41,
+            "version 9",
+        ),
+        (&b"\0AMQPBR?\x01\x07\x7f\0\0\x01\0\x50"[..], 0x40, "kind 7"),
+    ] {
+        let mut stream = raw_stream(&queue);
+        stream.write_all(request).unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).unwrap();
+        assert_eq!(answer, [&b"\0AMQPBR!\x01"[..], &[reply]].concat());
+        let line = server.wait_for(logged);
+        assert!(
+            line.contains(" WARN ") && line.contains("refused"),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn a_stream_that_sends_no_request_is_reset_once_the_time_bound_passes() {
+    let url = common::url();
+    let (server, queue) = serve_allowing(&url, &["127.0.0.1:*"]);
+    // As a forwarded client of a protocol whose server speaks first
+    // (SSH) would: it waits for the server.
+    let mut stream = raw_stream(&queue);
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let err = stream.read_to_end(&mut got).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+    assert!(got.is_empty());
+    // The bound is 10 s: not much sooner (it did wait), and not never.
+    assert!(started.elapsed() >= std::time::Duration::from_secs(9));
+    let line = server.wait_for("no target request within");
+    assert!(line.contains(" WARN ") && line.contains("--to"), "{line}");
+}
