@@ -9,7 +9,7 @@
 //! client.write_all(&reply(ReplyCode::Succeeded))?;
 //! ```
 
-use crate::target_request::{Host, TargetRequest, check_name};
+use crate::target_request::{Host, TargetRequest};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -141,9 +141,8 @@ pub fn read_request<R: Read>(client: &mut R) -> Result<Request, Socks5Error> {
             client.read_exact(&mut name)?;
             let name = String::from_utf8(name)
                 .map_err(|_| Socks5Error::Malformed("the host name is not UTF-8".into()))?;
-            check_name(&name).map_err(Socks5Error::Malformed)?;
-            // Clients may send an address as a name (curl does for IP
-            // literals with --socks5-hostname).
+            // Clients may send an address as a name: it is then the
+            // address (and matched as one by `serve --allow`).
             Host::parse(&name).map_err(Socks5Error::Malformed)?
         }
         other => return Err(Socks5Error::AddressType(other)),
@@ -222,7 +221,7 @@ mod tests {
 
     #[test]
     fn a_connect_of_each_address_type_is_read() {
-        let cases: [(&[u8], TargetRequest); 4] = [
+        let cases: [(&[u8], TargetRequest); 5] = [
             (&[5, 1, 0, 1, 127, 0, 0, 1, 0, 80], target("127.0.0.1", 80)),
             (
                 &[
@@ -238,6 +237,7 @@ mod tests {
                 b"\x05\x01\x00\x03\x0810.0.0.1\x00\x01",
                 target("10.0.0.1", 1),
             ),
+            (b"\x05\x01\x00\x03\x03::1\x00\x16", target("::1", 22)),
         ];
         for (request, expected) in cases {
             let mut bytes = vec![5, 2, 2, 0];
