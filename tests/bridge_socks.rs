@@ -353,3 +353,41 @@ fn a_stream_that_sends_no_request_is_reset_once_the_time_bound_passes() {
     let line = server.wait_for("no target request within");
     assert!(line.contains(" WARN ") && line.contains("--to"), "{line}");
 }
+
+#[test]
+fn a_target_that_resets_reaches_the_socks_client_as_a_reset() {
+    let url = common::url();
+    // Reads one request, answers part of it, then resets.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut tcp, _) = listener.accept().unwrap();
+        let mut request = [0u8; 5];
+        tcp.read_exact(&mut request).unwrap();
+        tcp.write_all(b"partial").unwrap();
+        socket2::SockRef::from(&tcp)
+            .set_linger(Some(std::time::Duration::ZERO))
+            .unwrap();
+    });
+    let (_server, queue) = serve_allowing(&url, &[&target.to_string()]);
+    let (proxy, port) = socks(&url, &queue);
+    let (code, mut tcp) = socks_connect(port, 1, target);
+    assert_eq!(code, 0);
+    tcp.write_all(b"hello").unwrap();
+    let mut got = Vec::new();
+    let err = tcp.read_to_end(&mut got).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+    assert_eq!(got, b"partial", "what came before the reset arrives first");
+    proxy.wait_for(" reset: ");
+}
+
+#[test]
+fn socks_to_a_queue_nobody_serves_is_a_general_failure_with_a_clear_log() {
+    let url = common::url();
+    let nobody = common::queue("socks-nobody");
+    let (proxy, port) = socks(&url, &nobody);
+    let out = curl(port, "http://127.0.0.1:9/");
+    assert_socks_refusal(&out, 1);
+    let line = proxy.wait_for("failed");
+    assert!(line.contains("no listener"), "{line}");
+}
