@@ -3,46 +3,54 @@
 //! target's goes back. A refused request gets its answer and no TCP
 //! connection is made.
 
-use crate::abort::{abort_stream, abort_tcp};
+use crate::abort::abort_tcp;
 use crate::allow::{AllowList, Decision};
 use crate::conn_log::ConnectionLog;
 use crate::lifecycle::ConnectionGuard;
-use crate::splice::splice;
+use crate::splice::{Duplex, splice};
 use crate::target::connect_to;
 use crate::target_request::{Reply, RequestError, read_request, write_answer};
-use amqp_stream::{Addr, Stream};
 use log::{debug, info, warn};
 use std::io::{self, ErrorKind};
-use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 /// How long a client may take to send its target request once its stream
 /// is up.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves one stream: reads its target request, decides it with `allow`,
-/// connects and splices, logging what happened under `guard`'s number.
-pub fn serve_chosen(stream: Stream, peer: &Addr, allow: &AllowList, guard: ConnectionGuard) {
-    let from = format!("stream {}", peer.queue());
+/// Serves one connection `from` a client (a stream, or the secure layer
+/// over it): reads its target request, decides it with `allow`, connects
+/// and splices, logging what happened under `guard`'s number.
+/// `read_limit` bounds the reads of `conn` (the stream's read timeout).
+pub fn serve_chosen<D: Duplex>(
+    mut conn: D,
+    read_limit: impl Fn(Option<Duration>) -> io::Result<()>,
+    from: &str,
+    allow: &AllowList,
+    guard: ConnectionGuard,
+) {
     let id = guard.id();
-    let read = stream
-        .set_read_timeout(Some(REQUEST_TIMEOUT))
+    let read = read_limit(Some(REQUEST_TIMEOUT))
         .map_err(RequestError::Io)
-        .and_then(|()| read_request(&mut &stream));
+        .and_then(|()| read_request(&mut conn));
     let request = match read {
         Ok(request) => request,
-        Err(err) => return refuse_unread(stream, &from, id, err),
+        Err(err) => return refuse_unread(conn, from, id, err),
     };
-    if let Err(err) = stream.set_read_timeout(None) {
+    if let Err(err) = read_limit(None) {
         warn!("#{id} {from}: {err}");
-        abort_stream(&stream);
+        conn.abort();
         return;
     }
+    // It may hold a handle to the connection: the splice's must be the
+    // last ones.
+    drop(read_limit);
     let addrs = match allow.decide(&request, resolve) {
         Decision::Connect(addrs) => addrs,
         Decision::Refuse(reply, why) => {
             warn!("#{id} refused: {from} asked for {request}: {reply}: {why}");
-            answer_and_close(&stream, reply);
+            answer_and_close(conn, reply);
             return;
         }
     };
@@ -50,19 +58,19 @@ pub fn serve_chosen(stream: Stream, peer: &Addr, allow: &AllowList, guard: Conne
     let tcp = match connect_any(&addrs) {
         Ok(tcp) => tcp,
         Err(err) => {
-            answer_and_close(&stream, Reply::for_connect_error(&err));
+            answer_and_close(conn, Reply::for_connect_error(&err));
             log.failed(&err);
             return;
         }
     };
     // The answer goes ahead of anything the target says.
-    if let Err(err) = write_answer(&mut &stream, Reply::Connected) {
+    if let Err(err) = write_answer(&mut conn, Reply::Connected) {
         abort_tcp(&tcp);
-        abort_stream(&stream);
+        conn.abort();
         log.failed(&err);
         return;
     }
-    let transfer = splice(stream, tcp, |abort| log.on_abort(abort));
+    let transfer = splice(conn, tcp, |abort| log.on_abort(abort));
     log.closed(&transfer);
 }
 
@@ -70,19 +78,19 @@ pub fn serve_chosen(stream: Stream, peer: &Addr, allow: &AllowList, guard: Conne
 /// or a malformed one is answered; anything else (a plain `forward` at a
 /// `serve --allow`, a timeout) is reset, as no request means no answer
 /// the client would understand.
-fn refuse_unread(stream: Stream, from: &str, id: u64, err: RequestError) {
+fn refuse_unread<D: Duplex>(conn: D, from: &str, id: u64, err: RequestError) {
     match &err {
         RequestError::Version(_) => {
             warn!("#{id} refused: {from}: {err}");
-            answer_and_close(&stream, Reply::UnsupportedVersion);
+            answer_and_close(conn, Reply::UnsupportedVersion);
         }
         RequestError::Malformed(_) => {
             warn!("#{id} refused: {from}: {err}");
-            answer_and_close(&stream, Reply::BadRequest);
+            answer_and_close(conn, Reply::BadRequest);
         }
         RequestError::Io(io) if io.kind() == ErrorKind::UnexpectedEof => {
             info!("#{id} {from} ended before its target request");
-            abort_stream(&stream);
+            conn.abort();
         }
         RequestError::Io(io)
             if matches!(io.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
@@ -92,22 +100,22 @@ fn refuse_unread(stream: Stream, from: &str, id: u64, err: RequestError) {
                  (this serve runs with --allow, for `amqp-bridge socks`; a plain forward \
                  or connect needs a serve with --to)"
             );
-            abort_stream(&stream);
+            conn.abort();
         }
         RequestError::NotARequest | RequestError::Io(_) => {
             warn!("#{id} refused: {from}: {err}");
-            abort_stream(&stream);
+            conn.abort();
         }
     }
 }
 
-/// Answers `reply` and ends the stream cleanly: the answer is the
+/// Answers `reply` and ends the connection cleanly: the answer is the
 /// explanation.
-fn answer_and_close(stream: &Stream, reply: Reply) {
-    let sent = write_answer(&mut &*stream, reply).and_then(|()| stream.shutdown(Shutdown::Write));
+fn answer_and_close<D: Duplex>(mut conn: D, reply: Reply) {
+    let sent = write_answer(&mut conn, reply).and_then(|()| conn.finish());
     if let Err(err) = sent {
         debug!("answering {reply}: {err}");
-        abort_stream(stream);
+        conn.abort();
     }
 }
 

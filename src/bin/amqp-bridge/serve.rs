@@ -212,9 +212,19 @@ impl Server {
         let spawned = match &self.route {
             Route::Chosen(allow) => {
                 let (allow, guard) = (Arc::clone(allow), lifecycle.enter());
+                let from = format!("stream {}", peer.queue());
                 std::thread::Builder::new()
                     .name("serve".to_string())
-                    .spawn(move || serve_chosen(stream, &peer, &allow, guard))
+                    .spawn(move || match stream.try_clone() {
+                        Ok(limited) => {
+                            let read_limit = move |limit| limited.set_read_timeout(limit);
+                            serve_chosen(stream, read_limit, &from, &allow, guard);
+                        }
+                        Err(err) => {
+                            warn!("#{} {from}: {err}", guard.id());
+                            abort_stream(&stream);
+                        }
+                    })
             }
             Route::Fixed(target) => {
                 let log = ConnectionLog::open(

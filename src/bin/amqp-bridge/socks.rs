@@ -13,7 +13,7 @@ use crate::socks5::{
     Command, ReplyCode, Socks5Error, is_client_gone, read_greeting_and_request, reply,
 };
 use crate::splice::splice;
-use crate::target_request::{AnswerError, Reply, read_answer, write_request};
+use crate::target_request::{AnswerError, Reply, ask};
 use crate::tcp_front::FrontDoor;
 use log::{debug, info};
 use std::io::{self, ErrorKind, Write};
@@ -99,14 +99,11 @@ fn serve_client(
             return;
         }
     };
-    let answer = write_request(&mut &stream, &target)
+    // (The secure handshake, when there is one, goes before the request.)
+    let answer = stream
+        .set_read_timeout(Some(ANSWER_TIMEOUT))
         .map_err(AnswerError::Io)
-        .and_then(|()| {
-            stream
-                .set_read_timeout(Some(ANSWER_TIMEOUT))
-                .map_err(AnswerError::Io)
-        })
-        .and_then(|()| read_answer(&mut &stream))
+        .and_then(|()| ask(&mut &stream, &target))
         .and_then(|answer| {
             stream.set_read_timeout(None)?;
             Ok(answer)

@@ -331,6 +331,13 @@ pub enum AnswerError {
     Io(#[from] io::Error),
 }
 
+/// The client's side: sends `request` and reads `serve`'s answer. The
+/// caller bounds the time the answer may take (a read timeout).
+pub fn ask<S: Read + Write>(conn: &mut S, request: &TargetRequest) -> Result<Reply, AnswerError> {
+    write_request(conn, request)?;
+    read_answer(conn)
+}
+
 /// The bytes of the answer `reply`.
 pub fn encode_answer(reply: Reply) -> [u8; 10] {
     let mut bytes = [0u8; 10];
