@@ -1,5 +1,6 @@
 //! The command line: subcommands, their options and `--help`.
 
+use crate::allow::AllowRule;
 use crate::target::Target;
 use clap::{Args, Parser, Subcommand};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -24,7 +25,7 @@ error is often an ssh user's terminal). The password is never printed.";
 /// Carry TCP connections through a RabbitMQ broker.
 ///
 /// Run `serve` next to a service (it only needs to reach the broker) and
-/// `forward`, `connect` or `http` wherever clients are: each client
+/// `forward`, `connect`, `http` or `socks` wherever clients are: each client
 /// connection becomes one reliable, ordered stream through the broker.
 #[derive(Debug, Parser)]
 #[command(name = "amqp-bridge", version, after_long_help = EXIT_CODES)]
@@ -48,12 +49,27 @@ pub struct Cli {
 /// What to run.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Serve a queue: connect every stream that arrives on it to a TCP service
+    /// Serve a queue: connect every stream that arrives on it to a TCP
+    /// service (--to), or to the one it asks for within --allow (for `socks`)
     #[command(after_help = "\
 Example: reach the SSH server of a machine behind NAT as queue `ssh`:
   amqp-bridge serve --queue ssh --to 127.0.0.1:22
 Example: three web servers behind one queue, each next to its server:
-  amqp-bridge serve --shared --queue web --to 127.0.0.1:8080")]
+  amqp-bridge serve --shared --queue web --to 127.0.0.1:8080
+Example: let `amqp-bridge socks` clients reach the web servers of one
+network and one database, and nothing else:
+  amqp-bridge serve --queue lan --allow '*.lan.example.com:443' --allow 10.0.0.0/8:80 \\
+      --allow db.lan.example.com:5432
+
+--allow HOST:PORTS (repeatable; nothing else is allowed). HOST: a name
+(db.example.com), *.example.com (any name below it), an address
+(127.0.0.1, [::1]), a network (10.0.0.0/8, [fd00::/8]) or * (any).
+PORTS: 5432, 8000-8099 or *. A requested name is matched against name
+rules before it is resolved (a listed name is connected wherever its DNS
+points); otherwise it is resolved and only the addresses that address or
+network rules cover are connected to (checked and connected without a
+second lookup). A request outside the list is answered \"not allowed\",
+logged, and no connection is made.")]
     Serve(ServeArgs),
 
     /// Listen on a TCP port: carry every client connection to a served queue
@@ -77,6 +93,18 @@ Example: reach the web server served as queue `web`:
   curl -H 'X-AMQP-Server-Queue: web' http://127.0.0.1:8080/
 A request without the header is answered 400 Bad Request.")]
     Http(HttpArgs),
+
+    /// A SOCKS5 proxy (CONNECT, no authentication): each connection goes
+    /// through a queue served with `serve --allow` to the target the
+    /// client names, resolved on the serving side
+    #[command(after_help = "\
+Example: browse the network behind the machine serving queue `lan`:
+  amqp-bridge serve --queue lan --allow '*.lan.example.com:*'   # on that machine
+  amqp-bridge socks --listen 127.0.0.1:1080 --queue lan
+  curl --socks5-hostname 127.0.0.1:1080 https://wiki.lan.example.com/
+A target outside serve's --allow list gets the SOCKS reply \"connection not
+allowed by ruleset\"; one that refuses, \"connection refused\".")]
+    Socks(SocksArgs),
 }
 
 /// `serve`'s options.
@@ -85,9 +113,15 @@ pub struct ServeArgs {
     /// The queue to serve (clients name it to reach the service)
     #[arg(long, value_parser = queue_name)]
     pub queue: String,
-    /// The TCP service every stream is connected to
-    #[arg(long, value_name = "HOST:PORT", value_parser = Target::parse)]
-    pub to: Target,
+    /// The TCP service every stream is connected to (or --allow)
+    #[arg(long, value_name = "HOST:PORT", value_parser = Target::parse,
+          required_unless_present = "allow", conflicts_with = "allow")]
+    pub to: Option<Target>,
+    /// Instead of --to: each stream names its target (`amqp-bridge
+    /// socks`), connected only when a rule allows it (repeatable; see
+    /// below)
+    #[arg(long, value_name = "HOST:PORTS", value_parser = AllowRule::parse)]
+    pub allow: Vec<AllowRule>,
     /// Share the queue with other `serve --shared` processes: the broker
     /// spreads new streams over those ready for one, and a process that
     /// dies leaves the stream it was about to take to the others
@@ -104,6 +138,20 @@ pub struct ForwardArgs {
     #[arg(long, value_name = "ADDR:PORT", value_parser = listen_address)]
     pub listen: ListenAddress,
     /// The queue that serves the far end
+    #[arg(long, value_parser = queue_name)]
+    pub queue: String,
+    #[command(flatten)]
+    pub stop: StopArgs,
+}
+
+/// `socks`'s options.
+#[derive(Debug, Args)]
+pub struct SocksArgs {
+    /// The local address to accept SOCKS5 clients on (port 0: any free
+    /// port)
+    #[arg(long, value_name = "ADDR:PORT", value_parser = listen_address)]
+    pub listen: ListenAddress,
+    /// The queue served with `serve --allow` that connects the targets
     #[arg(long, value_parser = queue_name)]
     pub queue: String,
     #[command(flatten)]
@@ -257,5 +305,61 @@ mod tests {
         );
         let err = parse(&["amqp-bridge", "serve", "--queue", "q", "--to", "127.0.0.1"]);
         assert!(err.to_string().contains("HOST:PORT"), "{err}");
+    }
+
+    #[test]
+    fn serve_takes_exactly_one_of_to_and_allow() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args);
+        let err = parse(&["amqp-bridge", "serve", "--queue", "q"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
+        let err = parse(&[
+            "amqp-bridge",
+            "serve",
+            "--queue",
+            "q",
+            "--to",
+            "127.0.0.1:22",
+            "--allow",
+            "127.0.0.1:22",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ArgumentConflict);
+        let err = parse(&[
+            "amqp-bridge",
+            "serve",
+            "--queue",
+            "q",
+            "--allow",
+            "10.0.0.0/33:*",
+        ])
+        .unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation);
+        assert!(err.to_string().contains("/33"), "{err}");
+        let cli = parse(&[
+            "amqp-bridge",
+            "serve",
+            "--queue",
+            "q",
+            "--allow",
+            "*.example.com:443",
+            "--allow",
+            "[::1]:22",
+        ])
+        .unwrap();
+        let Command::Serve(serve) = cli.command else {
+            panic!("not serve")
+        };
+        assert!(serve.to.is_none());
+        assert_eq!(serve.allow.len(), 2);
+        let cli = parse(&[
+            "amqp-bridge",
+            "socks",
+            "--listen",
+            "127.0.0.1:0",
+            "--queue",
+            "lan",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Command::Socks(_)));
     }
 }

@@ -2,12 +2,14 @@
 //! through a RabbitMQ broker, over `amqp-stream` streams.
 //!
 //! `serve` accepts streams on a queue and connects each to a TCP service;
-//! `forward` and `http` accept TCP clients and carry each to a served
-//! queue; `connect` joins standard input and output to one stream. See
+//! `forward`, `http` and `socks` accept TCP clients and carry each to a
+//! served queue; `connect` joins standard input and output to one stream. See
 //! `amqp-bridge --help`.
 
 mod abort;
+mod allow;
 mod backoff;
+mod chosen_target;
 mod cli;
 mod conn_log;
 mod connect;
@@ -17,8 +19,11 @@ mod http;
 mod lifecycle;
 mod link;
 mod serve;
+mod socks;
+mod socks5;
 mod splice;
 mod target;
+mod target_request;
 mod tcp_front;
 
 use amqp_stream::BrokerUrl;
@@ -53,6 +58,7 @@ fn run(cli: &Cli) -> Result<(), Fatal> {
         Command::Forward(args) => forward::run(&cli.url, args),
         Command::Connect(args) => connect::run(&cli.url, args),
         Command::Http(args) => http::run(&cli.url, args),
+        Command::Socks(args) => socks::run(&cli.url, args),
     }
 }
 

@@ -1,8 +1,11 @@
 //! `amqp-bridge serve`: every stream accepted on a queue is connected to
-//! a TCP service.
+//! a TCP service: the fixed `--to`, or (with `--allow`) the one the
+//! stream's target request names.
 
 use crate::abort::abort_stream;
+use crate::allow::AllowList;
 use crate::backoff::Backoff;
+use crate::chosen_target::serve_chosen;
 use crate::cli::ServeArgs;
 use crate::conn_log::ConnectionLog;
 use crate::fatal::Fatal;
@@ -10,8 +13,10 @@ use crate::lifecycle::Lifecycle;
 use crate::link::BrokerLink;
 use crate::splice::splice;
 use crate::target::Target;
+use crate::target_request::RefuseTargetRequest;
 use amqp_stream::{Addr, Listener, Stream, StreamOptions};
 use log::{debug, info, warn};
+use std::fmt;
 use std::io::{self, ErrorKind};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -28,7 +33,7 @@ pub fn run(url: &str, args: &ServeArgs) -> Result<(), Fatal> {
         link: BrokerLink::open(url).map_err(Fatal::broker)?,
         queue: args.queue.clone(),
         options: StreamOptions::new().shared(args.shared),
-        target: args.to.clone(),
+        route: Route::of(args),
         listening: Mutex::new(None),
     });
     let listener = match server.bind_at_start() {
@@ -54,11 +59,38 @@ pub fn run(url: &str, args: &ServeArgs) -> Result<(), Fatal> {
     Ok(())
 }
 
+/// Where `serve` connects its streams.
+#[derive(Clone)]
+enum Route {
+    /// Always to `--to`.
+    Fixed(Target),
+    /// Where each stream's target request asks, within `--allow`.
+    Chosen(Arc<AllowList>),
+}
+
+impl Route {
+    fn of(args: &ServeArgs) -> Route {
+        match &args.to {
+            Some(target) => Route::Fixed(target.clone()),
+            None => Route::Chosen(Arc::new(AllowList::new(args.allow.clone()))),
+        }
+    }
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Route::Fixed(target) => write!(f, "{target}"),
+            Route::Chosen(allow) => write!(f, "the targets they ask for, within --allow {allow}"),
+        }
+    }
+}
+
 struct Server {
     link: Arc<BrokerLink>,
     queue: String,
     options: StreamOptions,
-    target: Target,
+    route: Route,
     /// The listener in use, for `stop_accepting` to close.
     listening: Mutex<Option<Arc<Listener>>>,
 }
@@ -134,7 +166,7 @@ impl Server {
     /// listener fails (the broker connection was lost), binds again once
     /// the link has reconnected.
     fn accept_until_stopped(&self, mut listener: Arc<Listener>, lifecycle: &Arc<Lifecycle>) {
-        info!("streams on queue {:?} go to {}", self.queue, self.target);
+        info!("streams on queue {:?} go to {}", self.queue, self.route);
         let mut watched = self.watch(&listener, lifecycle);
         while watched {
             match listener.accept() {
@@ -177,27 +209,50 @@ impl Server {
     }
 
     fn start(&self, stream: Stream, peer: Addr, lifecycle: &Arc<Lifecycle>) {
-        let log = ConnectionLog::open(
-            lifecycle.enter(),
-            format!("stream {}", peer.queue()),
-            self.target.to_string(),
-        );
-        let target = self.target.clone();
-        let spawned = std::thread::Builder::new()
-            .name("serve".to_string())
-            .spawn(move || match target.connect() {
-                Ok(tcp) => {
-                    let transfer = splice(stream, tcp, |abort| log.on_abort(abort));
-                    log.closed(&transfer);
-                }
-                // Reset: the client sees what a refused TCP connection
-                // would give it, not an empty reply.
-                Err(err) => {
-                    abort_stream(&stream);
-                    drop(stream);
-                    log.failed(&err);
-                }
-            });
+        let spawned = match &self.route {
+            Route::Chosen(allow) => {
+                let (allow, guard) = (Arc::clone(allow), lifecycle.enter());
+                let from = format!("stream {}", peer.queue());
+                std::thread::Builder::new()
+                    .name("serve".to_string())
+                    .spawn(move || match stream.try_clone() {
+                        Ok(limited) => {
+                            let read_limit = move |limit| limited.set_read_timeout(limit);
+                            serve_chosen(stream, read_limit, &from, &allow, guard);
+                        }
+                        Err(err) => {
+                            warn!("#{} {from}: {err}", guard.id());
+                            abort_stream(&stream);
+                        }
+                    })
+            }
+            Route::Fixed(target) => {
+                let log = ConnectionLog::open(
+                    lifecycle.enter(),
+                    format!("stream {}", peer.queue()),
+                    target.to_string(),
+                );
+                let target = target.clone();
+                std::thread::Builder::new()
+                    .name("serve".to_string())
+                    .spawn(move || match target.connect() {
+                        Ok(tcp) => {
+                            // A target request (a `socks` at the wrong
+                            // serve) is refused, not passed to the target.
+                            let stream = RefuseTargetRequest::new(stream);
+                            let transfer = splice(stream, tcp, |abort| log.on_abort(abort));
+                            log.closed(&transfer);
+                        }
+                        // Reset: the client sees what a refused TCP
+                        // connection would give it, not an empty reply.
+                        Err(err) => {
+                            abort_stream(&stream);
+                            drop(stream);
+                            log.failed(&err);
+                        }
+                    })
+            }
+        };
         if let Err(err) = spawned {
             warn!("cannot start a thread for a stream: {err}");
         }

@@ -47,7 +47,8 @@ impl Target {
     }
 }
 
-fn connect_to(addr: SocketAddr) -> io::Result<TcpStream> {
+/// Opens a TCP connection to `addr`, with no-delay set.
+pub fn connect_to(addr: SocketAddr) -> io::Result<TcpStream> {
     let socket = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
     socket.set_nodelay(true)?;
     Ok(socket)

@@ -1,0 +1,169 @@
+//! `amqp-bridge socks`: a SOCKS5 proxy whose connections go through a
+//! served queue. Each CONNECT becomes a stream to the queue carrying a
+//! target request; `serve --allow` connects the target (or refuses), and
+//! its answer becomes the SOCKS reply.
+
+use crate::abort::{abort_stream, abort_tcp};
+use crate::cli::SocksArgs;
+use crate::conn_log::ConnectionLog;
+use crate::fatal::Fatal;
+use crate::lifecycle::ConnectionGuard;
+use crate::link::BrokerLink;
+use crate::socks5::{
+    Command, ReplyCode, Socks5Error, is_client_gone, read_greeting_and_request, reply,
+};
+use crate::splice::splice;
+use crate::target_request::{AnswerError, Reply, ask};
+use crate::tcp_front::FrontDoor;
+use log::{debug, info};
+use std::io::{self, ErrorKind, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// How long a SOCKS client may take over its greeting and request.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long `serve` may take to answer a target request: its connect
+/// timeout (10 s) and more.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs the SOCKS5 proxy on `args.listen` until SIGINT/SIGTERM.
+pub fn run(url: &str, args: &SocksArgs) -> Result<(), Fatal> {
+    let front = FrontDoor::open(url, &args.listen.0, &args.stop)?;
+    info!(
+        "SOCKS5 proxy on {}: every CONNECT goes to queue {:?}",
+        front.local_addr(),
+        args.queue
+    );
+    let queue = args.queue.clone();
+    front.run(move |link, client, peer, guard| serve_client(link, &queue, client, peer, guard))
+}
+
+/// The SOCKS5 reply for `serve`'s answer.
+pub fn reply_code(answer: Reply) -> ReplyCode {
+    match answer {
+        Reply::Connected => ReplyCode::Succeeded,
+        Reply::NotAllowed => ReplyCode::NotAllowed,
+        Reply::NetworkUnreachable => ReplyCode::NetworkUnreachable,
+        Reply::HostUnreachable => ReplyCode::HostUnreachable,
+        Reply::ConnectionRefused => ReplyCode::ConnectionRefused,
+        Reply::TimedOut => ReplyCode::TtlExpired,
+        Reply::GeneralFailure | Reply::BadRequest | Reply::UnsupportedVersion => {
+            ReplyCode::GeneralFailure
+        }
+    }
+}
+
+fn serve_client(
+    link: &BrokerLink,
+    queue: &str,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    guard: ConnectionGuard,
+) {
+    let _ = client.set_nodelay(true);
+    let request = client
+        .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
+        .map_err(Socks5Error::Io)
+        .and_then(|()| read_greeting_and_request(&mut client));
+    let request = match request {
+        Ok(request) => request,
+        Err(err) if is_client_gone(&err) => {
+            debug!("{peer} went away before its SOCKS5 request: {err}");
+            return;
+        }
+        Err(err) => {
+            info!("{peer}: {err}");
+            return;
+        }
+    };
+    if let Command::Other(command) = request.command {
+        info!("{peer}: SOCKS5 command {command} is not supported (only CONNECT)");
+        answer_and_close(&client, ReplyCode::CommandNotSupported);
+        return;
+    }
+    if let Err(err) = client.set_read_timeout(None) {
+        debug!("{peer}: {err}");
+        return;
+    }
+    let target = request.target;
+    let log = ConnectionLog::open(
+        guard,
+        peer.to_string(),
+        format!("{target} via queue {queue:?}"),
+    );
+    let stream = match link.connect(queue) {
+        Ok(stream) => stream,
+        Err(err) => {
+            answer_and_close(&client, ReplyCode::GeneralFailure);
+            log.failed(&err);
+            return;
+        }
+    };
+    // (The secure handshake, when there is one, goes before the request.)
+    let answer = stream
+        .set_read_timeout(Some(ANSWER_TIMEOUT))
+        .map_err(AnswerError::Io)
+        .and_then(|()| ask(&mut &stream, &target))
+        .and_then(|answer| {
+            stream.set_read_timeout(None)?;
+            Ok(answer)
+        });
+    match answer {
+        Ok(Reply::Connected) => {
+            if let Err(err) = (&client).write_all(&reply(ReplyCode::Succeeded)) {
+                abort_stream(&stream);
+                abort_tcp(&client);
+                log.failed(&err);
+                return;
+            }
+            let transfer = splice(client, stream, |abort| log.on_abort(abort));
+            log.closed(&transfer);
+        }
+        Ok(refused) => {
+            answer_and_close(&client, reply_code(refused));
+            log.failed(&io::Error::other(format!("serve answered: {refused}")));
+        }
+        Err(err) => {
+            // Whatever came back is not for the client: the stream is
+            // reset and the client told the proxy failed.
+            abort_stream(&stream);
+            answer_and_close(&client, ReplyCode::GeneralFailure);
+            let kind = match &err {
+                AnswerError::Io(io) => io.kind(),
+                _ => ErrorKind::InvalidData,
+            };
+            log.failed(&io::Error::new(kind, err.to_string()));
+        }
+    }
+}
+
+/// Sends the SOCKS reply `code` and closes the client's connection.
+fn answer_and_close(client: &TcpStream, code: ReplyCode) {
+    let mut client = client;
+    if client.write_all(&reply(code)).is_ok() {
+        let _ = client.shutdown(Shutdown::Write);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_answer_maps_to_its_socks_reply() {
+        let cases = [
+            (Reply::Connected, 0),
+            (Reply::GeneralFailure, 1),
+            (Reply::NotAllowed, 2),
+            (Reply::NetworkUnreachable, 3),
+            (Reply::HostUnreachable, 4),
+            (Reply::ConnectionRefused, 5),
+            (Reply::TimedOut, 6),
+            (Reply::BadRequest, 1),
+            (Reply::UnsupportedVersion, 1),
+        ];
+        for (answer, code) in cases {
+            assert_eq!(reply_code(answer) as u8, code, "{answer}");
+        }
+    }
+}
