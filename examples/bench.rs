@@ -2,7 +2,9 @@
 //!
 //! `cargo run --release --example bench [-- [--help] [--json] [SCENARIO...]]`,
 //! where a scenario is `bulk`, `small`, `ping`, `setup` or `fan-out`
-//! (all of them when none is named). Broker from
+//! (all of them when none is named); `--protocol 1|2|3` pins the
+//! protocol version on both ends (negotiated without it: a connector's
+//! first stream to a listener is version 2, later ones version 3). Broker from
 //! `AMQP_URL` (default the local one). Scenarios: bulk transfer in 64 KiB
 //! writes; small writes (1 KiB); a 1-byte ping-pong round trip; setup
 //! (connect, first byte back, close); fan-out (1,000 concurrent streams on
@@ -10,7 +12,7 @@
 //! guest/guest with the URL's host, port and vhost.
 
 use amiquip::{ConsumerMessage, ConsumerOptions, Publish, QueueDeclareOptions};
-use amqp_stream::{Connector, Stream};
+use amqp_stream::{Connector, ProtocolVersion, Stream, StreamOptions};
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::thread;
@@ -27,6 +29,16 @@ const FAN_OUT_BYTES: usize = 64 << 10;
 
 fn url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// The protocol version `--protocol N` pins on both ends; negotiated
+/// without it.
+static PROTOCOL: std::sync::OnceLock<Option<ProtocolVersion>> = std::sync::OnceLock::new();
+
+/// A connector with the version the command line asked for.
+fn connector() -> std::io::Result<Connector> {
+    let pin = PROTOCOL.get().copied().flatten();
+    Connector::open_with(&url(), StreamOptions::new().protocol_version(pin))
 }
 
 fn mib_per_s(bytes: usize, took: Duration) -> f64 {
@@ -76,9 +88,9 @@ fn exclusive() -> QueueDeclareOptions {
 /// Two connected streams on separate broker connections (as two processes would have).
 fn stream_pair(tag: &str) -> (Stream, Stream) {
     let queue = format!("bench-{tag}-{}", std::process::id());
-    let listener = Connector::open(&url()).unwrap().bind(&queue).unwrap();
+    let listener = connector().unwrap().bind(&queue).unwrap();
     let accept = thread::spawn(move || listener.accept().unwrap().0);
-    let client = Connector::open(&url()).unwrap().connect(&queue).unwrap();
+    let client = connector().unwrap().connect(&queue).unwrap();
     (client, accept.join().unwrap())
 }
 
@@ -280,7 +292,7 @@ fn echo_all(stream: Stream) {
 /// An echo listener on its own broker connection; returns its queue.
 fn echo_listener(tag: &str) -> String {
     let queue = format!("bench-{tag}-{}", std::process::id());
-    let listener = Connector::open(&url()).unwrap().bind(&queue).unwrap();
+    let listener = connector().unwrap().bind(&queue).unwrap();
     thread::spawn(move || {
         for stream in listener.incoming() {
             let stream = stream.unwrap();
@@ -293,7 +305,7 @@ fn echo_listener(tag: &str) -> String {
 /// Connect, one byte there and back, close: over a shared connection.
 fn stream_setup() -> f64 {
     let queue = echo_listener("setup");
-    let connector = Connector::open(&url()).unwrap();
+    let connector = connector().unwrap();
     time_setups(|| connector.connect(&queue).unwrap())
 }
 
@@ -401,7 +413,7 @@ fn tcp_setup() -> f64 {
 /// `FAN_OUT_BYTES` and reading them back: (total MiB/s both ways, wall s).
 fn stream_fan_out() -> (f64, f64) {
     let queue = echo_listener("fan-out");
-    let connector = Connector::open(&url()).unwrap();
+    let connector = connector().unwrap();
     fan_out(move || {
         let s = connector.connect(&queue).unwrap();
         let closer = s.try_clone().unwrap();
@@ -602,7 +614,7 @@ const SCENARIOS: [Scenario; 5] = [
 fn usage() -> String {
     let names: Vec<&str> = SCENARIOS.iter().map(|s| s.name).collect();
     format!(
-        "usage: bench [--json] [SCENARIO...]\n  scenarios: {} (all when none is named)\n  broker: AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f)",
+        "usage: bench [--json] [--protocol 1|2|3] [SCENARIO...]\n  scenarios: {} (all when none is named)\n  broker: AMQP_URL (default amqp://guest:guest@127.0.0.1:5672/%2f)",
         names.join(", ")
     )
 }
@@ -613,10 +625,20 @@ fn usage() -> String {
 fn parse_args(args: &[String]) -> Result<(bool, Vec<&str>), (i32, String)> {
     let mut json = false;
     let mut chosen = Vec::new();
-    for arg in args {
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
         match arg.as_str() {
             "--help" | "-h" => return Err((0, usage())),
             "--json" => json = true,
+            "--protocol" => {
+                let pin = match args.next().map(String::as_str) {
+                    Some("1") => ProtocolVersion::V1,
+                    Some("2") => ProtocolVersion::V2,
+                    Some("3") => ProtocolVersion::V3,
+                    other => return Err((2, format!("--protocol takes 1, 2 or 3, not {other:?}"))),
+                };
+                let _ = PROTOCOL.set(Some(pin));
+            }
             name if SCENARIOS.iter().any(|s| s.name == name) => chosen.push(name),
             other if other.starts_with('-') => {
                 return Err((2, format!("unknown option {other:?}\n{}", usage())));

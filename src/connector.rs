@@ -2,6 +2,7 @@
 
 use crate::broker_url::BrokerUrl;
 use crate::connection::BrokerConnection;
+use crate::error::Error;
 use crate::listener::Listener;
 use crate::options::{StreamOptions, check_timeout, deadline_after};
 use crate::protocol;
@@ -134,28 +135,41 @@ impl Connector {
         timeout: Option<Duration>,
     ) -> io::Result<Stream> {
         protocol::check_queue_name(queue, "the listener's")?;
-        let v3 = match self.options.get_protocol_version() {
-            Some(pinned) => pinned == ProtocolVersion::V3,
-            None => self.connection.knows_v3(queue),
+        let pinned = self.options.get_protocol_version();
+        let remembered = pinned.is_none() && self.connection.knows_v3(queue);
+        let v3 = pinned == Some(ProtocolVersion::V3) || remembered;
+        let start = |v3: bool| {
+            let role = Role::Client {
+                listener_queue: queue.to_string(),
+                deadline,
+                timeout,
+                v3,
+            };
+            worker::start(
+                &self.connection,
+                role,
+                self.options.clone(),
+                self.spares.as_deref(),
+            )
         };
-        let role = Role::Client {
-            listener_queue: queue.to_string(),
-            deadline,
-            timeout,
-            v3,
-        };
-        let established = worker::start(
-            &self.connection,
-            role,
-            self.options.clone(),
-            self.spares.as_deref(),
-        )
-        .inspect_err(|_| {
-            if v3 && self.options.get_protocol_version().is_none() {
-                // Maybe no longer a listener that takes version 3.
+        let established = match start(v3) {
+            Err(Error::ConnectionRefused { .. } | Error::Protocol { .. }) if remembered => {
+                // The listener no longer takes version 3 (restarted as an
+                // older or pinned one, say): once more as a version-2 SYN,
+                // which any listener answers.
                 self.connection.learned_v3(queue, false);
+                start(false)?
             }
-        })?;
+            Err(err) => {
+                if remembered {
+                    // Perhaps an older listener that cannot answer it:
+                    // the next stream asks as version 2.
+                    self.connection.learned_v3(queue, false);
+                }
+                return Err(err.into());
+            }
+            Ok(established) => established,
+        };
         if !v3 {
             // The next stream to this listener skips its queue if it can.
             self.connection.learned_v3(queue, established.upgrade);

@@ -3,7 +3,7 @@
 
 mod common;
 
-use amqp_stream::{Listener, Stream};
+use amqp_stream::{Listener, ProtocolVersion, Stream, StreamOptions};
 use common::summary::record;
 use common::{queue, url};
 use std::io::{self, Read, Write};
@@ -11,20 +11,27 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ROLE: &str = "AMQP_STREAM_TEST_CHILD_QUEUE";
+/// The protocol version the child pins: "3", or nothing for the default.
+const VERSION: &str = "AMQP_STREAM_TEST_CHILD_VERSION";
 
 /// Run in a child process: connect, say hello, then wait to be killed.
 #[test]
 #[ignore = "runs only as the child process of the dead-peer tests"]
 fn child_peer() {
     let Ok(q) = std::env::var(ROLE) else { return };
-    let mut stream = Stream::connect(&url(), &q).unwrap();
+    let pin = match std::env::var(VERSION).as_deref() {
+        Ok("3") => Some(ProtocolVersion::V3),
+        _ => None,
+    };
+    let options = StreamOptions::new().protocol_version(pin);
+    let mut stream = Stream::connect_with(&url(), &q, &options).unwrap();
     stream.write_all(b"hello from the child").unwrap();
     stream.flush().unwrap();
     let _ = stream.read(&mut [0; 1]); // blocks until killed
     std::thread::sleep(Duration::from_secs(600));
 }
 
-fn spawn_child(q: &str) -> std::process::Child {
+fn spawn_child(q: &str, version: ProtocolVersion) -> std::process::Child {
     Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -34,15 +41,19 @@ fn spawn_child(q: &str) -> std::process::Child {
             "--test-threads=1",
         ])
         .env(ROLE, q)
+        .env(VERSION, version.number().to_string())
         .stdout(Stdio::null())
         .spawn()
         .unwrap()
 }
 
-fn accept_child(q: &str) -> (amqp_stream::Stream, std::process::Child) {
+/// A child process connected with `version` (2: the default for a
+/// first stream; 3: pinned), and our accepted end.
+fn accept_child(q: &str, version: ProtocolVersion) -> (amqp_stream::Stream, std::process::Child) {
     let listener = Listener::bind(&url(), q).unwrap();
-    let child = spawn_child(q);
+    let child = spawn_child(q, version);
     let (mut stream, _) = listener.accept().unwrap();
+    assert_eq!(stream.protocol_version(), version);
     let mut hello = [0u8; 20];
     stream.read_exact(&mut hello).unwrap();
     assert_eq!(&hello, b"hello from the child");
@@ -51,8 +62,17 @@ fn accept_child(q: &str) -> (amqp_stream::Stream, std::process::Child) {
 
 #[test]
 fn killed_peer_fails_a_blocked_read_with_connection_reset_within_10s() {
+    killed_peer_fails_a_blocked_read(ProtocolVersion::V2);
+}
+
+#[test]
+fn killed_version_3_peer_fails_a_blocked_read_with_connection_reset_within_10s() {
+    killed_peer_fails_a_blocked_read(ProtocolVersion::V3);
+}
+
+fn killed_peer_fails_a_blocked_read(version: ProtocolVersion) {
     let q = queue("kill-read");
-    let (stream, mut child) = accept_child(&q);
+    let (stream, mut child) = accept_child(&q, version);
     let reader = stream.try_clone().unwrap();
     let blocked = std::thread::spawn(move || {
         let started = Instant::now();
@@ -75,7 +95,7 @@ fn killed_peer_fails_a_blocked_read_with_connection_reset_within_10s() {
     let err = (&stream).write(b"anyone?").unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::BrokenPipe, "{err}");
     record(
-        "peer killed while this end reads",
+        &format!("peer killed while this end reads (v{version})"),
         "1 stream, blocked read",
         "SIGKILL of the peer process",
         &format!("ConnectionReset after {noticed_after:.1?}, then BrokenPipe"),
@@ -85,8 +105,17 @@ fn killed_peer_fails_a_blocked_read_with_connection_reset_within_10s() {
 
 #[test]
 fn killed_peer_fails_writes_with_broken_pipe() {
+    killed_peer_fails_writes(ProtocolVersion::V2);
+}
+
+#[test]
+fn killed_version_3_peer_fails_writes_with_broken_pipe() {
+    killed_peer_fails_writes(ProtocolVersion::V3);
+}
+
+fn killed_peer_fails_writes(version: ProtocolVersion) {
     let q = queue("kill-write");
-    let (mut stream, mut child) = accept_child(&q);
+    let (mut stream, mut child) = accept_child(&q, version);
     child.kill().unwrap();
     child.wait().unwrap();
     let started = Instant::now();
@@ -102,7 +131,7 @@ fn killed_peer_fails_writes_with_broken_pipe() {
     };
     assert_eq!(err.kind(), io::ErrorKind::BrokenPipe, "{err}");
     record(
-        "peer killed while this end writes",
+        &format!("peer killed while this end writes (v{version})"),
         "1 stream, 4 KiB writes",
         "SIGKILL of the peer process",
         &format!("BrokenPipe after {:.1?}", started.elapsed()),

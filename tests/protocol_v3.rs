@@ -115,3 +115,60 @@ fn both_ends_on_one_connection() {
     }
     assert_eq!(served.join().unwrap(), vec![ProtocolVersion::V3; 5]);
 }
+
+fn pinned(version: ProtocolVersion) -> StreamOptions {
+    StreamOptions::new().protocol_version(Some(version))
+}
+
+#[test]
+fn a_listener_below_version_3_refuses_a_version_3_client_at_once() {
+    for listener_version in [ProtocolVersion::V1, ProtocolVersion::V2] {
+        let q = queue("v3-refused");
+        let _listener = Listener::bind_with(&url(), &q, &pinned(listener_version)).unwrap();
+        let started = std::time::Instant::now();
+        let err = Stream::connect_with(&url(), &q, &v3()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
+        // A refusal, not a handshake that ran out of time.
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+}
+
+#[test]
+fn a_listener_pinned_to_version_3_takes_only_version_3_requests() {
+    let q = queue("v3-pinned");
+    let listener = Listener::bind_with(&url(), &q, &v3()).unwrap();
+    let served = echo(listener, 1);
+    // A first stream from a default client is a version-2 request.
+    let err = Stream::connect(&url(), &q).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
+    let s = Stream::connect_with(&url(), &q, &v3()).unwrap();
+    assert_eq!(s.protocol_version(), ProtocolVersion::V3);
+    assert_eq!(echoed(s, b"pinned".to_vec()), b"pinned");
+    assert_eq!(served.join().unwrap(), vec![ProtocolVersion::V3]);
+}
+
+#[test]
+fn a_connector_falls_back_when_its_listener_no_longer_takes_version_3() {
+    let q = queue("v3-downgrade");
+    let client = Connector::open(&url()).unwrap();
+    {
+        let served = echo(Listener::bind(&url(), &q).unwrap(), 2);
+        for expected in [ProtocolVersion::V2, ProtocolVersion::V3] {
+            let s = client.connect(&q).unwrap();
+            assert_eq!(s.protocol_version(), expected);
+            assert_eq!(echoed(s, b"before".to_vec()), b"before");
+        }
+        served.join().unwrap();
+    }
+    // The same queue, now served by a listener pinned to version 2: the
+    // remembered version-3 request is refused, and the connector asks
+    // again as version 2 within the same connect.
+    let served = echo(
+        Listener::bind_with(&url(), &q, &pinned(ProtocolVersion::V2)).unwrap(),
+        1,
+    );
+    let s = client.connect(&q).unwrap();
+    assert_eq!(s.protocol_version(), ProtocolVersion::V2);
+    assert_eq!(echoed(s, b"after".to_vec()), b"after");
+    assert_eq!(served.join().unwrap(), vec![ProtocolVersion::V2]);
+}
