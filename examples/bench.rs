@@ -1,14 +1,15 @@
 //! Measures amqp-stream against raw amiquip and TCP loopback, in one run.
 //!
 //! `cargo run --release --example bench [-- [--help] [--json] [SCENARIO...]]`,
-//! where a scenario is `bulk`, `small`, `ping`, `setup` or `fan-out`
+//! where a scenario is `bulk`, `small`, `ping`, `setup`, `fan-out` or `rr`
 //! (all of them when none is named); `--protocol 1|2|3` pins the
 //! protocol version on both ends (negotiated without it: a connector's
 //! first stream to a listener is version 2, later ones version 3). Broker from
 //! `AMQP_URL` (default the local one). Scenarios: bulk transfer in 64 KiB
 //! writes; small writes (1 KiB); a 1-byte ping-pong round trip; setup
 //! (connect, first byte back, close); fan-out (1,000 concurrent streams on
-//! one `Connector`, each echoing 64 KiB). The raw baseline logs in as
+//! one `Connector`, each echoing 64 KiB); request/response (50 streams
+//! at once, each sending 1 byte and waiting for it back, for 10 s). The raw baseline logs in as
 //! guest/guest with the URL's host, port and vhost.
 
 use amiquip::{ConsumerMessage, ConsumerOptions, Publish, QueueDeclareOptions};
@@ -26,6 +27,8 @@ const PINGS: usize = 2000;
 const SETUPS: usize = 200;
 const FAN_OUT: usize = 1000;
 const FAN_OUT_BYTES: usize = 64 << 10;
+const RR_STREAMS: usize = 50;
+const RR_SECONDS: u64 = 10;
 
 fn url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
@@ -509,6 +512,128 @@ fn tcp_fan_out() -> (f64, f64) {
     })
 }
 
+/// `RR_STREAMS` clients at once, each sending 1 byte and waiting for it
+/// back, over and over for `RR_SECONDS`, through `round_trip`: round
+/// trips per second, all clients together (what database and cache
+/// traffic through the bridge looks like).
+fn request_response<C: Send + 'static>(
+    clients: Vec<C>,
+    round_trip: impl Fn(&mut C) + Send + Sync + 'static,
+) -> f64 {
+    let round_trip = std::sync::Arc::new(round_trip);
+    let started = Instant::now();
+    let until = started + Duration::from_secs(RR_SECONDS);
+    let workers: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            let round_trip = std::sync::Arc::clone(&round_trip);
+            thread::spawn(move || {
+                let mut done = 0u64;
+                while Instant::now() < until {
+                    round_trip(&mut client);
+                    done += 1;
+                }
+                (done, client)
+            })
+        })
+        .collect();
+    let total: u64 = workers.into_iter().map(|w| w.join().unwrap().0).sum();
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+fn stream_request_response() -> f64 {
+    let queue = echo_listener("rr");
+    let connector = connector().unwrap();
+    let streams: Vec<Stream> = (0..RR_STREAMS)
+        .map(|_| connector.connect(&queue).unwrap())
+        .collect();
+    request_response(streams, |s| {
+        s.write_all(&[1]).unwrap();
+        s.read_exact(&mut [0u8; 1]).unwrap();
+    })
+}
+
+/// The raw equivalent: `RR_STREAMS` channels on one connection, each with
+/// its own reply queue, against one echo service consuming without acks.
+fn raw_request_response() -> f64 {
+    let service = format!("bench-raw-rr-{}", std::process::id());
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut service_conn = raw_connection();
+    let service_ch = service_conn.open_channel(None).unwrap();
+    service_ch
+        .queue_declare(service.clone(), exclusive())
+        .unwrap();
+    let (served, stopping) = (service.clone(), std::sync::Arc::clone(&stop));
+    let echo = thread::spawn(move || {
+        let queue = service_ch.queue_declare_passive(served).unwrap();
+        let consumer = queue.consume(no_ack()).unwrap();
+        while !stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            let Ok(ConsumerMessage::Delivery(d)) =
+                consumer.receiver().recv_timeout(Duration::from_millis(100))
+            else {
+                continue;
+            };
+            let reply_to = d.properties.reply_to().clone().unwrap();
+            service_ch
+                .basic_publish("", Publish::new(&d.body, reply_to))
+                .unwrap();
+        }
+        cancel_and_drop(consumer);
+        service_conn
+    });
+    let mut conn = raw_connection();
+    let clients: Vec<(
+        amiquip::Channel,
+        String,
+        crossbeam_channel::Receiver<ConsumerMessage>,
+    )> = (0..RR_STREAMS)
+        .map(|_| {
+            let ch = conn.open_channel(None).unwrap();
+            let own = ch.queue_declare("", exclusive()).unwrap();
+            let name = own.name().to_string();
+            let consumer = own.consume(no_ack()).unwrap();
+            let receiver = consumer.receiver().clone();
+            // The consumer lives until its channel closes.
+            std::mem::forget(consumer);
+            (ch, name, receiver)
+        })
+        .collect();
+    let rate = request_response(clients, move |(ch, own, receiver)| {
+        let props = amiquip::AmqpProperties::default().with_reply_to(own.clone());
+        ch.basic_publish("", Publish::with_properties(&[1], service.clone(), props))
+            .unwrap();
+        while !matches!(receiver.recv().unwrap(), ConsumerMessage::Delivery(_)) {}
+    });
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = echo.join().unwrap().close();
+    let _ = conn.close();
+    rate
+}
+
+/// Request/response through TCP loopback, for scale.
+fn tcp_request_response() -> f64 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        for s in listener.incoming() {
+            let s = s.unwrap();
+            s.set_nodelay(true).unwrap();
+            thread::spawn(move || echo_bytes(s));
+        }
+    });
+    let sockets: Vec<TcpStream> = (0..RR_STREAMS)
+        .map(|_| {
+            let s = TcpStream::connect(addr).unwrap();
+            s.set_nodelay(true).unwrap();
+            s
+        })
+        .collect();
+    request_response(sockets, |s| {
+        s.write_all(&[1]).unwrap();
+        s.read_exact(&mut [0u8; 1]).unwrap();
+    })
+}
+
 /// One line of the results: a scenario and its figures.
 struct Row {
     name: &'static str,
@@ -525,7 +650,7 @@ struct Scenario {
 }
 
 /// The scenarios, each giving its rows of the table.
-const SCENARIOS: [Scenario; 5] = [
+const SCENARIOS: [Scenario; 6] = [
     Scenario {
         name: "bulk",
         run: || {
@@ -606,6 +731,18 @@ const SCENARIOS: [Scenario; 5] = [
                     tcp: t_wall,
                 },
             ]
+        },
+    },
+    Scenario {
+        name: "rr",
+        run: || {
+            vec![Row {
+                name: "request/response, 50 x 1 byte, round trips/s",
+                key: "request_response_per_s",
+                stream: stream_request_response(),
+                raw: Some(raw_request_response()),
+                tcp: tcp_request_response(),
+            }]
         },
     },
 ];
