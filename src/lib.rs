@@ -208,6 +208,8 @@ mod listener;
 mod options;
 mod protocol;
 mod quiet_login;
+#[cfg(feature = "noise")]
+pub mod secure;
 mod shared;
 mod spare;
 mod stream;
