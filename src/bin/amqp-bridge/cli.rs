@@ -1,8 +1,10 @@
 //! The command line: subcommands, their options and `--help`.
 
+use crate::key_args::{ClientKeyArgs, ServeKeyArgs};
 use crate::target::Target;
 use clap::{Args, Parser, Subcommand};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The broker used when neither `--url` nor `AMQP_URL` names one.
@@ -77,6 +79,17 @@ Example: reach the web server served as queue `web`:
   curl -H 'X-AMQP-Server-Queue: web' http://127.0.0.1:8080/
 A request without the header is answered 400 Bad Request.")]
     Http(HttpArgs),
+
+    /// Write a new key pair (or pre-shared key) for the end-to-end key options
+    #[command(after_help = "\
+Example: a database reachable only by holders of a key:
+  amqp-bridge keygen server.key      # on the server: prints its public key
+  amqp-bridge keygen client.key      # on the client: prints its public key
+  amqp-bridge serve --queue db --to 127.0.0.1:5432 \\
+      --key server.key --authorized-keys clients.pub
+  amqp-bridge forward --listen 127.0.0.1:5433 --queue db \\
+      --key client.key --peer-key server.key.pub")]
+    Keygen(KeygenArgs),
 }
 
 /// `serve`'s options.
@@ -95,6 +108,8 @@ pub struct ServeArgs {
     pub shared: bool,
     #[command(flatten)]
     pub stop: StopArgs,
+    #[command(flatten)]
+    pub keys: ServeKeyArgs,
 }
 
 /// `forward`'s options.
@@ -108,6 +123,8 @@ pub struct ForwardArgs {
     pub queue: String,
     #[command(flatten)]
     pub stop: StopArgs,
+    #[command(flatten)]
+    pub keys: ClientKeyArgs,
 }
 
 /// `connect`'s options.
@@ -120,6 +137,8 @@ pub struct ConnectArgs {
     #[arg(long, value_name = "SECONDS", default_value = "30",
           value_parser = seconds, allow_negative_numbers = true)]
     pub connect_timeout: Duration,
+    #[command(flatten)]
+    pub keys: ClientKeyArgs,
 }
 
 /// `http`'s options.
@@ -130,6 +149,23 @@ pub struct HttpArgs {
     pub listen: ListenAddress,
     #[command(flatten)]
     pub stop: StopArgs,
+    #[command(flatten)]
+    pub keys: ClientKeyArgs,
+}
+
+/// `keygen`'s options.
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Where to write the private key (0600); the public key goes to
+    /// FILE.pub and to standard output. Existing files are never replaced
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Write a pre-shared key to FILE instead (for --psk-file on both ends)
+    #[arg(long)]
+    pub psk: bool,
+    /// The comment after the public key (default: USER@HOST)
+    #[arg(long, conflicts_with = "psk")]
+    pub comment: Option<String>,
 }
 
 /// How a long-running subcommand stops.
@@ -142,7 +178,7 @@ pub struct StopArgs {
 }
 
 /// A number of seconds from the command line (`1.5`), as a `Duration`.
-fn seconds(value: &str) -> Result<Duration, String> {
+pub fn seconds(value: &str) -> Result<Duration, String> {
     let number: f64 = value
         .trim()
         .parse()

@@ -47,6 +47,18 @@ impl ConnectionLog {
         );
     }
 
+    /// Logs that the far end refused the near end's key, or the near
+    /// end failed the secure handshake (it has been reset).
+    pub fn refused(self, err: &io::Error) {
+        warn!(
+            "#{} refused: {} -> {}: {err} (after {:.3} s)",
+            self.guard.id(),
+            self.from,
+            self.to,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
     /// Logs the end of a connection and what went through it.
     pub fn closed(self, transfer: &Transfer) {
         let id = self.guard.id();

@@ -14,12 +14,15 @@ mod connect;
 mod fatal;
 mod forward;
 mod http;
+mod key_args;
+mod keygen;
 mod lifecycle;
 mod link;
 mod serve;
 mod splice;
 mod target;
 mod tcp_front;
+mod tunnel;
 
 use amqp_stream::BrokerUrl;
 use clap::Parser;
@@ -53,6 +56,7 @@ fn run(cli: &Cli) -> Result<(), Fatal> {
         Command::Forward(args) => forward::run(&cli.url, args),
         Command::Connect(args) => connect::run(&cli.url, args),
         Command::Http(args) => http::run(&cli.url, args),
+        Command::Keygen(args) => keygen::run(args),
     }
 }
 

@@ -1,15 +1,16 @@
 //! `amqp-bridge serve`: every stream accepted on a queue is connected to
 //! a TCP service.
 
-use crate::abort::abort_stream;
 use crate::backoff::Backoff;
 use crate::cli::ServeArgs;
 use crate::conn_log::ConnectionLog;
 use crate::fatal::Fatal;
 use crate::lifecycle::Lifecycle;
 use crate::link::BrokerLink;
-use crate::splice::splice;
+use crate::splice::{Duplex, splice};
 use crate::target::Target;
+use crate::tunnel;
+use amqp_stream::secure::ServerConfig;
 use amqp_stream::{Addr, Listener, Stream, StreamOptions};
 use log::{debug, info, warn};
 use std::io::{self, ErrorKind};
@@ -23,12 +24,14 @@ const IN_USE_RETRY: Duration = Duration::from_secs(5);
 
 /// Serves `args.queue` until SIGINT/SIGTERM.
 pub fn run(url: &str, args: &ServeArgs) -> Result<(), Fatal> {
+    let secure = args.keys.load()?.map(Arc::new);
     let lifecycle = Lifecycle::install().map_err(|e| Fatal::runtime(e.to_string()))?;
     let server = Arc::new(Server {
         link: BrokerLink::open(url).map_err(Fatal::broker)?,
         queue: args.queue.clone(),
         options: StreamOptions::new().shared(args.shared),
         target: args.to.clone(),
+        secure,
         listening: Mutex::new(None),
     });
     let listener = match server.bind_at_start() {
@@ -59,6 +62,8 @@ struct Server {
     queue: String,
     options: StreamOptions,
     target: Target,
+    /// The secure handshake every stream must pass first, if any.
+    secure: Option<Arc<ServerConfig>>,
     /// The listener in use, for `stop_accepting` to close.
     listening: Mutex<Option<Arc<Listener>>>,
 }
@@ -183,19 +188,28 @@ impl Server {
             self.target.to_string(),
         );
         let target = self.target.clone();
+        let secure = self.secure.clone();
         let spawned = std::thread::Builder::new()
             .name("serve".to_string())
-            .spawn(move || match target.connect() {
-                Ok(tcp) => {
-                    let transfer = splice(stream, tcp, |abort| log.on_abort(abort));
-                    log.closed(&transfer);
-                }
-                // Reset: the client sees what a refused TCP connection
-                // would give it, not an empty reply.
-                Err(err) => {
-                    abort_stream(&stream);
-                    drop(stream);
-                    log.failed(&err);
+            .spawn(move || {
+                // A client without an accepted key ends here, reset,
+                // before anything connects to the target.
+                let stream = match tunnel::accept(stream, secure.as_deref()) {
+                    Ok(stream) => stream,
+                    Err(err) => return log.refused(&err),
+                };
+                match target.connect() {
+                    Ok(tcp) => {
+                        let transfer = splice(stream, tcp, |abort| log.on_abort(abort));
+                        log.closed(&transfer);
+                    }
+                    // Reset: the client sees what a refused TCP connection
+                    // would give it, not an empty reply.
+                    Err(err) => {
+                        stream.abort();
+                        drop(stream);
+                        log.failed(&err);
+                    }
                 }
             });
         if let Err(err) = spawned {
