@@ -4,7 +4,7 @@
 use std::fmt;
 
 /// The Noise parameters the key pairs are for (X25519).
-pub(crate) const KEY_PARAMS: &str = "Noise_XK_25519_ChaChaPoly_BLAKE2s";
+pub(crate) const KEY_PARAMS: &str = "Noise_XK_25519_AESGCM_SHA256";
 
 /// The first bytes each end sends: this magic, then its [`Mode`].
 pub(crate) const MAGIC: &[u8; 8] = b"\0AMQPSC1";
@@ -37,9 +37,9 @@ impl Mode {
     /// The Noise protocol name.
     pub(crate) fn params(self) -> &'static str {
         match self {
-            Mode::Psk => "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s",
+            Mode::Psk => "Noise_NNpsk0_25519_AESGCM_SHA256",
             Mode::Keys => KEY_PARAMS,
-            Mode::KeysAndPsk => "Noise_XKpsk3_25519_ChaChaPoly_BLAKE2s",
+            Mode::KeysAndPsk => "Noise_XKpsk3_25519_AESGCM_SHA256",
         }
     }
 

@@ -84,9 +84,10 @@ pub(crate) struct Session {
 struct Sending {
     /// The nonce of the next record.
     nonce: u64,
-    /// Sealed bytes not yet all handed to the connection.
-    pending: Vec<u8>,
-    /// How much of `pending` has been.
+    /// One sealed frame: `pending[sent..len]` not yet handed to the
+    /// connection (a fixed buffer: nothing to zero for each record).
+    pending: Box<[u8]>,
+    len: usize,
     sent: usize,
     /// The close record has been sealed.
     closed: bool,
@@ -142,7 +143,8 @@ impl Session {
             keys,
             sending: Mutex::new(Sending {
                 nonce: send_nonce,
-                pending: Vec::with_capacity(PREFIX_LEN + MAX_MESSAGE),
+                pending: vec![0; PREFIX_LEN + MAX_MESSAGE].into_boxed_slice(),
+                len: 0,
                 sent: 0,
                 closed: false,
                 failed: None,
@@ -162,20 +164,21 @@ impl Session {
     }
 
     /// Seals `plain` (at most [`MAX_PLAIN`] bytes; empty: the close
-    /// record) as the next frame in `pending`.
+    /// record) as the next frame in `pending`, which must be empty.
     fn seal(&self, sending: &mut Sending, plain: &[u8]) -> io::Result<()> {
+        debug_assert_eq!(sending.len, 0, "sealing over a pending frame");
         let sealed = plain.len() + TAG_LEN;
-        let from = sending.pending.len();
-        sending.pending.resize(from + PREFIX_LEN + sealed, 0);
-        sending.pending[from..from + PREFIX_LEN].copy_from_slice(&(sealed as u16).to_be_bytes());
+        sending.pending[..PREFIX_LEN].copy_from_slice(&(sealed as u16).to_be_bytes());
         self.keys
             .write_message(
                 sending.nonce,
                 plain,
-                &mut sending.pending[from + PREFIX_LEN..],
+                &mut sending.pending[PREFIX_LEN..PREFIX_LEN + sealed],
             )
             .map_err(|err| io::Error::other(format!("sealing a record: {err}")))?;
         sending.nonce += 1;
+        sending.len = PREFIX_LEN + sealed;
+        sending.sent = 0;
         Ok(())
     }
 
@@ -186,8 +189,8 @@ impl Session {
         if let Some((kind, message)) = &sending.failed {
             return Err(io::Error::new(*kind, message.clone()));
         }
-        while sending.sent < sending.pending.len() {
-            match inner.write(&sending.pending[sending.sent..]) {
+        while sending.sent < sending.len {
+            match inner.write(&sending.pending[sending.sent..sending.len]) {
                 Ok(0) => {
                     let err = io::Error::new(ErrorKind::WriteZero, "the connection took nothing");
                     sending.failed = Some((err.kind(), err.to_string()));
@@ -201,7 +204,7 @@ impl Session {
                 }
             }
         }
-        sending.pending.clear();
+        sending.len = 0;
         sending.sent = 0;
         Ok(())
     }
