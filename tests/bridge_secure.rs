@@ -487,3 +487,52 @@ fn keygen_never_replaces_a_file_and_bad_key_files_are_bad_arguments() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn connect_and_http_take_the_client_keys_too() {
+    let url = common::url();
+    let dir = keys();
+    let echo = echo_service();
+    let (_server, queue) = serve(&url, echo.addr, &server_keys(&dir));
+    let mut args = vec!["connect".to_string(), "--queue".into(), queue.clone()];
+    args.extend(client_keys(&dir, "client.key"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut connect = Bridge::start(&url, &args);
+    let data = common::random_bytes(1 << 20, 3);
+    let mut stdin = connect.stdin.take().unwrap();
+    let sent = data.clone();
+    let writer = std::thread::spawn(move || stdin.write_all(&sent).unwrap());
+    let mut got = Vec::new();
+    connect
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut got)
+        .unwrap();
+    writer.join().unwrap();
+    assert_same("connect", &data, &got);
+    assert!(connect.wait_exit().success(), "{}", connect.log());
+
+    let web = harness::http_service();
+    let (_web_server, web_queue) = serve(&url, web, &server_keys(&dir));
+    let mut args = vec!["http".to_string(), "--listen".into(), "127.0.0.1:0".into()];
+    args.extend(client_keys(&dir, "client.key"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let front = Bridge::start(&url, &args);
+    let port = address_in(&front.wait_for("front door on"));
+    let mut client = TcpStream::connect(port).unwrap();
+    client.set_read_timeout(Some(BOUND)).unwrap();
+    write!(
+        client,
+        "GET /secret HTTP/1.1\r\nHost: x\r\nX-AMQP-Server-Queue: {web_queue}\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    client.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(
+        answer.ends_with("you asked for GET /secret HTTP/1.1"),
+        "{answer}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -32,7 +32,39 @@ use std::time::{Duration, Instant};
 /// for it; `InvalidData` when the other end is not a server of this
 /// protocol, or expects other kinds of keys.
 ///
-/// See [`SecureStream`] for an example.
+/// ```
+/// use amqp_stream::secure::{self, ClientConfig, KeyPair, PresharedKey, ServerConfig};
+/// use std::net::{TcpListener, TcpStream};
+///
+/// let psk = PresharedKey::generate()?;
+/// let listener = TcpListener::bind("127.0.0.1:0")?;
+/// let addr = listener.local_addr()?;
+/// let config = ServerConfig::psk(psk.clone());
+/// let server = std::thread::spawn(move || {
+///     let (tcp, _) = listener.accept().unwrap();
+///     secure::server(tcp, &config).map(drop)
+/// });
+/// let secured = secure::client(TcpStream::connect(addr)?, &ClientConfig::psk(psk))?;
+/// server.join().unwrap()?;
+/// assert!(secured.peer_key().is_none()); // a PSK names no key
+///
+/// // A server that does not hold the pinned key refuses the client.
+/// let listener = TcpListener::bind("127.0.0.1:0")?;
+/// let addr = listener.local_addr()?;
+/// let (server_keys, client_keys) = (KeyPair::generate()?, KeyPair::generate()?);
+/// let accepted = [client_keys.public().clone()].into_iter().collect();
+/// let config = ServerConfig::key_pair(server_keys, accepted);
+/// let server = std::thread::spawn(move || {
+///     let (tcp, _) = listener.accept().unwrap();
+///     secure::server(tcp, &config).map(drop)
+/// });
+/// let impostor_pin = KeyPair::generate()?.public().clone();
+/// let client = ClientConfig::key_pair(client_keys, impostor_pin);
+/// let err = secure::client(TcpStream::connect(addr)?, &client).unwrap_err();
+/// assert_eq!(err.kind(), std::io::ErrorKind::PermissionDenied);
+/// assert_eq!(server.join().unwrap().unwrap_err().kind(), std::io::ErrorKind::PermissionDenied);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub fn client<S: Channel>(io: S, config: &ClientConfig) -> io::Result<SecureStream<S>> {
     let mut io = Deadlined::new(io, config.timeout);
     let result = run_client(&mut io, config);

@@ -275,6 +275,13 @@ impl fmt::Debug for KeyPair {
 }
 
 /// Where [`KeyPair::write_new`] puts the public key of `path`.
+///
+/// ```
+/// use amqp_stream::secure::public_path;
+/// use std::path::Path;
+///
+/// assert_eq!(public_path(Path::new("keys/db.key")), Path::new("keys/db.key.pub"));
+/// ```
 pub fn public_path(path: &Path) -> std::path::PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".pub");
