@@ -21,6 +21,9 @@ pub(crate) const MAX_PLAIN: usize = MAX_MESSAGE - TAG_LEN;
 pub(crate) const PREFIX_LEN: usize = 2;
 /// Bytes read ahead from the connection at most: two whole frames.
 const RAW_CAPACITY: usize = 2 * (PREFIX_LEN + MAX_MESSAGE);
+/// The read-ahead buffer to begin with: it grows with the records that
+/// come (an idle or interactive connection keeps little memory).
+const RAW_INITIAL: usize = 16 << 10;
 
 /// A connection whose every byte is encrypted and authenticated: made by
 /// [`client`](super::client) or [`server`](super::server) over any
@@ -85,8 +88,8 @@ struct Sending {
     /// The nonce of the next record.
     nonce: u64,
     /// One sealed frame: `pending[sent..len]` not yet handed to the
-    /// connection (a fixed buffer: nothing to zero for each record).
-    pending: Box<[u8]>,
+    /// connection (the buffer only grows: nothing to zero per record).
+    pending: Vec<u8>,
     len: usize,
     sent: usize,
     /// The close record has been sealed.
@@ -100,11 +103,12 @@ struct Receiving {
     /// The nonce the next record must have.
     nonce: u64,
     /// Bytes read from the connection: `raw[start..end]` not yet used.
-    raw: Box<[u8]>,
+    raw: Vec<u8>,
     start: usize,
     end: usize,
-    /// Opened plaintext not yet read: `plain[at..len]`.
-    plain: Box<[u8]>,
+    /// Opened plaintext not yet read: `plain[at..len]` (for reads into
+    /// buffers smaller than the record; grows when needed).
+    plain: Vec<u8>,
     at: usize,
     len: usize,
     state: ReadState,
@@ -143,7 +147,7 @@ impl Session {
             keys,
             sending: Mutex::new(Sending {
                 nonce: send_nonce,
-                pending: vec![0; PREFIX_LEN + MAX_MESSAGE].into_boxed_slice(),
+                pending: Vec::new(),
                 len: 0,
                 sent: 0,
                 closed: false,
@@ -151,10 +155,10 @@ impl Session {
             }),
             receiving: Mutex::new(Receiving {
                 nonce: receive_nonce,
-                raw: vec![0; RAW_CAPACITY].into_boxed_slice(),
+                raw: vec![0; RAW_INITIAL],
                 start: 0,
                 end: 0,
-                plain: vec![0; MAX_PLAIN].into_boxed_slice(),
+                plain: Vec::new(),
                 at: 0,
                 len: 0,
                 state: ReadState::Open,
@@ -168,6 +172,9 @@ impl Session {
     fn seal(&self, sending: &mut Sending, plain: &[u8]) -> io::Result<()> {
         debug_assert_eq!(sending.len, 0, "sealing over a pending frame");
         let sealed = plain.len() + TAG_LEN;
+        if sending.pending.len() < PREFIX_LEN + sealed {
+            sending.pending.resize(PREFIX_LEN + sealed, 0);
+        }
         sending.pending[..PREFIX_LEN].copy_from_slice(&(sealed as u16).to_be_bytes());
         self.keys
             .write_message(
@@ -297,7 +304,14 @@ impl Session {
         let frame = &r.raw[r.start + PREFIX_LEN..r.start + PREFIX_LEN + sealed];
         let plain_len = sealed - TAG_LEN;
         let into_buf = plain_len > 0 && buf.len() >= plain_len;
-        let out: &mut [u8] = if into_buf { buf } else { &mut r.plain };
+        if !into_buf && r.plain.len() < plain_len {
+            r.plain.resize(plain_len, 0);
+        }
+        let out: &mut [u8] = if into_buf {
+            buf
+        } else {
+            &mut r.plain[..plain_len]
+        };
         let opened = self.keys.read_message(r.nonce, frame, out).map_err(|_| {
             invalid(
                 "a record failed authentication: changed, replayed, reordered, \
@@ -331,10 +345,22 @@ impl Receiving {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
-        } else if self.start > RAW_CAPACITY / 2 {
+        }
+        // The whole of the frame being read must fit after `start`.
+        let frame = if self.end - self.start >= PREFIX_LEN {
+            PREFIX_LEN
+                + u16::from_be_bytes([self.raw[self.start], self.raw[self.start + 1]]) as usize
+        } else {
+            PREFIX_LEN
+        };
+        if self.start + frame > self.raw.len() || self.end == self.raw.len() {
             self.raw.copy_within(self.start..self.end, 0);
             self.end -= self.start;
             self.start = 0;
+        }
+        if frame > self.raw.len() || self.end == self.raw.len() {
+            let grown = (2 * self.raw.len()).max(frame).min(RAW_CAPACITY);
+            self.raw.resize(grown, 0);
         }
         let n = inner.read(&mut self.raw[self.end..])?;
         if n == 0 {

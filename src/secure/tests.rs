@@ -453,3 +453,43 @@ fn a_silent_client_times_out() {
     let err = server(server_end, &server_config.handshake_timeout(SHORT)).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
 }
+
+#[test]
+fn records_split_anyhow_on_the_wire_read_back_into_buffers_of_any_size() {
+    let (mut client, mut server, tap) = connected();
+    let data: Vec<u8> = (0..400_000u32).map(|i| (i * 31 % 257) as u8).collect();
+    let mut at = 0;
+    for size in [1usize, 70_000, 13, 65_519, 65_520, 2, 100_000]
+        .iter()
+        .cycle()
+    {
+        if at == data.len() {
+            break;
+        }
+        let end = (at + size).min(data.len());
+        client.write_all(&data[at..end]).unwrap();
+        at = end;
+    }
+    client.close_write().unwrap();
+    let wire: Vec<u8> = tap.take().concat();
+    let mut at = 0;
+    for size in [1usize, 3, 65_536, 7, 131_100, 1000, 90_000].iter().cycle() {
+        if at == wire.len() {
+            break;
+        }
+        let end = (at + size).min(wire.len());
+        tap.send(&wire[at..end]);
+        at = end;
+    }
+    let mut got = Vec::new();
+    let mut sizes = [1usize, 100_000, 17, 65_519, 4096, 65_518].iter().cycle();
+    loop {
+        let mut buf = vec![0u8; *sizes.next().unwrap()];
+        match server.read(&mut buf).unwrap() {
+            0 => break,
+            n => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "the data changed on the way");
+}
