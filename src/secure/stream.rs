@@ -17,6 +17,8 @@ pub(crate) const MAX_MESSAGE: usize = 65535;
 pub(crate) const TAG_LEN: usize = 16;
 /// The most plaintext one record carries.
 pub(crate) const MAX_PLAIN: usize = MAX_MESSAGE - TAG_LEN;
+/// The most one write takes (sealed as several records).
+const MAX_WRITE: usize = 4 * MAX_PLAIN;
 /// The length prefix of a frame.
 pub(crate) const PREFIX_LEN: usize = 2;
 /// Bytes read ahead from the connection at most: two whole frames.
@@ -168,24 +170,23 @@ impl Session {
     }
 
     /// Seals `plain` (at most [`MAX_PLAIN`] bytes; empty: the close
-    /// record) as the next frame in `pending`, which must be empty.
+    /// record) as the next frame, after those pending.
     fn seal(&self, sending: &mut Sending, plain: &[u8]) -> io::Result<()> {
-        debug_assert_eq!(sending.len, 0, "sealing over a pending frame");
         let sealed = plain.len() + TAG_LEN;
-        if sending.pending.len() < PREFIX_LEN + sealed {
-            sending.pending.resize(PREFIX_LEN + sealed, 0);
+        let (from, to) = (sending.len, sending.len + PREFIX_LEN + sealed);
+        if sending.pending.len() < to {
+            sending.pending.resize(to, 0);
         }
-        sending.pending[..PREFIX_LEN].copy_from_slice(&(sealed as u16).to_be_bytes());
+        sending.pending[from..from + PREFIX_LEN].copy_from_slice(&(sealed as u16).to_be_bytes());
         self.keys
             .write_message(
                 sending.nonce,
                 plain,
-                &mut sending.pending[PREFIX_LEN..PREFIX_LEN + sealed],
+                &mut sending.pending[from + PREFIX_LEN..to],
             )
             .map_err(|err| io::Error::other(format!("sealing a record: {err}")))?;
         sending.nonce += 1;
-        sending.len = PREFIX_LEN + sealed;
-        sending.sent = 0;
+        sending.len = to;
         Ok(())
     }
 
@@ -228,8 +229,13 @@ impl Session {
         if data.is_empty() {
             return Ok(0);
         }
-        let n = data.len().min(MAX_PLAIN);
-        self.seal(&mut sending, &data[..n])?;
+        // Several records at once, handed on together: a 64 KiB write
+        // (one record and a small one) is one write underneath, not a
+        // full one and a tiny one that wakes the reader by itself.
+        let n = data.len().min(MAX_WRITE);
+        for record in data[..n].chunks(MAX_PLAIN) {
+            self.seal(&mut sending, record)?;
+        }
         // Sealed, the bytes are taken: a timeout leaves them pending.
         match Self::push(&mut sending, inner) {
             Err(err) if !transient(&err) => Err(err),
@@ -453,7 +459,7 @@ where
 }
 
 impl<S: Write> Write for SecureStream<S> {
-    /// Seals up to one record's worth of `buf` and hands it on. Once it
+    /// Seals up to four records' worth of `buf` and hands it on. Once it
     /// returns `Ok(n)` the bytes are taken: a connection that times out
     /// keeps the rest of the record for the next write or flush.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
