@@ -412,7 +412,7 @@ fn the_broker_sees_only_ciphertext() {
 }
 
 #[test]
-fn a_target_that_resets_still_resets_the_client() {
+fn an_abortive_end_is_still_a_reset_both_ways() {
     let url = common::url();
     let dir = keys();
     // Sends 4 MiB, then resets.
@@ -439,6 +439,40 @@ fn a_target_that_resets_still_resets_the_client() {
         }
     };
     assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+
+    // The other way: a client that resets mid-upload; the target must
+    // see a reset, not an end of data.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = listener.local_addr().unwrap();
+    let (ended_tx, ended) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || {
+        let (mut upload, _) = listener.accept().unwrap();
+        upload.set_read_timeout(Some(BOUND)).unwrap();
+        let mut buf = vec![0; 64 << 10];
+        let mut received = 0;
+        let end = loop {
+            match upload.read(&mut buf) {
+                Ok(0) => break Ok(received),
+                Ok(n) => received += n,
+                Err(err) => break Err(err.kind()),
+            }
+        };
+        ended_tx.send(end).unwrap();
+    });
+    let (_server, queue) = serve(&url, target, &server_keys(&dir));
+    let (_client, port) = forward(&url, &queue, &client_keys(&dir, "client.key"));
+    let mut client = TcpStream::connect(port).unwrap();
+    client.write_all(&vec![9u8; 1 << 20]).unwrap();
+    socket2::SockRef::from(&client)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(client);
+    let end = ended.recv_timeout(BOUND).unwrap();
+    assert_eq!(
+        end,
+        Err(ErrorKind::ConnectionReset),
+        "the target saw {end:?}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
