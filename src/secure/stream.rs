@@ -309,14 +309,16 @@ impl Session {
         }
         let frame = &r.raw[r.start + PREFIX_LEN..r.start + PREFIX_LEN + sealed];
         let plain_len = sealed - TAG_LEN;
-        let into_buf = plain_len > 0 && buf.len() >= plain_len;
-        if !into_buf && r.plain.len() < plain_len {
-            r.plain.resize(plain_len, 0);
+        // The cipher opens in place: room for the tag too, or it makes
+        // a copy of its own.
+        let into_buf = plain_len > 0 && buf.len() >= sealed;
+        if !into_buf && r.plain.len() < sealed {
+            r.plain.resize(sealed, 0);
         }
         let out: &mut [u8] = if into_buf {
             buf
         } else {
-            &mut r.plain[..plain_len]
+            &mut r.plain[..sealed]
         };
         let opened = self.keys.read_message(r.nonce, frame, out).map_err(|_| {
             invalid(
