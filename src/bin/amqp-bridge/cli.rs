@@ -237,6 +237,37 @@ mod tests {
     }
 
     #[test]
+    fn key_options_come_in_pairs() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|_| ());
+        let forward = [
+            "amqp-bridge",
+            "forward",
+            "--listen",
+            "127.0.0.1:0",
+            "--queue",
+            "q",
+        ];
+        let with = |extra: &[&'static str]| [&forward[..], extra].concat();
+        assert!(parse(&with(&["--psk-file", "k"])).is_ok());
+        assert!(parse(&with(&["--key", "k", "--peer-key", "p"])).is_ok());
+        let err = parse(&with(&["--key", "k"])).unwrap_err();
+        assert!(err.to_string().contains("--peer-key"), "{err}");
+        let err = parse(&with(&["--authorized-keys", "a"])).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
+        let serve = [
+            "amqp-bridge",
+            "serve",
+            "--queue",
+            "q",
+            "--to",
+            "127.0.0.1:1",
+        ];
+        let err = parse(&[&serve[..], &["--authorized-keys", "a"]].concat()).unwrap_err();
+        assert!(err.to_string().contains("--key"), "{err}");
+        assert!(parse(&[&serve[..], &["--key", "k", "--authorized-keys", "a"]].concat()).is_ok());
+    }
+
+    #[test]
     fn negative_durations_are_refused() {
         assert!(seconds("-1").unwrap_err().contains("0 or more"));
         assert!(seconds("NaN").is_err());
