@@ -10,6 +10,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, ErrorKind, Read, Write};
 use std::path::Path;
 use std::str::FromStr;
+use zeroize::Zeroize;
 
 /// The length of every key: 32 bytes (X25519 keys, the Noise PSK).
 pub const KEY_LEN: usize = 32;
@@ -27,10 +28,8 @@ pub(crate) struct Secret(pub(crate) [u8; KEY_LEN]);
 
 impl Drop for Secret {
     fn drop(&mut self) {
-        for byte in self.0.iter_mut() {
-            // Volatile: the compiler may not leave the wipe out.
-            unsafe { std::ptr::write_volatile(byte, 0) };
-        }
+        // A wipe the compiler may not leave out.
+        self.0.zeroize();
     }
 }
 
@@ -66,7 +65,7 @@ impl PresharedKey {
         rng.try_fill_bytes(&mut bytes)
             .map_err(|_| io::Error::other("the random number generator failed"))?;
         let key = PresharedKey(Secret(bytes));
-        bytes.fill(0);
+        bytes.zeroize();
         Ok(key)
     }
 
@@ -198,7 +197,7 @@ impl KeyPair {
         let builder = snow::Builder::new(super::pattern::KEY_PARAMS.parse().map_err(noise)?);
         let mut pair = builder.generate_keypair().map_err(noise)?;
         let key = KeyPair::from_parts(&pair.private, &pair.public);
-        pair.private.fill(0);
+        pair.private.zeroize();
         key
     }
 
