@@ -72,9 +72,12 @@ impl PresharedKey {
     /// Reads a key file (as [`write_new`](Self::write_new) writes it);
     /// a file others may read is refused, as ssh refuses such keys.
     pub fn from_file(path: &Path) -> io::Result<PresharedKey> {
-        read_secret_file(path)?.parse().map_err(|err: io::Error| {
+        let mut text = read_secret_file(path)?;
+        let key = text.parse().map_err(|err: io::Error| {
             io::Error::new(err.kind(), format!("{}: {err}", path.display()))
-        })
+        });
+        text.zeroize();
+        key
     }
 
     /// Writes the key to a new file `path`, readable by its owner only
@@ -232,10 +235,11 @@ impl KeyPair {
     /// Reads a private key file (as [`write_new`](Self::write_new)
     /// writes it); a file others may read is refused.
     pub fn from_file(path: &Path) -> io::Result<KeyPair> {
-        let text = read_secret_file(path)?;
+        let mut text = read_secret_file(path)?;
         let private = tagged_key(&text, PRIVATE_TAG, "a private key")
-            .map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", path.display())))?;
-        KeyPair::from_private(private)
+            .map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", path.display())));
+        text.zeroize();
+        KeyPair::from_private(private?)
     }
 
     /// Writes the private key to a new file `path` (mode 0600) and the
