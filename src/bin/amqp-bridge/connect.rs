@@ -6,10 +6,10 @@
 //! newline, until the stream ended). The end of standard input is the
 //! stream's FIN; a failure resets the stream.
 
+use crate::broker_stream::{self, BrokerStream};
 use crate::cli::ConnectArgs;
 use crate::fatal::Fatal;
 use crate::splice::Duplex;
-use crate::tunnel::{self, Tunnel};
 use amqp_stream::Connector;
 use crossbeam_channel::{Receiver, Sender, bounded, select, unbounded};
 use log::debug;
@@ -56,7 +56,7 @@ pub fn run(url: &str, args: &ConnectArgs) -> Result<(), Fatal> {
     let stream = connector
         .connect_timeout(&args.queue, args.connect_timeout)
         .map_err(Fatal::connect)?;
-    let stream = tunnel::connect(stream, secure.as_ref())
+    let stream = broker_stream::connect(stream, secure.as_ref())
         .map_err(|err| Fatal::runtime(format!("queue {:?}: {err}", args.queue)))?;
     debug!("connected to queue {:?}", args.queue);
     let queue = args.queue.clone();
@@ -233,7 +233,7 @@ fn read_input(mut stdin: File, chunks: &Sender<io::Result<Vec<u8>>>, pending: &A
 /// Writes what standard input gives into the stream, then its FIN;
 /// `None` when stopped first.
 fn send(
-    mut stream: &Tunnel,
+    mut stream: &BrokerStream,
     chunks: &Receiver<io::Result<Vec<u8>>>,
     stop: &Receiver<()>,
     stopping: &AtomicBool,
@@ -281,7 +281,7 @@ fn send(
 
 /// Copies the stream onto standard output, each piece as it arrives,
 /// until the far end's FIN.
-fn receive(mut stream: &Tunnel, mut stdout: File) -> Result<u64, Failure> {
+fn receive(mut stream: &BrokerStream, mut stdout: File) -> Result<u64, Failure> {
     let mut buf = vec![0; CHUNK];
     let mut received = 0;
     loop {

@@ -2,6 +2,7 @@
 //! a served queue.
 
 use crate::abort::abort_tcp;
+use crate::broker_stream;
 use crate::cli::ForwardArgs;
 use crate::conn_log::ConnectionLog;
 use crate::fatal::Fatal;
@@ -9,7 +10,6 @@ use crate::lifecycle::ConnectionGuard;
 use crate::link::BrokerLink;
 use crate::splice::splice;
 use crate::tcp_front::FrontDoor;
-use crate::tunnel;
 use amqp_stream::secure::ClientConfig;
 use log::info;
 use std::net::{SocketAddr, TcpStream};
@@ -41,7 +41,7 @@ fn forward(
     let _ = client.set_nodelay(true);
     let stream = link
         .connect(queue)
-        .and_then(|stream| tunnel::connect(stream, secure));
+        .and_then(|stream| broker_stream::connect(stream, secure));
     match stream {
         Ok(stream) => {
             let transfer = splice(client, stream, |abort| log.on_abort(abort));

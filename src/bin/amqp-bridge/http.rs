@@ -4,6 +4,7 @@
 //! through a stream to that queue.
 
 use crate::abort::abort_tcp;
+use crate::broker_stream;
 use crate::cli::HttpArgs;
 use crate::conn_log::ConnectionLog;
 use crate::fatal::Fatal;
@@ -11,7 +12,6 @@ use crate::lifecycle::ConnectionGuard;
 use crate::link::BrokerLink;
 use crate::splice::splice;
 use crate::tcp_front::FrontDoor;
-use crate::tunnel;
 use amqp_stream::secure::ClientConfig;
 use log::{debug, info};
 use std::io::{self, ErrorKind, Read, Write};
@@ -122,7 +122,7 @@ fn serve_client(
     let log = ConnectionLog::open(guard, peer.to_string(), format!("queue {queue:?}"));
     let stream = link
         .connect(&queue)
-        .and_then(|stream| tunnel::connect(stream, secure));
+        .and_then(|stream| broker_stream::connect(stream, secure));
     let mut stream = match stream {
         Ok(stream) => stream,
         Err(err) => {

@@ -8,6 +8,7 @@
 
 mod abort;
 mod backoff;
+mod broker_stream;
 mod cli;
 mod conn_log;
 mod connect;
@@ -22,7 +23,6 @@ mod serve;
 mod splice;
 mod target;
 mod tcp_front;
-mod tunnel;
 
 use amqp_stream::BrokerUrl;
 use clap::Parser;

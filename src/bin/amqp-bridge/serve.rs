@@ -2,6 +2,7 @@
 //! a TCP service.
 
 use crate::backoff::Backoff;
+use crate::broker_stream;
 use crate::cli::ServeArgs;
 use crate::conn_log::ConnectionLog;
 use crate::fatal::Fatal;
@@ -9,7 +10,6 @@ use crate::lifecycle::Lifecycle;
 use crate::link::BrokerLink;
 use crate::splice::{Duplex, splice};
 use crate::target::Target;
-use crate::tunnel;
 use amqp_stream::secure::ServerConfig;
 use amqp_stream::{Addr, Listener, Stream, StreamOptions};
 use log::{debug, info, warn};
@@ -194,7 +194,7 @@ impl Server {
             .spawn(move || {
                 // A client without an accepted key ends here, reset,
                 // before anything connects to the target.
-                let stream = match tunnel::accept(stream, secure.as_deref()) {
+                let stream = match broker_stream::accept(stream, secure.as_deref()) {
                     Ok(stream) => stream,
                     Err(err) => return log.refused(&err),
                 };

@@ -11,7 +11,7 @@ use std::net::Shutdown;
 use std::time::Duration;
 
 /// A stream, plain or secured.
-pub enum Tunnel {
+pub enum BrokerStream {
     /// Without key options.
     Plain(Stream),
     /// After a secure handshake.
@@ -21,13 +21,13 @@ pub enum Tunnel {
 /// The server's side: the handshake with the client when `config` is
 /// given. A client that fails it is reset (nothing else happens to it)
 /// and the error says why, without key material.
-pub fn accept(stream: Stream, config: Option<&ServerConfig>) -> io::Result<Tunnel> {
+pub fn accept(stream: Stream, config: Option<&ServerConfig>) -> io::Result<BrokerStream> {
     let Some(config) = config else {
-        return Ok(Tunnel::Plain(stream));
+        return Ok(BrokerStream::Plain(stream));
     };
     let kept = stream.try_clone()?;
     match secure::server(stream, config) {
-        Ok(secured) => Ok(Tunnel::Secure(secured)),
+        Ok(secured) => Ok(BrokerStream::Secure(secured)),
         Err(err) => {
             // The last handle: dropped, it resets the stream.
             abort_stream(&kept);
@@ -38,13 +38,13 @@ pub fn accept(stream: Stream, config: Option<&ServerConfig>) -> io::Result<Tunne
 
 /// The client's side: the handshake with the server when `config` is
 /// given; a failure resets the stream.
-pub fn connect(stream: Stream, config: Option<&ClientConfig>) -> io::Result<Tunnel> {
+pub fn connect(stream: Stream, config: Option<&ClientConfig>) -> io::Result<BrokerStream> {
     let Some(config) = config else {
-        return Ok(Tunnel::Plain(stream));
+        return Ok(BrokerStream::Plain(stream));
     };
     let kept = stream.try_clone()?;
     match secure::client(stream, config) {
-        Ok(secured) => Ok(Tunnel::Secure(secured)),
+        Ok(secured) => Ok(BrokerStream::Secure(secured)),
         Err(err) => {
             abort_stream(&kept);
             Err(err)
@@ -52,47 +52,47 @@ pub fn connect(stream: Stream, config: Option<&ClientConfig>) -> io::Result<Tunn
     }
 }
 
-impl Tunnel {
+impl BrokerStream {
     fn stream(&self) -> &Stream {
         match self {
-            Tunnel::Plain(stream) => stream,
-            Tunnel::Secure(secured) => secured.get_ref(),
+            BrokerStream::Plain(stream) => stream,
+            BrokerStream::Secure(secured) => secured.get_ref(),
         }
     }
 }
 
-impl Read for &Tunnel {
+impl Read for &BrokerStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Tunnel::Plain(stream) => (&*stream).read(buf),
-            Tunnel::Secure(secured) => (&*secured).read(buf),
+            BrokerStream::Plain(stream) => (&*stream).read(buf),
+            BrokerStream::Secure(secured) => (&*secured).read(buf),
         }
     }
 }
 
-impl Write for &Tunnel {
+impl Write for &BrokerStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Tunnel::Plain(stream) => (&*stream).write(buf),
-            Tunnel::Secure(secured) => (&*secured).write(buf),
+            BrokerStream::Plain(stream) => (&*stream).write(buf),
+            BrokerStream::Secure(secured) => (&*secured).write(buf),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
         match self {
-            Tunnel::Plain(stream) => (&*stream).flush(),
-            Tunnel::Secure(secured) => (&*secured).flush(),
+            BrokerStream::Plain(stream) => (&*stream).flush(),
+            BrokerStream::Secure(secured) => (&*secured).flush(),
         }
     }
 }
 
-impl Read for Tunnel {
+impl Read for BrokerStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         (&*self).read(buf)
     }
 }
 
-impl Write for Tunnel {
+impl Write for BrokerStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         (&*self).write(buf)
     }
@@ -102,18 +102,18 @@ impl Write for Tunnel {
     }
 }
 
-impl Duplex for Tunnel {
+impl Duplex for BrokerStream {
     fn duplicate(&self) -> io::Result<Self> {
         Ok(match self {
-            Tunnel::Plain(stream) => Tunnel::Plain(stream.try_clone()?),
-            Tunnel::Secure(secured) => Tunnel::Secure(secured.try_clone()?),
+            BrokerStream::Plain(stream) => BrokerStream::Plain(stream.try_clone()?),
+            BrokerStream::Secure(secured) => BrokerStream::Secure(secured.try_clone()?),
         })
     }
 
     fn finish(&self) -> io::Result<()> {
         match self {
-            Tunnel::Plain(stream) => stream.finish(),
-            Tunnel::Secure(secured) => {
+            BrokerStream::Plain(stream) => stream.finish(),
+            BrokerStream::Secure(secured) => {
                 // The close record and the FIN wait for the broker's
                 // confirms: no write limit on them.
                 secured.get_ref().set_write_timeout(None)?;
