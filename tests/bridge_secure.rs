@@ -570,3 +570,51 @@ fn connect_and_http_take_the_client_keys_too() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The README's recipe: a database reachable only with a key (the
+/// machine's PostgreSQL, as `bridge_users` uses it).
+#[test]
+fn psql_reaches_the_database_only_with_a_key() {
+    let url = common::url();
+    let dir = keys();
+    let postgres: SocketAddr = "127.0.0.1:5432".parse().unwrap();
+    let (server, queue) = serve(&url, postgres, &server_keys(&dir));
+    let (with_key, port) = forward(&url, &queue, &client_keys(&dir, "client.key"));
+    let psql = |port: SocketAddr| {
+        Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &port.port().to_string()])
+            .args(["-U", "postgres", "-d", "postgres", "-Atc", "select 6 * 7"])
+            .output()
+            .unwrap()
+    };
+    for _ in 0..3 {
+        let out = psql(port);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "42\n");
+    }
+    let (_stranger, port) = forward(&url, &queue, &client_keys(&dir, "stranger.key"));
+    let out = psql(port);
+    assert!(!out.status.success(), "a stranger got in");
+    server.wait_for(" refused: ");
+    for bridge in [&server, &with_key] {
+        // PostgreSQL may reset its end once psql has said goodbye: a
+        // normal end, logged as closed or reset at info.
+        common::eventually(BOUND, "every psql connection logged", || {
+            let log = bridge.log();
+            match log.matches(" closed: ").count() + log.matches(" reset: ").count() {
+                3 => Ok(()),
+                n => Err(format!("{n} of 3; log:\n{log}")),
+            }
+        });
+    }
+    assert_eq!(warnings(&with_key.log()), Vec::<&str>::new());
+    let server_log = server.log();
+    let server_warnings = warnings(&server_log);
+    assert_eq!(server_warnings.len(), 1, "{server_warnings:?}");
+    assert!(server_warnings[0].contains("not among the authorized keys"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
