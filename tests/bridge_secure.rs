@@ -260,9 +260,12 @@ fn without_a_key_or_with_a_wrong_one_the_target_never_sees_a_connection() {
         .unwrap();
 
     // A client with a key the server does not list.
-    let (_stranger, port) = forward(&url, &queue, &client_keys(&dir, "stranger.key"));
+    let (stranger, port) = forward(&url, &queue, &client_keys(&dir, "stranger.key"));
     let err = echo_through(port, b"let me in").unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+    // The client's side says why.
+    let line = stranger.wait_for("refused this end's key");
+    assert!(line.contains(" WARN "), "{line}");
     let line = server.wait_for(" refused: ");
     assert!(line.contains(" WARN "), "{line}");
     assert!(
@@ -445,6 +448,7 @@ fn an_abortive_end_is_still_a_reset_both_ways() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let target = listener.local_addr().unwrap();
     let (ended_tx, ended) = crossbeam_channel::unbounded();
+    let (arrived_tx, arrived) = crossbeam_channel::unbounded();
     std::thread::spawn(move || {
         let (mut upload, _) = listener.accept().unwrap();
         upload.set_read_timeout(Some(BOUND)).unwrap();
@@ -453,7 +457,10 @@ fn an_abortive_end_is_still_a_reset_both_ways() {
         let end = loop {
             match upload.read(&mut buf) {
                 Ok(0) => break Ok(received),
-                Ok(n) => received += n,
+                Ok(n) => {
+                    received += n;
+                    let _ = arrived_tx.send(());
+                }
                 Err(err) => break Err(err.kind()),
             }
         };
@@ -463,6 +470,8 @@ fn an_abortive_end_is_still_a_reset_both_ways() {
     let (_client, port) = forward(&url, &queue, &client_keys(&dir, "client.key"));
     let mut client = TcpStream::connect(port).unwrap();
     client.write_all(&vec![9u8; 1 << 20]).unwrap();
+    // Mid-upload: the target is connected and has data.
+    arrived.recv_timeout(BOUND).unwrap();
     socket2::SockRef::from(&client)
         .set_linger(Some(Duration::ZERO))
         .unwrap();

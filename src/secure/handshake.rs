@@ -6,6 +6,8 @@
 //! client -> server   hello (magic, mode), Noise message 1
 //! server -> client   Noise message 2
 //! client -> server   Noise message 3 (XK, XKpsk3) or an empty record (NNpsk0)
+//! server -> client   an empty record: accepted (the client reads it with
+//!                    its first read; its data need not wait for it)
 //! ```
 //!
 //! The server speaks first, and the client sends nothing until it has a
@@ -167,7 +169,9 @@ fn run_client<S: Channel>(io: &mut Deadlined<S>, config: &ClientConfig) -> io::R
         out.extend_from_slice(&sealed);
     }
     io.write_all(&out)?;
-    Ok(Session::new(transport, send_nonce, 0, None))
+    // The server's first record, its acceptance, is awaited by the
+    // first read: the client's data goes at once.
+    Ok(Session::new(transport, send_nonce, 0, None, true))
 }
 
 fn run_server<S: Channel>(io: &mut Deadlined<S>, config: &ServerConfig) -> io::Result<Session> {
@@ -260,7 +264,19 @@ fn run_server<S: Channel>(io: &mut Deadlined<S>, config: &ServerConfig) -> io::R
         }
         (transport, 1, None)
     };
-    Ok(Session::new(transport, 0, receive_nonce, peer_key))
+    // Accepted: an empty record says so (nonce 0), so that a refused
+    // client can tell a refusal from a stream that failed later.
+    let mut accept = [0u8; PREFIX_LEN + TAG_LEN];
+    accept[..PREFIX_LEN].copy_from_slice(&(TAG_LEN as u16).to_be_bytes());
+    transport
+        .write_message(0, &[], &mut accept[PREFIX_LEN..])
+        .map_err(noise)?;
+    io.write_all(&accept)?;
+    // Gone before anything else can happen to the stream: a reset that
+    // follows (the target refused, say) cannot overtake it and pass for
+    // a refusal of the client's key.
+    io.flush()?;
+    Ok(Session::new(transport, 1, receive_nonce, peer_key, false))
 }
 
 /// Writes the next handshake message, as a frame, to `out`.
@@ -356,10 +372,18 @@ impl<S: Channel> Deadlined<S> {
                 Err(err) => return Err(err),
             }
         }
-        self.arm()?;
+        Ok(())
+    }
+
+    /// Waits until what was written has left (for a [`Stream`]: the
+    /// broker has confirmed it).
+    ///
+    /// [`Stream`]: crate::Stream
+    fn flush(&mut self) -> io::Result<()> {
         loop {
+            self.arm()?;
             match self.io.flush() {
-                Err(err) if retry(&err) => self.arm()?,
+                Err(err) if retry(&err) => {}
                 other => return other,
             }
         }

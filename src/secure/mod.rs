@@ -52,7 +52,11 @@
 //! 65535 bytes (the Noise limit), so a write is split into records of at
 //! most 65519 bytes of data. Each direction counts its records (the
 //! Noise nonce): a replayed, dropped or reordered record fails to open.
-//! The end of data is an empty record.
+//! The end of data is an empty record. The server's first record, also
+//! empty, says it accepted the client: the client does not wait for it
+//! (its data follows its last handshake message at once), but its first
+//! read takes it, and a stream that ends or is reset before it is the
+//! server's refusal (`PermissionDenied`), not a cut-off stream.
 //!
 //! ```
 //! use amqp_stream::secure::{self, AuthorizedKeys, ClientConfig, KeyPair, ServerConfig};

@@ -114,6 +114,9 @@ struct Receiving {
     at: usize,
     len: usize,
     state: ReadState,
+    /// A client whose server has not yet said it accepted it: an end or
+    /// a reset now is the server's refusal.
+    awaiting_acceptance: bool,
 }
 
 #[derive(Clone)]
@@ -144,6 +147,7 @@ impl Session {
         send_nonce: u64,
         receive_nonce: u64,
         peer_key: Option<PublicKey>,
+        awaiting_acceptance: bool,
     ) -> Session {
         Session {
             keys,
@@ -164,6 +168,7 @@ impl Session {
                 at: 0,
                 len: 0,
                 state: ReadState::Open,
+                awaiting_acceptance,
             }),
             peer_key,
         }
@@ -283,7 +288,11 @@ impl Session {
                 Ok(Some(0)) => {}
                 // Opened straight into `buf`.
                 Ok(Some(n)) => return Ok(n),
-                Ok(None) => r.fill(inner)?,
+                Ok(None) => {
+                    if let Err(err) = r.fill(inner) {
+                        return Err(r.refused_or(err));
+                    }
+                }
                 Err(err) => {
                     r.state = ReadState::Failed(err.kind(), err.to_string());
                     return Err(err);
@@ -328,6 +337,13 @@ impl Session {
         })?;
         r.nonce += 1;
         r.start += PREFIX_LEN + sealed;
+        if r.awaiting_acceptance {
+            if opened != 0 {
+                return Err(invalid("the server's first record was not its acceptance"));
+            }
+            r.awaiting_acceptance = false;
+            return Ok(Some(0));
+        }
         if opened == 0 {
             r.state = ReadState::Closed;
             return Ok(Some(0));
@@ -347,6 +363,27 @@ fn invalid(message: &str) -> io::Error {
 }
 
 impl Receiving {
+    /// `err`, or, while the server has not accepted this client, the
+    /// refusal that the end of the stream (or its reset) means then.
+    fn refused_or(&mut self, err: io::Error) -> io::Error {
+        let refusal = matches!(
+            err.kind(),
+            ErrorKind::InvalidData
+                | ErrorKind::ConnectionReset
+                | ErrorKind::ConnectionAborted
+                | ErrorKind::UnexpectedEof
+        );
+        if !(self.awaiting_acceptance && refusal) {
+            return err;
+        }
+        let err = io::Error::new(
+            ErrorKind::PermissionDenied,
+            "the server refused this end's key (it ended the stream before accepting it)",
+        );
+        self.state = ReadState::Failed(err.kind(), err.to_string());
+        err
+    }
+
     /// Reads more of the connection into `raw`. Its end here is an
     /// error: the peer's close record did not come.
     fn fill(&mut self, inner: &mut impl Read) -> io::Result<()> {

@@ -377,7 +377,8 @@ fn a_client_key_not_authorized_is_refused() {
     // read finds the refusal.
     let mut client = client.unwrap();
     let err = read_some(&mut client).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::InvalidData, "{err}");
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    assert!(err.to_string().contains("refused this end's key"), "{err}");
     // Nor does a client that pins another server's key get in.
     let (_, server_config, _) = key_configs();
     let (client, server, _tap) = shake(&client_config, server_config);
@@ -499,4 +500,13 @@ fn records_split_anyhow_on_the_wire_read_back_into_buffers_of_any_size() {
     }
     assert_eq!(got.len(), data.len());
     assert!(got == data, "the data changed on the way");
+}
+
+#[test]
+fn once_accepted_an_end_without_the_close_record_is_no_refusal() {
+    let (mut client, server, _tap) = connected();
+    drop(server);
+    let err = read_some(&mut client).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidData, "{err}");
+    assert!(err.to_string().contains("truncated"), "{err}");
 }

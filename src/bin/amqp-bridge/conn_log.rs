@@ -47,9 +47,21 @@ impl ConnectionLog {
         );
     }
 
-    /// Logs that the far end refused the near end's key, or the near
-    /// end failed the secure handshake (it has been reset).
+    /// Logs that the near end failed the secure handshake (it has been
+    /// reset); one that reset its end meanwhile is its own business.
     pub fn refused(self, err: &io::Error) {
+        if matches!(
+            err.kind(),
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+        ) {
+            info!(
+                "#{} reset during the secure handshake: {} -> {}: {err}",
+                self.guard.id(),
+                self.from,
+                self.to
+            );
+            return;
+        }
         warn!(
             "#{} refused: {} -> {}: {err} (after {:.3} s)",
             self.guard.id(),
