@@ -255,7 +255,12 @@ impl KeyPair {
                 hex(&self.private.0)
             ),
         )?;
-        write_new_file(&public_path, 0o644, &format!("{}\n", self.line(comment)))
+        let written = write_new_file(&public_path, 0o644, &format!("{}\n", self.line(comment)));
+        if written.is_err() {
+            // Ours (created new above): no private key without its public one.
+            let _ = std::fs::remove_file(path);
+        }
+        written
     }
 
     /// The public key's line with a comment after it.
@@ -540,6 +545,12 @@ mod tests {
         );
         let err = pair.write_new(&path, "again").unwrap_err();
         assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+        // A public key file in the way: no private key is left behind.
+        let other = dir.join("other");
+        std::fs::write(public_path(&other), "in the way").unwrap();
+        let err = pair.write_new(&other, "").unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::AlreadyExists);
+        assert!(!other.exists());
         // A private key is not a pre-shared key.
         let err = PresharedKey::from_file(&path).unwrap_err();
         assert!(err.to_string().contains("it is a private key"), "{err}");
