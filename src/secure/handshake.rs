@@ -139,7 +139,17 @@ fn run_client<S: Channel>(io: &mut Deadlined<S>, config: &ClientConfig) -> io::R
     let message = io.read_frame().map_err(|err| {
         refused_or(
             err,
-            "the server refused the handshake: it does not accept this end's key",
+            match mode {
+                Mode::Psk => "the server refused the handshake: it holds another pre-shared key",
+                Mode::Keys => {
+                    "the server refused the handshake: it is not the server whose key this \
+                     end pinned"
+                }
+                Mode::KeysAndPsk => {
+                    "the server refused the handshake: it is not the server whose key this \
+                     end pinned, or holds another pre-shared key"
+                }
+            },
         )
     })?;
     noise_state

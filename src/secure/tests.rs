@@ -383,7 +383,12 @@ fn a_client_key_not_authorized_is_refused() {
     let (_, server_config, _) = key_configs();
     let (client, server, _tap) = shake(&client_config, server_config);
     assert_eq!(kind(server), ErrorKind::PermissionDenied);
-    assert_eq!(kind(client), ErrorKind::PermissionDenied);
+    let err = client.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied);
+    assert!(
+        err.to_string().contains("whose key this end pinned"),
+        "{err}"
+    );
 }
 
 #[test]
