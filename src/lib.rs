@@ -232,6 +232,14 @@
 //!   [window](StreamOptions::window) ahead of the peer's reader: memory
 //!   and broker queues stay bounded whatever the reader's pace.
 //!
+//! # End-to-end encryption
+//!
+//! The broker (and whoever runs it) can read and change every byte of a
+//! stream. With the `noise` feature, `secure` adds a layer over a
+//! stream (or any other connection): both ends hold a key (a pre-shared
+//! key, or key pairs with the server's public key pinned), and the broker
+//! carries only authenticated ciphertext.
+//!
 //! # Logging
 //!
 //! The crate logs through the `log` facade (a rejected connection request
@@ -260,6 +268,8 @@ mod mux;
 mod options;
 mod protocol;
 mod quiet_login;
+#[cfg(feature = "noise")]
+pub mod secure;
 mod shared;
 mod spare;
 mod stream;

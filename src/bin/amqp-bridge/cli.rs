@@ -1,9 +1,11 @@
 //! The command line: subcommands, their options and `--help`.
 
 use crate::allow::AllowRule;
+use crate::key_args::{ClientKeyArgs, ServeKeyArgs};
 use crate::target::Target;
 use clap::{Args, Parser, Subcommand};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The broker used when neither `--url` nor `AMQP_URL` names one.
@@ -105,6 +107,16 @@ Example: browse the network behind the machine serving queue `lan`:
 A target outside serve's --allow list gets the SOCKS reply \"connection not
 allowed by ruleset\"; one that refuses, \"connection refused\".")]
     Socks(SocksArgs),
+    /// Write a new key pair (or pre-shared key) for the end-to-end key options
+    #[command(after_help = "\
+Example: a database reachable only by holders of a key:
+  amqp-bridge keygen server.key      # on the server: prints its public key
+  amqp-bridge keygen client.key      # on the client: prints its public key
+  amqp-bridge serve --queue db --to 127.0.0.1:5432 \\
+      --key server.key --authorized-keys clients.pub
+  amqp-bridge forward --listen 127.0.0.1:5433 --queue db \\
+      --key client.key --peer-key server.key.pub")]
+    Keygen(KeygenArgs),
 }
 
 /// `serve`'s options.
@@ -129,6 +141,8 @@ pub struct ServeArgs {
     pub shared: bool,
     #[command(flatten)]
     pub stop: StopArgs,
+    #[command(flatten)]
+    pub keys: ServeKeyArgs,
 }
 
 /// `forward`'s options.
@@ -142,6 +156,8 @@ pub struct ForwardArgs {
     pub queue: String,
     #[command(flatten)]
     pub stop: StopArgs,
+    #[command(flatten)]
+    pub keys: ClientKeyArgs,
 }
 
 /// `socks`'s options.
@@ -156,6 +172,8 @@ pub struct SocksArgs {
     pub queue: String,
     #[command(flatten)]
     pub stop: StopArgs,
+    #[command(flatten)]
+    pub keys: ClientKeyArgs,
 }
 
 /// `connect`'s options.
@@ -168,6 +186,8 @@ pub struct ConnectArgs {
     #[arg(long, value_name = "SECONDS", default_value = "30",
           value_parser = seconds, allow_negative_numbers = true)]
     pub connect_timeout: Duration,
+    #[command(flatten)]
+    pub keys: ClientKeyArgs,
 }
 
 /// `http`'s options.
@@ -178,6 +198,23 @@ pub struct HttpArgs {
     pub listen: ListenAddress,
     #[command(flatten)]
     pub stop: StopArgs,
+    #[command(flatten)]
+    pub keys: ClientKeyArgs,
+}
+
+/// `keygen`'s options.
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Where to write the private key (0600); the public key goes to
+    /// FILE.pub and to standard output. Existing files are never replaced
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Write a pre-shared key to FILE instead (for --psk-file on both ends)
+    #[arg(long)]
+    pub psk: bool,
+    /// The comment after the public key (default: USER@HOST)
+    #[arg(long, conflicts_with = "psk")]
+    pub comment: Option<String>,
 }
 
 /// How a long-running subcommand stops.
@@ -190,7 +227,7 @@ pub struct StopArgs {
 }
 
 /// A number of seconds from the command line (`1.5`), as a `Duration`.
-fn seconds(value: &str) -> Result<Duration, String> {
+pub fn seconds(value: &str) -> Result<Duration, String> {
     let number: f64 = value
         .trim()
         .parse()
@@ -246,6 +283,37 @@ mod tests {
         // AMQP_URL may be set in the environment running the tests.
         let expected = std::env::var("AMQP_URL").unwrap_or_else(|_| DEFAULT_URL.to_string());
         assert_eq!(cli.url, expected);
+    }
+
+    #[test]
+    fn key_options_come_in_pairs() {
+        let parse = |args: &[&str]| Cli::try_parse_from(args).map(|_| ());
+        let forward = [
+            "amqp-bridge",
+            "forward",
+            "--listen",
+            "127.0.0.1:0",
+            "--queue",
+            "q",
+        ];
+        let with = |extra: &[&'static str]| [&forward[..], extra].concat();
+        assert!(parse(&with(&["--psk-file", "k"])).is_ok());
+        assert!(parse(&with(&["--key", "k", "--peer-key", "p"])).is_ok());
+        let err = parse(&with(&["--key", "k"])).unwrap_err();
+        assert!(err.to_string().contains("--peer-key"), "{err}");
+        let err = parse(&with(&["--authorized-keys", "a"])).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::UnknownArgument);
+        let serve = [
+            "amqp-bridge",
+            "serve",
+            "--queue",
+            "q",
+            "--to",
+            "127.0.0.1:1",
+        ];
+        let err = parse(&[&serve[..], &["--authorized-keys", "a"]].concat()).unwrap_err();
+        assert!(err.to_string().contains("--key"), "{err}");
+        assert!(parse(&[&serve[..], &["--key", "k", "--authorized-keys", "a"]].concat()).is_ok());
     }
 
     #[test]

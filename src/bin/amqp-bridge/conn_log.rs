@@ -47,6 +47,30 @@ impl ConnectionLog {
         );
     }
 
+    /// Logs that the near end failed the secure handshake (it has been
+    /// reset); one that reset its end meanwhile is its own business.
+    pub fn refused(self, err: &io::Error) {
+        if matches!(
+            err.kind(),
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+        ) {
+            info!(
+                "#{} reset during the secure handshake: {} -> {}: {err}",
+                self.guard.id(),
+                self.from,
+                self.to
+            );
+            return;
+        }
+        warn!(
+            "#{} refused: {} -> {}: {err} (after {:.3} s)",
+            self.guard.id(),
+            self.from,
+            self.to,
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
     /// Logs the end of a connection and what went through it.
     pub fn closed(self, transfer: &Transfer) {
         let id = self.guard.id();

@@ -6,17 +6,17 @@
 //! newline, until the stream ended). The end of standard input is the
 //! stream's FIN; a failure resets the stream.
 
-use crate::abort::abort_stream;
+use crate::broker_stream::{self, BrokerStream};
 use crate::cli::ConnectArgs;
 use crate::fatal::Fatal;
-use amqp_stream::{Connector, Stream};
+use crate::splice::Duplex;
+use amqp_stream::Connector;
 use crossbeam_channel::{Receiver, Sender, bounded, select, unbounded};
 use log::debug;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use std::fs::File;
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::Shutdown;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -51,10 +51,13 @@ enum Failure {
 /// standard output, until the far end closes, a failure, or a signal.
 pub fn run(url: &str, args: &ConnectArgs) -> Result<(), Fatal> {
     let started = Instant::now();
+    let secure = args.keys.load()?;
     let connector = Connector::open(url).map_err(Fatal::broker)?;
     let stream = connector
         .connect_timeout(&args.queue, args.connect_timeout)
         .map_err(Fatal::connect)?;
+    let stream = broker_stream::connect(stream, secure.as_ref())
+        .map_err(|err| Fatal::runtime(format!("queue {:?}: {err}", args.queue)))?;
     debug!("connected to queue {:?}", args.queue);
     let queue = args.queue.clone();
     let runtime = |e: io::Error| Fatal::runtime(e.to_string());
@@ -93,7 +96,7 @@ pub fn run(url: &str, args: &ConnectArgs) -> Result<(), Fatal> {
     {
         let done = done_tx.clone();
         let (stream, events_tx, stopping) = (
-            stream.try_clone().map_err(runtime)?,
+            stream.duplicate().map_err(runtime)?,
             events_tx.clone(),
             Arc::clone(&stopping),
         );
@@ -110,7 +113,7 @@ pub fn run(url: &str, args: &ConnectArgs) -> Result<(), Fatal> {
             .map_err(runtime)?;
     }
     {
-        let (stream, events_tx) = (stream.try_clone().map_err(runtime)?, events_tx.clone());
+        let (stream, events_tx) = (stream.duplicate().map_err(runtime)?, events_tx.clone());
         let stopping = Arc::clone(&stopping);
         std::thread::Builder::new()
             .name("from-stream".to_string())
@@ -131,10 +134,10 @@ pub fn run(url: &str, args: &ConnectArgs) -> Result<(), Fatal> {
     // broker connection.
     stopping.store(true, Ordering::SeqCst);
     if outcome.abort {
-        abort_stream(&stream);
+        stream.abort();
     }
     drop(stop_tx);
-    let _ = stream.shutdown(Shutdown::Read);
+    stream.stop_reading();
     // Disconnects once both threads have ended.
     let _ = let_go.recv_timeout(LET_GO);
     drop(stream);
@@ -230,14 +233,14 @@ fn read_input(mut stdin: File, chunks: &Sender<io::Result<Vec<u8>>>, pending: &A
 /// Writes what standard input gives into the stream, then its FIN;
 /// `None` when stopped first.
 fn send(
-    mut stream: &Stream,
+    mut stream: &BrokerStream,
     chunks: &Receiver<io::Result<Vec<u8>>>,
     stop: &Receiver<()>,
     stopping: &AtomicBool,
     input_ended: &AtomicBool,
     pending: &AtomicUsize,
 ) -> Option<Result<u64, Failure>> {
-    if let Err(err) = stream.set_write_timeout(Some(WRITE_POLL)) {
+    if let Err(err) = stream.set_write_limit(Some(WRITE_POLL)) {
         return Some(Err(Failure::Stream(err)));
     }
     let mut sent = 0;
@@ -271,15 +274,14 @@ fn send(
         pending.fetch_sub(1, Ordering::SeqCst);
     }
     input_ended.store(true, Ordering::SeqCst);
-    let fin = stream
-        .set_write_timeout(None)
-        .and_then(|()| stream.shutdown(Shutdown::Write));
+    // Without a write limit: it waits for the broker's confirms.
+    let fin = stream.finish();
     Some(fin.map(|()| sent).map_err(Failure::Stream))
 }
 
 /// Copies the stream onto standard output, each piece as it arrives,
 /// until the far end's FIN.
-fn receive(mut stream: &Stream, mut stdout: File) -> Result<u64, Failure> {
+fn receive(mut stream: &BrokerStream, mut stdout: File) -> Result<u64, Failure> {
     let mut buf = vec![0; CHUNK];
     let mut received = 0;
     loop {

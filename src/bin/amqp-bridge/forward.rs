@@ -2,6 +2,7 @@
 //! a served queue.
 
 use crate::abort::abort_tcp;
+use crate::broker_stream;
 use crate::cli::ForwardArgs;
 use crate::conn_log::ConnectionLog;
 use crate::fatal::Fatal;
@@ -9,11 +10,13 @@ use crate::lifecycle::ConnectionGuard;
 use crate::link::BrokerLink;
 use crate::splice::splice;
 use crate::tcp_front::FrontDoor;
+use amqp_stream::secure::ClientConfig;
 use log::info;
 use std::net::{SocketAddr, TcpStream};
 
 /// Forwards `args.listen` to `args.queue` until SIGINT/SIGTERM.
 pub fn run(url: &str, args: &ForwardArgs) -> Result<(), Fatal> {
+    let secure = args.keys.load()?;
     let front = FrontDoor::open(url, &args.listen.0, &args.stop)?;
     info!(
         "forwarding {} to queue {:?}",
@@ -21,19 +24,24 @@ pub fn run(url: &str, args: &ForwardArgs) -> Result<(), Fatal> {
         args.queue
     );
     let queue = args.queue.clone();
-    front.run(move |link, client, peer, guard| forward(link, &queue, client, peer, guard))
+    front.run(move |link, client, peer, guard| {
+        forward(link, &queue, secure.as_ref(), client, peer, guard)
+    })
 }
 
 fn forward(
     link: &BrokerLink,
     queue: &str,
+    secure: Option<&ClientConfig>,
     client: TcpStream,
     peer: SocketAddr,
     guard: ConnectionGuard,
 ) {
     let log = ConnectionLog::open(guard, peer.to_string(), format!("queue {queue:?}"));
     let _ = client.set_nodelay(true);
-    let stream = link.connect(queue);
+    let stream = link
+        .connect(queue)
+        .and_then(|stream| broker_stream::connect(stream, secure));
     match stream {
         Ok(stream) => {
             let transfer = splice(client, stream, |abort| log.on_abort(abort));

@@ -4,6 +4,7 @@
 //! through a stream to that queue.
 
 use crate::abort::abort_tcp;
+use crate::broker_stream;
 use crate::cli::HttpArgs;
 use crate::conn_log::ConnectionLog;
 use crate::fatal::Fatal;
@@ -11,6 +12,7 @@ use crate::lifecycle::ConnectionGuard;
 use crate::link::BrokerLink;
 use crate::splice::splice;
 use crate::tcp_front::FrontDoor;
+use amqp_stream::secure::ClientConfig;
 use log::{debug, info};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -27,12 +29,15 @@ const MAX_HEADERS: usize = 100;
 
 /// Serves HTTP on `args.listen` until SIGINT/SIGTERM.
 pub fn run(url: &str, args: &HttpArgs) -> Result<(), Fatal> {
+    let secure = args.keys.load()?;
     let front = FrontDoor::open(url, &args.listen.0, &args.stop)?;
     info!(
         "HTTP front door on {}: the {QUEUE_HEADER} header picks the queue",
         front.local_addr()
     );
-    front.run(serve_client)
+    front.run(move |link, client, peer, guard| {
+        serve_client(link, secure.as_ref(), client, peer, guard)
+    })
 }
 
 /// Why a request head cannot be forwarded, with the HTTP answer for it.
@@ -95,6 +100,7 @@ pub fn response(status: u16, reason: &str, message: &str) -> Vec<u8> {
 
 fn serve_client(
     link: &BrokerLink,
+    secure: Option<&ClientConfig>,
     mut client: TcpStream,
     peer: SocketAddr,
     guard: ConnectionGuard,
@@ -114,7 +120,9 @@ fn serve_client(
         }
     };
     let log = ConnectionLog::open(guard, peer.to_string(), format!("queue {queue:?}"));
-    let stream = link.connect(&queue);
+    let stream = link
+        .connect(&queue)
+        .and_then(|stream| broker_stream::connect(stream, secure));
     let mut stream = match stream {
         Ok(stream) => stream,
         Err(err) => {

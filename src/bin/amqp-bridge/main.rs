@@ -9,6 +9,7 @@
 mod abort;
 mod allow;
 mod backoff;
+mod broker_stream;
 mod chosen_target;
 mod cli;
 mod conn_log;
@@ -16,6 +17,8 @@ mod connect;
 mod fatal;
 mod forward;
 mod http;
+mod key_args;
+mod keygen;
 mod lifecycle;
 mod link;
 mod serve;
@@ -59,6 +62,7 @@ fn run(cli: &Cli) -> Result<(), Fatal> {
         Command::Connect(args) => connect::run(&cli.url, args),
         Command::Http(args) => http::run(&cli.url, args),
         Command::Socks(args) => socks::run(&cli.url, args),
+        Command::Keygen(args) => keygen::run(args),
     }
 }
 

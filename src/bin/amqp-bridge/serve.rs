@@ -2,18 +2,19 @@
 //! a TCP service: the fixed `--to`, or (with `--allow`) the one the
 //! stream's target request names.
 
-use crate::abort::abort_stream;
 use crate::allow::AllowList;
 use crate::backoff::Backoff;
+use crate::broker_stream;
 use crate::chosen_target::serve_chosen;
 use crate::cli::ServeArgs;
 use crate::conn_log::ConnectionLog;
 use crate::fatal::Fatal;
 use crate::lifecycle::Lifecycle;
 use crate::link::BrokerLink;
-use crate::splice::splice;
+use crate::splice::{Duplex, splice};
 use crate::target::Target;
 use crate::target_request::RefuseTargetRequest;
+use amqp_stream::secure::ServerConfig;
 use amqp_stream::{Addr, Listener, Stream, StreamOptions};
 use log::{debug, info, warn};
 use std::fmt;
@@ -28,12 +29,14 @@ const IN_USE_RETRY: Duration = Duration::from_secs(5);
 
 /// Serves `args.queue` until SIGINT/SIGTERM.
 pub fn run(url: &str, args: &ServeArgs) -> Result<(), Fatal> {
+    let secure = args.keys.load()?.map(Arc::new);
     let lifecycle = Lifecycle::install().map_err(|e| Fatal::runtime(e.to_string()))?;
     let server = Arc::new(Server {
         link: BrokerLink::open(url).map_err(Fatal::broker)?,
         queue: args.queue.clone(),
         options: StreamOptions::new().shared(args.shared),
         route: Route::of(args),
+        secure,
         listening: Mutex::new(None),
     });
     let listener = match server.bind_at_start() {
@@ -91,6 +94,8 @@ struct Server {
     queue: String,
     options: StreamOptions,
     route: Route,
+    /// The secure handshake every stream must pass first, if any.
+    secure: Option<Arc<ServerConfig>>,
     /// The listener in use, for `stop_accepting` to close.
     listening: Mutex<Option<Arc<Listener>>>,
 }
@@ -209,46 +214,62 @@ impl Server {
     }
 
     fn start(&self, stream: Stream, peer: Addr, lifecycle: &Arc<Lifecycle>) {
+        let secure = self.secure.clone();
+        let from = format!("stream {}", peer.queue());
         let spawned = match &self.route {
             Route::Chosen(allow) => {
                 let (allow, guard) = (Arc::clone(allow), lifecycle.enter());
-                let from = format!("stream {}", peer.queue());
                 std::thread::Builder::new()
                     .name("serve".to_string())
-                    .spawn(move || match stream.try_clone() {
-                        Ok(limited) => {
-                            let read_limit = move |limit| limited.set_read_timeout(limit);
-                            serve_chosen(stream, read_limit, &from, &allow, guard);
-                        }
-                        Err(err) => {
-                            warn!("#{} {from}: {err}", guard.id());
-                            abort_stream(&stream);
+                    .spawn(move || {
+                        // A client without an accepted key ends here,
+                        // reset, before its request is even read.
+                        let conn = match broker_stream::accept(stream, secure.as_deref()) {
+                            Ok(conn) => conn,
+                            Err(err) => {
+                                let log = ConnectionLog::open(guard, from, "a chosen target");
+                                return log.refused(&err);
+                            }
+                        };
+                        match conn.stream().try_clone() {
+                            Ok(limited) => {
+                                let read_limit = move |limit| limited.set_read_timeout(limit);
+                                serve_chosen(conn, read_limit, &from, &allow, guard);
+                            }
+                            Err(err) => {
+                                warn!("#{} {from}: {err}", guard.id());
+                                conn.abort();
+                            }
                         }
                     })
             }
             Route::Fixed(target) => {
-                let log = ConnectionLog::open(
-                    lifecycle.enter(),
-                    format!("stream {}", peer.queue()),
-                    target.to_string(),
-                );
+                let log = ConnectionLog::open(lifecycle.enter(), from, target.to_string());
                 let target = target.clone();
                 std::thread::Builder::new()
                     .name("serve".to_string())
-                    .spawn(move || match target.connect() {
-                        Ok(tcp) => {
-                            // A target request (a `socks` at the wrong
-                            // serve) is refused, not passed to the target.
-                            let stream = RefuseTargetRequest::new(stream);
-                            let transfer = splice(stream, tcp, |abort| log.on_abort(abort));
-                            log.closed(&transfer);
-                        }
-                        // Reset: the client sees what a refused TCP
-                        // connection would give it, not an empty reply.
-                        Err(err) => {
-                            abort_stream(&stream);
-                            drop(stream);
-                            log.failed(&err);
+                    .spawn(move || {
+                        // A client without an accepted key ends here,
+                        // reset, before anything connects to the target.
+                        let stream = match broker_stream::accept(stream, secure.as_deref()) {
+                            Ok(stream) => stream,
+                            Err(err) => return log.refused(&err),
+                        };
+                        match target.connect() {
+                            Ok(tcp) => {
+                                // A target request (a `socks` at the wrong
+                                // serve) is refused, not passed to the target.
+                                let stream = RefuseTargetRequest::new(stream);
+                                let transfer = splice(stream, tcp, |abort| log.on_abort(abort));
+                                log.closed(&transfer);
+                            }
+                            // Reset: the client sees what a refused TCP
+                            // connection would give it, not an empty reply.
+                            Err(err) => {
+                                stream.abort();
+                                drop(stream);
+                                log.failed(&err);
+                            }
                         }
                     })
             }

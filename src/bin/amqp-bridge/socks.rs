@@ -3,7 +3,8 @@
 //! target request; `serve --allow` connects the target (or refuses), and
 //! its answer becomes the SOCKS reply.
 
-use crate::abort::{abort_stream, abort_tcp};
+use crate::abort::abort_tcp;
+use crate::broker_stream;
 use crate::cli::SocksArgs;
 use crate::conn_log::ConnectionLog;
 use crate::fatal::Fatal;
@@ -12,9 +13,10 @@ use crate::link::BrokerLink;
 use crate::socks5::{
     Command, ReplyCode, Socks5Error, is_client_gone, read_greeting_and_request, reply,
 };
-use crate::splice::splice;
+use crate::splice::{Duplex, splice};
 use crate::target_request::{AnswerError, Reply, ask};
 use crate::tcp_front::FrontDoor;
+use amqp_stream::secure::ClientConfig;
 use log::{debug, info};
 use std::io::{self, ErrorKind, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -34,8 +36,11 @@ pub fn run(url: &str, args: &SocksArgs) -> Result<(), Fatal> {
         front.local_addr(),
         args.queue
     );
+    let secure = args.keys.load()?;
     let queue = args.queue.clone();
-    front.run(move |link, client, peer, guard| serve_client(link, &queue, client, peer, guard))
+    front.run(move |link, client, peer, guard| {
+        serve_client(link, &queue, secure.as_ref(), client, peer, guard)
+    })
 }
 
 /// The SOCKS5 reply for `serve`'s answer.
@@ -56,6 +61,7 @@ pub fn reply_code(answer: Reply) -> ReplyCode {
 fn serve_client(
     link: &BrokerLink,
     queue: &str,
+    secure: Option<&ClientConfig>,
     mut client: TcpStream,
     peer: SocketAddr,
     guard: ConnectionGuard,
@@ -91,7 +97,11 @@ fn serve_client(
         peer.to_string(),
         format!("{target} via queue {queue:?}"),
     );
-    let stream = match link.connect(queue) {
+    // The secure handshake, when there is one, goes before the request.
+    let stream = link
+        .connect(queue)
+        .and_then(|stream| broker_stream::connect(stream, secure));
+    let stream = match stream {
         Ok(stream) => stream,
         Err(err) => {
             answer_and_close(&client, ReplyCode::GeneralFailure);
@@ -99,19 +109,19 @@ fn serve_client(
             return;
         }
     };
-    // (The secure handshake, when there is one, goes before the request.)
-    let answer = stream
+    let limited = stream.stream();
+    let answer = limited
         .set_read_timeout(Some(ANSWER_TIMEOUT))
         .map_err(AnswerError::Io)
         .and_then(|()| ask(&mut &stream, &target))
         .and_then(|answer| {
-            stream.set_read_timeout(None)?;
+            limited.set_read_timeout(None)?;
             Ok(answer)
         });
     match answer {
         Ok(Reply::Connected) => {
             if let Err(err) = (&client).write_all(&reply(ReplyCode::Succeeded)) {
-                abort_stream(&stream);
+                stream.abort();
                 abort_tcp(&client);
                 log.failed(&err);
                 return;
@@ -126,7 +136,7 @@ fn serve_client(
         Err(err) => {
             // Whatever came back is not for the client: the stream is
             // reset and the client told the proxy failed.
-            abort_stream(&stream);
+            stream.abort();
             answer_and_close(&client, ReplyCode::GeneralFailure);
             let kind = match &err {
                 AnswerError::Io(io) => io.kind(),
