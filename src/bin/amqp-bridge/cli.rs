@@ -3,6 +3,7 @@
 use crate::target::Target;
 use clap::{Args, Parser, Subcommand};
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The broker used when neither `--url` nor `AMQP_URL` names one.
@@ -77,6 +78,28 @@ Example: reach the web server served as queue `web`:
   curl -H 'X-AMQP-Server-Queue: web' http://127.0.0.1:8080/
 A request without the header is answered 400 Bad Request.")]
     Http(HttpArgs),
+
+    /// Run the tunnels a config file lists (serve, forward, http, ...);
+    /// SIGHUP reloads it
+    #[command(after_help = "\
+Example: three tunnels from one file, metrics on port 9100:
+  amqp-bridge run --config /etc/amqp-bridge/tunnels.toml --metrics 127.0.0.1:9100
+The file has a table per tunnel, [KIND.NAME], whose keys are the options
+of that subcommand without their dashes:
+  url = \"amqp://bridge:secret@broker:5672/%2f\"   # optional, for every tunnel
+  [serve.db]
+  queue = \"db\"
+  to = \"127.0.0.1:5432\"
+  [forward.web]
+  listen = \"127.0.0.1:8080\"
+  queue = \"web\"")]
+    Run(RunArgs),
+
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    #[command(after_help = "\
+Example: completions for bash, for every new shell:
+  amqp-bridge completions bash > /etc/bash_completion.d/amqp-bridge")]
+    Completions(CompletionsArgs),
 }
 
 /// `serve`'s options.
@@ -95,6 +118,8 @@ pub struct ServeArgs {
     pub shared: bool,
     #[command(flatten)]
     pub stop: StopArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// `forward`'s options.
@@ -108,6 +133,8 @@ pub struct ForwardArgs {
     pub queue: String,
     #[command(flatten)]
     pub stop: StopArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// `connect`'s options.
@@ -130,6 +157,40 @@ pub struct HttpArgs {
     pub listen: ListenAddress,
     #[command(flatten)]
     pub stop: StopArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+}
+
+/// `run`'s options.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The TOML file that lists the tunnels (read again on SIGHUP)
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// After SIGINT or SIGTERM, how long open connections may go on (for
+    /// the tunnels whose table sets no `grace`)
+    #[arg(long, value_name = "SECONDS", value_parser = seconds, allow_negative_numbers = true)]
+    pub grace: Option<Duration>,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+}
+
+/// `completions`' options.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to write completions for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// Where the metrics are served.
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (open and total
+    /// connections, bytes each way, refusals and failures by reason,
+    /// broker reconnects, handshake latency)
+    #[arg(long, value_name = "ADDR:PORT", value_parser = listen_address)]
+    pub metrics: Option<ListenAddress>,
 }
 
 /// How a long-running subcommand stops.

@@ -3,12 +3,14 @@
 //!
 //! `serve` accepts streams on a queue and connects each to a TCP service;
 //! `forward` and `http` accept TCP clients and carry each to a served
-//! queue; `connect` joins standard input and output to one stream. See
-//! `amqp-bridge --help`.
+//! queue; `connect` joins standard input and output to one stream; `run`
+//! runs the tunnels a config file lists. See `amqp-bridge --help`.
 
 mod abort;
 mod backoff;
 mod cli;
+mod completions;
+mod config;
 mod conn_log;
 mod connect;
 mod fatal;
@@ -16,10 +18,18 @@ mod forward;
 mod http;
 mod lifecycle;
 mod link;
+mod metered;
+mod metrics;
+mod metrics_http;
+mod run;
 mod serve;
+mod shutdown;
+mod signals;
+mod single;
 mod splice;
 mod target;
 mod tcp_front;
+mod tunnel;
 
 use amqp_stream::BrokerUrl;
 use clap::Parser;
@@ -44,6 +54,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> Result<(), Fatal> {
+    if let Command::Completions(args) = &cli.command {
+        completions::run(args);
+        return Ok(());
+    }
     // Every argument is checked before the network is touched.
     cli.url
         .parse::<BrokerUrl>()
@@ -53,6 +67,8 @@ fn run(cli: &Cli) -> Result<(), Fatal> {
         Command::Forward(args) => forward::run(&cli.url, args),
         Command::Connect(args) => connect::run(&cli.url, args),
         Command::Http(args) => http::run(&cli.url, args),
+        Command::Run(args) => run::run(&cli.url, args),
+        Command::Completions(_) => Ok(()),
     }
 }
 
