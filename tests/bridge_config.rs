@@ -201,9 +201,14 @@ queue = "{kept}"
     on_removed.read_exact(&mut word).unwrap();
     assert_eq!(&word, b"before");
 
-    file.write(&kept_tables);
+    // The new file drops one tunnel and adds another.
+    let added: SocketAddr = format!("127.0.0.1:{}", common::free_port())
+        .parse()
+        .unwrap();
+    let added_table = format!("\n[forward.added]\nlisten = \"{added}\"\nqueue = \"{kept}\"\n");
+    file.write(&format!("{kept_tables}{added_table}"));
     bridge.signal("HUP");
-    bridge.wait_for("0 started, 1 stopped, 2 unchanged, 0 failed");
+    bridge.wait_for("1 started, 1 stopped, 2 unchanged, 0 failed");
 
     // The removed tunnel accepts nothing more: its queue is gone.
     common::eventually(BOUND, "the removed tunnel's queue is deleted", || {
@@ -230,11 +235,18 @@ queue = "{kept}"
     assert_eq!(&word, b"after!");
     on_removed.shutdown(Shutdown::Write).unwrap();
     assert_eq!(on_removed.read(&mut word).unwrap(), 0);
+    // Its last connection ended: the removed tunnel is gone for good.
+    bridge.wait_for("tunnel serve \"removed\" removed: its last connection has ended");
 
     // The kept tunnels were not restarted and still work.
     let again = common::random_bytes(1 << 20, 6);
     assert_same("after the reload", &again, &round_trip(port, again.clone()));
-    assert_eq!(count_lines(&bridge, "forwarding "), 1, "{}", bridge.log());
+    assert_same(
+        "the added tunnel",
+        &again,
+        &round_trip(added, again.clone()),
+    );
+    assert_eq!(count_lines(&bridge, "forwarding "), 2, "{}", bridge.log());
     assert_eq!(
         count_lines(&bridge, &format!("serving queue {kept:?}")),
         1,
@@ -450,6 +462,33 @@ queue = "{nowhere}"
         !text.contains("amqp_bridge_failed_connections_total{"),
         "nothing failed:\n{text}"
     );
+    stop(&bridge);
+}
+
+#[test]
+fn a_single_tunnel_command_serves_metrics_too() {
+    let queue = common::queue("config-single");
+    let bridge = Bridge::start(
+        &common::url(),
+        &[
+            "serve",
+            "--queue",
+            &queue,
+            "--to",
+            &echo_service().to_string(),
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
+    bridge.wait_for("serving queue");
+    let endpoint = address_in(
+        &line_with(&bridge, "metrics on http://")
+            .replace("http://", "")
+            .replace("/metrics", ""),
+    );
+    let text = scrape(endpoint);
+    let series = format!("amqp_bridge_connections_total{{kind=\"serve\",tunnel=\"{queue}\"}}");
+    assert_eq!(value(&text, &series), Some(0.0), "{text}");
     stop(&bridge);
 }
 

@@ -58,6 +58,11 @@ impl TunnelMetrics {
         })
     }
 
+    /// `kind "name"`, for the logs.
+    pub fn label(&self) -> String {
+        format!("{} {:?}", self.kind, self.name)
+    }
+
     /// A connection opened.
     pub fn opened(&self) {
         self.open.fetch_add(1, Ordering::Relaxed);

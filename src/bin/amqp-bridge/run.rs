@@ -153,7 +153,9 @@ fn close_finished(retired: &mut Vec<Tunnel>) {
         .partition(|t| t.connections().open() == 0);
     *retired = open;
     for tunnel in done {
+        let label = tunnel.label();
         tunnel.close();
+        info!("tunnel {label} removed: its last connection has ended");
     }
 }
 

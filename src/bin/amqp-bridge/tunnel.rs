@@ -65,6 +65,11 @@ impl Tunnel {
         &self.metrics
     }
 
+    /// `kind "name"`, for the logs.
+    pub fn label(&self) -> String {
+        self.metrics.label()
+    }
+
     /// How long its open connections may go on once the process stops.
     pub fn grace(&self) -> Duration {
         self.grace
