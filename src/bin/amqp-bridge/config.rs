@@ -107,27 +107,31 @@ pub fn parse(text: &str, file: &str, defaults: &Defaults) -> Result<Vec<TunnelSp
             }
         }
     }
+    // In the order of the file: tunnels start in it, and the first
+    // error in it is the one reported.
     let mut specs = Vec::new();
     for (kind, tunnels) in sections {
         for (name, table) in tunnels {
             let name_text = name.get_ref().to_string();
-            let DeValue::Table(table) = table.get_ref() else {
-                return Err(at(
+            let spec = match table.get_ref() {
+                DeValue::Table(table) => Tunnel {
+                    text,
+                    file,
+                    kind: &kind,
+                    name: &name_text,
+                    name_span: name.span(),
+                }
+                .spec(table, &url, defaults),
+                _ => Err(at(
                     name.span(),
                     format!("{kind}.{name_text}: expected a table [{kind}.NAME] per tunnel"),
-                ));
+                )),
             };
-            let tunnel = Tunnel {
-                text,
-                file,
-                kind: &kind,
-                name: &name_text,
-                name_span: name.span(),
-            };
-            specs.push(tunnel.spec(table, &url, defaults)?);
+            specs.push((name.span().start, spec));
         }
     }
-    Ok(specs)
+    specs.sort_by_key(|(offset, _)| *offset);
+    specs.into_iter().map(|(_, spec)| spec).collect()
 }
 
 /// One `[KIND.NAME]` table being turned into an argument list.
@@ -405,6 +409,30 @@ url = "amqp://other:pw@broker2/%2f"
             err.starts_with("tunnels.toml:3: forward \"x\": --queue: "),
             "{err}"
         );
+    }
+
+    #[test]
+    fn tunnels_come_in_the_order_of_the_file_and_so_does_the_first_error() {
+        let text = "[serve.b]\nqueue = \"b\"\nto = \"127.0.0.1:1\"\n\
+                    [forward.a]\nlisten = \"127.0.0.1:0\"\nqueue = \"a\"\n\
+                    [serve.c]\nqueue = \"c\"\nto = \"127.0.0.1:1\"\n";
+        let names: Vec<String> = check(text).unwrap().into_iter().map(|s| s.name).collect();
+        assert_eq!(names, ["b", "a", "c"]);
+        let err = check(&format!("{text}[forward.z]\n"))
+            .map(drop)
+            .unwrap_err();
+        assert!(
+            err.starts_with("tunnels.toml:10: forward \"z\": missing"),
+            "{err}"
+        );
+        let err = check(
+            &text
+                .replace("\"c\"", "\"\"")
+                .replace("queue = \"a\"", "queue = \"\""),
+        )
+        .map(drop)
+        .unwrap_err();
+        assert!(err.starts_with("tunnels.toml:6: forward \"a\""), "{err}");
     }
 
     #[test]
