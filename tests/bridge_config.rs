@@ -258,6 +258,67 @@ queue = "{kept}"
 }
 
 #[test]
+fn sigterm_gives_each_tunnels_connections_its_own_grace() {
+    let queue = common::queue("config-grace");
+    let file = ConfigFile::new(&format!(
+        r#"
+[serve.echo]
+queue = "{queue}"
+to = "{}"
+
+[forward.short]
+listen = "127.0.0.1:0"
+queue = "{queue}"
+grace = 0.5
+
+[forward.long]
+listen = "127.0.0.1:0"
+queue = "{queue}"
+grace = 60
+"#,
+        echo_service()
+    ));
+    let bridge = Bridge::start(&common::url(), &["run", "--config", file.path()]);
+    bridge.wait_for("running 3 tunnel(s)");
+    let ports: Vec<SocketAddr> = bridge
+        .log()
+        .lines()
+        .filter(|l| l.contains(&format!("to queue {queue:?}")))
+        .map(address_in)
+        .collect();
+    assert_eq!(ports.len(), 2);
+    let open = |port| {
+        let mut client = TcpStream::connect(port).unwrap();
+        client.set_read_timeout(Some(BOUND)).unwrap();
+        client.write_all(b"hello").unwrap();
+        let mut echoed = [0u8; 5];
+        client.read_exact(&mut echoed).unwrap();
+        client
+    };
+    let mut clients: Vec<TcpStream> = ports.iter().map(|&p| open(p)).collect();
+    // Which client is on the short grace: the order of the log lines is
+    // the order the tunnels started in, the file's.
+    let mut long = clients.pop().unwrap();
+    let mut short = clients.pop().unwrap();
+
+    bridge.signal("TERM");
+    let mut rest = Vec::new();
+    let err = short.read_to_end(&mut rest).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+    bridge.wait_for("resetting 1 connection(s) still open");
+    // The other tunnel's connection goes on, and ends normally.
+    long.write_all(b"still").unwrap();
+    let mut echoed = [0u8; 5];
+    long.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"still");
+    long.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(long.read(&mut echoed).unwrap(), 0);
+    let status = bridge.wait_exit();
+    assert!(status.success(), "{status}; log:\n{}", bridge.log());
+    bridge.wait_for("all connections closed; exiting");
+}
+
+#[test]
 fn a_bad_file_at_start_exits_2_naming_its_line() {
     let file = ConfigFile::new("# tunnels\n[serve.db]\nqueue = \"db\"\nto = \"127.0.0.1\"\n");
     let bridge = Bridge::start_logging(&common::url(), &["run", "--config", file.path()], "");
