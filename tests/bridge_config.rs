@@ -319,6 +319,33 @@ grace = 60
 }
 
 #[test]
+fn a_changed_tunnel_restarts_with_its_new_options() {
+    let queue = common::queue("config-changed");
+    let serve = format!(
+        "[serve.echo]\nqueue = \"{queue}\"\nto = \"{}\"\n",
+        echo_service()
+    );
+    let forward =
+        |port: u16| format!("[forward.x]\nlisten = \"127.0.0.1:{port}\"\nqueue = \"{queue}\"\n");
+    let (before, after) = (common::free_port(), common::free_port());
+    let file = ConfigFile::new(&format!("{serve}{}", forward(before)));
+    let bridge = Bridge::start(&common::url(), &["run", "--config", file.path()]);
+    bridge.wait_for("running 2 tunnel(s)");
+    let data = common::random_bytes(100_000, 11);
+    let old: SocketAddr = format!("127.0.0.1:{before}").parse().unwrap();
+    assert_same("before", &data, &round_trip(old, data.clone()));
+
+    file.write(&format!("{serve}{}", forward(after)));
+    bridge.signal("HUP");
+    bridge.wait_for("1 started, 1 stopped, 1 unchanged, 0 failed");
+    let refused = TcpStream::connect(old).unwrap_err();
+    assert_eq!(refused.kind(), io::ErrorKind::ConnectionRefused);
+    let new: SocketAddr = format!("127.0.0.1:{after}").parse().unwrap();
+    assert_same("after", &data, &round_trip(new, data.clone()));
+    stop(&bridge);
+}
+
+#[test]
 fn a_bad_file_at_start_exits_2_naming_its_line() {
     let file = ConfigFile::new("# tunnels\n[serve.db]\nqueue = \"db\"\nto = \"127.0.0.1\"\n");
     let bridge = Bridge::start_logging(&common::url(), &["run", "--config", file.path()], "");

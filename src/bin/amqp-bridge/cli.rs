@@ -11,9 +11,10 @@ pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0  finished, or stopped by SIGINT/SIGTERM (connect: or SIGHUP)
+  0  finished, or stopped by SIGINT/SIGTERM (connect: or SIGHUP;
+     run: SIGHUP reloads the config file)
   1  failed while running
-  2  bad arguments (URL, address, queue name)
+  2  bad arguments (URL, address, queue name), or a bad config file
   3  the broker cannot be reached
   4  the broker refused the user name, password or virtual host
   5  address in use (the queue is served elsewhere, or the TCP port is taken)
