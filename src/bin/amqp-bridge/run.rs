@@ -12,7 +12,7 @@ use crate::metrics_http;
 use crate::shutdown;
 use crate::signals;
 use crate::tunnel::{self, Tunnel};
-use crossbeam_channel::{select, tick};
+use crossbeam_channel::{Receiver, select, tick, unbounded};
 use log::{error, info};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use std::path::Path;
@@ -79,7 +79,7 @@ pub fn run(url: &str, args: &RunArgs) -> Result<(), Fatal> {
                 Ok(SIGHUP) => reload(path, &defaults, &mut running, &mut retired),
                 Ok(signal) => {
                     let all = running.into_iter().map(|r| r.tunnel).chain(retired).collect();
-                    shutdown::stop_all(all, signal, &signals);
+                    shutdown::stop_all(all, signal, &stop_signals(signals));
                     return Ok(());
                 }
                 Err(_) => return Ok(()),
@@ -87,6 +87,22 @@ pub fn run(url: &str, args: &RunArgs) -> Result<(), Fatal> {
             recv(checks) -> _ => close_finished(&mut retired),
         }
     }
+}
+
+/// The signals that cut a stop's grace short: SIGINT and SIGTERM (a
+/// SIGHUP then is ignored).
+fn stop_signals(signals: Receiver<i32>) -> Receiver<i32> {
+    let (stop_tx, stop) = unbounded();
+    let _ = std::thread::Builder::new()
+        .name("stop-signals".to_string())
+        .spawn(move || {
+            for signal in signals.iter().filter(|&s| s != SIGHUP) {
+                if stop_tx.send(signal).is_err() {
+                    break;
+                }
+            }
+        });
+    stop
 }
 
 fn start(spec: &TunnelSpec) -> Result<Tunnel, Fatal> {
