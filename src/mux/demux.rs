@@ -48,10 +48,21 @@ pub(super) fn run(
                         debug!("{:?}: dropped a message that names no stream", feeds.queue);
                         continue;
                     };
-                    if let Some(route) = lock(&feeds.routes.streams).get(to.as_str()) {
-                        let _ = route.deliveries.send(ConsumerMessage::Delivery(delivery));
-                    } else {
-                        debug!("{:?}: dropped a frame for stream {to:?}, which is not here", feeds.queue);
+                    let stray = {
+                        let streams = lock(&feeds.routes.streams);
+                        match streams.get(to.as_str()) {
+                            Some(route) => {
+                                let _ = route.deliveries.send(ConsumerMessage::Delivery(delivery));
+                                None
+                            }
+                            None => Some(delivery),
+                        }
+                    };
+                    if let Some(delivery) = stray {
+                        debug!("{:?}: a frame for stream {to:?}, which is not here", feeds.queue);
+                        if let Some(mux) = mux.upgrade() {
+                            mux.answer_stray(&delivery);
+                        }
                     }
                 }
                 Ok(other) => {

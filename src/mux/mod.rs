@@ -14,13 +14,19 @@ mod confirms;
 mod demux;
 
 use crate::error::Error;
+use crate::protocol::frame;
 use crate::shared::lock;
 use amiquip::{AmqpProperties, Channel, Confirm, ConsumerMessage, Publish, Return};
 use confirms::ConfirmBook;
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use log::debug;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// The sender id of what the connection itself publishes (the answer
+/// to a stray frame): no stream ever has it (ids are 32 hex digits).
+const NOBODY: &str = "-";
 
 /// The prefix of a connection's queue.
 const QUEUE_PREFIX: &str = "amqp-stream.conn.";
@@ -176,9 +182,12 @@ impl Mux {
         body: &[u8],
         properties: AmqpProperties,
     ) -> Result<(), amiquip::Error> {
+        // `reply_to` on every frame: a connection that gets a frame for a
+        // stream it does not hold (any more) answers it with a reset there.
         let properties = properties
             .with_correlation_id(to.to_string())
-            .with_app_id(from.to_string());
+            .with_app_id(from.to_string())
+            .with_reply_to(self.queue.clone());
         let mut publishing = lock(&self.publishing);
         publishing.channel.basic_publish(
             "",
@@ -192,6 +201,39 @@ impl Mux {
         )?;
         publishing.book.record(Arc::clone(from), tag);
         Ok(())
+    }
+
+    /// Answers a frame for a stream id this connection does not hold with
+    /// a reset to the stream that sent it: its peer is gone (closed, or
+    /// never there: a client that gave up before the SYN-ACK came), and
+    /// with the connection's queue still there nothing else would tell it.
+    /// Only frames whose loss costs the sender bytes or liveness are
+    /// answered: handshakes, data, FINs and keepalives, never a reset
+    /// (no answer to an answer) or a window report (nothing of the
+    /// stream's bytes is lost with it).
+    fn answer_stray(&self, delivery: &amiquip::Delivery) {
+        let properties = &delivery.properties;
+        let answered = match properties.type_().as_deref() {
+            None => true,
+            Some(kind) => matches!(kind, frame::DATA | frame::FIN | frame::KEEPALIVE),
+        };
+        let (Some(queue), Some(to)) = (properties.reply_to(), properties.app_id()) else {
+            return;
+        };
+        if !answered || queue == &self.queue || to.len() > 128 {
+            return;
+        }
+        let from: Arc<str> = Arc::from(NOBODY);
+        if let Err(err) = self.publish(
+            &from,
+            0,
+            queue,
+            to,
+            b"no such stream",
+            frame::reset_properties(),
+        ) {
+            debug!("{:?}: could not answer a stray frame: {err}", self.queue);
+        }
     }
 
     /// The stream confirms a confirm of the publishing channel stands for.
