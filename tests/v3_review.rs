@@ -94,8 +94,13 @@ fn streams_of_clients_that_gave_up_fail(version: ProtocolVersion) {
     let (_kept_accepted, _) = listener.accept().unwrap();
     let mut gave_up = 0;
     let mut connected = Vec::new();
-    for _ in 0..40 {
-        match client.connect_timeout(&q, Duration::from_millis(1)) {
+    // How soon the answer comes varies: try until enough clients gave up.
+    for attempt in 0..400 {
+        if gave_up >= 10 {
+            break;
+        }
+        let timeout = Duration::from_micros(100 + 50 * (attempt % 20));
+        match client.connect_timeout(&q, timeout) {
             Err(err) if err.kind() == ErrorKind::TimedOut => gave_up += 1,
             Err(err) => panic!("{version}: connect failed: {err}"),
             Ok(stream) => connected.push(stream),
@@ -172,4 +177,70 @@ fn v2_streams_of_clients_that_gave_up_fail() {
 #[test]
 fn v3_streams_of_clients_that_gave_up_fail() {
     streams_of_clients_that_gave_up_fail(ProtocolVersion::V3);
+}
+
+/// A peer that ignores the window floods a version-3 stream nobody is
+/// reading at the moment. Version 2's consumer takes at most `prefetch`
+/// messages from the broker; version 3 consumes its connection's queue
+/// with no ack and no prefetch, and the demultiplexer hands every
+/// delivery to the stream's unbounded channel, where it waits until a
+/// reader, a writer waiting for credit or the worker's keepalive tick
+/// sorts it. Until then the flood grows this process's memory as fast as
+/// the broker delivers: it must stay bounded by about the window.
+#[test]
+fn v3_a_flood_into_a_stream_nobody_reads_stays_bounded() {
+    const MIB: u64 = 1 << 20;
+    const FRAMES: u64 = 160;
+    let options = StreamOptions::new()
+        .protocol_version(Some(ProtocolVersion::V3))
+        .keepalive_interval(Duration::from_secs(60));
+    let q = queue("v3r-flood");
+    let server = Connector::open_with(&url(), options.clone()).unwrap();
+    let listener = server.bind(&q).unwrap();
+    let client = Connector::open_with(&url(), options).unwrap();
+    let victim = client.connect(&q).unwrap();
+    let (_peer, _) = listener.accept().unwrap();
+    let local = victim.local_addr().unwrap();
+    let (conn_queue, id) = local.queue().split_once('#').expect("QUEUE#ID");
+    let (conn_queue, id) = (conn_queue.to_string(), id.to_string());
+    let memory_before = common::resident_bytes();
+
+    let mut raw = common::raw_connection();
+    let channel = raw.open_channel(None).unwrap();
+    let body = vec![0x5au8; MIB as usize];
+    for seq in 1..=FRAMES {
+        let properties = amiquip::AmqpProperties::default()
+            .with_type_("data".to_string())
+            .with_message_id(seq.to_string())
+            .with_correlation_id(id.clone())
+            .with_app_id("forger".to_string());
+        common::raw::publish_with(&channel, &conn_queue, &body, properties);
+    }
+    // Everything published has left the broker for our process.
+    common::eventually(
+        Duration::from_secs(60),
+        "the flood delivered",
+        || match common::queue_depth(&conn_queue) {
+            Some((0, _)) => Ok(()),
+            other => Err(format!("{conn_queue:?} holds {other:?}")),
+        },
+    );
+    let grown = common::resident_bytes().saturating_sub(memory_before);
+    eprintln!(
+        "flood of {FRAMES} MiB into a stream with a 1 MiB window nobody reads: memory +{} MiB",
+        grown / MIB
+    );
+    assert!(
+        grown < 48 * MIB,
+        "memory grew {} MiB while {FRAMES} MiB were forged into a 1 MiB window",
+        grown / MIB
+    );
+    // And the stream fails as the flood demands.
+    victim
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut sink = Vec::new();
+    let failure = (&victim).read_to_end(&mut sink).unwrap_err();
+    assert_eq!(failure.kind(), ErrorKind::InvalidData, "{failure}");
+    drop(raw.close());
 }
