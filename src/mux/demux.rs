@@ -49,10 +49,10 @@ pub(super) fn run(
                         continue;
                     };
                     let stray = {
-                        let streams = lock(&feeds.routes.streams);
-                        match streams.get(to.as_str()) {
+                        let mut streams = lock(&feeds.routes.streams);
+                        match streams.get_mut(to.as_str()) {
                             Some(route) => {
-                                let _ = route.deliveries.send(ConsumerMessage::Delivery(delivery));
+                                hand_over(route, delivery);
                                 None
                             }
                             None => Some(delivery),
@@ -102,6 +102,28 @@ pub(super) fn run(
     end(&feeds.routes);
     drop(consumer);
     let _ = channel.close();
+}
+
+/// Hands a delivery to its stream, unless the stream holds more than its
+/// window allows (a peer that ignores it): then the delivery is dropped
+/// and the stream aborted, once.
+fn hand_over(route: &mut Route, delivery: amiquip::Delivery) {
+    if route.overran {
+        return;
+    }
+    let size = delivery.body.len() as u64;
+    let held = route.held.fetch_add(size, Ordering::SeqCst) + size;
+    if held > route.limit {
+        route.held.fetch_sub(size, Ordering::SeqCst);
+        route.overran = true;
+        (route.abort)(format!(
+            "the peer ignored flow control: {held} bytes arrived that the stream had not \
+             taken, more than its window allows ({})",
+            route.limit
+        ));
+        return;
+    }
+    let _ = route.deliveries.send(ConsumerMessage::Delivery(delivery));
 }
 
 /// Hands a returned message to the stream that published it.

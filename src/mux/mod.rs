@@ -21,7 +21,7 @@ use confirms::ConfirmBook;
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use log::debug;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The sender id of what the connection itself publishes (the answer
@@ -56,6 +56,21 @@ struct Route {
     deliveries: Sender<ConsumerMessage>,
     confirms: Sender<Confirm>,
     returns: Sender<Return>,
+    /// Body bytes handed to `deliveries` and not yet taken by the stream.
+    held: Arc<AtomicU64>,
+    /// The most `held` may reach: beyond it the peer ignores the window.
+    limit: u64,
+    /// Fails the stream for a protocol violation (and resets its peer).
+    abort: Box<dyn Fn(String) + Send>,
+    /// The stream was aborted for holding too much: its frames are dropped.
+    overran: bool,
+}
+
+/// The most body bytes a stream that offered `window` may have handed
+/// over and not yet taken: the window's data, and room for the control
+/// frames that may come with it.
+fn hold_limit(window: u64) -> u64 {
+    window.saturating_mul(2).saturating_add(64 * 1024)
 }
 
 /// What a registered stream receives.
@@ -69,6 +84,9 @@ pub(crate) struct Registration {
     pub(crate) confirms: Receiver<Confirm>,
     /// The stream's messages the broker could not route.
     pub(crate) returns: Receiver<Return>,
+    /// Body bytes of `deliveries` not yet taken: whoever takes a delivery
+    /// subtracts its body's length.
+    pub(crate) held: Arc<AtomicU64>,
 }
 
 impl Mux {
@@ -135,12 +153,20 @@ impl Mux {
         !self.routes.ended.load(Ordering::SeqCst)
     }
 
-    /// Registers a new stream end under a new id.
-    pub(crate) fn register(&self) -> Result<Registration, Error> {
+    /// Registers a new stream end under a new id, which offers its peer a
+    /// receive `window`: a peer that sends far beyond it has its frames
+    /// dropped and the stream aborted by `abort`, so that it cannot grow
+    /// this process's memory while nobody takes the stream's deliveries.
+    pub(crate) fn register(
+        &self,
+        window: u64,
+        abort: Box<dyn Fn(String) + Send>,
+    ) -> Result<Registration, Error> {
         let id: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
         let (deliveries_tx, deliveries) = unbounded();
         let (confirms_tx, confirms) = unbounded();
         let (returns_tx, returns) = unbounded();
+        let held = Arc::new(AtomicU64::new(0));
         let mut streams = lock(&self.routes.streams);
         // Checked under the lock the demultiplexer empties the map under.
         if self.routes.ended.load(Ordering::SeqCst) {
@@ -155,6 +181,10 @@ impl Mux {
                 deliveries: deliveries_tx,
                 confirms: confirms_tx,
                 returns: returns_tx,
+                held: Arc::clone(&held),
+                limit: hold_limit(window),
+                abort,
+                overran: false,
             },
         );
         Ok(Registration {
@@ -162,6 +192,7 @@ impl Mux {
             deliveries,
             confirms,
             returns,
+            held,
         })
     }
 
