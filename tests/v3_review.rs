@@ -31,11 +31,17 @@ fn is_loud(kind: ErrorKind) -> bool {
 /// socket after the peer's close (and as version 2, whose peer's queue is
 /// deleted), the writer must fail loudly, not write into the void until
 /// its credit runs out and then block for ever.
-fn writing_after_the_peer_closed_fails(version: ProtocolVersion) {
+fn writing_after_the_peer_closed_fails(version: ProtocolVersion, one_connector: bool) {
     let q = queue("v3r-write-after-close");
     let server = Connector::open_with(&url(), pinned(version)).unwrap();
     let listener = server.bind(&q).unwrap();
-    let client = Connector::open_with(&url(), pinned(version)).unwrap();
+    let other;
+    let client = if one_connector {
+        &server
+    } else {
+        other = Connector::open_with(&url(), pinned(version)).unwrap();
+        &other
+    };
     let stream = client.connect(&q).unwrap();
     assert_eq!(stream.protocol_version(), version);
     let (accepted, _) = listener.accept().unwrap();
@@ -69,12 +75,19 @@ fn writing_after_the_peer_closed_fails(version: ProtocolVersion) {
 
 #[test]
 fn v2_writing_after_the_peer_closed_fails() {
-    writing_after_the_peer_closed_fails(ProtocolVersion::V2);
+    writing_after_the_peer_closed_fails(ProtocolVersion::V2, false);
 }
 
 #[test]
 fn v3_writing_after_the_peer_closed_fails() {
-    writing_after_the_peer_closed_fails(ProtocolVersion::V3);
+    writing_after_the_peer_closed_fails(ProtocolVersion::V3, false);
+}
+
+/// Both ends on one connection: the peer's frames come back to the
+/// writer's own connection queue.
+#[test]
+fn v3_writing_after_the_peer_on_the_same_connector_closed_fails() {
+    writing_after_the_peer_closed_fails(ProtocolVersion::V3, true);
 }
 
 /// Clients that give up connecting before the listener's answer arrives

@@ -251,7 +251,10 @@ impl Mux {
         let (Some(queue), Some(to)) = (properties.reply_to(), properties.app_id()) else {
             return;
         };
-        if !answered || queue == &self.queue || to.len() > 128 {
+        // Our own "peer gone" marker is never answered (its type is not
+        // one of those), so frames between two streams of this very
+        // connection are answered like any others.
+        if !answered || to.len() > 128 {
             return;
         }
         let from: Arc<str> = Arc::from(NOBODY);
