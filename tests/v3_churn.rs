@@ -133,7 +133,7 @@ fn version_3_churn_keeps_streams_apart_and_leaves_nothing_behind() {
         .map(|t| {
             let (client, q, echoes) = (Arc::clone(&client), q.clone(), Arc::clone(&echoes));
             thread::spawn(move || {
-                let mut dice = Dice(0x9e37_79b9_7f4a_7c15 ^ (t + 1) * 0x1000_0001);
+                let mut dice = Dice(0x9e37_79b9_7f4a_7c15 ^ ((t + 1) * 0x1000_0001));
                 for i in 0..12 {
                     let stream = client.connect(&q).unwrap();
                     assert_eq!(stream.protocol_version(), ProtocolVersion::V3);
