@@ -196,7 +196,10 @@
 //! * **Delivery.** Nothing is acknowledged: the connection's queue is
 //!   consumed in no-ack mode and each stream's credit window bounds what
 //!   the broker and the receiver hold for it (a peer that sends beyond it
-//!   is `InvalidData` and reset, as in version 2). Publisher confirms are
+//!   is `InvalidData` and reset, as in version 2; the connection's
+//!   consumer counts what each stream has not taken yet, and past twice
+//!   the window drops the peer's frames and aborts the stream there, so
+//!   even a stream nobody reads holds no more). Publisher confirms are
 //!   kept per stream, so `flush` still means "the broker has it".
 //! * **Setup and close.** Setup is the SYN and the SYN-ACK; close is the
 //!   FIN (or reset). Nothing is declared or deleted per stream.
