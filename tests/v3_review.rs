@@ -333,3 +333,49 @@ fn a_remembered_version_3_connect_to_a_restarted_raw_v1_server_works() {
     );
     raw.close().unwrap();
 }
+
+/// An operator deletes a connection's stream queue while its streams
+/// carry data: every stream on that connection fails loudly, so do their
+/// peers (their frames now come back), and the connector's next stream
+/// gets a new queue and works.
+#[test]
+fn deleting_a_connections_queue_fails_its_streams_on_both_ends_and_the_next_stream_works() {
+    let q = queue("v3r-queue-deleted");
+    let server = Connector::open_with(&url(), pinned(ProtocolVersion::V3)).unwrap();
+    let listener = server.bind(&q).unwrap();
+    let client = Connector::open_with(&url(), pinned(ProtocolVersion::V3)).unwrap();
+    let stream = client.connect(&q).unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    (&stream).write_all(b"before").unwrap();
+    let mut got = [0u8; 6];
+    (&accepted).read_exact(&mut got).unwrap();
+    let local = stream.local_addr().unwrap();
+    let conn_queue = local.queue().split_once('#').unwrap().0.to_string();
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "delete_queue", &conn_queue])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for (end, s) in [("client", &stream), ("server", &accepted)] {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut rest = Vec::new();
+        let err = (&*s).read_to_end(&mut rest).unwrap_err();
+        assert!(is_loud(err.kind()), "{end}: {:?}: {err}", err.kind());
+    }
+    let again = client.connect(&q).unwrap();
+    let (accepted_again, _) = listener.accept().unwrap();
+    (&again).write_all(b"after").unwrap();
+    let mut got = [0u8; 5];
+    (&accepted_again).read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"after");
+    assert_ne!(
+        again
+            .local_addr()
+            .unwrap()
+            .queue()
+            .split_once('#')
+            .unwrap()
+            .0,
+        conn_queue
+    );
+}
