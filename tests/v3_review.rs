@@ -220,6 +220,10 @@ fn v3_a_flood_into_a_stream_nobody_reads_stays_bounded() {
 
     let mut raw = common::raw_connection();
     let channel = raw.open_channel(None).unwrap();
+    // The forger is in this process too: it waits for each frame's
+    // confirm, so that what it buffers is not what is measured.
+    let confirms = channel.listen_for_publisher_confirms().unwrap();
+    channel.enable_publisher_confirms().unwrap();
     let body = vec![0x5au8; MIB as usize];
     for seq in 1..=FRAMES {
         let properties = amiquip::AmqpProperties::default()
@@ -228,6 +232,10 @@ fn v3_a_flood_into_a_stream_nobody_reads_stays_bounded() {
             .with_correlation_id(id.clone())
             .with_app_id("forger".to_string());
         common::raw::publish_with(&channel, &conn_queue, &body, properties);
+        match confirms.recv_timeout(Duration::from_secs(10)) {
+            Ok(amiquip::Confirm::Ack(_)) => {}
+            other => panic!("frame {seq} not confirmed: {other:?}"),
+        }
     }
     // Everything published has left the broker for our process.
     common::eventually(
