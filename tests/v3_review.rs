@@ -387,3 +387,76 @@ fn deleting_a_connections_queue_fails_its_streams_on_both_ends_and_the_next_stre
         conn_queue
     );
 }
+
+/// A version-3 stream's broker connection is cut, stalled or left
+/// half-open (through a relay, heartbeat 1 s) while both ends block in a
+/// read: this end fails ConnectionAborted, the peer on a healthy
+/// connection ConnectionReset (the lost connection's queue is gone, so
+/// its keepalives come back), both within the bound.
+fn a_lost_version_3_connection_is_noticed(
+    fault: &str,
+    break_it: impl FnOnce(&common::relay::Relay),
+) {
+    const BOUND: Duration = Duration::from_secs(20);
+    let relay = common::relay::Relay::to_broker();
+    let options = pinned(ProtocolVersion::V3);
+    let client =
+        Connector::open_with(&format!("{}?heartbeat=1", relay.url()), options.clone()).unwrap();
+    let server = Connector::open_with(&url(), options).unwrap();
+    let q = queue("v3r-lost");
+    let listener = server.bind(&q).unwrap();
+    let near = client.connect(&q).unwrap();
+    let (far, _) = listener.accept().unwrap();
+    assert_eq!(near.protocol_version(), ProtocolVersion::V3);
+    let mut byte = [0u8; 1];
+    (&near).write_all(b"?").unwrap();
+    (&far).read_exact(&mut byte).unwrap();
+    (&far).write_all(b"!").unwrap();
+    (&near).read_exact(&mut byte).unwrap();
+    for stream in [&near, &far] {
+        stream.set_read_timeout(Some(BOUND)).unwrap();
+    }
+    let reading = |stream: amqp_stream::Stream| {
+        std::thread::spawn(move || {
+            let result = (&stream).read(&mut [0u8; 16]);
+            (result, Instant::now())
+        })
+    };
+    let (near_read, far_read) = (reading(near), reading(far));
+    let broken = Instant::now();
+    break_it(&relay);
+    let (near_result, near_at) = near_read.join().unwrap();
+    let (far_result, far_at) = far_read.join().unwrap();
+    let near_err = near_result.unwrap_err();
+    assert_eq!(
+        near_err.kind(),
+        ErrorKind::ConnectionAborted,
+        "{fault}: {near_err}"
+    );
+    let far_err = far_result.unwrap_err();
+    assert_eq!(
+        far_err.kind(),
+        ErrorKind::ConnectionReset,
+        "{fault}: {far_err}"
+    );
+    eprintln!(
+        "v3 {fault}: noticed here after {:?}, at the peer after {:?}",
+        near_at - broken,
+        far_at - broken
+    );
+}
+
+#[test]
+fn a_cut_version_3_connection_is_noticed_by_both_ends() {
+    a_lost_version_3_connection_is_noticed("cut", common::relay::Relay::cut);
+}
+
+#[test]
+fn a_stalled_version_3_connection_is_noticed_by_both_ends() {
+    a_lost_version_3_connection_is_noticed("stalled", common::relay::Relay::stall);
+}
+
+#[test]
+fn a_half_open_version_3_connection_is_noticed_by_both_ends() {
+    a_lost_version_3_connection_is_noticed("half-open", common::relay::Relay::half_open);
+}
