@@ -123,6 +123,12 @@ impl Inbox {
         }
     }
 
+    /// Whether the peer's FIN has arrived (version 2 and later), taken by
+    /// the reader or not: the peer sends nothing more.
+    pub(crate) fn fin_seen(&self) -> bool {
+        self.fin_seen.load(Ordering::SeqCst)
+    }
+
     /// The protocol version the stream speaks.
     pub(crate) fn version(&self) -> ProtocolVersion {
         self.version

@@ -5,7 +5,7 @@
 mod common;
 
 use amqp_stream::{Connector, ProtocolVersion, StreamOptions};
-use common::{queue, url};
+use common::{eventually, queue, url};
 use std::io::{ErrorKind, Read, Write};
 use std::time::{Duration, Instant};
 
@@ -459,4 +459,58 @@ fn a_stalled_version_3_connection_is_noticed_by_both_ends() {
 #[test]
 fn a_half_open_version_3_connection_is_noticed_by_both_ends() {
     a_lost_version_3_connection_is_noticed("half-open", common::relay::Relay::half_open);
+}
+
+/// Both ends close cleanly (each sends its FIN), but this end's reader
+/// has not taken the peer's FIN yet while the peer's stream is already
+/// gone. Its worker must not keep sending keepalives to the gone stream
+/// (version 3 answers those with a reset, which would turn the clean
+/// close into a failed flush); the FIN waiting in the inbox is enough to
+/// know the peer sends nothing more.
+#[test]
+fn v3_a_clean_close_stays_clean_while_the_reader_is_slow() {
+    common::capture_logs();
+    let options = StreamOptions::new()
+        .protocol_version(Some(ProtocolVersion::V3))
+        .keepalive_interval(Duration::from_millis(50));
+    let q = queue("v3r-slow-clean-close");
+    let server = Connector::open_with(&url(), options.clone()).unwrap();
+    let listener = server.bind(&q).unwrap();
+    let client = Connector::open_with(&url(), options).unwrap();
+    let near = client.connect(&q).unwrap();
+    let (far, _) = listener.accept().unwrap();
+    let far_name = far.local_addr().unwrap().queue().to_string();
+    let far_id = far_name.split_once('#').unwrap().1.to_string();
+    (&near).write_all(b"ping").unwrap();
+    near.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    (&far).read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"ping");
+    (&far).write_all(b"pong").unwrap();
+    far.shutdown(std::net::Shutdown::Write).unwrap();
+    drop(far);
+    let closed = format!("stream {far_name} closed");
+    eventually(Duration::from_secs(10), "the far end closes", || {
+        common::logs()
+            .iter()
+            .any(|line| line.contains(&closed))
+            .then_some(())
+            .ok_or_else(|| "not yet".to_string())
+    });
+    // Twenty keepalive intervals in which our reader takes nothing.
+    let stray = format!("a frame for stream {far_id:?}");
+    let quiet_until = Instant::now() + Duration::from_secs(1);
+    let mut strays = 0;
+    while Instant::now() < quiet_until && strays == 0 {
+        strays = common::logs()
+            .iter()
+            .filter(|line| line.contains(&stray))
+            .count();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(strays, 0, "frames went to the closed far end");
+    let mut back = Vec::new();
+    (&near).read_to_end(&mut back).unwrap();
+    assert_eq!(back, b"pong");
+    (&near).flush().unwrap();
 }
