@@ -446,6 +446,7 @@ fn run(
         publisher,
         returns,
         deliveries: consumer.receiver().clone(),
+        held: None,
     };
     up.run();
     cancel_consumer(&consumer);
@@ -468,6 +469,8 @@ struct Connected<'a> {
     publisher: Publisher<'a>,
     returns: Receiver<Return>,
     deliveries: Receiver<ConsumerMessage>,
+    /// Version 3: the bytes waiting in `deliveries`.
+    held: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Connected<'_> {
@@ -484,6 +487,7 @@ impl Connected<'_> {
             mut publisher,
             returns,
             deliveries,
+            held,
         } = self;
         let Agreed {
             peer_queue,
@@ -512,6 +516,7 @@ impl Connected<'_> {
             ends.control_sender.clone(),
             marker.clone(),
             options.get_window() as u64,
+            held,
         ));
         let handed_over = setup.send(Ok(Handshake {
             local_queue: local_name.clone(),
