@@ -55,6 +55,7 @@ pub(super) fn run(connection: Arc<BrokerConnection>, assignment: Box<Assignment>
         peer: None,
     };
     let mut publisher = Publisher::new(transport, confirms);
+    log::debug!("stream {queue}#{id}: handshake starts");
     let agreed = send_handshake(&role, &queue, &options, &mut publisher).and_then(|sent| {
         await_handshake(
             &connection,
