@@ -14,7 +14,8 @@ mod confirms;
 mod demux;
 
 use crate::error::Error;
-use crate::shared::lock;
+use crate::shared::{Bell, lock};
+use crate::worker::engine::Engine;
 use amiquip::{AmqpProperties, Channel, Confirm, ConsumerMessage, Publish, Return};
 use confirms::ConfirmBook;
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
@@ -30,6 +31,8 @@ pub(crate) struct Mux {
     queue: String,
     publishing: Mutex<Publishing>,
     routes: Arc<Routes>,
+    /// The engine that runs this connection's streams once connected.
+    engine: Engine,
 }
 
 /// The publishing channel and what it published.
@@ -50,6 +53,8 @@ struct Route {
     deliveries: Sender<ConsumerMessage>,
     confirms: Sender<Confirm>,
     returns: Sender<Return>,
+    /// Rung after a confirm or return for the stream.
+    bell: Bell,
 }
 
 /// What a registered stream receives.
@@ -63,6 +68,8 @@ pub(crate) struct Registration {
     pub(crate) confirms: Receiver<Confirm>,
     /// The stream's messages the broker could not route.
     pub(crate) returns: Receiver<Return>,
+    /// The engine's bell for the stream.
+    pub(crate) bell: Bell,
 }
 
 impl Mux {
@@ -98,6 +105,7 @@ impl Mux {
             returns,
         };
         let mux = Arc::new(Mux {
+            engine: Engine::start()?,
             queue,
             publishing: Mutex::new(Publishing {
                 channel,
@@ -119,6 +127,11 @@ impl Mux {
         Ok(mux)
     }
 
+    /// The engine that runs the connection's streams.
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
     /// The connection's queue, which every stream on it receives on.
     pub(crate) fn queue(&self) -> &str {
         &self.queue
@@ -135,6 +148,7 @@ impl Mux {
         let (deliveries_tx, deliveries) = unbounded();
         let (confirms_tx, confirms) = unbounded();
         let (returns_tx, returns) = unbounded();
+        let bell = self.engine.bell(Arc::clone(&id));
         let mut streams = lock(&self.routes.streams);
         // Checked under the lock the demultiplexer empties the map under.
         if self.routes.ended.load(Ordering::SeqCst) {
@@ -149,6 +163,7 @@ impl Mux {
                 deliveries: deliveries_tx,
                 confirms: confirms_tx,
                 returns: returns_tx,
+                bell: bell.clone(),
             },
         );
         Ok(Registration {
@@ -156,6 +171,7 @@ impl Mux {
             deliveries,
             confirms,
             returns,
+            bell,
         })
     }
 

@@ -4,7 +4,7 @@
 //! the one every version runs.
 
 use super::handshake::{Inbound, await_handshake, send_handshake};
-use super::publisher::{Publisher, Transport};
+use super::publisher::{Publisher, SharedChannel};
 use super::{Assignment, Connected};
 use crate::connection::BrokerConnection;
 use crate::mux::Registration;
@@ -33,9 +33,12 @@ pub(super) fn run(connection: Arc<BrokerConnection>, assignment: Box<Assignment>
         deliveries,
         confirms,
         returns,
+        bell,
     } = registration;
+    // From now on the handles ring the engine after every message.
+    ends.shared.set_bell(bell);
     let queue = mux.queue().to_string();
-    let transport = Transport::Mux {
+    let transport = SharedChannel {
         mux: Arc::clone(&mux),
         own: Arc::clone(&id),
         peer: None,
@@ -63,7 +66,7 @@ pub(super) fn run(connection: Arc<BrokerConnection>, assignment: Box<Assignment>
             return;
         }
     };
-    Connected {
+    let connected = Connected {
         connection,
         options,
         setup,
@@ -74,7 +77,10 @@ pub(super) fn run(connection: Arc<BrokerConnection>, assignment: Box<Assignment>
         publisher,
         returns,
         deliveries,
+    };
+    // The engine runs the stream from here: this thread ends.
+    match connected.into_worker() {
+        Some((worker, name)) => mux.engine().adopt(worker, id, name, &mux),
+        None => mux.unregister(&id),
     }
-    .run();
-    mux.unregister(&id);
 }
