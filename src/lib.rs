@@ -165,9 +165,12 @@
 //!   opens one publishing channel with confirms. A stream end is that
 //!   queue plus a *stream id* it picks (32 hex digits, unique; at most 128
 //!   bytes are taken from a peer). Every frame to a stream names it in
-//!   `correlation_id` and names the sending stream in `app_id`; the
-//!   receiving connection hands it to the stream it names (frames for an
-//!   id it does not hold are dropped). Publishes are mandatory as in
+//!   `correlation_id`, names the sending stream in `app_id` and the
+//!   sending connection's queue in `reply_to`; the receiving connection
+//!   hands it to the stream it names. A data, FIN or keepalive frame for
+//!   an id it does not hold (a stream that closed) is answered with a
+//!   `reset` to its sender, as TCP answers a segment for a closed socket;
+//!   other frames for such an id are dropped. Publishes are mandatory as in
 //!   version 2: a frame to a connection that is gone comes back, which is
 //!   how a keepalive finds a dead peer. [`Stream::peer_addr`] and
 //!   [`Stream::local_addr`] show `QUEUE#ID`.

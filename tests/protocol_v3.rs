@@ -172,3 +172,25 @@ fn a_connector_falls_back_when_its_listener_no_longer_takes_version_3() {
     assert_eq!(echoed(s, b"after".to_vec()), b"after");
     assert_eq!(served.join().unwrap(), vec![ProtocolVersion::V2]);
 }
+
+#[test]
+fn writing_to_a_stream_whose_peer_closed_fails_with_a_reset_not_a_wait() {
+    // The listener's end closes before any data reaches it (a clean close:
+    // nothing unread yet), then the client writes more than the window.
+    // Its frames reach a connection where that stream is gone: the
+    // sender is reset, as TCP answers a segment for a closed socket.
+    let q = queue("v3-closed-peer");
+    let options = v3()
+        .window(4096)
+        .keepalive_interval(std::time::Duration::from_millis(200));
+    let listener = Listener::bind_with(&url(), &q, &options).unwrap();
+    let client = Stream::connect_with(&url(), &q, &options).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    server.shutdown(Shutdown::Both).unwrap();
+    drop(server);
+    client
+        .set_write_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let err = (&client).write_all(&vec![7u8; 1 << 20]).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+}

@@ -4,8 +4,11 @@
 
 use super::{Mux, Route, Routes};
 use crate::error::Error;
+use crate::protocol::frame;
 use crate::shared::lock;
-use amiquip::{Channel, Confirm, ConsumerMessage, ConsumerOptions, QueueDeclareOptions, Return};
+use amiquip::{
+    AmqpProperties, Channel, Confirm, ConsumerMessage, ConsumerOptions, QueueDeclareOptions, Return,
+};
 use crossbeam_channel::{Receiver, Sender, never, select};
 use log::debug;
 use std::sync::atomic::Ordering;
@@ -50,8 +53,8 @@ pub(super) fn run(
                     };
                     if let Some(route) = lock(&feeds.routes.streams).get(to.as_str()) {
                         let _ = route.deliveries.send(ConsumerMessage::Delivery(delivery));
-                    } else {
-                        debug!("{:?}: dropped a frame for stream {to:?}, which is not here", feeds.queue);
+                    } else if let Some(mux) = mux.upgrade() {
+                        reset_unknown(&mux, &to, &delivery.properties);
                     }
                 }
                 Ok(other) => {
@@ -92,6 +95,35 @@ pub(super) fn run(
     end(&feeds.routes);
     drop(consumer);
     let _ = channel.close();
+}
+
+/// A frame for a stream that is not here (closed, or never was): its
+/// sender is told with a reset, as a TCP stack answers a segment for a
+/// closed connection, so a peer still writing to a stream that closed
+/// fails instead of waiting for credit that never comes. Resets, window
+/// updates and frames that do not say who sent them get no answer (no
+/// reset storms).
+fn reset_unknown(mux: &Mux, to: &str, properties: &AmqpProperties) {
+    let kind = properties.type_().as_deref();
+    let (Some(from), Some(queue)) = (properties.app_id(), properties.reply_to()) else {
+        debug!(
+            "{:?}: dropped a frame for stream {to:?}, which is not here",
+            mux.queue()
+        );
+        return;
+    };
+    if matches!(kind, Some(frame::RESET | frame::WINDOW)) {
+        return;
+    }
+    debug!(
+        "{:?}: a {kind:?} frame for stream {to:?}, which is not here: resetting its sender",
+        mux.queue()
+    );
+    let us: Arc<str> = to.into();
+    let why = b"the stream is closed";
+    if let Err(err) = mux.publish(&us, 0, queue, from, why, frame::reset_properties()) {
+        debug!("{:?}: could not reset {from:?}: {err}", mux.queue());
+    }
 }
 
 /// Hands a returned message to the stream that published it.

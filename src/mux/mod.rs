@@ -182,7 +182,10 @@ impl Mux {
 
     /// Publishes a frame from stream `from` (its `tag`-th message) to the
     /// stream `to` receiving on `queue`, mandatory: a frame nobody can
-    /// receive comes back to `from` as a return, then its confirm.
+    /// receive comes back to `from` as a return, then its confirm. The
+    /// frame names `to` in `correlation_id`, `from` in `app_id` and this
+    /// connection's queue in `reply_to` (where a reset for a stream that
+    /// is gone goes).
     pub(crate) fn publish(
         &self,
         from: &Arc<str>,
@@ -194,7 +197,8 @@ impl Mux {
     ) -> Result<(), amiquip::Error> {
         let properties = properties
             .with_correlation_id(to.to_string())
-            .with_app_id(from.to_string());
+            .with_app_id(from.to_string())
+            .with_reply_to(self.queue.clone());
         let mut publishing = lock(&self.publishing);
         publishing.channel.basic_publish(
             "",

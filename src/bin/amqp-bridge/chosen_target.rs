@@ -7,6 +7,7 @@ use crate::abort::abort_tcp;
 use crate::allow::{AllowList, Decision};
 use crate::conn_log::ConnectionLog;
 use crate::lifecycle::ConnectionGuard;
+use crate::metered::Metered;
 use crate::splice::{Duplex, splice};
 use crate::target::connect_to;
 use crate::target_request::{Reply, RequestError, read_request, write_answer};
@@ -70,6 +71,8 @@ pub fn serve_chosen<D: Duplex>(
         log.failed(&err);
         return;
     }
+    log.connected();
+    let tcp = Metered::new(tcp, log.byte_counters());
     let transfer = splice(conn, tcp, |abort| log.on_abort(abort));
     log.closed(&transfer);
 }

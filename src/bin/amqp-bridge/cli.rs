@@ -13,9 +13,10 @@ pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 const EXIT_CODES: &str = "\
 Exit codes:
-  0  finished, or stopped by SIGINT/SIGTERM (connect: or SIGHUP)
+  0  finished, or stopped by SIGINT/SIGTERM (connect: or SIGHUP;
+     run: SIGHUP reloads the config file)
   1  failed while running
-  2  bad arguments (URL, address, queue name)
+  2  bad arguments (URL, address, queue name), or a bad config file
   3  the broker cannot be reached
   4  the broker refused the user name, password or virtual host
   5  address in use (the queue is served elsewhere, or the TCP port is taken)
@@ -117,6 +118,28 @@ Example: a database reachable only by holders of a key:
   amqp-bridge forward --listen 127.0.0.1:5433 --queue db \\
       --key client.key --peer-key server.key.pub")]
     Keygen(KeygenArgs),
+
+    /// Run the tunnels a config file lists (serve, forward, http, ...);
+    /// SIGHUP reloads it
+    #[command(after_help = "\
+Example: three tunnels from one file, metrics on port 9100:
+  amqp-bridge run --config /etc/amqp-bridge/tunnels.toml --metrics 127.0.0.1:9100
+The file has a table per tunnel, [KIND.NAME], whose keys are the options
+of that subcommand without their dashes:
+  url = \"amqp://bridge:secret@broker:5672/%2f\"   # optional, for every tunnel
+  [serve.db]
+  queue = \"db\"
+  to = \"127.0.0.1:5432\"
+  [forward.web]
+  listen = \"127.0.0.1:8080\"
+  queue = \"web\"")]
+    Run(RunArgs),
+
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    #[command(after_help = "\
+Example: completions for bash, for every new shell:
+  amqp-bridge completions bash > /etc/bash_completion.d/amqp-bridge")]
+    Completions(CompletionsArgs),
 }
 
 /// `serve`'s options.
@@ -143,6 +166,8 @@ pub struct ServeArgs {
     pub stop: StopArgs,
     #[command(flatten)]
     pub keys: ServeKeyArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// `forward`'s options.
@@ -158,6 +183,8 @@ pub struct ForwardArgs {
     pub stop: StopArgs,
     #[command(flatten)]
     pub keys: ClientKeyArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// `socks`'s options.
@@ -174,6 +201,8 @@ pub struct SocksArgs {
     pub stop: StopArgs,
     #[command(flatten)]
     pub keys: ClientKeyArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// `connect`'s options.
@@ -200,6 +229,8 @@ pub struct HttpArgs {
     pub stop: StopArgs,
     #[command(flatten)]
     pub keys: ClientKeyArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// `keygen`'s options.
@@ -215,6 +246,38 @@ pub struct KeygenArgs {
     /// The comment after the public key (default: USER@HOST)
     #[arg(long, conflicts_with = "psk")]
     pub comment: Option<String>,
+}
+
+/// `run`'s options.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The TOML file that lists the tunnels (read again on SIGHUP)
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// After SIGINT or SIGTERM, how long open connections may go on (for
+    /// the tunnels whose table sets no `grace`)
+    #[arg(long, value_name = "SECONDS", value_parser = seconds, allow_negative_numbers = true)]
+    pub grace: Option<Duration>,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+}
+
+/// `completions`' options.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to write completions for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// Where the metrics are served.
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (open and total
+    /// connections, bytes each way, refusals and failures by reason,
+    /// broker reconnects, handshake latency)
+    #[arg(long, value_name = "ADDR:PORT", value_parser = listen_address)]
+    pub metrics: Option<ListenAddress>,
 }
 
 /// How a long-running subcommand stops.

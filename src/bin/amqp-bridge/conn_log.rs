@@ -4,9 +4,12 @@
 //! peer that resets after its own end of data, is an `info` line.
 
 use crate::lifecycle::{Aborter, ConnectionGuard};
+use crate::metrics::reason;
 use crate::splice::{Side, Transfer};
 use log::{info, warn};
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 /// The log of one connection from `from` to `to`.
@@ -35,9 +38,21 @@ impl ConnectionLog {
         self.guard.on_abort(abort);
     }
 
+    /// The far end is connected: counts how long it took.
+    pub fn connected(&self) {
+        self.guard.metrics().handshake(self.started.elapsed());
+    }
+
+    /// The tunnel's byte counters, for the connection's local TCP side
+    /// (see [`Metered`](crate::metered::Metered)).
+    pub fn byte_counters(&self) -> (Arc<AtomicU64>, Arc<AtomicU64>) {
+        self.guard.metrics().byte_counters()
+    }
+
     /// Logs that the far end could not be reached (the near end has been
-    /// reset).
+    /// reset), and counts the connection refused.
     pub fn failed(self, err: &io::Error) {
+        self.guard.metrics().refused(&reason(err));
         warn!(
             "#{} failed: {} -> {}: {err} (after {:.3} s)",
             self.guard.id(),
@@ -50,6 +65,7 @@ impl ConnectionLog {
     /// Logs that the near end failed the secure handshake (it has been
     /// reset); one that reset its end meanwhile is its own business.
     pub fn refused(self, err: &io::Error) {
+        self.guard.metrics().refused(&reason(err));
         if matches!(
             err.kind(),
             io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
@@ -71,7 +87,9 @@ impl ConnectionLog {
         );
     }
 
-    /// Logs the end of a connection and what went through it.
+    /// Logs the end of a connection and what went through it; counts it
+    /// failed when it ended abortively (but not a peer's reset after a
+    /// half-close, which is a normal end).
     pub fn closed(self, transfer: &Transfer) {
         let id = self.guard.id();
         let (from, to) = (&self.from, &self.to);
@@ -90,6 +108,9 @@ impl ConnectionLog {
             Side::Second => to,
         };
         let err = &failure.error;
+        if !(failure.after_fin && failure.is_peer_reset()) {
+            self.guard.metrics().failed(&reason(err));
+        }
         if failure.after_fin && failure.is_peer_reset() {
             info!("#{id} closed: {from} -> {to}: {totals} ({who} reset after a half-close: {err})");
         } else if failure.is_peer_reset() {

@@ -66,6 +66,14 @@ impl Fatal {
         }
     }
 
+    /// The same failure, its message prefixed with `what` it is about.
+    pub fn context(self, what: &str) -> Fatal {
+        Fatal {
+            code: self.code,
+            message: format!("{what}: {}", self.message),
+        }
+    }
+
     /// The process exit code.
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(self.code)

@@ -8,23 +8,36 @@ use crate::conn_log::ConnectionLog;
 use crate::fatal::Fatal;
 use crate::lifecycle::ConnectionGuard;
 use crate::link::BrokerLink;
+use crate::metered::Metered;
+use crate::metrics::TunnelMetrics;
+use crate::single;
 use crate::splice::splice;
 use crate::tcp_front::FrontDoor;
+use crate::tunnel::Tunnel;
 use amqp_stream::secure::ClientConfig;
 use log::info;
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 
 /// Forwards `args.listen` to `args.queue` until SIGINT/SIGTERM.
 pub fn run(url: &str, args: &ForwardArgs) -> Result<(), Fatal> {
+    single::run("forward", &args.queue, &args.metrics, |metrics| {
+        start(url, args, metrics)
+    })
+}
+
+/// Starts forwarding `args.listen` to `args.queue` as a tunnel counted
+/// in `metrics`.
+pub fn start(url: &str, args: &ForwardArgs, metrics: Arc<TunnelMetrics>) -> Result<Tunnel, Fatal> {
     let secure = args.keys.load()?;
-    let front = FrontDoor::open(url, &args.listen.0, &args.stop)?;
+    let front = FrontDoor::open(url, &args.listen.0, metrics)?;
     info!(
         "forwarding {} to queue {:?}",
         front.local_addr(),
         args.queue
     );
     let queue = args.queue.clone();
-    front.run(move |link, client, peer, guard| {
+    front.start(args.stop.grace, move |link, client, peer, guard| {
         forward(link, &queue, secure.as_ref(), client, peer, guard)
     })
 }
@@ -44,6 +57,8 @@ fn forward(
         .and_then(|stream| broker_stream::connect(stream, secure));
     match stream {
         Ok(stream) => {
+            log.connected();
+            let client = Metered::new(client, log.byte_counters());
             let transfer = splice(client, stream, |abort| log.on_abort(abort));
             log.closed(&transfer);
         }

@@ -10,12 +10,18 @@ use crate::conn_log::ConnectionLog;
 use crate::fatal::Fatal;
 use crate::lifecycle::ConnectionGuard;
 use crate::link::BrokerLink;
+use crate::metered::Metered;
+use crate::metrics::TunnelMetrics;
+use crate::single;
 use crate::splice::splice;
 use crate::tcp_front::FrontDoor;
+use crate::tunnel::Tunnel;
 use amqp_stream::secure::ClientConfig;
 use log::{debug, info};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// The request header that names the server queue.
@@ -29,13 +35,21 @@ const MAX_HEADERS: usize = 100;
 
 /// Serves HTTP on `args.listen` until SIGINT/SIGTERM.
 pub fn run(url: &str, args: &HttpArgs) -> Result<(), Fatal> {
+    single::run("http", "http", &args.metrics, |metrics| {
+        start(url, args, metrics)
+    })
+}
+
+/// Starts the HTTP front door on `args.listen` as a tunnel counted in
+/// `metrics`.
+pub fn start(url: &str, args: &HttpArgs, metrics: Arc<TunnelMetrics>) -> Result<Tunnel, Fatal> {
     let secure = args.keys.load()?;
-    let front = FrontDoor::open(url, &args.listen.0, &args.stop)?;
+    let front = FrontDoor::open(url, &args.listen.0, metrics)?;
     info!(
         "HTTP front door on {}: the {QUEUE_HEADER} header picks the queue",
         front.local_addr()
     );
-    front.run(move |link, client, peer, guard| {
+    front.start(args.stop.grace, move |link, client, peer, guard| {
         serve_client(link, secure.as_ref(), client, peer, guard)
     })
 }
@@ -114,6 +128,7 @@ fn serve_client(
         }
         Err(Answer(status, reason, message)) => {
             info!("{peer}: answered {status} {reason}: {message}");
+            guard.metrics().refused(&format!("http_{status}"));
             let _ = client.write_all(&response(status, reason, &message));
             let _ = client.shutdown(std::net::Shutdown::Write);
             return;
@@ -138,6 +153,10 @@ fn serve_client(
     };
     match stream.write_all(&head) {
         Ok(()) => {
+            log.connected();
+            let counters = log.byte_counters();
+            counters.0.fetch_add(head.len() as u64, Ordering::Relaxed);
+            let client = Metered::new(client, counters);
             let mut transfer = splice(client, stream, |abort| log.on_abort(abort));
             transfer.forth += head.len() as u64;
             log.closed(&transfer);

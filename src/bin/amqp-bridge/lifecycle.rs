@@ -1,126 +1,97 @@
-//! Stopping gracefully: counts open connections and, on SIGINT or
-//! SIGTERM, stops accepting and gives them a grace period.
+//! The open connections of one tunnel: counted, numbered for the logs,
+//! and resettable from outside when a stop's grace period runs out.
 
-use crossbeam_channel::{Receiver, Sender, after, select, unbounded};
-use log::{info, warn};
-use signal_hook::consts::{SIGINT, SIGTERM};
-use signal_hook::iterator::Signals;
+use crate::metrics::TunnelMetrics;
+use crossbeam_channel::{Receiver, Sender, select, unbounded};
 use std::collections::HashMap;
-use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::Instant;
 
-/// Shared by the accepting thread, every connection and `main`.
-pub struct Lifecycle {
-    stopping: AtomicBool,
+/// Connection numbers are unique in the process, whatever the tunnel.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The open connections of one tunnel, shared by its accepting thread,
+/// every connection and whoever stops it.
+pub struct Connections {
     open: AtomicUsize,
-    next_id: AtomicU64,
     closed_tx: Sender<()>,
     closed_rx: Receiver<()>,
-    signals: Receiver<i32>,
     /// How to reset each open connection, by its number.
     aborters: Mutex<HashMap<u64, Aborter>>,
+    metrics: Arc<TunnelMetrics>,
 }
 
 /// Resets one open connection (both of its sides).
 pub type Aborter = Arc<dyn Fn() + Send + Sync>;
 
-/// How long the connections reset when the grace period runs out have to
-/// end before the process exits.
-const RESET_WAIT: Duration = Duration::from_secs(2);
-
 /// Held by a connection while it is open; dropping it counts it closed.
 pub struct ConnectionGuard {
-    lifecycle: Arc<Lifecycle>,
+    connections: Arc<Connections>,
     id: u64,
 }
 
-impl Lifecycle {
-    /// Takes over SIGINT and SIGTERM (from now on they no longer kill the
-    /// process) and starts counting connections.
-    pub fn install() -> io::Result<Arc<Lifecycle>> {
-        let mut signals = Signals::new([SIGINT, SIGTERM])?;
-        let (signal_tx, signal_rx) = unbounded();
-        std::thread::Builder::new()
-            .name("signals".to_string())
-            .spawn(move || {
-                for signal in signals.forever() {
-                    if signal_tx.send(signal).is_err() {
-                        break;
-                    }
-                }
-            })?;
+/// How a wait for the connections to close ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waited {
+    /// None is open any more.
+    AllClosed,
+    /// The deadline came first.
+    Deadline,
+    /// Something on the interrupting channel came first (a second
+    /// signal), or it disconnected.
+    Interrupted,
+}
+
+impl Connections {
+    /// No connection open yet; each one that opens is counted in
+    /// `metrics` too.
+    pub fn new(metrics: Arc<TunnelMetrics>) -> Arc<Connections> {
         let (closed_tx, closed_rx) = unbounded();
-        Ok(Arc::new(Lifecycle {
-            stopping: AtomicBool::new(false),
+        Arc::new(Connections {
             open: AtomicUsize::new(0),
-            next_id: AtomicU64::new(1),
             closed_tx,
             closed_rx,
-            signals: signal_rx,
             aborters: Mutex::new(HashMap::new()),
-        }))
-    }
-
-    /// Whether a stop was asked for: accept nothing more.
-    pub fn stopping(&self) -> bool {
-        self.stopping.load(Ordering::SeqCst)
+            metrics,
+        })
     }
 
     /// Counts a new connection open and gives it a number for the logs.
     pub fn enter(self: &Arc<Self>) -> ConnectionGuard {
         self.open.fetch_add(1, Ordering::SeqCst);
+        self.metrics.opened();
         ConnectionGuard {
-            lifecycle: Arc::clone(self),
-            id: self.next_id.fetch_add(1, Ordering::SeqCst),
+            connections: Arc::clone(self),
+            id: NEXT_ID.fetch_add(1, Ordering::SeqCst),
         }
     }
 
-    /// Blocks until SIGINT or SIGTERM; then stops accepting (`wake` must
-    /// make the accepting thread look at [`stopping`](Self::stopping)),
-    /// waits up to `grace` for open connections to finish (a second signal
-    /// cuts it short) and returns, for the process to exit 0.
-    pub fn run_until_signalled(&self, grace: Duration, wake: impl FnOnce()) {
-        let Ok(signal) = self.signals.recv() else {
-            return;
-        };
-        self.stopping.store(true, Ordering::SeqCst);
-        wake();
-        let open = self.open.load(Ordering::SeqCst);
-        info!(
-            "{}: no longer accepting; waiting up to {grace:?} for {open} open connection(s)",
-            signal_name(signal)
-        );
-        let deadline = after(grace);
-        while self.open.load(Ordering::SeqCst) > 0 {
+    /// How many connections are open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no connection is open, `deadline` passes or
+    /// `interrupt` delivers something.
+    pub fn wait_closed<T>(&self, deadline: Instant, interrupt: &Receiver<T>) -> Waited {
+        let timeout = crossbeam_channel::at(deadline);
+        while self.open() > 0 {
             select! {
                 recv(self.closed_rx) -> _ => {}
-                recv(self.signals) -> _ => break,
-                recv(deadline) -> _ => break,
+                recv(interrupt) -> _ => return Waited::Interrupted,
+                recv(timeout) -> _ => return Waited::Deadline,
             }
         }
-        let open = self.open.load(Ordering::SeqCst);
-        if open == 0 {
-            info!("all connections closed; exiting");
-            return;
-        }
-        // Ended by us: each side sees a reset, never a clean end of data.
-        warn!("resetting {open} connection(s) still open");
+        Waited::AllClosed
+    }
+
+    /// Resets every connection still open (each side sees a reset, never
+    /// a clean end of data); they close as their threads notice.
+    pub fn abort_all(&self) {
         let aborters: Vec<Aborter> = self.aborters().values().cloned().collect();
         for abort in aborters {
             abort();
-        }
-        let deadline = after(RESET_WAIT);
-        while self.open.load(Ordering::SeqCst) > 0 {
-            select! {
-                recv(self.closed_rx) -> _ => {}
-                recv(deadline) -> _ => break,
-            }
-        }
-        match self.open.load(Ordering::SeqCst) {
-            0 => info!("all connections closed; exiting"),
-            open => warn!("exiting with {open} connection(s) still open"),
         }
     }
 
@@ -135,26 +106,53 @@ impl ConnectionGuard {
         self.id
     }
 
+    /// The counters of the tunnel this connection belongs to.
+    pub fn metrics(&self) -> &Arc<TunnelMetrics> {
+        &self.connections.metrics
+    }
+
     /// How to reset this connection should the grace period run out.
     pub fn on_abort(&self, abort: Aborter) {
-        self.lifecycle.aborters().insert(self.id, abort);
+        self.connections.aborters().insert(self.id, abort);
     }
 }
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
-        let abort = self.lifecycle.aborters().remove(&self.id);
+        let abort = self.connections.aborters().remove(&self.id);
         // Its handles close here: after a reset, the last one sends it.
         drop(abort);
-        self.lifecycle.open.fetch_sub(1, Ordering::SeqCst);
-        let _ = self.lifecycle.closed_tx.send(());
+        self.connections.metrics.closed();
+        self.connections.open.fetch_sub(1, Ordering::SeqCst);
+        let _ = self.connections.closed_tx.send(());
     }
 }
 
-fn signal_name(signal: i32) -> &'static str {
-    match signal {
-        SIGINT => "SIGINT",
-        SIGTERM => "SIGTERM",
-        _ => "signal",
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn counts_connections_until_their_guards_drop() {
+        let metrics = TunnelMetrics::new("forward", "t");
+        let connections = Connections::new(Arc::clone(&metrics));
+        let (first, second) = (connections.enter(), connections.enter());
+        assert_ne!(first.id(), second.id());
+        assert_eq!(connections.open(), 2);
+        let never = crossbeam_channel::never::<()>();
+        let soon = Instant::now() + Duration::from_millis(50);
+        assert_eq!(connections.wait_closed(soon, &never), Waited::Deadline);
+        let aborted = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&aborted);
+        first.on_abort(Arc::new(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }));
+        connections.abort_all();
+        assert_eq!(aborted.load(Ordering::SeqCst), 1);
+        drop((first, second));
+        let later = Instant::now() + Duration::from_secs(5);
+        assert_eq!(connections.wait_closed(later, &never), Waited::AllClosed);
+        assert_eq!(metrics.open(), 0);
     }
 }

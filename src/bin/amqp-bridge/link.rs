@@ -7,7 +7,7 @@ use amqp_stream::{Connector, Stream};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use log::{debug, info, warn};
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -29,12 +29,15 @@ pub struct BrokerLink {
     /// Disconnected by `close`: wakes the supervisor from its backoff.
     wake: Receiver<()>,
     wake_tx: Mutex<Option<Sender<()>>>,
+    /// Counts the reconnections (for the metrics).
+    reconnects: Arc<AtomicU64>,
 }
 
 impl BrokerLink {
     /// Connects to the broker (a failure here is the caller's to report)
-    /// and starts the supervisor that reconnects after a loss.
-    pub fn open(url: &str) -> io::Result<Arc<BrokerLink>> {
+    /// and starts the supervisor that reconnects after a loss, counting
+    /// each reconnection in `reconnects`.
+    pub fn open(url: &str, reconnects: Arc<AtomicU64>) -> io::Result<Arc<BrokerLink>> {
         let connector = Connector::open(url)?;
         let (wake_tx, wake) = bounded(0);
         let link = Arc::new(BrokerLink {
@@ -45,6 +48,7 @@ impl BrokerLink {
             supervisor: Mutex::new(None),
             wake,
             wake_tx: Mutex::new(Some(wake_tx)),
+            reconnects,
         });
         let supervised = Arc::clone(&link);
         let supervisor = std::thread::Builder::new()
@@ -159,6 +163,7 @@ impl BrokerLink {
                 }
             };
             info!("reconnected to the broker at {}", connector.broker());
+            self.reconnects.fetch_add(1, Ordering::Relaxed);
             backoff.reset();
             let mut current = self.lock();
             if self.closing.load(Ordering::SeqCst) {

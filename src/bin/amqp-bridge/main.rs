@@ -3,7 +3,8 @@
 //!
 //! `serve` accepts streams on a queue and connects each to a TCP service;
 //! `forward`, `http` and `socks` accept TCP clients and carry each to a
-//! served queue; `connect` joins standard input and output to one stream. See
+//! served queue; `connect` joins standard input and output to one stream;
+//! `run` runs the tunnels a config file lists; `keygen` writes keys. See
 //! `amqp-bridge --help`.
 
 mod abort;
@@ -12,6 +13,8 @@ mod backoff;
 mod broker_stream;
 mod chosen_target;
 mod cli;
+mod completions;
+mod config;
 mod conn_log;
 mod connect;
 mod fatal;
@@ -21,13 +24,21 @@ mod key_args;
 mod keygen;
 mod lifecycle;
 mod link;
+mod metered;
+mod metrics;
+mod metrics_http;
+mod run;
 mod serve;
+mod shutdown;
+mod signals;
+mod single;
 mod socks;
 mod socks5;
 mod splice;
 mod target;
 mod target_request;
 mod tcp_front;
+mod tunnel;
 
 use amqp_stream::BrokerUrl;
 use clap::Parser;
@@ -52,6 +63,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> Result<(), Fatal> {
+    if let Command::Completions(args) = &cli.command {
+        completions::run(args);
+        return Ok(());
+    }
     // Every argument is checked before the network is touched.
     cli.url
         .parse::<BrokerUrl>()
@@ -63,6 +78,8 @@ fn run(cli: &Cli) -> Result<(), Fatal> {
         Command::Http(args) => http::run(&cli.url, args),
         Command::Socks(args) => socks::run(&cli.url, args),
         Command::Keygen(args) => keygen::run(args),
+        Command::Run(args) => run::run(&cli.url, args),
+        Command::Completions(_) => Ok(()),
     }
 }
 

@@ -9,16 +9,22 @@ use crate::chosen_target::serve_chosen;
 use crate::cli::ServeArgs;
 use crate::conn_log::ConnectionLog;
 use crate::fatal::Fatal;
-use crate::lifecycle::Lifecycle;
+use crate::lifecycle::Connections;
 use crate::link::BrokerLink;
+use crate::metered::Metered;
+use crate::metrics::TunnelMetrics;
+use crate::single;
 use crate::splice::{Duplex, splice};
 use crate::target::Target;
 use crate::target_request::RefuseTargetRequest;
+use crate::tunnel::Tunnel;
 use amqp_stream::secure::ServerConfig;
 use amqp_stream::{Addr, Listener, Stream, StreamOptions};
+use crossbeam_channel::{Receiver, bounded};
 use log::{debug, info, warn};
 use std::fmt;
 use std::io::{self, ErrorKind};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -29,37 +35,64 @@ const IN_USE_RETRY: Duration = Duration::from_secs(5);
 
 /// Serves `args.queue` until SIGINT/SIGTERM.
 pub fn run(url: &str, args: &ServeArgs) -> Result<(), Fatal> {
+    single::run("serve", &args.queue, &args.metrics, |metrics| {
+        start(url, args, metrics)
+    })
+}
+
+/// Starts serving `args.queue` as a tunnel counted in `metrics`.
+pub fn start(url: &str, args: &ServeArgs, metrics: Arc<TunnelMetrics>) -> Result<Tunnel, Fatal> {
     let secure = args.keys.load()?.map(Arc::new);
-    let lifecycle = Lifecycle::install().map_err(|e| Fatal::runtime(e.to_string()))?;
+    let link = BrokerLink::open(url, metrics.reconnect_counter()).map_err(Fatal::broker)?;
+    let (wake_tx, wake) = bounded(0);
+    let connections = Connections::new(Arc::clone(&metrics));
     let server = Arc::new(Server {
-        link: BrokerLink::open(url).map_err(Fatal::broker)?,
+        link: Arc::clone(&link),
         queue: args.queue.clone(),
         options: StreamOptions::new().shared(args.shared),
         route: Route::of(args),
         secure,
         listening: Mutex::new(None),
+        stopping: AtomicBool::new(false),
+        wake,
+        connections: Arc::clone(&connections),
     });
     let listener = match server.bind_at_start() {
         Ok(listener) => listener,
         Err(err) => {
-            server.link.close();
+            link.close();
             return Err(Fatal::bind(err, "cannot serve"));
         }
     };
 
-    let (accepting, accepting_lifecycle) = (Arc::clone(&server), Arc::clone(&lifecycle));
+    let accepting = Arc::clone(&server);
     let accept = std::thread::Builder::new()
         .name("accept".to_string())
-        .spawn(move || accepting.accept_until_stopped(listener, &accepting_lifecycle))
-        .map_err(|e| Fatal::runtime(e.to_string()))?;
-
-    lifecycle.run_until_signalled(args.stop.grace, || server.stop_accepting());
-    // The listener goes (its queue with it), then the broker connection
-    // closes properly: a `serve` started next can take the queue at once.
-    let _ = accept.join();
-    server.listening().take();
-    server.link.close();
-    Ok(())
+        .spawn(move || accepting.accept_until_stopped(listener));
+    let accept = match accept {
+        Ok(accept) => accept,
+        Err(err) => {
+            server.listening().take();
+            link.close();
+            return Err(Fatal::runtime(err.to_string()));
+        }
+    };
+    let stopper = move || {
+        server.stopping.store(true, Ordering::SeqCst);
+        drop(wake_tx);
+        server.stop_accepting();
+        // The listener goes, its queue with it: a `serve` started next
+        // can take the queue at once.
+        let _ = accept.join();
+        server.listening().take();
+    };
+    Ok(Tunnel::new(
+        metrics,
+        connections,
+        link,
+        args.stop.grace,
+        Box::new(stopper),
+    ))
 }
 
 /// Where `serve` connects its streams.
@@ -98,6 +131,11 @@ struct Server {
     secure: Option<Arc<ServerConfig>>,
     /// The listener in use, for `stop_accepting` to close.
     listening: Mutex<Option<Arc<Listener>>>,
+    /// Set when the tunnel stops accepting.
+    stopping: AtomicBool,
+    /// Disconnects when the tunnel stops: cuts a backoff short.
+    wake: Receiver<()>,
+    connections: Arc<Connections>,
 }
 
 impl Server {
@@ -155,11 +193,11 @@ impl Server {
 
     /// Makes `listener` the one `stop_accepting` closes; `false` (and
     /// closed) when the stop has already come.
-    fn watch(&self, listener: &Arc<Listener>, lifecycle: &Lifecycle) -> bool {
+    fn watch(&self, listener: &Arc<Listener>) -> bool {
         let mut listening = self.listening();
         // Under the lock: either we see the stop, or the stop sees this
         // listener.
-        if lifecycle.stopping() {
+        if self.stopping() {
             listener.close();
             return false;
         }
@@ -170,23 +208,23 @@ impl Server {
     /// Accepts streams and hands each to its own thread; when the
     /// listener fails (the broker connection was lost), binds again once
     /// the link has reconnected.
-    fn accept_until_stopped(&self, mut listener: Arc<Listener>, lifecycle: &Arc<Lifecycle>) {
+    fn accept_until_stopped(&self, mut listener: Arc<Listener>) {
         info!("streams on queue {:?} go to {}", self.queue, self.route);
-        let mut watched = self.watch(&listener, lifecycle);
+        let mut watched = self.watch(&listener);
         while watched {
             match listener.accept() {
                 // Connected before the stop, but not served: dropped, it
                 // closes, as a TCP server's backlog is reset.
-                Ok(_) if lifecycle.stopping() => break,
-                Ok((stream, peer)) => self.start(stream, peer, lifecycle),
-                Err(_) if lifecycle.stopping() => break,
+                Ok(_) if self.stopping() => break,
+                Ok((stream, peer)) => self.start(stream, peer),
+                Err(_) if self.stopping() => break,
                 Err(err) => {
                     warn!("the listener on {:?} failed: {err}", self.queue);
-                    let Some(again) = self.bind_again(lifecycle) else {
+                    let Some(again) = self.bind_again() else {
                         break;
                     };
                     listener = again;
-                    watched = self.watch(&listener, lifecycle);
+                    watched = self.watch(&listener);
                 }
             }
         }
@@ -195,9 +233,9 @@ impl Server {
 
     /// Binds the queue again, retrying with backoff (the old exclusive
     /// queue may linger until the broker notices the old connection died).
-    fn bind_again(&self, lifecycle: &Lifecycle) -> Option<Arc<Listener>> {
+    fn bind_again(&self) -> Option<Arc<Listener>> {
         let mut backoff = Backoff::reconnecting();
-        while !lifecycle.stopping() {
+        while !self.stopping() {
             match self.bind() {
                 Ok(listener) => return Some(listener),
                 Err(err) => {
@@ -206,19 +244,24 @@ impl Server {
                         "cannot serve {:?} yet: {err}; next attempt in {delay:?}",
                         self.queue
                     );
-                    std::thread::sleep(delay);
+                    // Cut short when the tunnel stops.
+                    let _ = self.wake.recv_timeout(delay);
                 }
             }
         }
         None
     }
 
-    fn start(&self, stream: Stream, peer: Addr, lifecycle: &Arc<Lifecycle>) {
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    fn start(&self, stream: Stream, peer: Addr) {
         let secure = self.secure.clone();
         let from = format!("stream {}", peer.queue());
         let spawned = match &self.route {
             Route::Chosen(allow) => {
-                let (allow, guard) = (Arc::clone(allow), lifecycle.enter());
+                let (allow, guard) = (Arc::clone(allow), self.connections.enter());
                 std::thread::Builder::new()
                     .name("serve".to_string())
                     .spawn(move || {
@@ -244,7 +287,7 @@ impl Server {
                     })
             }
             Route::Fixed(target) => {
-                let log = ConnectionLog::open(lifecycle.enter(), from, target.to_string());
+                let log = ConnectionLog::open(self.connections.enter(), from, target.to_string());
                 let target = target.clone();
                 std::thread::Builder::new()
                     .name("serve".to_string())
@@ -257,6 +300,8 @@ impl Server {
                         };
                         match target.connect() {
                             Ok(tcp) => {
+                                log.connected();
+                                let tcp = Metered::new(tcp, log.byte_counters());
                                 // A target request (a `socks` at the wrong
                                 // serve) is refused, not passed to the target.
                                 let stream = RefuseTargetRequest::new(stream);

@@ -10,16 +10,21 @@ use crate::conn_log::ConnectionLog;
 use crate::fatal::Fatal;
 use crate::lifecycle::ConnectionGuard;
 use crate::link::BrokerLink;
+use crate::metered::Metered;
+use crate::metrics::TunnelMetrics;
+use crate::single;
 use crate::socks5::{
     Command, ReplyCode, Socks5Error, is_client_gone, read_greeting_and_request, reply,
 };
 use crate::splice::{Duplex, splice};
 use crate::target_request::{AnswerError, Reply, ask};
 use crate::tcp_front::FrontDoor;
+use crate::tunnel::Tunnel;
 use amqp_stream::secure::ClientConfig;
 use log::{debug, info};
 use std::io::{self, ErrorKind, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a SOCKS client may take over its greeting and request.
@@ -30,15 +35,23 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs the SOCKS5 proxy on `args.listen` until SIGINT/SIGTERM.
 pub fn run(url: &str, args: &SocksArgs) -> Result<(), Fatal> {
-    let front = FrontDoor::open(url, &args.listen.0, &args.stop)?;
+    single::run("socks", &args.queue, &args.metrics, |metrics| {
+        start(url, args, metrics)
+    })
+}
+
+/// Starts the SOCKS5 proxy on `args.listen` as a tunnel counted in
+/// `metrics`.
+pub fn start(url: &str, args: &SocksArgs, metrics: Arc<TunnelMetrics>) -> Result<Tunnel, Fatal> {
+    let secure = args.keys.load()?;
+    let front = FrontDoor::open(url, &args.listen.0, metrics)?;
     info!(
         "SOCKS5 proxy on {}: every CONNECT goes to queue {:?}",
         front.local_addr(),
         args.queue
     );
-    let secure = args.keys.load()?;
     let queue = args.queue.clone();
-    front.run(move |link, client, peer, guard| {
+    front.start(args.stop.grace, move |link, client, peer, guard| {
         serve_client(link, &queue, secure.as_ref(), client, peer, guard)
     })
 }
@@ -126,6 +139,8 @@ fn serve_client(
                 log.failed(&err);
                 return;
             }
+            log.connected();
+            let client = Metered::new(client, log.byte_counters());
             let transfer = splice(client, stream, |abort| log.on_abort(abort));
             log.closed(&transfer);
         }

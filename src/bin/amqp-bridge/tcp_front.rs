@@ -1,49 +1,51 @@
 //! The TCP side of `forward` and `http`: bind a local port, accept
 //! clients until stopped, each on its own thread.
 
-use crate::cli::StopArgs;
 use crate::fatal::Fatal;
-use crate::lifecycle::{ConnectionGuard, Lifecycle};
+use crate::lifecycle::{ConnectionGuard, Connections};
 use crate::link::BrokerLink;
+use crate::metrics::TunnelMetrics;
+use crate::tunnel::Tunnel;
 use log::{info, warn};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// How long accepting pauses after a failed `accept` (out of file
 /// descriptors, say) before trying again.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
-/// A bound TCP port with the broker link and the stop logic behind it.
+/// A bound TCP port with the broker link behind it.
 pub struct FrontDoor {
     listener: TcpListener,
     local: SocketAddr,
     link: Arc<BrokerLink>,
-    lifecycle: Arc<Lifecycle>,
-    grace: Duration,
+    metrics: Arc<TunnelMetrics>,
 }
 
 impl FrontDoor {
-    /// Binds `listen` (a port in use is exit code 5), takes over the stop
-    /// signals and connects to the broker at `url`: the port is checked
-    /// before the broker is contacted.
-    pub fn open(url: &str, listen: &[SocketAddr], stop: &StopArgs) -> Result<FrontDoor, Fatal> {
+    /// Binds `listen` (a port in use is exit code 5) and connects to the
+    /// broker at `url`: the port is checked before the broker is
+    /// contacted. Its connections are counted in `metrics`.
+    pub fn open(
+        url: &str,
+        listen: &[SocketAddr],
+        metrics: Arc<TunnelMetrics>,
+    ) -> Result<FrontDoor, Fatal> {
         let listener = TcpListener::bind(listen).map_err(|err| {
             let shown: Vec<String> = listen.iter().map(ToString::to_string).collect();
             Fatal::bind(err, &format!("cannot listen on {}", shown.join(", ")))
         })?;
-        let lifecycle = Lifecycle::install().map_err(|e| Fatal::runtime(e.to_string()))?;
-        let link = BrokerLink::open(url).map_err(Fatal::broker)?;
-        let grace = stop.grace;
         let local = listener
             .local_addr()
             .map_err(|e| Fatal::runtime(e.to_string()))?;
+        let link = BrokerLink::open(url, metrics.reconnect_counter()).map_err(Fatal::broker)?;
         Ok(FrontDoor {
             listener,
             local,
             link,
-            lifecycle,
-            grace,
+            metrics,
         })
     }
 
@@ -52,10 +54,11 @@ impl FrontDoor {
         self.local
     }
 
-    /// Accepts clients until SIGINT/SIGTERM, each handed to `handle` on
-    /// a thread of its own with the broker link; then allows the grace
-    /// period and returns.
-    pub fn run<H>(self, handle: H) -> Result<(), Fatal>
+    /// Accepts clients until the tunnel returned stops accepting, each
+    /// handed to `handle` on a thread of its own with the broker link.
+    /// `grace`: how long open connections may go on once the process
+    /// stops.
+    pub fn start<H>(self, grace: Duration, handle: H) -> Result<Tunnel, Fatal>
     where
         H: Fn(&BrokerLink, TcpStream, SocketAddr, ConnectionGuard) + Send + Sync + 'static,
     {
@@ -63,10 +66,12 @@ impl FrontDoor {
             listener,
             local,
             link,
-            lifecycle,
-            grace,
+            metrics,
         } = self;
-        let accepting = Arc::clone(&lifecycle);
+        let connections = Connections::new(Arc::clone(&metrics));
+        let stopping = Arc::new(AtomicBool::new(false));
+        let accepting = Arc::clone(&connections);
+        let accepting_stopping = Arc::clone(&stopping);
         let handle = Arc::new(handle);
         let accepting_link = Arc::clone(&link);
         let accept = std::thread::Builder::new()
@@ -74,7 +79,7 @@ impl FrontDoor {
             .spawn(move || {
                 loop {
                     let accepted = listener.accept();
-                    if accepting.stopping() {
+                    if accepting_stopping.load(Ordering::SeqCst) {
                         break;
                     }
                     match accepted {
@@ -99,16 +104,28 @@ impl FrontDoor {
                 // line and connects is refused, not reset.
                 drop(listener);
                 info!("no longer accepting on {local}");
-            })
-            .map_err(|e| Fatal::runtime(e.to_string()))?;
-        lifecycle.run_until_signalled(grace, || {
+            });
+        let accept = match accept {
+            Ok(accept) => accept,
+            Err(err) => {
+                link.close();
+                return Err(Fatal::runtime(err.to_string()));
+            }
+        };
+        let stopper = move || {
+            stopping.store(true, Ordering::SeqCst);
             // A connection of our own wakes the accepting thread, which
             // then sees that we are stopping and closes the port.
             let _ = TcpStream::connect_timeout(&reachable(local), Duration::from_secs(2));
-        });
-        let _ = accept.join();
-        link.close();
-        Ok(())
+            let _ = accept.join();
+        };
+        Ok(Tunnel::new(
+            metrics,
+            connections,
+            link,
+            grace,
+            Box::new(stopper),
+        ))
     }
 }
 

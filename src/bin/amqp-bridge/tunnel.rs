@@ -1,0 +1,102 @@
+//! A running tunnel as a value: it accepts connections (TCP clients or
+//! streams on a queue) and carries each through the broker until it is
+//! told to stop accepting. `serve`, `forward` and `http` run one; `run`
+//! runs many and starts and stops them as its file changes.
+
+use crate::cli::Command;
+use crate::fatal::Fatal;
+use crate::lifecycle::Connections;
+use crate::link::BrokerLink;
+use crate::metrics::TunnelMetrics;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The subcommands that can run as tunnels of a config file. A new one
+/// goes here and in [`start`].
+pub const KINDS: &[&str] = &["serve", "forward", "http", "socks"];
+
+/// Stops a tunnel's accepting: returns once no new connection can come
+/// (its port closed, its queue deleted).
+pub type Stopper = Box<dyn FnOnce() + Send>;
+
+/// One tunnel, accepting until [`stop_accepting`](Tunnel::stop_accepting).
+pub struct Tunnel {
+    metrics: Arc<TunnelMetrics>,
+    connections: Arc<Connections>,
+    link: Arc<BrokerLink>,
+    grace: Duration,
+    stopper: Option<Stopper>,
+}
+
+impl Tunnel {
+    /// A tunnel that accepts into `connections` over `link` until
+    /// `stopper` runs; `grace` is how long its open connections may go on
+    /// once the process is stopping.
+    pub fn new(
+        metrics: Arc<TunnelMetrics>,
+        connections: Arc<Connections>,
+        link: Arc<BrokerLink>,
+        grace: Duration,
+        stopper: Stopper,
+    ) -> Tunnel {
+        Tunnel {
+            metrics,
+            connections,
+            link,
+            grace,
+            stopper: Some(stopper),
+        }
+    }
+
+    /// Accepts nothing more; the connections open go on. Done once.
+    pub fn stop_accepting(&mut self) {
+        if let Some(stop) = self.stopper.take() {
+            stop();
+        }
+    }
+
+    /// Its open connections.
+    pub fn connections(&self) -> &Arc<Connections> {
+        &self.connections
+    }
+
+    /// Its counters.
+    pub fn metrics(&self) -> &Arc<TunnelMetrics> {
+        &self.metrics
+    }
+
+    /// `kind "name"`, for the logs.
+    pub fn label(&self) -> String {
+        self.metrics.label()
+    }
+
+    /// How long its open connections may go on once the process stops.
+    pub fn grace(&self) -> Duration {
+        self.grace
+    }
+
+    /// Stops accepting and closes the broker connection properly:
+    /// connections still open fail.
+    pub fn close(mut self) {
+        self.stop_accepting();
+        self.link.close();
+    }
+}
+
+/// Starts the tunnel `command` describes, counted in `metrics`; `None`
+/// for a subcommand that is no tunnel (see [`KINDS`]).
+pub fn start(
+    url: &str,
+    command: &Command,
+    metrics: Arc<TunnelMetrics>,
+) -> Option<Result<Tunnel, Fatal>> {
+    Some(match command {
+        Command::Serve(args) => crate::serve::start(url, args, metrics),
+        Command::Forward(args) => crate::forward::start(url, args, metrics),
+        Command::Http(args) => crate::http::start(url, args, metrics),
+        Command::Socks(args) => crate::socks::start(url, args, metrics),
+        Command::Connect(_) | Command::Run(_) | Command::Completions(_) | Command::Keygen(_) => {
+            return None;
+        }
+    })
+}
