@@ -59,12 +59,16 @@ pub(crate) struct Inbox {
     reported: AtomicU64,
     /// Version 2: the peer's FIN has arrived; nothing numbered may follow.
     fin_seen: AtomicBool,
+    /// Version 3: the body bytes handed to `deliveries` and not yet taken,
+    /// which taking a delivery lowers (see [`Mux`](crate::mux::Mux)).
+    held: Option<Arc<AtomicU64>>,
 }
 
 impl Inbox {
     /// The inbox of a stream that speaks `version`, which offered the peer
     /// a receive `window` (version 2) and marks its own "peer gone"
-    /// marker with `marker`.
+    /// marker with `marker`; `held` counts the bytes waiting in
+    /// `deliveries` (version 3).
     pub(crate) fn new(
         version: ProtocolVersion,
         deliveries: Receiver<ConsumerMessage>,
@@ -72,6 +76,7 @@ impl Inbox {
         control: Sender<Control>,
         marker: String,
         window: u64,
+        held: Option<Arc<AtomicU64>>,
     ) -> Inbox {
         let token = bounded(1);
         token.0.send(()).expect("the token fits");
@@ -89,6 +94,7 @@ impl Inbox {
             received: AtomicU64::new(0),
             reported: AtomicU64::new(0),
             fin_seen: AtomicBool::new(false),
+            held,
         }
     }
 
@@ -115,6 +121,12 @@ impl Inbox {
         } else {
             Ok(())
         }
+    }
+
+    /// Whether the peer's FIN has arrived (version 2 and later), taken by
+    /// the reader or not: the peer sends nothing more.
+    pub(crate) fn fin_seen(&self) -> bool {
+        self.fin_seen.load(Ordering::SeqCst)
     }
 
     /// The protocol version the stream speaks.
@@ -170,6 +182,9 @@ impl Inbox {
             ConsumerMessage::Delivery(delivery) => delivery,
             other => return Some(Received::Ended(other)),
         };
+        if let Some(held) = &self.held {
+            held.fetch_sub(delivery.body.len() as u64, Ordering::SeqCst);
+        }
         let mut frame = frame::classify(
             self.version,
             &delivery.body,

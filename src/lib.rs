@@ -165,12 +165,15 @@
 //!   opens one publishing channel with confirms. A stream end is that
 //!   queue plus a *stream id* it picks (32 hex digits, unique; at most 128
 //!   bytes are taken from a peer). Every frame to a stream names it in
-//!   `correlation_id`, names the sending stream in `app_id` and the
-//!   sending connection's queue in `reply_to`; the receiving connection
-//!   hands it to the stream it names. A data, FIN or keepalive frame for
-//!   an id it does not hold (a stream that closed) is answered with a
-//!   `reset` to its sender, as TCP answers a segment for a closed socket;
-//!   other frames for such an id are dropped. Publishes are mandatory as in
+//!   `correlation_id`, the sending stream in `app_id` and the sender's
+//!   connection queue in `reply_to`; the receiving connection hands it to
+//!   the stream it names. A handshake, data, FIN or keepalive for an id it
+//!   does not hold (a stream that closed, or a client that gave up before
+//!   the SYN-ACK came) is answered with a reset to its sender, whose
+//!   frames would otherwise vanish into a queue that outlives the stream,
+//!   as TCP answers a segment for a closed socket; anything else for such
+//!   an id is dropped. A stream stops sending keepalives once the peer's
+//!   FIN has arrived. Publishes are mandatory as in
 //!   version 2: a frame to a connection that is gone comes back, which is
 //!   how a keepalive finds a dead peer. [`Stream::peer_addr`] and
 //!   [`Stream::local_addr`] show `QUEUE#ID`.
@@ -195,7 +198,10 @@
 //! * **Delivery.** Nothing is acknowledged: the connection's queue is
 //!   consumed in no-ack mode and each stream's credit window bounds what
 //!   the broker and the receiver hold for it (a peer that sends beyond it
-//!   is `InvalidData` and reset, as in version 2). Publisher confirms are
+//!   is `InvalidData` and reset, as in version 2; the connection's
+//!   consumer counts what each stream has not taken yet, and past twice
+//!   the window drops the peer's frames and aborts the stream there, so
+//!   even a stream nobody reads holds no more). Publisher confirms are
 //!   kept per stream, so `flush` still means "the broker has it".
 //! * **Setup and close.** Setup is the SYN and the SYN-ACK; close is the
 //!   FIN (or reset). Nothing is declared or deleted per stream.

@@ -4,11 +4,8 @@
 
 use super::{Mux, Route, Routes};
 use crate::error::Error;
-use crate::protocol::frame;
 use crate::shared::lock;
-use amiquip::{
-    AmqpProperties, Channel, Confirm, ConsumerMessage, ConsumerOptions, QueueDeclareOptions, Return,
-};
+use amiquip::{Channel, Confirm, ConsumerMessage, ConsumerOptions, QueueDeclareOptions, Return};
 use crossbeam_channel::{Receiver, Sender, never, select};
 use log::debug;
 use std::sync::atomic::Ordering;
@@ -51,10 +48,21 @@ pub(super) fn run(
                         debug!("{:?}: dropped a message that names no stream", feeds.queue);
                         continue;
                     };
-                    if let Some(route) = lock(&feeds.routes.streams).get(to.as_str()) {
-                        let _ = route.deliveries.send(ConsumerMessage::Delivery(delivery));
-                    } else if let Some(mux) = mux.upgrade() {
-                        reset_unknown(&mux, &to, &delivery.properties);
+                    let stray = {
+                        let mut streams = lock(&feeds.routes.streams);
+                        match streams.get_mut(to.as_str()) {
+                            Some(route) => {
+                                hand_over(route, delivery);
+                                None
+                            }
+                            None => Some(delivery),
+                        }
+                    };
+                    if let Some(delivery) = stray {
+                        debug!("{:?}: a frame for stream {to:?}, which is not here", feeds.queue);
+                        if let Some(mux) = mux.upgrade() {
+                            mux.answer_stray(&delivery);
+                        }
                     }
                 }
                 Ok(other) => {
@@ -97,33 +105,26 @@ pub(super) fn run(
     let _ = channel.close();
 }
 
-/// A frame for a stream that is not here (closed, or never was): its
-/// sender is told with a reset, as a TCP stack answers a segment for a
-/// closed connection, so a peer still writing to a stream that closed
-/// fails instead of waiting for credit that never comes. Resets, window
-/// updates and frames that do not say who sent them get no answer (no
-/// reset storms).
-fn reset_unknown(mux: &Mux, to: &str, properties: &AmqpProperties) {
-    let kind = properties.type_().as_deref();
-    let (Some(from), Some(queue)) = (properties.app_id(), properties.reply_to()) else {
-        debug!(
-            "{:?}: dropped a frame for stream {to:?}, which is not here",
-            mux.queue()
-        );
-        return;
-    };
-    if matches!(kind, Some(frame::RESET | frame::WINDOW)) {
+/// Hands a delivery to its stream, unless the stream holds more than its
+/// window allows (a peer that ignores it): then the delivery is dropped
+/// and the stream aborted, once.
+fn hand_over(route: &mut Route, delivery: amiquip::Delivery) {
+    if route.overran {
         return;
     }
-    debug!(
-        "{:?}: a {kind:?} frame for stream {to:?}, which is not here: resetting its sender",
-        mux.queue()
-    );
-    let us: Arc<str> = to.into();
-    let why = b"the stream is closed";
-    if let Err(err) = mux.publish(&us, 0, queue, from, why, frame::reset_properties()) {
-        debug!("{:?}: could not reset {from:?}: {err}", mux.queue());
+    let size = delivery.body.len() as u64;
+    let held = route.held.fetch_add(size, Ordering::SeqCst) + size;
+    if held > route.limit {
+        route.held.fetch_sub(size, Ordering::SeqCst);
+        route.overran = true;
+        (route.abort)(format!(
+            "the peer ignored flow control: {held} bytes arrived that the stream had not \
+             taken, more than its window allows ({})",
+            route.limit
+        ));
+        return;
     }
+    let _ = route.deliveries.send(ConsumerMessage::Delivery(delivery));
 }
 
 /// Hands a returned message to the stream that published it.

@@ -14,14 +14,20 @@ mod confirms;
 mod demux;
 
 use crate::error::Error;
+use crate::protocol::frame;
 use crate::shared::{Bell, lock};
 use crate::worker::engine::Engine;
 use amiquip::{AmqpProperties, Channel, Confirm, ConsumerMessage, Publish, Return};
 use confirms::ConfirmBook;
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use log::debug;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// The sender id of what the connection itself publishes (the answer
+/// to a stray frame): no stream ever has it (ids are 32 hex digits).
+const NOBODY: &str = "-";
 
 /// The prefix of a connection's queue.
 const QUEUE_PREFIX: &str = "amqp-stream.conn.";
@@ -55,6 +61,21 @@ struct Route {
     returns: Sender<Return>,
     /// Rung after a confirm or return for the stream.
     bell: Bell,
+    /// Body bytes handed to `deliveries` and not yet taken by the stream.
+    held: Arc<AtomicU64>,
+    /// The most `held` may reach: beyond it the peer ignores the window.
+    limit: u64,
+    /// Fails the stream for a protocol violation (and resets its peer).
+    abort: Box<dyn Fn(String) + Send>,
+    /// The stream was aborted for holding too much: its frames are dropped.
+    overran: bool,
+}
+
+/// The most body bytes a stream that offered `window` may have handed
+/// over and not yet taken: the window's data, and room for the control
+/// frames that may come with it.
+fn hold_limit(window: u64) -> u64 {
+    window.saturating_mul(2).saturating_add(64 * 1024)
 }
 
 /// What a registered stream receives.
@@ -70,6 +91,9 @@ pub(crate) struct Registration {
     pub(crate) returns: Receiver<Return>,
     /// The engine's bell for the stream.
     pub(crate) bell: Bell,
+    /// Body bytes of `deliveries` not yet taken: whoever takes a delivery
+    /// subtracts its body's length.
+    pub(crate) held: Arc<AtomicU64>,
 }
 
 impl Mux {
@@ -142,13 +166,21 @@ impl Mux {
         !self.routes.ended.load(Ordering::SeqCst)
     }
 
-    /// Registers a new stream end under a new id.
-    pub(crate) fn register(&self) -> Result<Registration, Error> {
+    /// Registers a new stream end under a new id, which offers its peer a
+    /// receive `window`: a peer that sends far beyond it has its frames
+    /// dropped and the stream aborted by `abort`, so that it cannot grow
+    /// this process's memory while nobody takes the stream's deliveries.
+    pub(crate) fn register(
+        &self,
+        window: u64,
+        abort: Box<dyn Fn(String) + Send>,
+    ) -> Result<Registration, Error> {
         let id: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
         let (deliveries_tx, deliveries) = unbounded();
         let (confirms_tx, confirms) = unbounded();
         let (returns_tx, returns) = unbounded();
         let bell = self.engine.bell(Arc::clone(&id));
+        let held = Arc::new(AtomicU64::new(0));
         let mut streams = lock(&self.routes.streams);
         // Checked under the lock the demultiplexer empties the map under.
         if self.routes.ended.load(Ordering::SeqCst) {
@@ -164,6 +196,10 @@ impl Mux {
                 confirms: confirms_tx,
                 returns: returns_tx,
                 bell: bell.clone(),
+                held: Arc::clone(&held),
+                limit: hold_limit(window),
+                abort,
+                overran: false,
             },
         );
         Ok(Registration {
@@ -172,6 +208,7 @@ impl Mux {
             confirms,
             returns,
             bell,
+            held,
         })
     }
 
@@ -195,6 +232,8 @@ impl Mux {
         body: &[u8],
         properties: AmqpProperties,
     ) -> Result<(), amiquip::Error> {
+        // `reply_to` on every frame: a connection that gets a frame for a
+        // stream it does not hold (any more) answers it with a reset there.
         let properties = properties
             .with_correlation_id(to.to_string())
             .with_app_id(from.to_string())
@@ -212,6 +251,42 @@ impl Mux {
         )?;
         publishing.book.record(Arc::clone(from), tag);
         Ok(())
+    }
+
+    /// Answers a frame for a stream id this connection does not hold with
+    /// a reset to the stream that sent it: its peer is gone (closed, or
+    /// never there: a client that gave up before the SYN-ACK came), and
+    /// with the connection's queue still there nothing else would tell it.
+    /// Only frames whose loss costs the sender bytes or liveness are
+    /// answered: handshakes, data, FINs and keepalives, never a reset
+    /// (no answer to an answer) or a window report (nothing of the
+    /// stream's bytes is lost with it).
+    fn answer_stray(&self, delivery: &amiquip::Delivery) {
+        let properties = &delivery.properties;
+        let answered = match properties.type_().as_deref() {
+            None => true,
+            Some(kind) => matches!(kind, frame::DATA | frame::FIN | frame::KEEPALIVE),
+        };
+        let (Some(queue), Some(to)) = (properties.reply_to(), properties.app_id()) else {
+            return;
+        };
+        // Our own "peer gone" marker is never answered (its type is not
+        // one of those), so frames between two streams of this very
+        // connection are answered like any others.
+        if !answered || to.len() > 128 {
+            return;
+        }
+        let from: Arc<str> = Arc::from(NOBODY);
+        if let Err(err) = self.publish(
+            &from,
+            0,
+            queue,
+            to,
+            b"no such stream",
+            frame::reset_properties(),
+        ) {
+            debug!("{:?}: could not answer a stray frame: {err}", self.queue);
+        }
     }
 
     /// The stream confirms a confirm of the publishing channel stands for.

@@ -475,7 +475,14 @@ impl<T: Transport> Worker<T> {
     /// Version 2: a keepalive frame when nothing else went to the peer for
     /// an interval. The broker returns it if the peer's queue is gone.
     fn send_keepalive(&mut self) {
-        if self.peer_gone || self.fin_received || self.ends.shared.failure().is_some() {
+        // The peer's FIN waiting for our reader is enough: the peer sends
+        // nothing more and may be gone, cleanly (in version 3 a keepalive
+        // to a stream that is gone is answered with a reset).
+        if self.peer_gone
+            || self.fin_received
+            || self.inbox.fin_seen()
+            || self.ends.shared.failure().is_some()
+        {
             return;
         }
         // The ticker fires every interval: allow for its jitter.

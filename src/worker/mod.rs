@@ -447,6 +447,7 @@ fn run(
         publisher,
         returns,
         deliveries: consumer.receiver().clone(),
+        held: None,
     };
     up.run();
     cancel_consumer(&consumer);
@@ -469,6 +470,8 @@ struct Connected<T> {
     publisher: Publisher<T>,
     returns: Receiver<Return>,
     deliveries: Receiver<ConsumerMessage>,
+    /// Version 3: the bytes waiting in `deliveries`.
+    held: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl<T: Transport> Connected<T> {
@@ -497,6 +500,7 @@ impl<T: Transport> Connected<T> {
             mut publisher,
             returns,
             deliveries,
+            held,
         } = self;
         let Agreed {
             peer_queue,
@@ -525,6 +529,7 @@ impl<T: Transport> Connected<T> {
             ends.control_sender.clone(),
             marker.clone(),
             options.get_window() as u64,
+            held,
         ));
         let handed_over = setup.send(Ok(Handshake {
             local_queue: local_name.clone(),

@@ -5,9 +5,10 @@
 
 use super::handshake::{Inbound, await_handshake, send_handshake};
 use super::publisher::{Publisher, SharedChannel};
-use super::{Assignment, Connected};
+use super::{Assignment, Connected, Control};
 use crate::connection::BrokerConnection;
 use crate::mux::Registration;
+use crate::shared::Failure;
 use std::sync::Arc;
 
 /// The worker thread of a version-3 stream.
@@ -18,9 +19,22 @@ pub(super) fn run(connection: Arc<BrokerConnection>, assignment: Box<Assignment>
         setup,
         ends,
     } = *assignment;
-    let registered = connection
-        .mux()
-        .and_then(|mux| mux.register().map(|registration| (mux, registration)));
+    // A peer that ignores the window is aborted by the demultiplexer
+    // before its frames reach the stream: as the inbox would (see
+    // `Inbox::abort`), but before they take up memory.
+    let abort: Box<dyn Fn(String) + Send> = {
+        let (shared, control) = (Arc::clone(&ends.shared), ends.control_sender.clone());
+        Box::new(move |why: String| {
+            shared.fail(Failure::Protocol(why.clone()));
+            let _ = control.send(Control::Abort(why));
+            shared.ring();
+        })
+    };
+    let window = options.get_window() as u64;
+    let registered = connection.mux().and_then(|mux| {
+        mux.register(window, abort)
+            .map(|registration| (mux, registration))
+    });
     let (mux, registration) = match registered {
         Ok(registered) => registered,
         Err(err) => {
@@ -34,6 +48,7 @@ pub(super) fn run(connection: Arc<BrokerConnection>, assignment: Box<Assignment>
         confirms,
         returns,
         bell,
+        held,
     } = registration;
     // From now on the handles ring the engine after every message.
     ends.shared.set_bell(bell);
@@ -77,6 +92,7 @@ pub(super) fn run(connection: Arc<BrokerConnection>, assignment: Box<Assignment>
         publisher,
         returns,
         deliveries,
+        held: Some(held),
     };
     // The engine runs the stream from here: this thread ends.
     match connected.into_worker() {
