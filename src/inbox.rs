@@ -219,6 +219,7 @@ impl Inbox {
                 };
                 self.shared.fail(Failure::PeerReset(why));
                 let _ = self.control.send(Control::PeerReset);
+                self.shared.ring();
             }
             Frame::Invalid(why) => self.abort(why.clone()),
             _ => {}
@@ -245,6 +246,7 @@ impl Inbox {
     pub(crate) fn abort(&self, why: String) {
         self.shared.fail(Failure::Protocol(why.clone()));
         let _ = self.control.send(Control::Abort(why));
+        self.shared.ring();
     }
 
     fn ack(&self, delivery: Delivery) {

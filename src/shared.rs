@@ -7,7 +7,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use log::debug;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 /// Why a stream can no longer carry data.
 #[derive(Debug, Clone)]
@@ -59,6 +59,22 @@ pub(crate) enum Ending {
     Reset(String),
 }
 
+/// Tells the engine that runs a version-3 stream (one thread per
+/// connection, see `worker::engine`) that something waits for the stream:
+/// it rings with the stream's id after every message to the worker.
+#[derive(Clone)]
+pub(crate) struct Bell {
+    pub(crate) engine: Sender<Arc<str>>,
+    pub(crate) id: Arc<str>,
+}
+
+impl Bell {
+    /// Wakes the engine for this stream.
+    pub(crate) fn ring(&self) {
+        let _ = self.engine.send(Arc::clone(&self.id));
+    }
+}
+
 /// State the worker and the user's handles both see.
 pub(crate) struct Shared {
     failure: Mutex<Option<Failure>>,
@@ -75,12 +91,16 @@ pub(crate) struct Shared {
     credit_wake: (Sender<()>, Receiver<()>),
     /// What `write` hands to the worker.
     pub(crate) written: WriteBuffer,
+    /// The engine's bell, for a stream an engine runs (version 3); a
+    /// stream with a thread of its own needs none.
+    bell: Arc<OnceLock<Bell>>,
 }
 
 impl Shared {
     /// The state of a new stream whose writes may buffer `write_limit`
     /// bytes ahead of its worker.
     pub(crate) fn new(write_limit: usize) -> Shared {
+        let bell = Arc::new(OnceLock::new());
         Shared {
             failure: Mutex::new(None),
             ending: Mutex::new(None),
@@ -88,7 +108,21 @@ impl Shared {
             nodelay: AtomicBool::new(false),
             send_window: Mutex::new(SendWindow::unlimited()),
             credit_wake: bounded(1),
-            written: WriteBuffer::new(write_limit),
+            written: WriteBuffer::new(write_limit, Arc::clone(&bell)),
+            bell,
+        }
+    }
+
+    /// From now on the stream is run by the engine `bell` rings.
+    pub(crate) fn set_bell(&self, bell: Bell) {
+        let _ = self.bell.set(bell);
+    }
+
+    /// Tells the stream's engine, if it has one, that a message for the
+    /// worker is waiting.
+    pub(crate) fn ring(&self) {
+        if let Some(bell) = self.bell.get() {
+            bell.ring();
         }
     }
 

@@ -296,7 +296,9 @@ impl Stream {
         self.inner.shared.set_nodelay(nodelay);
         if nodelay {
             // Best effort: a full queue is being worked on anyway.
-            let _ = self.inner.outbound.try_send(Outbound::Push);
+            if self.inner.outbound.try_send(Outbound::Push).is_ok() {
+                self.inner.shared.ring();
+            }
         }
         Ok(())
     }
@@ -433,6 +435,7 @@ impl Inner {
                     // peer may send is checked against it.
                     self.inbox.reported(total);
                     let _ = self.control.send(Control::Window(total));
+                    self.shared.ring();
                 }
                 if state.position == state.current.len() {
                     state.current = Vec::new();
@@ -569,6 +572,7 @@ impl Inner {
                     state.eof = true;
                     self.send_ack(state);
                     let _ = self.control.send(Control::FinReceived);
+                    self.shared.ring();
                 }
                 Err(why) => self.protocol_error(state, why),
             },
@@ -576,6 +580,7 @@ impl Inner {
                 self.fail_read(state, io::ErrorKind::ConnectionReset, "the peer is gone");
                 self.send_ack(state);
                 let _ = self.control.send(Control::PeerGoneSeen);
+                self.shared.ring();
             }
             Frame::Reset(_) => {
                 let kind = io::ErrorKind::ConnectionReset;
@@ -755,10 +760,16 @@ impl Inner {
     /// Hands an item to the worker, before the deadline.
     fn send_outbound(&self, item: Outbound, deadline: &Receiver<Instant>) -> io::Result<()> {
         match self.outbound.try_send(item) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.shared.ring();
+                Ok(())
+            }
             Err(crossbeam_channel::TrySendError::Disconnected(_)) => self.after_worker(),
             Err(crossbeam_channel::TrySendError::Full(item)) => select! {
-                send(self.outbound, item) -> sent => sent.map_err(|_| self.worker_gone()),
+                send(self.outbound, item) -> sent => {
+                    self.shared.ring();
+                    sent.map_err(|_| self.worker_gone())
+                }
                 recv(deadline) -> _ => Err(write_timed_out()),
             },
         }
@@ -837,7 +848,9 @@ impl Drop for Inner {
             Ending::Close { .. } => Outbound::Close,
             Ending::Reset(why) => Outbound::Reset(why),
         };
-        if self.outbound.send_timeout(last, linger).is_ok() {
+        let sent = self.outbound.send_timeout(last, linger);
+        self.shared.ring();
+        if sent.is_ok() {
             // Disconnects when the worker has finished.
             let _ = self.alive.recv_timeout(linger);
         }

@@ -10,12 +10,14 @@
 //! publishes them first) or is refused. No byte a `write` accepted can
 //! land behind the FIN.
 
-use crate::shared::lock;
+use crate::shared::{Bell, lock};
 use crossbeam_channel::{Receiver, Sender, bounded};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Written bytes on their way to the worker, up to a limit.
 pub(crate) struct WriteBuffer {
+    /// The engine's bell (version 3), rung with `filled`.
+    bell: Arc<OnceLock<Bell>>,
     state: Mutex<Buffered>,
     /// `write` waits while the buffer holds this much.
     limit: usize,
@@ -46,8 +48,9 @@ pub(crate) enum Appended {
 
 impl WriteBuffer {
     /// An empty buffer that takes up to about `limit` bytes.
-    pub(crate) fn new(limit: usize) -> WriteBuffer {
+    pub(crate) fn new(limit: usize, bell: Arc<OnceLock<Bell>>) -> WriteBuffer {
         WriteBuffer {
+            bell,
             state: Mutex::new(Buffered::default()),
             limit: limit.max(1),
             filled: bounded(1),
@@ -72,6 +75,9 @@ impl WriteBuffer {
         drop(state);
         if was_empty {
             let _ = self.filled.0.try_send(());
+            if let Some(bell) = self.bell.get() {
+                bell.ring();
+            }
         }
         if room_left {
             // Another writer waiting for room may go too.
@@ -119,7 +125,7 @@ mod tests {
 
     #[test]
     fn gathers_writes_and_wakes_once_per_batch() {
-        let buffer = WriteBuffer::new(10);
+        let buffer = WriteBuffer::new(10, Arc::default());
         assert_eq!(buffer.append(b"abc"), Appended::Done);
         assert_eq!(buffer.append(b"def"), Appended::Done);
         assert!(buffer.filled().try_recv().is_ok());
@@ -137,7 +143,7 @@ mod tests {
 
     #[test]
     fn refuses_once_full_until_taken() {
-        let buffer = WriteBuffer::new(4);
+        let buffer = WriteBuffer::new(4, Arc::default());
         assert_eq!(buffer.append(b"12345"), Appended::Done);
         assert_eq!(buffer.append(b"6"), Appended::Full);
         buffer.take();
@@ -146,7 +152,7 @@ mod tests {
 
     #[test]
     fn a_closed_buffer_refuses_and_wakes_a_waiting_writer() {
-        let buffer = WriteBuffer::new(4);
+        let buffer = WriteBuffer::new(4, Arc::default());
         assert_eq!(buffer.append(b"1234"), Appended::Done);
         assert_eq!(buffer.append(b"5"), Appended::Full);
         assert!(buffer.close());

@@ -92,6 +92,7 @@ pub(super) fn run(
                     for (stream, confirm) in confirmed {
                         if let Some(route) = streams.get(&stream) {
                             let _ = route.confirms.send(confirm);
+                            route.bell.ring();
                         }
                     }
                 }
@@ -131,8 +132,9 @@ fn route_return(routes: &Routes, returned: Return) {
     let from = returned.properties.app_id().clone();
     let streams = lock(&routes.streams);
     match from.as_deref().and_then(|from| streams.get(from)) {
-        Some(Route { returns, .. }) => {
+        Some(Route { returns, bell, .. }) => {
             let _ = returns.send(returned);
+            bell.ring();
         }
         None => debug!(
             "a message to {:?} came back for a stream not here: {}",
@@ -146,7 +148,12 @@ fn route_return(routes: &Routes, returned: Return) {
 fn end(routes: &Routes) {
     let mut streams = lock(&routes.streams);
     routes.ended.store(true, Ordering::SeqCst);
-    streams.clear();
+    // Their feeds disconnect: each engine hears of it.
+    let bells: Vec<_> = streams.drain().map(|(_, route)| route.bell).collect();
+    drop(streams);
+    for bell in bells {
+        bell.ring();
+    }
 }
 
 fn consume<'a>(channel: &'a Channel, queue: &str) -> Result<amiquip::Consumer<'a>, Error> {

@@ -15,7 +15,8 @@ mod demux;
 
 use crate::error::Error;
 use crate::protocol::frame;
-use crate::shared::lock;
+use crate::shared::{Bell, lock};
+use crate::worker::engine::Engine;
 use amiquip::{AmqpProperties, Channel, Confirm, ConsumerMessage, Publish, Return};
 use confirms::ConfirmBook;
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
@@ -36,6 +37,8 @@ pub(crate) struct Mux {
     queue: String,
     publishing: Mutex<Publishing>,
     routes: Arc<Routes>,
+    /// The engine that runs this connection's streams once connected.
+    engine: Engine,
 }
 
 /// The publishing channel and what it published.
@@ -56,6 +59,8 @@ struct Route {
     deliveries: Sender<ConsumerMessage>,
     confirms: Sender<Confirm>,
     returns: Sender<Return>,
+    /// Rung after a confirm or return for the stream.
+    bell: Bell,
     /// Body bytes handed to `deliveries` and not yet taken by the stream.
     held: Arc<AtomicU64>,
     /// The most `held` may reach: beyond it the peer ignores the window.
@@ -84,6 +89,8 @@ pub(crate) struct Registration {
     pub(crate) confirms: Receiver<Confirm>,
     /// The stream's messages the broker could not route.
     pub(crate) returns: Receiver<Return>,
+    /// The engine's bell for the stream.
+    pub(crate) bell: Bell,
     /// Body bytes of `deliveries` not yet taken: whoever takes a delivery
     /// subtracts its body's length.
     pub(crate) held: Arc<AtomicU64>,
@@ -122,6 +129,7 @@ impl Mux {
             returns,
         };
         let mux = Arc::new(Mux {
+            engine: Engine::start()?,
             queue,
             publishing: Mutex::new(Publishing {
                 channel,
@@ -141,6 +149,11 @@ impl Mux {
             ))
         })?;
         Ok(mux)
+    }
+
+    /// The engine that runs the connection's streams.
+    pub(crate) fn engine(&self) -> &Engine {
+        &self.engine
     }
 
     /// The connection's queue, which every stream on it receives on.
@@ -166,6 +179,7 @@ impl Mux {
         let (deliveries_tx, deliveries) = unbounded();
         let (confirms_tx, confirms) = unbounded();
         let (returns_tx, returns) = unbounded();
+        let bell = self.engine.bell(Arc::clone(&id));
         let held = Arc::new(AtomicU64::new(0));
         let mut streams = lock(&self.routes.streams);
         // Checked under the lock the demultiplexer empties the map under.
@@ -181,6 +195,7 @@ impl Mux {
                 deliveries: deliveries_tx,
                 confirms: confirms_tx,
                 returns: returns_tx,
+                bell: bell.clone(),
                 held: Arc::clone(&held),
                 limit: hold_limit(window),
                 abort,
@@ -192,6 +207,7 @@ impl Mux {
             deliveries,
             confirms,
             returns,
+            bell,
             held,
         })
     }

@@ -3,7 +3,7 @@
 //! returns, and a keepalive tick; then closing.
 
 use super::WorkerEnds;
-use super::publisher::Publisher;
+use super::publisher::{Publisher, Transport};
 use crate::connection::BrokerConnection;
 use crate::inbox::Inbox;
 use crate::options::StreamOptions;
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use super::{Control, Outbound};
 
 /// The worker's state after the handshake.
-pub(super) struct Worker<'a> {
+pub(super) struct Worker<T> {
     pub(super) connection: Arc<BrokerConnection>,
     pub(super) options: StreamOptions,
     /// How long closing waits for confirms: the options' linger, or the
@@ -32,7 +32,7 @@ pub(super) struct Worker<'a> {
     /// The last handle is gone (closed or reset): closing waits no longer
     /// than the linger time.
     pub(super) closing: bool,
-    pub(super) publisher: Publisher<'a>,
+    pub(super) publisher: Publisher<T>,
     pub(super) returns: Receiver<Return>,
     pub(super) ends: WorkerEnds,
     pub(super) peer_queue: String,
@@ -62,9 +62,29 @@ pub(super) struct Worker<'a> {
     /// earlier data awaits its confirm, gathering the writes behind it
     /// (Nagle's algorithm, with the broker's confirm as the ACK).
     pub(super) unsent: Vec<u8>,
+    /// Run by an engine: closing, waiting for the broker's confirms.
+    pub(super) finishing: Option<Finishing>,
+    /// Run by an engine: when the next keepalive tick is due.
+    pub(super) next_keepalive: Instant,
 }
 
-impl Worker<'_> {
+/// A worker an engine runs, closing: what [`Worker::finish`] keeps in
+/// its loop.
+pub(super) struct Finishing {
+    /// Give up waiting for confirms then (once the last handle is gone).
+    deadline: Option<Instant>,
+    /// The user's handles may still ask for flushes.
+    handles_left: bool,
+}
+
+/// Whether an engine keeps running a worker.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Step {
+    Running,
+    Finished,
+}
+
+impl<T: Transport> Worker<T> {
     pub(super) fn run_loop(&mut self) {
         let ticker = tick(self.options.get_keepalive_interval());
         loop {
@@ -520,6 +540,186 @@ impl Worker<'_> {
             };
             let _ = reply.send(result);
         }
+    }
+
+    /// Run by an engine: handles everything waiting for the worker,
+    /// without blocking, as [`run_loop`](Self::run_loop) and then
+    /// [`finish`](Self::finish) would.
+    pub(super) fn poll(&mut self) -> Step {
+        if self.finishing.is_some() {
+            return self.poll_finishing();
+        }
+        if self.poll_running().is_break() || self.done() {
+            self.finishing = Some(Finishing {
+                deadline: self.closing.then(|| Instant::now() + self.linger),
+                handles_left: !self.closing,
+            });
+            return self.poll_finishing();
+        }
+        Step::Running
+    }
+
+    /// Run by an engine now and then: a keepalive when one is due, and a
+    /// look at everything (a bell may have been missed: a handle that
+    /// disconnected rings none).
+    pub(super) fn tick(&mut self, now: Instant) -> Step {
+        if self.finishing.is_none() && now >= self.next_keepalive {
+            self.next_keepalive = now + self.options.get_keepalive_interval();
+            if self.keepalive().is_break() {
+                self.finishing = Some(Finishing {
+                    deadline: self.closing.then(|| now + self.linger),
+                    handles_left: !self.closing,
+                });
+            }
+        }
+        self.poll()
+    }
+
+    /// One round of [`run_loop`](Self::run_loop) over what is ready.
+    fn poll_running(&mut self) -> ControlFlow<()> {
+        use crossbeam_channel::TryRecvError::{Disconnected, Empty};
+        loop {
+            match self.returns.try_recv() {
+                Ok(returned) => self.returned(returned),
+                Err(Empty) => break,
+                Err(Disconnected) => return self.broker_lost("the channel closed"),
+            }
+        }
+        loop {
+            match self.publisher.confirms.try_recv() {
+                Ok(confirm) => {
+                    self.take_confirm(confirm);
+                    if self.publisher.nacked {
+                        return self.refused_by_broker();
+                    }
+                    self.answer_flushes();
+                    self.publish_unsent(false)?;
+                }
+                Err(Empty) => break,
+                Err(Disconnected) => return self.broker_lost("the channel closed"),
+            }
+        }
+        if self.ends.shared.written.filled().try_recv().is_ok() {
+            self.take_written();
+            self.publish_unsent(false)?;
+        }
+        loop {
+            if self.done() {
+                return ControlFlow::Continue(());
+            }
+            match self.ends.outbound.try_recv() {
+                Ok(item) => self.outbound(item)?,
+                Err(Empty) => break,
+                Err(Disconnected) => {
+                    return self.outbound(match self.ends.shared.ending() {
+                        Some(Ending::Reset(why)) => Outbound::Reset(why),
+                        _ => Outbound::Close,
+                    });
+                }
+            }
+        }
+        loop {
+            if self.done() {
+                return ControlFlow::Continue(());
+            }
+            match self.ends.control.try_recv() {
+                Ok(control) => self.control(control)?,
+                Err(Empty) => break,
+                Err(Disconnected) => return ControlFlow::Break(()),
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// One round of [`finish`](Self::finish)'s loop over what is ready.
+    fn poll_finishing(&mut self) -> Step {
+        use crossbeam_channel::TryRecvError::{Disconnected, Empty};
+        loop {
+            self.settle_waiting_fin();
+            if self.publisher.all_confirmed() || self.ends.shared.failure().is_some() {
+                return self.finished();
+            }
+            match self.publisher.confirms.try_recv() {
+                Ok(confirm) => {
+                    self.take_confirm(confirm);
+                    if self.publisher.nacked {
+                        let _ = self.refused_by_broker();
+                    }
+                    continue;
+                }
+                Err(Disconnected) => return self.finished(),
+                Err(Empty) => {}
+            }
+            match self.returns.try_recv() {
+                Ok(returned) => {
+                    self.returned(returned);
+                    continue;
+                }
+                Err(Disconnected) => return self.finished(),
+                Err(Empty) => {}
+            }
+            let handles_left = self.finishing.as_ref().is_some_and(|f| f.handles_left);
+            if handles_left {
+                match self.ends.outbound.try_recv() {
+                    Ok(Outbound::Flush(reply)) => {
+                        let seq = self.publisher.published;
+                        self.publisher.flushes.push_back((seq, reply));
+                        self.answer_flushes();
+                        continue;
+                    }
+                    Ok(Outbound::Fin(reply)) => {
+                        let _ = reply.send(match self.ends.shared.failure() {
+                            Some(failure) => Err(failure.write_error()),
+                            None => Ok(()),
+                        });
+                        continue;
+                    }
+                    Ok(Outbound::Push) => continue,
+                    Ok(Outbound::Close | Outbound::Reset(_)) | Err(Disconnected) => {
+                        self.last_handle_gone();
+                        self.finishing = Some(Finishing {
+                            deadline: Some(Instant::now() + self.linger),
+                            handles_left: false,
+                        });
+                        continue;
+                    }
+                    Err(Empty) => {}
+                }
+            }
+            let deadline = self.finishing.as_ref().and_then(|f| f.deadline);
+            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                self.out_of_time();
+                return self.finished();
+            }
+            return Step::Running;
+        }
+    }
+
+    /// The linger ran out with data unconfirmed.
+    fn out_of_time(&mut self) {
+        warn!("stream {}: closing with unconfirmed data", self.local_queue);
+        // A held-back FIN goes now, behind the data, as it would have
+        // without holding it back.
+        if self.fin_waiting && self.ends.shared.failure().is_none() {
+            self.fin_waiting = false;
+            let _ = self.send_fin();
+        }
+    }
+
+    /// The end of [`finish`](Self::finish): flushes answered, the outcome
+    /// recorded.
+    fn finished(&mut self) -> Step {
+        self.answer_flushes();
+        for (_, reply) in self.publisher.flushes.drain(..) {
+            let _ = reply.send(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the stream closed before the broker confirmed the data",
+            )));
+        }
+        if self.publisher.all_confirmed() && self.ends.shared.failure().is_none() {
+            self.ends.shared.set_closed_cleanly();
+        }
+        Step::Finished
     }
 
     /// Before the channel closes: wait until the broker has confirmed

@@ -1,7 +1,7 @@
 //! The handshake as the worker runs it: publishing our SYN or SYN-ACK and
 //! waiting for the answer (client) or the broker's confirm (listener).
 
-use super::publisher::Publisher;
+use super::publisher::{Publisher, Transport};
 use super::{Agreed, Role};
 use crate::connection::BrokerConnection;
 use crate::error::Error;
@@ -18,7 +18,7 @@ pub(super) fn send_handshake(
     role: &Role,
     local_queue: &str,
     options: &StreamOptions,
-    publisher: &mut Publisher<'_>,
+    publisher: &mut Publisher<impl Transport>,
 ) -> Result<Option<Offer>, Error> {
     let window = options.get_window();
     let own = publisher.own_id().map(str::to_string);
@@ -73,7 +73,7 @@ pub(super) fn await_handshake(
     sent: Option<Offer>,
     options: &StreamOptions,
     inbound: Inbound<'_, '_>,
-    publisher: &mut Publisher<'_>,
+    publisher: &mut Publisher<impl Transport>,
 ) -> Result<Agreed, Error> {
     let Inbound {
         deliveries,

@@ -13,6 +13,7 @@
 //! worker's loop once the stream is up.
 
 mod connected;
+pub(crate) mod engine;
 mod handshake;
 mod publisher;
 mod v3;
@@ -33,7 +34,7 @@ use connected::Worker;
 use crossbeam_channel::{Receiver, Sender, after, bounded, select, unbounded};
 use handshake::{Inbound, await_handshake, send_handshake};
 use log::debug;
-use publisher::{Publisher, Transport};
+use publisher::{OwnChannel, Publisher, Transport};
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -364,7 +365,7 @@ fn run(
     };
     let channel = &owned.channel;
     let returns = owned.returns.clone();
-    let mut publisher = Publisher::new(Transport::Channel(channel), owned.confirms.clone());
+    let mut publisher = Publisher::new(OwnChannel(channel), owned.confirms.clone());
     let (assignment, consumer) = match start {
         Start::Now(assignment) => {
             // The consumer first: its answer confirms that our queue was
@@ -455,7 +456,7 @@ fn run(
 }
 
 /// A stream whose handshake succeeded, before its worker's loop.
-struct Connected<'a> {
+struct Connected<T> {
     connection: Arc<BrokerConnection>,
     options: StreamOptions,
     setup: Sender<SetupOutcome>,
@@ -466,16 +467,28 @@ struct Connected<'a> {
     /// The stream's address for the user (version 3: the queue and the
     /// stream id).
     local_name: String,
-    publisher: Publisher<'a>,
+    publisher: Publisher<T>,
     returns: Receiver<Return>,
     deliveries: Receiver<ConsumerMessage>,
     /// Version 3: the bytes waiting in `deliveries`.
     held: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
-impl Connected<'_> {
-    /// Hands the stream to the user and runs its worker until it is over.
+impl<T: Transport> Connected<T> {
+    /// Hands the stream to the user and runs its worker on this thread
+    /// until it is over.
     fn run(self) {
+        if let Some((mut worker, name)) = self.into_worker() {
+            worker.run_loop();
+            worker.finish();
+            drop(worker);
+            debug!("stream {name} closed");
+        }
+    }
+
+    /// Hands the stream to the user; the worker to run it, and the
+    /// stream's name for the log (`None` if the user no longer waits).
+    fn into_worker(self) -> Option<(Worker<T>, String)> {
         let Connected {
             connection,
             options,
@@ -526,9 +539,10 @@ impl Connected<'_> {
             upgrade,
         }));
         if handed_over.is_err() {
-            return;
+            return None;
         }
-        let mut worker = Worker {
+        let keepalive_due = Instant::now() + options.get_keepalive_interval();
+        let worker = Worker {
             connection,
             linger: options.get_linger(),
             options,
@@ -552,11 +566,10 @@ impl Connected<'_> {
             peer_gone: false,
             reader_done: false,
             unsent: Vec::new(),
+            finishing: None,
+            next_keepalive: keepalive_due,
         };
-        worker.run_loop();
-        worker.finish();
-        drop(worker);
-        debug!("stream {local_name} closed");
+        Some((worker, local_name))
     }
 }
 

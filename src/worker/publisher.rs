@@ -13,22 +13,105 @@ use std::io;
 use std::sync::Arc;
 
 /// Where a stream's frames are published.
-pub(super) enum Transport<'a> {
-    /// The stream's own channel (versions 1 and 2).
-    Channel(&'a Channel),
-    /// The connection's shared channel (version 3).
-    Mux {
-        mux: Arc<Mux>,
-        /// Our stream id.
-        own: Arc<str>,
-        /// The peer's stream id, once the handshake has told it.
-        peer: Option<String>,
-    },
+pub(super) trait Transport {
+    /// Publishes a frame, the stream's `tag`-th message, to stream `to`
+    /// (version 3; ignored otherwise) on `queue`, mandatory.
+    fn publish(
+        &self,
+        tag: u64,
+        queue: &str,
+        to: &str,
+        body: &[u8],
+        properties: AmqpProperties,
+    ) -> Result<(), amiquip::Error>;
+
+    /// The stream's own channel (versions 1 and 2), to acknowledge on.
+    fn channel(&self) -> Option<&Channel> {
+        None
+    }
+
+    /// Our stream id (version 3).
+    fn own_id(&self) -> Option<&str> {
+        None
+    }
+
+    /// The stream frames go to by default: the peer's, once known, else
+    /// our own (version 3).
+    fn default_to(&self) -> &str {
+        ""
+    }
+
+    /// Learns the peer's stream id (version 3).
+    fn set_peer(&mut self, _id: String) {}
+}
+
+/// The stream's own channel (versions 1 and 2).
+pub(super) struct OwnChannel<'a>(pub(super) &'a Channel);
+
+impl Transport for OwnChannel<'_> {
+    fn publish(
+        &self,
+        _tag: u64,
+        queue: &str,
+        _to: &str,
+        body: &[u8],
+        properties: AmqpProperties,
+    ) -> Result<(), amiquip::Error> {
+        self.0.basic_publish(
+            "",
+            Publish {
+                body,
+                routing_key: queue.to_string(),
+                mandatory: true,
+                immediate: false,
+                properties,
+            },
+        )
+    }
+
+    fn channel(&self) -> Option<&Channel> {
+        Some(self.0)
+    }
+}
+
+/// The connection's shared channel (version 3).
+pub(super) struct SharedChannel {
+    pub(super) mux: Arc<Mux>,
+    /// Our stream id.
+    pub(super) own: Arc<str>,
+    /// The peer's stream id, once the handshake has told it.
+    pub(super) peer: Option<String>,
+}
+
+impl Transport for SharedChannel {
+    fn publish(
+        &self,
+        tag: u64,
+        queue: &str,
+        to: &str,
+        body: &[u8],
+        properties: AmqpProperties,
+    ) -> Result<(), amiquip::Error> {
+        self.mux
+            .publish(&self.own, tag, queue, to, body, properties)
+    }
+
+    fn own_id(&self) -> Option<&str> {
+        Some(&self.own)
+    }
+
+    fn default_to(&self) -> &str {
+        self.peer.as_deref().unwrap_or(&self.own)
+    }
+
+    fn set_peer(&mut self, id: String) {
+        self.peer = Some(id);
+    }
 }
 
 /// A stream's publishing and its confirms.
-pub(super) struct Publisher<'a> {
-    pub(super) transport: Transport<'a>,
+pub(super) struct Publisher<T> {
+    pub(super) transport: T,
     pub(super) confirms: Receiver<Confirm>,
     smoother: ConfirmSmoother,
     /// Messages published.
@@ -41,8 +124,8 @@ pub(super) struct Publisher<'a> {
     pub(super) flushes: VecDeque<(u64, Sender<io::Result<()>>)>,
 }
 
-impl<'a> Publisher<'a> {
-    pub(super) fn new(transport: Transport<'a>, confirms: Receiver<Confirm>) -> Publisher<'a> {
+impl<T: Transport> Publisher<T> {
+    pub(super) fn new(transport: T, confirms: Receiver<Confirm>) -> Publisher<T> {
         Publisher {
             transport,
             confirms,
@@ -56,10 +139,7 @@ impl<'a> Publisher<'a> {
 
     /// The stream's own channel (versions 1 and 2), to acknowledge on.
     pub(super) fn channel(&self) -> Option<&Channel> {
-        match self.transport {
-            Transport::Channel(channel) => Some(channel),
-            Transport::Mux { .. } => None,
-        }
+        self.transport.channel()
     }
 
     /// Publishes a frame to the peer, on `queue`, mandatory.
@@ -69,10 +149,7 @@ impl<'a> Publisher<'a> {
         body: &[u8],
         properties: AmqpProperties,
     ) -> Result<(), amiquip::Error> {
-        let to = match &self.transport {
-            Transport::Mux { peer, own, .. } => peer.clone().unwrap_or_else(|| own.to_string()),
-            Transport::Channel(_) => String::new(),
-        };
+        let to = self.transport.default_to().to_string();
         self.publish_to(queue, &to, body, properties)
     }
 
@@ -85,38 +162,20 @@ impl<'a> Publisher<'a> {
         body: &[u8],
         properties: AmqpProperties,
     ) -> Result<(), amiquip::Error> {
-        match &self.transport {
-            Transport::Channel(channel) => channel.basic_publish(
-                "",
-                Publish {
-                    body,
-                    routing_key: queue.to_string(),
-                    mandatory: true,
-                    immediate: false,
-                    properties,
-                },
-            )?,
-            Transport::Mux { mux, own, .. } => {
-                mux.publish(own, self.published + 1, queue, to, body, properties)?
-            }
-        }
+        self.transport
+            .publish(self.published + 1, queue, to, body, properties)?;
         self.published += 1;
         Ok(())
     }
 
     /// Our stream id (version 3).
     pub(super) fn own_id(&self) -> Option<&str> {
-        match &self.transport {
-            Transport::Mux { own, .. } => Some(own),
-            Transport::Channel(_) => None,
-        }
+        self.transport.own_id()
     }
 
     /// Learns the peer's stream id (version 3).
     pub(super) fn set_peer(&mut self, id: String) {
-        if let Transport::Mux { peer, .. } = &mut self.transport {
-            *peer = Some(id);
-        }
+        self.transport.set_peer(id);
     }
 
     /// Takes in a confirm from the broker.

@@ -4,7 +4,7 @@
 //! the one every version runs.
 
 use super::handshake::{Inbound, await_handshake, send_handshake};
-use super::publisher::{Publisher, Transport};
+use super::publisher::{Publisher, SharedChannel};
 use super::{Assignment, Connected, Control};
 use crate::connection::BrokerConnection;
 use crate::mux::Registration;
@@ -27,6 +27,7 @@ pub(super) fn run(connection: Arc<BrokerConnection>, assignment: Box<Assignment>
         Box::new(move |why: String| {
             shared.fail(Failure::Protocol(why.clone()));
             let _ = control.send(Control::Abort(why));
+            shared.ring();
         })
     };
     let window = options.get_window() as u64;
@@ -46,10 +47,13 @@ pub(super) fn run(connection: Arc<BrokerConnection>, assignment: Box<Assignment>
         deliveries,
         confirms,
         returns,
+        bell,
         held,
     } = registration;
+    // From now on the handles ring the engine after every message.
+    ends.shared.set_bell(bell);
     let queue = mux.queue().to_string();
-    let transport = Transport::Mux {
+    let transport = SharedChannel {
         mux: Arc::clone(&mux),
         own: Arc::clone(&id),
         peer: None,
@@ -78,7 +82,7 @@ pub(super) fn run(connection: Arc<BrokerConnection>, assignment: Box<Assignment>
             return;
         }
     };
-    Connected {
+    let connected = Connected {
         connection,
         options,
         setup,
@@ -90,7 +94,10 @@ pub(super) fn run(connection: Arc<BrokerConnection>, assignment: Box<Assignment>
         returns,
         deliveries,
         held: Some(held),
+    };
+    // The engine runs the stream from here: this thread ends.
+    match connected.into_worker() {
+        Some((worker, name)) => mux.engine().adopt(worker, id, name, &mux),
+        None => mux.unregister(&id),
     }
-    .run();
-    mux.unregister(&id);
 }
