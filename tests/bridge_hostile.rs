@@ -8,8 +8,14 @@ mod common;
 #[path = "bridge/harness.rs"]
 mod harness;
 
+use amqp_stream::Connector;
+use crossbeam_channel::Sender;
+use harness::{Bridge, address_in};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 const BRIDGE: &str = env!("CARGO_BIN_EXE_amqp-bridge");
 
@@ -79,4 +85,109 @@ fn a_secret_given_as_peer_key_is_refused_without_being_echoed() {
         assert!(stderr.contains("--peer-key"), "{stderr}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Writes `bytes` to `to` one byte every `pace`, until `stop` says so or
+/// a write fails; as a slowloris client does.
+fn trickle(mut to: impl Write + Send + 'static, bytes: Vec<u8>, pace: Duration) -> Sender<()> {
+    let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
+    std::thread::spawn(move || {
+        for byte in bytes {
+            if to.write_all(&[byte]).and_then(|()| to.flush()).is_err() {
+                return;
+            }
+            if !matches!(
+                stopped.recv_timeout(pace),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout)
+            ) {
+                return;
+            }
+        }
+    });
+    stop
+}
+
+/// A target request's bytes as `socks` sends them (see
+/// src/bin/amqp-bridge/target_request.rs): an IPv4 address and a port.
+fn target_request(addr: SocketAddr) -> Vec<u8> {
+    let SocketAddr::V4(addr) = addr else {
+        panic!("IPv4 only")
+    };
+    let mut bytes = b"\0AMQPBR?\x01\x01".to_vec();
+    bytes.extend_from_slice(&addr.ip().octets());
+    bytes.extend_from_slice(&addr.port().to_be_bytes());
+    bytes
+}
+
+/// The target request's time limit in `serve --allow` (10 s), and the
+/// pace of a client that sends one byte just within it each time.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[test]
+fn a_target_request_sent_a_byte_at_a_time_still_ends_at_the_request_timeout() {
+    let url = common::url();
+    let echo = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = echo.local_addr().unwrap();
+    let queue = common::queue("hostile-slow-request");
+    let rule = target.to_string();
+    let serve = Bridge::start(&url, &["serve", "--queue", &queue, "--allow", &rule]);
+    serve.wait_for("serving queue");
+
+    let connector = Connector::open(&url).unwrap();
+    let stream = connector.connect(&queue).unwrap();
+    let started = Instant::now();
+    // A byte every 4 s: each read of serve's gets something within its
+    // 10 s, the request as a whole never comes.
+    let _stop = trickle(
+        stream.try_clone().unwrap(),
+        target_request(target),
+        Duration::from_secs(4),
+    );
+    common::eventually(
+        REQUEST_TIMEOUT * 2,
+        "serve gives up on the request",
+        || match serve.log().contains("no target request within") {
+            true => Ok(()),
+            false => Err(serve.log()),
+        },
+    );
+    let took = started.elapsed();
+    assert!(
+        took < REQUEST_TIMEOUT + Duration::from_secs(3),
+        "serve held the stream {took:?}"
+    );
+}
+
+/// The SOCKS5 handshake's time limit in `socks` (30 s).
+const SOCKS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[test]
+fn a_socks_greeting_sent_a_byte_at_a_time_still_ends_at_the_handshake_timeout() {
+    let url = common::url();
+    let queue = common::queue("hostile-slow-socks");
+    let socks = Bridge::start(
+        &url,
+        &["socks", "--listen", "127.0.0.1:0", "--queue", &queue],
+    );
+    let proxy = address_in(&socks.wait_for("SOCKS5 proxy on"));
+    let client = TcpStream::connect(proxy).unwrap();
+    let started = Instant::now();
+    // Greeting: version 5, 255 methods; a byte every 10 s.
+    let mut greeting = vec![5u8, 255];
+    greeting.extend(1..=255u8);
+    let _stop = trickle(
+        client.try_clone().unwrap(),
+        greeting,
+        Duration::from_secs(10),
+    );
+    // socks closes the connection when it gives up: our read ends.
+    client
+        .set_read_timeout(Some(SOCKS_HANDSHAKE_TIMEOUT + Duration::from_secs(10)))
+        .unwrap();
+    let ended = (&client).read(&mut [0u8; 16]);
+    let took = started.elapsed();
+    assert!(
+        took < SOCKS_HANDSHAKE_TIMEOUT + Duration::from_secs(3),
+        "socks held the client {took:?} ({ended:?})"
+    );
 }

@@ -14,6 +14,7 @@ mod chosen_target;
 mod cli;
 mod conn_log;
 mod connect;
+mod deadline;
 mod fatal;
 mod forward;
 mod http;
