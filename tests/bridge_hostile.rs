@@ -9,12 +9,15 @@ mod common;
 mod harness;
 
 use amqp_stream::Connector;
+use amqp_stream::secure::{self, ClientConfig, PresharedKey};
 use crossbeam_channel::Sender;
 use harness::{Bridge, address_in};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const BRIDGE: &str = env!("CARGO_BIN_EXE_amqp-bridge");
@@ -190,4 +193,91 @@ fn a_socks_greeting_sent_a_byte_at_a_time_still_ends_at_the_handshake_timeout() 
         took < SOCKS_HANDSHAKE_TIMEOUT + Duration::from_secs(3),
         "socks held the client {took:?} ({ended:?})"
     );
+}
+
+/// An echo service counting the connections it accepted.
+fn counting_echo() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counting = Arc::clone(&accepted);
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            counting.fetch_add(1, Ordering::SeqCst);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut &client, &mut &client);
+                let _ = client.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[test]
+fn a_hundred_clients_refused_at_once_leave_serve_working_for_a_key_holder() {
+    let url = common::url();
+    let dir = key_dir();
+    keygen(&dir, &["--psk", "psk"]);
+    let psk = PresharedKey::from_file(&dir.join("psk")).unwrap();
+    let (target, accepted) = counting_echo();
+    let queue = common::queue("hostile-many-refused");
+    let psk_file = dir.join("psk").display().to_string();
+    let serve = Bridge::start(
+        &url,
+        &[
+            "serve",
+            "--queue",
+            &queue,
+            "--to",
+            &target.to_string(),
+            "--psk-file",
+            &psk_file,
+        ],
+    );
+    serve.wait_for("serving queue");
+
+    // 100 streams at once: half send garbage, half hold the handshake
+    // open and say nothing (each costs serve a thread until its 10 s).
+    let connector = Connector::open(&url).unwrap();
+    let strangers: Vec<_> = (0..100)
+        .map(|i| {
+            let stream = connector.connect(&queue).unwrap();
+            if i % 2 == 0 {
+                (&stream).write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
+            }
+            stream
+        })
+        .collect();
+
+    // Meanwhile a key holder gets through at once.
+    let started = Instant::now();
+    let stream = connector.connect(&queue).unwrap();
+    let config = ClientConfig::psk(psk).handshake_timeout(Duration::from_secs(5));
+    let mut secured = secure::client(stream, &config).unwrap();
+    secured.write_all(b"still served").unwrap();
+    let mut got = [0u8; 12];
+    secured.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"still served");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "the key holder waited {took:?}"
+    );
+
+    common::eventually(
+        Duration::from_secs(30),
+        "every stranger refused",
+        || match serve.log().matches(" refused: ").count() {
+            100 => Ok(()),
+            n => Err(format!("{n} of 100 refused")),
+        },
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "a stranger reached the target"
+    );
+    drop(strangers);
+    std::fs::remove_dir_all(&dir).unwrap();
 }
