@@ -81,13 +81,8 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
-        let mut buf = [0u8; 1];
-        let err = loop {
-            match limited.read(&mut buf) {
-                Ok(_) => {}
-                Err(err) => break err,
-            }
-        };
+        // Ten bytes would come within 1 s, each within 100 ms.
+        let err = limited.read_exact(&mut [0u8; 10]).unwrap_err();
         assert!(
             matches!(err.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock),
             "{err}"
