@@ -281,3 +281,26 @@ fn a_hundred_clients_refused_at_once_leave_serve_working_for_a_key_holder() {
     drop(strangers);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_handshake_timeout_of_zero_is_a_bad_argument_not_a_serve_that_refuses_everyone() {
+    let dir = key_dir();
+    keygen(&dir, &["--psk", "psk"]);
+    let psk = dir.join("psk").display().to_string();
+    for (command, extra) in [
+        ("serve", ["--to", "127.0.0.1:1"]),
+        ("forward", ["--listen", "127.0.0.1:0"]),
+    ] {
+        let out = Command::new(BRIDGE)
+            .args([command, "--queue", "q"])
+            .args(extra)
+            .args(["--psk-file", &psk, "--handshake-timeout", "0"])
+            .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
+        assert!(stderr.contains("--handshake-timeout"), "{stderr}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
