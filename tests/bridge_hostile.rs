@@ -8,16 +8,16 @@ mod common;
 #[path = "bridge/harness.rs"]
 mod harness;
 
-use amqp_stream::Connector;
-use amqp_stream::secure::{self, ClientConfig, PresharedKey};
+use amqp_stream::secure::{self, Channel, ClientConfig, KeyPair, PresharedKey, PublicKey};
+use amqp_stream::{Connector, Stream};
 use crossbeam_channel::Sender;
 use harness::{Bridge, address_in};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const BRIDGE: &str = env!("CARGO_BIN_EXE_amqp-bridge");
@@ -301,6 +301,123 @@ fn a_handshake_timeout_of_zero_is_a_bad_argument_not_a_serve_that_refuses_everyo
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{command}: {stderr}");
         assert!(stderr.contains("--handshake-timeout"), "{stderr}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A stream that keeps a copy of everything written to it: what an
+/// attacker with the broker's view records.
+struct Recorded {
+    stream: Stream,
+    written: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Read for Recorded {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        (&self.stream).read(buf)
+    }
+}
+
+impl Write for Recorded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = (&self.stream).write(buf)?;
+        self.written.lock().unwrap().extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        (&self.stream).flush()
+    }
+}
+
+impl Channel for Recorded {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        self.stream.set_read_timeout(timeout)
+    }
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> std::io::Result<()> {
+        self.stream.set_write_timeout(timeout)
+    }
+    fn try_clone(&self) -> std::io::Result<Self> {
+        Ok(Recorded {
+            stream: self.stream.try_clone()?,
+            written: Arc::clone(&self.written),
+        })
+    }
+    fn shutdown(&self, how: std::net::Shutdown) -> std::io::Result<()> {
+        self.stream.shutdown(how)
+    }
+}
+
+#[test]
+fn a_recorded_session_replayed_into_a_new_stream_never_reaches_the_target() {
+    let url = common::url();
+    let dir = key_dir();
+    keygen(&dir, &["server.key"]);
+    keygen(&dir, &["client.key"]);
+    keygen(&dir, &["--psk", "psk"]);
+    let client_line = std::fs::read_to_string(dir.join("client.key.pub")).unwrap();
+    std::fs::write(dir.join("clients"), client_line).unwrap();
+    let file = |name: &str| dir.join(name).display().to_string();
+    let psk = PresharedKey::from_file(&dir.join("psk")).unwrap();
+    let pair = || KeyPair::from_file(&dir.join("client.key")).unwrap();
+    let server_public = PublicKey::from_file(&dir.join("server.key.pub")).unwrap();
+    let modes: [(Vec<String>, ClientConfig); 2] = [
+        (
+            vec!["--psk-file".into(), file("psk")],
+            ClientConfig::psk(psk),
+        ),
+        (
+            vec![
+                "--key".into(),
+                file("server.key"),
+                "--authorized-keys".into(),
+                file("clients"),
+            ],
+            ClientConfig::key_pair(pair(), server_public),
+        ),
+    ];
+    for (options, config) in modes {
+        let (target, accepted) = counting_echo();
+        let queue = common::queue("hostile-replay");
+        let mut args = vec!["serve", "--queue", &queue, "--to"];
+        let target_text = target.to_string();
+        args.push(&target_text);
+        args.extend(options.iter().map(String::as_str));
+        let serve = Bridge::start(&url, &args);
+        serve.wait_for("serving queue");
+        let connector = Connector::open(&url).unwrap();
+
+        // A real session, recorded.
+        let written = Arc::new(Mutex::new(Vec::new()));
+        let recorded = Recorded {
+            stream: connector.connect(&queue).unwrap(),
+            written: Arc::clone(&written),
+        };
+        let mut secured = secure::client(recorded, &config).unwrap();
+        secured.write_all(b"SELECT secrets;").unwrap();
+        let mut got = [0u8; 15];
+        secured.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"SELECT secrets;");
+        secured.close_write().unwrap();
+        drop(secured);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+
+        // The same bytes, replayed into a new stream.
+        let replay = connector.connect(&queue).unwrap();
+        (&replay).write_all(&written.lock().unwrap()).unwrap();
+        (&replay).flush().unwrap();
+        let line = serve.wait_for(" refused: ");
+        assert!(line.contains(" WARN "), "{line}");
+        // Refused at the proof that the client is live: the handshake's
+        // last message (key pairs) or the key confirmation (a PSK).
+        assert!(
+            line.contains("a replayed handshake") || line.contains("last handshake message"),
+            "{line}"
+        );
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "the replay reached the target"
+        );
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
