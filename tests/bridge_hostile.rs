@@ -8,11 +8,12 @@ mod common;
 #[path = "bridge/harness.rs"]
 mod harness;
 
+use amiquip::AmqpProperties;
 use amqp_stream::secure::{self, Channel, ClientConfig, KeyPair, PresharedKey, PublicKey};
 use amqp_stream::{Connector, Stream};
 use crossbeam_channel::Sender;
 use harness::{Bridge, address_in};
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -419,5 +420,94 @@ fn a_recorded_session_replayed_into_a_new_stream_never_reaches_the_target() {
             "the replay reached the target"
         );
     }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A target that reports how each connection to it ended: `Ok(bytes)`
+/// for an end of data (FIN), the error kind otherwise.
+fn ending_target() -> (
+    SocketAddr,
+    crossbeam_channel::Receiver<Result<usize, ErrorKind>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (ended_tx, ended) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            let ended_tx = ended_tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                let mut received = 0;
+                let end = loop {
+                    match client.read(&mut buf) {
+                        Ok(0) => break Ok(received),
+                        Ok(n) => received += n,
+                        Err(err) => break Err(err.kind()),
+                    }
+                };
+                let _ = ended_tx.send(end);
+            });
+        }
+    });
+    (addr, ended)
+}
+
+#[test]
+fn a_fin_or_reset_injected_into_a_secured_stream_is_a_reset_at_the_target_never_a_fin() {
+    let url = common::url();
+    let dir = key_dir();
+    keygen(&dir, &["--psk", "psk"]);
+    let psk = PresharedKey::from_file(&dir.join("psk")).unwrap();
+    let (target, ended) = ending_target();
+    let queue = common::queue("hostile-inject");
+    let psk_file = dir.join("psk").display().to_string();
+    let serve = Bridge::start(
+        &url,
+        &[
+            "serve",
+            "--queue",
+            &queue,
+            "--to",
+            &target.to_string(),
+            "--psk-file",
+            &psk_file,
+        ],
+    );
+    serve.wait_for("serving queue");
+    let mut attacker = common::raw_connection();
+    let channel = attacker.open_channel(None).unwrap();
+    // A FIN with each sequence number near the real next one (one of
+    // them is exactly it: the stream layer takes that one as a real
+    // FIN), and a reset.
+    let injections: Vec<(&str, Option<u64>)> = (1..=6)
+        .map(|seq| ("fin", Some(seq)))
+        .chain([("reset", None)])
+        .collect();
+    for (kind, seq) in injections {
+        // A fresh connector: its first stream is version 2, whose
+        // serve end is a queue of its own.
+        let connector = Connector::open(&url).unwrap();
+        let stream = connector.connect(&queue).unwrap();
+        let serve_end = stream.peer_addr().unwrap().queue().to_string();
+        let mut secured = secure::client(stream, &ClientConfig::psk(psk.clone())).unwrap();
+        secured.write_all(b"half of a transfer").unwrap();
+        secured.flush().unwrap();
+        let mut properties = AmqpProperties::default().with_type_(kind.to_string());
+        if let Some(seq) = seq {
+            properties = properties.with_message_id(seq.to_string());
+        }
+        common::raw::publish_with(&channel, &serve_end, b"", properties);
+        let end = ended
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the target's connection ends");
+        assert_eq!(
+            end,
+            Err(ErrorKind::ConnectionReset),
+            "{kind} {seq:?} injected: the target saw {end:?}"
+        );
+        drop(secured);
+    }
+    drop(serve);
     std::fs::remove_dir_all(&dir).unwrap();
 }
