@@ -511,3 +511,58 @@ fn a_fin_or_reset_injected_into_a_secured_stream_is_a_reset_at_the_target_never_
     drop(serve);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn socks_clients_sending_garbage_or_half_a_greeting_leave_the_proxy_working() {
+    let url = common::url();
+    let (target, accepted) = counting_echo();
+    let queue = common::queue("hostile-socks-junk");
+    let rule = target.to_string();
+    let serve = Bridge::start(&url, &["serve", "--queue", &queue, "--allow", &rule]);
+    serve.wait_for("serving queue");
+    let socks = Bridge::start(
+        &url,
+        &["socks", "--listen", "127.0.0.1:0", "--queue", &queue],
+    );
+    let proxy = address_in(&socks.wait_for("SOCKS5 proxy on"));
+    let junk: [&[u8]; 6] = [
+        b"GET / HTTP/1.1\r\n\r\n",
+        b"\x04\x01\x00\x50\x7f\x00\x00\x01\x00",
+        b"\x05",
+        b"\x05\x03\x00",
+        b"\x05\x01\x00\x05\x01\x00\x09",
+        b"\x05\x01\x00\x05\x01\x00\x03\x10only-half",
+    ];
+    for (i, bytes) in junk.iter().cycle().take(60).enumerate() {
+        let client = TcpStream::connect(proxy).unwrap();
+        (&client).write_all(bytes).unwrap();
+        if i % 2 == 0 {
+            // Gone mid-handshake, abortively.
+            socket2::SockRef::from(&client)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap();
+        }
+    }
+    // A proper client still gets through.
+    let mut client = TcpStream::connect(proxy).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let SocketAddr::V4(v4) = target else { panic!() };
+    let mut hello = vec![5, 1, 0, 5, 1, 0, 1];
+    hello.extend_from_slice(&v4.ip().octets());
+    hello.extend_from_slice(&v4.port().to_be_bytes());
+    client.write_all(&hello).unwrap();
+    let mut answer = [0u8; 12];
+    client.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer[..4], &[5, 0, 5, 0], "{answer:?}");
+    client.write_all(b"echo me").unwrap();
+    let mut echoed = [0u8; 7];
+    client.read_exact(&mut echoed).unwrap();
+    assert_eq!(&echoed, b"echo me");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "junk reached the target"
+    );
+}
