@@ -321,7 +321,9 @@ fn refused_or(err: io::Error, why: &str) -> io::Error {
 /// A connection whose every read and write must end by a deadline.
 struct Deadlined<S> {
     io: S,
-    deadline: Instant,
+    /// `None`: a timeout beyond what an `Instant` holds (`Duration::MAX`,
+    /// say), which is no limit, as `TcpStream` takes such a timeout.
+    deadline: Option<Instant>,
     timeout: Duration,
 }
 
@@ -329,14 +331,18 @@ impl<S: Channel> Deadlined<S> {
     fn new(io: S, timeout: Duration) -> Self {
         Deadlined {
             io,
-            deadline: Instant::now() + timeout,
+            deadline: Instant::now().checked_add(timeout),
             timeout,
         }
     }
 
     /// The time left, set as the connection's read and write timeout.
     fn arm(&self) -> io::Result<()> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
+        let Some(deadline) = self.deadline else {
+            self.io.set_read_timeout(None)?;
+            return self.io.set_write_timeout(None);
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(self.timed_out());
         }

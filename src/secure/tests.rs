@@ -515,3 +515,21 @@ fn once_accepted_an_end_without_the_close_record_is_no_refusal() {
     assert_eq!(err.kind(), ErrorKind::InvalidData, "{err}");
     assert!(err.to_string().contains("truncated"), "{err}");
 }
+
+#[test]
+fn a_handshake_timeout_too_long_for_an_instant_is_no_limit_not_a_panic() {
+    // `serve --handshake-timeout 1e19` panicked in every stream's thread:
+    // `Instant::now() + timeout` overflowed.
+    for (client_config, server_config) in [psk_configs(), {
+        let (c, s, _) = key_configs();
+        (c, s)
+    }] {
+        let (client, server, _tap) = shake(
+            &client_config.handshake_timeout(Duration::MAX),
+            server_config.handshake_timeout(Duration::MAX),
+        );
+        let (mut client, mut server) = (client.unwrap(), server.unwrap());
+        client.write_all(b"ping").unwrap();
+        assert_eq!(read_some(&mut server).unwrap(), b"ping");
+    }
+}

@@ -479,4 +479,70 @@ mod tests {
             Decision::Refuse(Reply::HostUnreachable, _)
         ));
     }
+    /// The real resolver (numeric forms and /etc/hosts only here).
+    fn system(name: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+        use std::net::ToSocketAddrs;
+        Ok((name, port).to_socket_addrs()?.collect())
+    }
+
+    #[test]
+    fn requests_that_try_to_escape_the_list_reach_only_what_it_allows() {
+        // A database on 10.1.2.3 and a service by name; loopback is not
+        // allowed.
+        let allow = list(&["10.1.2.3:5432", "db.example.com:5432"]);
+        let refused = |host: &str, port: u16| {
+            matches!(
+                allow.decide(&request(host, port), system),
+                Decision::Refuse(Reply::NotAllowed | Reply::HostUnreachable, _)
+            )
+        };
+        // Loopback however written: as an address, IPv4-mapped IPv6,
+        // decimal, octal, hexadecimal, short forms, a name.
+        for host in [
+            "127.0.0.1",
+            "::ffff:127.0.0.1",
+            "::1",
+            "::",
+            "0.0.0.0",
+            "2130706433",
+            "0177.0.0.1",
+            "0x7f.1",
+            "127.1",
+            "localhost",
+            "LOCALHOST.",
+            "localhost.localdomain",
+        ] {
+            assert!(refused(host, 5432), "{host} was let through");
+        }
+        // The allowed address in other spellings is the allowed address,
+        // and only it is connected.
+        for host in ["::ffff:10.1.2.3", "167838211", "012.1.2.3", "10.1.515"] {
+            match allow.decide(&request(host, 5432), system) {
+                Decision::Connect(addrs) => assert!(
+                    addrs
+                        .iter()
+                        .all(|a| a.ip().to_canonical() == addr("10.1.2.3:0").ip()),
+                    "{host}: {addrs:?}"
+                ),
+                other => panic!("{host}: {other:?}"),
+            }
+        }
+        // Ports outside the rule, the extremes included.
+        for port in [0, 5431, 5433, 65535] {
+            assert!(refused("10.1.2.3", port), "port {port}");
+            assert!(refused("db.example.com", port), "port {port}");
+        }
+        // Names: a trailing dot and case are the same name; anything
+        // else around it is another name.
+        assert!(allow.permits_name("db.example.com.", 5432));
+        for name in [
+            "db.example.com..",
+            "xdb.example.com",
+            "db.example.com.evil.test",
+        ] {
+            assert!(!allow.permits_name(name, 5432), "{name}");
+        }
+        // An overlong name is no request at all.
+        assert!(Host::parse(&"a".repeat(256)).is_err());
+    }
 }

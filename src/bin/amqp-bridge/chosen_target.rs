@@ -6,6 +6,7 @@
 use crate::abort::abort_tcp;
 use crate::allow::{AllowList, Decision};
 use crate::conn_log::ConnectionLog;
+use crate::deadline::ByDeadline;
 use crate::lifecycle::ConnectionGuard;
 use crate::metered::Metered;
 use crate::splice::{Duplex, splice};
@@ -32,9 +33,12 @@ pub fn serve_chosen<D: Duplex>(
     guard: ConnectionGuard,
 ) {
     let id = guard.id();
-    let read = read_limit(Some(REQUEST_TIMEOUT))
-        .map_err(RequestError::Io)
-        .and_then(|()| read_request(&mut conn));
+    // The whole request within the time, however slowly it trickles in.
+    let read = read_request(&mut ByDeadline::new(
+        &mut conn,
+        REQUEST_TIMEOUT,
+        &read_limit,
+    ));
     let request = match read {
         Ok(request) => request,
         Err(err) => return refuse_unread(conn, from, id, err),

@@ -299,6 +299,15 @@ pub fn seconds(value: &str) -> Result<Duration, String> {
         .map_err(|_| "the number of seconds must be 0 or more (and finite)".to_string())
 }
 
+/// A number of seconds more than 0: a time limit of none at all (a
+/// handshake that must be over before it starts) is a mistake.
+pub fn positive_seconds(value: &str) -> Result<Duration, String> {
+    match seconds(value)? {
+        limit if limit.is_zero() => Err("the number of seconds must be more than 0".to_string()),
+        limit => Ok(limit),
+    }
+}
+
 /// A queue name as the broker takes it: 1 to 255 bytes.
 fn queue_name(value: &str) -> Result<String, String> {
     match value.len() {

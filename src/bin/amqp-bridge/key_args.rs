@@ -5,7 +5,7 @@
 
 use crate::fatal::Fatal;
 use amqp_stream::secure::{
-    AuthorizedKeys, ClientConfig, KeyPair, PresharedKey, PublicKey, ServerConfig,
+    AuthorizedKeys, ClientConfig, KEY_LEN, KeyPair, PresharedKey, PublicKey, ServerConfig,
 };
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -30,7 +30,7 @@ pub struct ServeKeyArgs {
     pub authorized_keys: Option<PathBuf>,
     /// How long a client may take over the secure handshake
     #[arg(long, value_name = "SECONDS", default_value = "10",
-          value_parser = crate::cli::seconds, allow_negative_numbers = true)]
+          value_parser = crate::cli::positive_seconds, allow_negative_numbers = true)]
     pub handshake_timeout: Duration,
 }
 
@@ -53,7 +53,7 @@ pub struct ClientKeyArgs {
     pub peer_key: Option<String>,
     /// How long the secure handshake may take
     #[arg(long, value_name = "SECONDS", default_value = "10",
-          value_parser = crate::cli::seconds, allow_negative_numbers = true)]
+          value_parser = crate::cli::positive_seconds, allow_negative_numbers = true)]
     pub handshake_timeout: Duration,
 }
 
@@ -124,10 +124,27 @@ fn read_key_pair(path: &Path) -> Result<KeyPair, Fatal> {
     KeyPair::from_file(path).map_err(usage)
 }
 
-/// The key itself, or the file that holds it.
+/// The key itself, or the file that holds it. A value that is no file
+/// and looks like a key (a secret pasted by mistake, say) is refused
+/// with why it is not a public key, never repeated.
 fn read_peer_key(value: &str) -> Result<PublicKey, Fatal> {
-    if let Ok(key) = value.parse() {
-        return Ok(key);
+    let not_public = match value.parse() {
+        Ok(key) => return Ok(key),
+        Err(err) => err,
+    };
+    let path = Path::new(value);
+    if !path.exists() && looks_like_a_key(value) {
+        return Err(Fatal::usage(format!("--peer-key: {not_public}")));
     }
-    PublicKey::from_file(Path::new(value)).map_err(usage)
+    PublicKey::from_file(path).map_err(|err| Fatal::usage(format!("--peer-key: {err}")))
+}
+
+/// Whether `value` looks like a key's text rather than a file name:
+/// several words or lines, a key tag, or a run of hexadecimal digits as
+/// long as a key's.
+fn looks_like_a_key(value: &str) -> bool {
+    value.contains(char::is_whitespace)
+        || value.starts_with("amqp-stream-")
+        || value.starts_with('#')
+        || (value.len() >= 2 * KEY_LEN && value.chars().all(|c| c.is_ascii_hexdigit()))
 }

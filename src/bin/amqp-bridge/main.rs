@@ -17,6 +17,7 @@ mod completions;
 mod config;
 mod conn_log;
 mod connect;
+mod deadline;
 mod fatal;
 mod forward;
 mod http;

@@ -7,15 +7,14 @@ use crate::abort::abort_tcp;
 use crate::broker_stream;
 use crate::cli::SocksArgs;
 use crate::conn_log::ConnectionLog;
+use crate::deadline::ByDeadline;
 use crate::fatal::Fatal;
 use crate::lifecycle::ConnectionGuard;
 use crate::link::BrokerLink;
 use crate::metered::Metered;
 use crate::metrics::TunnelMetrics;
 use crate::single;
-use crate::socks5::{
-    Command, ReplyCode, Socks5Error, is_client_gone, read_greeting_and_request, reply,
-};
+use crate::socks5::{Command, ReplyCode, is_client_gone, read_greeting_and_request, reply};
 use crate::splice::{Duplex, splice};
 use crate::target_request::{AnswerError, Reply, ask};
 use crate::tcp_front::FrontDoor;
@@ -75,15 +74,17 @@ fn serve_client(
     link: &BrokerLink,
     queue: &str,
     secure: Option<&ClientConfig>,
-    mut client: TcpStream,
+    client: TcpStream,
     peer: SocketAddr,
     guard: ConnectionGuard,
 ) {
     let _ = client.set_nodelay(true);
-    let request = client
-        .set_read_timeout(Some(HANDSHAKE_TIMEOUT))
-        .map_err(Socks5Error::Io)
-        .and_then(|()| read_greeting_and_request(&mut client));
+    // The whole greeting and request within the time, however slowly
+    // they trickle in.
+    let request =
+        read_greeting_and_request(&mut ByDeadline::new(&client, HANDSHAKE_TIMEOUT, |limit| {
+            client.set_read_timeout(limit)
+        }));
     let request = match request {
         Ok(request) => request,
         Err(err) if is_client_gone(&err) => {
