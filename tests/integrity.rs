@@ -2,11 +2,12 @@
 
 mod common;
 
-use amqp_stream::{Listener, Stream};
+use amqp_stream::{Connector, Listener, ProtocolVersion, Stream, StreamOptions};
 use common::data::{Digest, full_duplex, receive_digest, send_random};
 use common::summary::record;
 use common::{queue, url};
 use std::net::Shutdown;
+use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
@@ -48,16 +49,42 @@ fn one_gibibyte_through_one_stream() {
 
 #[test]
 fn eight_full_duplex_streams_of_100_mib_each_way() {
-    const STREAMS: u64 = 8;
-    const TOTAL: u64 = 100 * MIB;
     let q = queue("duplex");
     let listener = Listener::bind(&url(), &q).unwrap();
+    eight_full_duplex(listener, "", move || Stream::connect(&url(), &q).unwrap());
+}
+
+#[test]
+fn eight_full_duplex_version_3_streams_on_one_connection_each_side() {
+    let v3 = StreamOptions::new().protocol_version(Some(ProtocolVersion::V3));
+    let q = queue("duplex-v3");
+    let listener = Connector::open_with(&url(), v3.clone())
+        .unwrap()
+        .bind(&q)
+        .unwrap();
+    let client = Arc::new(Connector::open_with(&url(), v3).unwrap());
+    eight_full_duplex(
+        listener,
+        ", version 3, one connection each side",
+        move || client.connect(&q).unwrap(),
+    );
+}
+
+/// Eight streams from `connect` to `listener` move 100 MiB each way at
+/// once; every byte checked by hash.
+fn eight_full_duplex(
+    listener: Listener,
+    how: &str,
+    connect: impl Fn() -> Stream + Clone + Send + 'static,
+) {
+    const STREAMS: u64 = 8;
+    const TOTAL: u64 = 100 * MIB;
     let started = Instant::now();
     let clients: Vec<_> = (0..STREAMS)
         .map(|i| {
-            let q = q.clone();
+            let connect = connect.clone();
             thread::spawn(move || {
-                let stream = Stream::connect(&url(), &q).unwrap();
+                let stream = connect();
                 full_duplex(stream, 100 + i, TOTAL)
             })
         })
@@ -95,7 +122,7 @@ fn eight_full_duplex_streams_of_100_mib_each_way() {
         );
     }
     record(
-        "integrity, full duplex",
+        &format!("integrity, full duplex{how}"),
         "8 streams x 100 MiB each way",
         "none",
         &format!("16 hashes equal, {took:.1?}"),

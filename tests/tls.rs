@@ -5,7 +5,7 @@
 
 mod common;
 
-use amqp_stream::{Connector, Error, Listener, Stream};
+use amqp_stream::{Connector, Error, Listener, ProtocolVersion, Stream};
 use common::certs::Certificates;
 use common::node::TestNode;
 use common::summary::record;
@@ -65,35 +65,42 @@ fn ca_query(ca: &Path) -> String {
     format!("cacertfile={}", ca.display())
 }
 
-/// Sends `data` through a stream on `url` and back; checks it.
+/// Sends `data` through a stream on `url` and back, twice on one
+/// connector: the first stream speaks version 2, the second (the
+/// connector has learned the listener takes it) version 3; checks both.
 fn echo_through(url: &str, data: &[u8]) {
     let connector = Connector::open(url).expect("TLS connection");
     let q = queue("tls");
     let listener = connector.bind(&q).unwrap();
     let server = std::thread::spawn(move || {
-        let (stream, _) = listener.accept().unwrap();
-        let mut reader = stream.try_clone().unwrap();
-        let mut writer = stream;
-        io::copy(&mut reader, &mut writer).unwrap();
-        writer.shutdown(Shutdown::Write).unwrap();
+        for _ in 0..2 {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = stream.try_clone().unwrap();
+            let mut writer = stream;
+            io::copy(&mut reader, &mut writer).unwrap();
+            writer.shutdown(Shutdown::Write).unwrap();
+        }
     });
-    let mut client = connector.connect(&q).unwrap();
-    let mut writer = client.try_clone().unwrap();
-    let sent = data.to_vec();
-    let sender = std::thread::spawn(move || {
-        writer.write_all(&sent).unwrap();
-        writer.shutdown(Shutdown::Write).unwrap();
-    });
-    let mut back = Vec::new();
-    client.read_to_end(&mut back).unwrap();
-    sender.join().unwrap();
+    for version in [ProtocolVersion::V2, ProtocolVersion::V3] {
+        let mut client = connector.connect(&q).unwrap();
+        assert_eq!(client.protocol_version(), version);
+        let mut writer = client.try_clone().unwrap();
+        let sent = data.to_vec();
+        let sender = std::thread::spawn(move || {
+            writer.write_all(&sent).unwrap();
+            writer.shutdown(Shutdown::Write).unwrap();
+        });
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).unwrap();
+        sender.join().unwrap();
+        assert!(
+            back == data,
+            "version {version}: {} bytes sent, {} back",
+            data.len(),
+            back.len()
+        );
+    }
     server.join().unwrap();
-    assert!(
-        back == data,
-        "{} bytes sent, {} back",
-        data.len(),
-        back.len()
-    );
 }
 
 /// The crate's error inside an `io::Error`.
