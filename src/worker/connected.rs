@@ -722,6 +722,30 @@ impl<T: Transport> Worker<T> {
         Step::Finished
     }
 
+    /// Data that reached the stream after its last handle went (the peer
+    /// still writing to a stream closed with nothing unread at the time)
+    /// will never be read: the peer is reset, as TCP answers data for a
+    /// closed socket, rather than left waiting for credit that never
+    /// comes. (Versions 2 and 3; called once nothing more can arrive.)
+    pub(super) fn reset_if_data_came_after_close(&mut self) {
+        if !self.closing
+            || self.version < ProtocolVersion::V2
+            || self.peer_gone
+            || self.ends.shared.failure().is_some()
+        {
+            return;
+        }
+        let Some(pump) = self.inbox.try_take() else {
+            return;
+        };
+        pump.drain();
+        let unread = pump.holds_data();
+        drop(pump);
+        if unread {
+            self.send_reset("the stream was closed: data that came after is not read");
+        }
+    }
+
     /// Before the channel closes: wait until the broker has confirmed
     /// everything published, answering the flushes that come meanwhile;
     /// once the last handle is gone, for at most the linger time.

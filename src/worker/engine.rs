@@ -127,15 +127,19 @@ fn poll(
     }
     let stream = streams.remove(id).expect("it was there");
     let Adopted {
-        worker,
+        mut worker,
         id,
         name,
         mux,
     } = stream;
-    // Its handles learn it is gone as it drops.
-    drop(worker);
+    // No frame reaches it from now on (the connection answers later ones
+    // with a reset); data that came in after its last handle went is
+    // answered so too.
     if let Some(mux) = mux.upgrade() {
         mux.unregister(&id);
     }
+    worker.reset_if_data_came_after_close();
+    // Its handles learn it is gone as it drops.
+    drop(worker);
     debug!("stream {name} closed");
 }
