@@ -96,14 +96,10 @@ impl<T: Transport> Worker<T> {
                     self.take_written();
                     self.publish_unsent(false)
                 }
-                recv(self.ends.outbound) -> item => match item {
-                    Ok(item) => self.outbound(item),
-                    // The last handle is gone; it said how to end.
-                    Err(_) => self.outbound(match self.ends.shared.ending() {
-                        Some(Ending::Reset(why)) => Outbound::Reset(why),
-                        _ => Outbound::Close,
-                    }),
-                },
+                recv(self.ends.outbound) -> item => {
+                    let item = item.unwrap_or_else(|_| self.ending_of_last_handle());
+                    self.outbound(item)
+                }
                 recv(self.ends.control) -> control => match control {
                     Ok(control) => self.control(control),
                     Err(_) => ControlFlow::Break(()),
@@ -116,21 +112,68 @@ impl<T: Transport> Worker<T> {
                     Err(_) => self.broker_lost("the channel closed"),
                 },
                 recv(self.publisher.confirms) -> confirm => match confirm {
-                    Ok(confirm) => {
-                        self.take_confirm(confirm);
-                        if self.publisher.nacked {
-                            self.refused_by_broker()
-                        } else {
-                            self.answer_flushes();
-                            self.publish_unsent(false)
-                        }
-                    }
+                    Ok(confirm) => self.confirmed(confirm),
                     Err(_) => self.broker_lost("the channel closed"),
                 },
                 recv(ticker) -> _ => self.keepalive(),
             };
             if next.is_break() {
                 return;
+            }
+        }
+    }
+
+    /// The last handle is gone without a word: what it said before it went
+    /// (a reset), or a close.
+    fn ending_of_last_handle(&self) -> Outbound {
+        match self.ends.shared.ending() {
+            Some(Ending::Reset(why)) => Outbound::Reset(why),
+            _ => Outbound::Close,
+        }
+    }
+
+    /// A confirm while the stream runs: a nack fails it, anything else
+    /// answers the flushes it completes and lets waiting data go.
+    fn confirmed(&mut self, confirm: amiquip::Confirm) -> ControlFlow<()> {
+        self.take_confirm(confirm);
+        if self.publisher.nacked {
+            return self.refused_by_broker();
+        }
+        self.answer_flushes();
+        self.publish_unsent(false)
+    }
+
+    /// A confirm while closing: a nack fails the stream.
+    fn confirmed_closing(&mut self, confirm: amiquip::Confirm) {
+        self.take_confirm(confirm);
+        if self.publisher.nacked {
+            let _ = self.refused_by_broker();
+        }
+    }
+
+    /// What the handles ask while the stream closes; `true` once the last
+    /// one is gone (closed, reset, or dropped: `None`).
+    fn closing_outbound(&mut self, item: Option<Outbound>) -> bool {
+        match item {
+            Some(Outbound::Flush(reply)) => {
+                let seq = self.publisher.published;
+                self.publisher.flushes.push_back((seq, reply));
+                self.answer_flushes();
+                false
+            }
+            // Both directions are over: the FIN went (or the stream
+            // failed, which the reply says).
+            Some(Outbound::Fin(reply)) => {
+                let _ = reply.send(match self.ends.shared.failure() {
+                    Some(failure) => Err(failure.write_error()),
+                    None => Ok(()),
+                });
+                false
+            }
+            Some(Outbound::Push) => false,
+            Some(Outbound::Close | Outbound::Reset(_)) | None => {
+                self.last_handle_gone();
+                true
             }
         }
     }
@@ -587,14 +630,7 @@ impl<T: Transport> Worker<T> {
         }
         loop {
             match self.publisher.confirms.try_recv() {
-                Ok(confirm) => {
-                    self.take_confirm(confirm);
-                    if self.publisher.nacked {
-                        return self.refused_by_broker();
-                    }
-                    self.answer_flushes();
-                    self.publish_unsent(false)?;
-                }
+                Ok(confirm) => self.confirmed(confirm)?,
                 Err(Empty) => break,
                 Err(Disconnected) => return self.broker_lost("the channel closed"),
             }
@@ -610,12 +646,7 @@ impl<T: Transport> Worker<T> {
             match self.ends.outbound.try_recv() {
                 Ok(item) => self.outbound(item)?,
                 Err(Empty) => break,
-                Err(Disconnected) => {
-                    return self.outbound(match self.ends.shared.ending() {
-                        Some(Ending::Reset(why)) => Outbound::Reset(why),
-                        _ => Outbound::Close,
-                    });
-                }
+                Err(Disconnected) => return self.outbound(self.ending_of_last_handle()),
             }
         }
         loop {
@@ -641,10 +672,7 @@ impl<T: Transport> Worker<T> {
             }
             match self.publisher.confirms.try_recv() {
                 Ok(confirm) => {
-                    self.take_confirm(confirm);
-                    if self.publisher.nacked {
-                        let _ = self.refused_by_broker();
-                    }
+                    self.confirmed_closing(confirm);
                     continue;
                 }
                 Err(Disconnected) => return self.finished(),
@@ -661,29 +689,16 @@ impl<T: Transport> Worker<T> {
             let handles_left = self.finishing.as_ref().is_some_and(|f| f.handles_left);
             if handles_left {
                 match self.ends.outbound.try_recv() {
-                    Ok(Outbound::Flush(reply)) => {
-                        let seq = self.publisher.published;
-                        self.publisher.flushes.push_back((seq, reply));
-                        self.answer_flushes();
-                        continue;
-                    }
-                    Ok(Outbound::Fin(reply)) => {
-                        let _ = reply.send(match self.ends.shared.failure() {
-                            Some(failure) => Err(failure.write_error()),
-                            None => Ok(()),
-                        });
-                        continue;
-                    }
-                    Ok(Outbound::Push) => continue,
-                    Ok(Outbound::Close | Outbound::Reset(_)) | Err(Disconnected) => {
-                        self.last_handle_gone();
-                        self.finishing = Some(Finishing {
-                            deadline: Some(Instant::now() + self.linger),
-                            handles_left: false,
-                        });
-                        continue;
-                    }
                     Err(Empty) => {}
+                    item => {
+                        if self.closing_outbound(item.ok()) {
+                            self.finishing = Some(Finishing {
+                                deadline: Some(Instant::now() + self.linger),
+                                handles_left: false,
+                            });
+                        }
+                        continue;
+                    }
                 }
             }
             let deadline = self.finishing.as_ref().and_then(|f| f.deadline);
@@ -766,67 +781,31 @@ impl<T: Transport> Worker<T> {
             }
             select! {
                 recv(self.publisher.confirms) -> confirm => match confirm {
-                    Ok(confirm) => {
-                        self.take_confirm(confirm);
-                        if self.publisher.nacked {
-                            let _ = self.refused_by_broker();
-                        }
-                    }
+                    Ok(confirm) => self.confirmed_closing(confirm),
                     Err(_) => break,
                 },
                 recv(self.returns) -> returned => match returned {
                     Ok(returned) => self.returned(returned),
                     Err(_) => break,
                 },
-                recv(if handles_left { &outbound } else { &nothing }) -> item => match item {
-                    Ok(Outbound::Flush(reply)) => {
-                        let seq = self.publisher.published;
-                        self.publisher.flushes.push_back((seq, reply));
-                        self.answer_flushes();
-                    }
-                    // Both directions are over: the FIN went (or the
-                    // stream failed, which the reply says).
-                    Ok(Outbound::Fin(reply)) => {
-                        let _ = reply.send(match self.ends.shared.failure() {
-                            Some(failure) => Err(failure.write_error()),
-                            None => Ok(()),
-                        });
-                    }
-                    Ok(Outbound::Push) => {}
-                    Ok(Outbound::Close | Outbound::Reset(_)) | Err(_) => {
+                recv(if handles_left { &outbound } else { &nothing }) -> item => {
+                    if self.closing_outbound(item.ok()) {
                         handles_left = false;
-                        self.last_handle_gone();
                         deadline = after(self.linger);
                     }
                 },
                 recv(deadline) -> _ => {
-                    warn!("stream {}: closing with unconfirmed data", self.local_queue);
-                    // Out of time to wait for the confirms: a held-back
-                    // FIN goes now, behind the data, as it would have
-                    // without holding it back. Dropping it would turn a
-                    // clean close into a reset only because the broker
-                    // confirmed slowly.
-                    if self.fin_waiting && self.ends.shared.failure().is_none() {
-                        self.fin_waiting = false;
-                        let _ = self.send_fin();
-                    }
+                    // Dropping a held-back FIN would turn a clean close
+                    // into a reset only because the broker confirmed
+                    // slowly.
+                    self.out_of_time();
                     break;
                 }
             }
         }
-        self.answer_flushes();
-        // Whatever is still waiting was not confirmed in time.
-        for (_, reply) in self.publisher.flushes.drain(..) {
-            let _ = reply.send(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the stream closed before the broker confirmed the data",
-            )));
-        }
+        self.finished();
         if let Some(channel) = self.probe_channel.take() {
             let _ = channel.close();
-        }
-        if self.publisher.all_confirmed() && self.ends.shared.failure().is_none() {
-            self.ends.shared.set_closed_cleanly();
         }
     }
 }
