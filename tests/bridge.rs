@@ -8,54 +8,11 @@ mod common;
 mod harness;
 
 use common::relay::Relay;
-use harness::{BOUND, Bridge, address_in, forward, http_service, serve};
+use harness::{
+    BOUND, Bridge, address_in, assert_same, echo_service, forward, http_service, round_trip, serve,
+};
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::thread::JoinHandle;
-
-/// A TCP echo service on a free local port.
-fn echo_service() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let Ok(client) = client else { continue };
-            std::thread::spawn(move || {
-                let mut reader = client.try_clone().unwrap();
-                let mut writer = client;
-                let _ = io::copy(&mut reader, &mut writer);
-                let _ = writer.shutdown(Shutdown::Write);
-            });
-        }
-    });
-    addr
-}
-
-/// Sends `data` through `addr` on one TCP connection (then half-closes)
-/// while reading everything that comes back.
-fn round_trip(addr: SocketAddr, data: Vec<u8>) -> Vec<u8> {
-    let client = TcpStream::connect(addr).unwrap();
-    client.set_read_timeout(Some(BOUND)).unwrap();
-    let mut writer = client.try_clone().unwrap();
-    let sender: JoinHandle<()> = std::thread::spawn(move || {
-        writer.write_all(&data).unwrap();
-        writer.shutdown(Shutdown::Write).unwrap();
-    });
-    let mut back = Vec::new();
-    (&client).read_to_end(&mut back).unwrap();
-    sender.join().unwrap();
-    back
-}
-
-fn assert_same(sent: &[u8], got: &[u8]) {
-    assert!(
-        sent == got,
-        "{} bytes sent, {} received, first difference at {:?}",
-        sent.len(),
-        got.len(),
-        common::first_difference(sent, got)
-    );
-}
+use std::net::{Shutdown, TcpListener, TcpStream};
 
 #[test]
 fn forward_and_serve_carry_16_mib_and_50_clients_at_once() {
@@ -64,7 +21,7 @@ fn forward_and_serve_carry_16_mib_and_50_clients_at_once() {
     let (forwarder, port) = forward(&url, &queue);
 
     let data = common::random_bytes(16 << 20, 1);
-    assert_same(&data, &round_trip(port, data.clone()));
+    assert_same("echo", &data, &round_trip(port, data.clone()));
     forwarder.wait_for(&format!(
         "{} bytes sent, {} bytes received",
         16 << 20,
@@ -80,7 +37,7 @@ fn forward_and_serve_carry_16_mib_and_50_clients_at_once() {
         .map(|seed| {
             std::thread::spawn(move || {
                 let data = common::random_bytes(256 << 10, seed + 2);
-                assert_same(&data, &round_trip(port, data.clone()));
+                assert_same("echo", &data, &round_trip(port, data.clone()));
             })
         })
         .collect();
@@ -104,7 +61,7 @@ fn connect_joins_stdin_and_stdout_to_a_stream() {
     let mut back = Vec::new();
     pipe.stdout.take().unwrap().read_to_end(&mut back).unwrap();
     sender.join().unwrap();
-    assert_same(&data, &back);
+    assert_same("echo", &data, &back);
     let status = pipe.wait_exit();
     assert!(status.success(), "{status}; log:\n{}", pipe.log());
 }
@@ -235,7 +192,7 @@ fn bridges_reconnect_after_their_broker_connection_is_cut() {
     let (server, queue) = serve(&relay.url(), echo_service());
     let (forwarder, port) = forward(&relay.url(), &queue);
     let data = common::random_bytes(1 << 20, 4);
-    assert_same(&data, &round_trip(port, data.clone()));
+    assert_same("echo", &data, &round_trip(port, data.clone()));
 
     // A connection open when the broker goes away ends, with an error.
     let mut open = TcpStream::connect(port).unwrap();
@@ -258,7 +215,7 @@ fn bridges_reconnect_after_their_broker_connection_is_cut() {
     server.wait_for("serving queue");
     forwarder.wait_for("reconnected to the broker");
     let data = common::random_bytes(1 << 20, 5);
-    assert_same(&data, &round_trip(port, data.clone()));
+    assert_same("echo", &data, &round_trip(port, data.clone()));
 }
 
 #[test]
@@ -322,7 +279,7 @@ fn shared_serves_spread_streams_and_one_stops_while_the_other_serves() {
 
     for i in 0..STREAMS {
         let data = format!("stream {i} through a shared queue").into_bytes();
-        assert_same(&data, &stream_round_trip(&queue, &data));
+        assert_same("echo", &data, &stream_round_trip(&queue, &data));
     }
     common::eventually(BOUND, "both bridges log their connections", || {
         let served = [connections_closed(&one), connections_closed(&two)];
@@ -343,7 +300,7 @@ fn shared_serves_spread_streams_and_one_stops_while_the_other_serves() {
     assert!(status.success(), "{status}; log:\n{}", one.log());
     for i in 0..STREAMS / 2 {
         let data = format!("stream {i} after one stopped").into_bytes();
-        assert_same(&data, &stream_round_trip(&queue, &data));
+        assert_same("echo", &data, &stream_round_trip(&queue, &data));
     }
     common::eventually(BOUND, "the other bridge serves them all", || {
         match connections_closed(&two) - served[1] {

@@ -7,28 +7,10 @@ mod common;
 #[path = "bridge/harness.rs"]
 mod harness;
 
-use harness::{BOUND, Bridge, address_in};
+use harness::{BOUND, Bridge, address_in, assert_same, echo_service, round_trip};
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::path::PathBuf;
-
-/// A TCP echo service on a free local port.
-fn echo_service() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let Ok(client) = client else { continue };
-            std::thread::spawn(move || {
-                let mut reader = client.try_clone().unwrap();
-                let mut writer = client;
-                let _ = io::copy(&mut reader, &mut writer);
-                let _ = writer.shutdown(Shutdown::Write);
-            });
-        }
-    });
-    addr
-}
 
 /// A config file of its own for one test.
 struct ConfigFile(PathBuf);
@@ -78,32 +60,6 @@ fn count_lines(bridge: &Bridge, needle: &str) -> usize {
 /// The local port a `forward` to `queue` listens on.
 fn forward_port(bridge: &Bridge, queue: &str) -> SocketAddr {
     address_in(&line_with(bridge, &format!("to queue {queue:?}")))
-}
-
-/// Sends `data` on one connection to `addr` (then half-closes) while
-/// reading everything that comes back.
-fn round_trip(addr: SocketAddr, data: Vec<u8>) -> Vec<u8> {
-    let client = TcpStream::connect(addr).unwrap();
-    client.set_read_timeout(Some(BOUND)).unwrap();
-    let mut writer = client.try_clone().unwrap();
-    let sender = std::thread::spawn(move || {
-        writer.write_all(&data).unwrap();
-        writer.shutdown(Shutdown::Write).unwrap();
-    });
-    let mut back = Vec::new();
-    (&client).read_to_end(&mut back).unwrap();
-    sender.join().unwrap();
-    back
-}
-
-fn assert_same(what: &str, sent: &[u8], got: &[u8]) {
-    assert!(
-        sent == got,
-        "{what}: {} bytes sent, {} received, first difference at {:?}",
-        sent.len(),
-        got.len(),
-        common::first_difference(sent, got)
-    );
 }
 
 /// Whether the broker has a queue named `queue` (a passive declare: an

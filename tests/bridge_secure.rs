@@ -10,7 +10,7 @@ mod common;
 #[path = "bridge/harness.rs"]
 mod harness;
 
-use harness::{BOUND, Bridge, address_in, warnings};
+use harness::{BOUND, Bridge, address_in, assert_same, warnings};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -175,16 +175,6 @@ fn echo_through(port: SocketAddr, data: &[u8]) -> io::Result<Vec<u8>> {
     let end = (&client).read_to_end(&mut got);
     sender.join().unwrap()?;
     end.map(|_| got)
-}
-
-fn assert_same(what: &str, sent: &[u8], got: &[u8]) {
-    assert!(
-        sent == got,
-        "{what}: sent {} bytes, got {} back, first difference at {:?}",
-        sent.len(),
-        got.len(),
-        common::first_difference(sent, got)
-    );
 }
 
 #[test]

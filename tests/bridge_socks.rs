@@ -10,9 +10,12 @@ mod common;
 #[path = "bridge/harness.rs"]
 mod harness;
 
-use harness::{BOUND, Bridge, address_in, forward, http_service, warnings};
-use std::io::{self, ErrorKind, Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use harness::{
+    BOUND, Bridge, address_in, assert_same, echo_service_on, forward, http_service,
+    round_trip_over, warnings,
+};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Output};
 use std::sync::mpsc;
 
@@ -64,24 +67,6 @@ fn assert_socks_refusal(out: &Output, code: u8) {
     assert!(out.stdout.is_empty(), "{}", text(&out.stdout));
 }
 
-/// A TCP echo service on `ip`, any free port.
-fn echo_service(ip: &str) -> SocketAddr {
-    let listener = TcpListener::bind((ip, 0)).unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let Ok(client) = client else { continue };
-            std::thread::spawn(move || {
-                let mut reader = client.try_clone().unwrap();
-                let mut writer = client;
-                let _ = io::copy(&mut reader, &mut writer);
-                let _ = writer.shutdown(Shutdown::Write);
-            });
-        }
-    });
-    addr
-}
-
 /// A service that counts what each connection sent it: the count of each
 /// connection arrives on the receiver when that connection ends.
 fn counting_service() -> (SocketAddr, mpsc::Receiver<usize>) {
@@ -131,30 +116,6 @@ fn socks_connect(proxy: SocketAddr, command: u8, target: SocketAddr) -> (u8, Tcp
     tcp.read_exact(&mut reply).unwrap();
     assert_eq!(reply[0], 5);
     (reply[1], tcp)
-}
-
-/// Sends `data` on `tcp` (then half-closes) while reading everything that
-/// comes back.
-fn round_trip(tcp: TcpStream, data: Vec<u8>) -> Vec<u8> {
-    let mut writer = tcp.try_clone().unwrap();
-    let sender = std::thread::spawn(move || {
-        writer.write_all(&data).unwrap();
-        writer.shutdown(Shutdown::Write).unwrap();
-    });
-    let mut back = Vec::new();
-    (&tcp).read_to_end(&mut back).unwrap();
-    sender.join().unwrap();
-    back
-}
-
-fn assert_same(sent: &[u8], got: &[u8]) {
-    assert!(
-        sent == got,
-        "{} bytes sent, {} received, first difference at {:?}",
-        sent.len(),
-        got.len(),
-        common::first_difference(sent, got)
-    );
 }
 
 #[test]
@@ -227,14 +188,14 @@ fn a_refused_port_maps_to_connection_refused() {
 #[test]
 fn sixteen_mib_go_through_intact_over_ipv4_and_ipv6_and_other_commands_are_not_supported() {
     let url = common::url();
-    let (v4, v6) = (echo_service("127.0.0.1"), echo_service("::1"));
+    let (v4, v6) = (echo_service_on("127.0.0.1"), echo_service_on("::1"));
     let (server, queue) = serve_allowing(&url, &["127.0.0.0/8:*", "[::1]:*"]);
     let (proxy, port) = socks(&url, &queue);
 
     let (code, tcp) = socks_connect(port, 1, v4);
     assert_eq!(code, 0);
     let data = common::random_bytes(16 << 20, 21);
-    assert_same(&data, &round_trip(tcp, data.clone()));
+    assert_same("socks", &data, &round_trip_over(tcp, data.clone()));
     let totals = format!("{} bytes sent, {} bytes received", 16 << 20, 16 << 20);
     proxy.wait_for(&totals);
     server.wait_for(&totals);
@@ -242,7 +203,7 @@ fn sixteen_mib_go_through_intact_over_ipv4_and_ipv6_and_other_commands_are_not_s
     let (code, tcp) = socks_connect(port, 1, v6);
     assert_eq!(code, 0);
     let data = common::random_bytes(1 << 20, 22);
-    assert_same(&data, &round_trip(tcp, data.clone()));
+    assert_same("socks", &data, &round_trip_over(tcp, data.clone()));
 
     // BIND (2): "command not supported", and the connection closes.
     let (code, mut tcp) = socks_connect(port, 2, v4);

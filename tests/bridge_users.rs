@@ -14,7 +14,7 @@ mod harness;
 mod sshd;
 
 use common::relay::Relay;
-use harness::{BOUND, Bridge, forward, http_service, serve, warnings};
+use harness::{BOUND, Bridge, assert_same, forward, http_service, serve, warnings};
 use sshd::{Sshd, run_ok};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -658,16 +658,6 @@ impl BrokerLog {
             }
         });
     }
-}
-
-fn assert_same(what: &str, sent: &[u8], got: &[u8]) {
-    assert!(
-        sent == got,
-        "{what}: {} bytes sent, {} received, first difference at {:?}",
-        sent.len(),
-        got.len(),
-        common::first_difference(sent, got)
-    );
 }
 
 /// The local port of a bridge's broker connection, from its "connected

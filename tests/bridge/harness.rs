@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError, unbounded};
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::{ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -210,4 +210,61 @@ pub fn http_service() -> SocketAddr {
         }
     });
     addr
+}
+
+/// A TCP echo service on a free local port of `ip`: each connection gets
+/// back what it sends, then the end of it.
+pub fn echo_service_on(ip: &str) -> SocketAddr {
+    let listener = TcpListener::bind((ip, 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            std::thread::spawn(move || {
+                let mut reader = client.try_clone().unwrap();
+                let mut writer = client;
+                let _ = std::io::copy(&mut reader, &mut writer);
+                let _ = writer.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+/// A TCP echo service on a free port of 127.0.0.1.
+pub fn echo_service() -> SocketAddr {
+    echo_service_on("127.0.0.1")
+}
+
+/// Sends `data` through `addr` on one TCP connection (then half-closes)
+/// while reading everything that comes back, each read within [`BOUND`].
+pub fn round_trip(addr: SocketAddr, data: Vec<u8>) -> Vec<u8> {
+    let client = TcpStream::connect(addr).unwrap();
+    client.set_read_timeout(Some(BOUND)).unwrap();
+    round_trip_over(client, data)
+}
+
+/// Sends `data` on `tcp` (then half-closes) while reading everything that
+/// comes back.
+pub fn round_trip_over(tcp: TcpStream, data: Vec<u8>) -> Vec<u8> {
+    let mut writer = tcp.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        writer.write_all(&data).unwrap();
+        writer.shutdown(Shutdown::Write).unwrap();
+    });
+    let mut back = Vec::new();
+    (&tcp).read_to_end(&mut back).unwrap();
+    sender.join().unwrap();
+    back
+}
+
+/// Asserts that `got` is `sent`, saying where they first differ.
+pub fn assert_same(what: &str, sent: &[u8], got: &[u8]) {
+    assert!(
+        sent == got,
+        "{what}: {} bytes sent, {} received, first difference at {:?}",
+        sent.len(),
+        got.len(),
+        crate::common::first_difference(sent, got)
+    );
 }
