@@ -2,6 +2,7 @@
 //! stream's failure, the `nodelay` switch and the send window.
 
 use crate::credit::SendWindow;
+use crate::worker::engine::Bell;
 use crate::write_buffer::WriteBuffer;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use log::debug;
@@ -59,22 +60,6 @@ pub(crate) enum Ending {
     Reset(String),
 }
 
-/// Tells the engine that runs a version-3 stream (one thread per
-/// connection, see `worker::engine`) that something waits for the stream:
-/// it rings with the stream's id after every message to the worker.
-#[derive(Clone)]
-pub(crate) struct Bell {
-    pub(crate) engine: Sender<Arc<str>>,
-    pub(crate) id: Arc<str>,
-}
-
-impl Bell {
-    /// Wakes the engine for this stream.
-    pub(crate) fn ring(&self) {
-        let _ = self.engine.send(Arc::clone(&self.id));
-    }
-}
-
 /// State the worker and the user's handles both see.
 pub(crate) struct Shared {
     failure: Mutex<Option<Failure>>,
@@ -118,9 +103,18 @@ impl Shared {
         let _ = self.bell.set(bell);
     }
 
-    /// Tells the stream's engine, if it has one, that a message for the
-    /// worker is waiting.
+    /// After a handle's message to the worker: a stream an engine runs
+    /// (version 3) has its worker run in this thread, or by whoever holds
+    /// it; a worker with a thread of its own needs nothing.
     pub(crate) fn ring(&self) {
+        if let Some(bell) = self.bell.get() {
+            bell.run_here();
+        }
+    }
+
+    /// After a message to the worker from a thread that must not run it
+    /// (the demultiplexer's): wakes the stream's engine, if it has one.
+    pub(crate) fn wake_engine(&self) {
         if let Some(bell) = self.bell.get() {
             bell.ring();
         }

@@ -10,13 +10,14 @@
 //! publishes them first) or is refused. No byte a `write` accepted can
 //! land behind the FIN.
 
-use crate::shared::{Bell, lock};
+use crate::shared::lock;
+use crate::worker::engine::Bell;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Written bytes on their way to the worker, up to a limit.
 pub(crate) struct WriteBuffer {
-    /// The engine's bell (version 3), rung with `filled`.
+    /// The stream's bell (version 3), rung with `filled`.
     bell: Arc<OnceLock<Bell>>,
     state: Mutex<Buffered>,
     /// `write` waits while the buffer holds this much.
@@ -75,8 +76,9 @@ impl WriteBuffer {
         drop(state);
         if was_empty {
             let _ = self.filled.0.try_send(());
+            // The writer's own thread publishes (version 3).
             if let Some(bell) = self.bell.get() {
-                bell.ring();
+                bell.run_here();
             }
         }
         if room_left {

@@ -15,8 +15,8 @@ mod demux;
 
 use crate::error::Error;
 use crate::protocol::frame;
-use crate::shared::{Bell, lock};
-use crate::worker::engine::Engine;
+use crate::shared::lock;
+use crate::worker::engine::{Bell, Engine};
 use amiquip::{AmqpProperties, Channel, Confirm, ConsumerMessage, Publish, Return};
 use confirms::ConfirmBook;
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};

@@ -3,32 +3,136 @@
 //! per stream.
 //!
 //! A stream's worker is the same state as a thread would run
-//! ([`Worker`]); the engine keeps them by stream id and, woken by a
-//! stream's bell (rung by the user's handles after every message to the
-//! worker, and by the demultiplexer after every confirm or return),
-//! handles whatever waits for that stream without blocking
-//! ([`Worker::poll`]). A tick runs keepalives and closing deadlines. A
-//! finished worker is dropped, which is how the user's handles learn it
-//! is gone.
+//! ([`Worker`]); it lives in a [`Slot`] that the engine and the stream's
+//! own handles share. Whoever rings a stream's [`Bell`] marks it pending;
+//! the demultiplexer (after every delivery, confirm or return) then wakes
+//! the engine, while a user's handle (after a write, flush, shutdown, read
+//! that frees credit, or drop) runs the worker in its own thread
+//! ([`Worker::poll`]), so a write is published by the writer's thread
+//! with no hop through the engine. Whoever holds the worker polls it until
+//! nothing is pending; one that finds it held leaves the work to the
+//! holder, which looks again after letting go. A tick runs keepalives and
+//! closing deadlines. A finished worker is dropped by the engine, which is
+//! how the user's handles learn it is gone.
 
 use super::connected::{Step, Worker};
 use super::publisher::SharedChannel;
 use crate::error::Error;
 use crate::mux::Mux;
-use crate::shared::Bell;
+use crate::shared::lock;
 use crossbeam_channel::{Receiver, Sender, select, tick, unbounded};
 use log::debug;
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 /// How often the engine looks at every stream: keepalives, closing
 /// deadlines, and disconnections nobody rang for.
 const TICK: Duration = Duration::from_millis(50);
 
+/// A version-3 stream's worker, where the engine and the stream's handles
+/// both reach it.
+#[derive(Default)]
+pub(crate) struct Slot {
+    /// The worker, once adopted; taken out by the engine when finished.
+    worker: Mutex<Option<Box<Worker<SharedChannel>>>>,
+    /// Something waits for the worker. Set before every ring; cleared by
+    /// whoever polls it.
+    pending: AtomicBool,
+    /// The worker has finished: nobody polls it again, the engine lets it
+    /// go.
+    finished: AtomicBool,
+    /// The worker is in the slot (or was): from then on a ring from a
+    /// handle needs no engine.
+    adopted: AtomicBool,
+}
+
+/// What [`Slot::run`] found.
+#[derive(Debug, PartialEq, Eq)]
+enum Ran {
+    /// The worker runs on (or is not adopted yet, or another thread holds
+    /// it and looks again before it lets go).
+    Running,
+    /// The worker has finished: the engine lets it go.
+    Finished,
+}
+
+impl Slot {
+    /// Runs [`Worker::tick`] (when `tick` says it is time) and then
+    /// [`Worker::poll`] while something is pending, unless another thread
+    /// holds the worker: that one looks at `pending` again after letting
+    /// go, so no ring is lost.
+    fn run(&self, tick: Option<Instant>) -> Ran {
+        let mut tick = tick;
+        loop {
+            if self.finished.load(Ordering::SeqCst) {
+                return Ran::Finished;
+            }
+            let Ok(mut held) = self.worker.try_lock() else {
+                return Ran::Running;
+            };
+            if self.finished.load(Ordering::SeqCst) {
+                return Ran::Finished;
+            }
+            let Some(worker) = held.as_mut() else {
+                // Not adopted yet: adopting polls it.
+                return Ran::Running;
+            };
+            let mut step = match tick.take() {
+                Some(now) => worker.tick(now),
+                None => Step::Running,
+            };
+            while step == Step::Running && self.pending.swap(false, Ordering::SeqCst) {
+                step = worker.poll();
+            }
+            if step == Step::Finished {
+                self.finished.store(true, Ordering::SeqCst);
+                return Ran::Finished;
+            }
+            drop(held);
+            // A ring that came while we held the worker found it busy.
+            if !self.pending.load(Ordering::SeqCst) {
+                return Ran::Running;
+            }
+        }
+    }
+}
+
+/// Tells whoever runs a version-3 stream that something waits for it;
+/// rung after every message to the stream's worker.
+#[derive(Clone)]
+pub(crate) struct Bell {
+    engine: Sender<Arc<str>>,
+    id: Arc<str>,
+    slot: Arc<Slot>,
+}
+
+impl Bell {
+    /// Wakes the engine for this stream (the demultiplexer's ring: its
+    /// thread must not wait for a stream's publishing).
+    pub(crate) fn ring(&self) {
+        self.slot.pending.store(true, Ordering::SeqCst);
+        let _ = self.engine.send(Arc::clone(&self.id));
+    }
+
+    /// Runs the stream's worker in the caller's thread (a user's handle
+    /// after a write, flush, shutdown, read or drop), or leaves the work
+    /// to the thread that holds it. The engine is woken only to let a
+    /// finished worker go, or to adopt it.
+    pub(crate) fn run_here(&self) {
+        self.slot.pending.store(true, Ordering::SeqCst);
+        // Before adoption the engine does not know the stream (adopting
+        // polls it); a finished worker is the engine's to let go.
+        if self.slot.run(None) == Ran::Finished || !self.slot.adopted.load(Ordering::SeqCst) {
+            let _ = self.engine.send(Arc::clone(&self.id));
+        }
+    }
+}
+
 /// A connected stream for the engine to run.
-pub(crate) struct Adopted {
-    worker: Box<Worker<SharedChannel>>,
+struct Adopted {
+    slot: Arc<Slot>,
     id: Arc<str>,
     name: String,
     mux: Weak<Mux>,
@@ -58,20 +162,24 @@ impl Engine {
         Bell {
             engine: self.bells.clone(),
             id,
+            slot: Arc::default(),
         }
     }
 
-    /// Hands the engine a connected stream's worker.
+    /// Hands the engine a connected stream's worker; `bell` is the
+    /// stream's.
     pub(super) fn adopt(
         &self,
         worker: Worker<SharedChannel>,
-        id: Arc<str>,
+        bell: &Bell,
         name: String,
         mux: &Arc<Mux>,
     ) {
+        *lock(&bell.slot.worker) = Some(Box::new(worker));
+        bell.slot.adopted.store(true, Ordering::SeqCst);
         let _ = self.adopt.send(Adopted {
-            worker: Box::new(worker),
-            id,
+            slot: Arc::clone(&bell.slot),
+            id: Arc::clone(&bell.id),
             name,
             mux: Arc::downgrade(mux),
         });
@@ -88,21 +196,22 @@ fn run(adopted: Receiver<Adopted>, rung: Receiver<Arc<str>>) {
             recv(if adopting { &adopted } else { &nothing }) -> stream => match stream {
                 Ok(stream) => {
                     let id = Arc::clone(&stream.id);
+                    stream.slot.pending.store(true, Ordering::SeqCst);
                     streams.insert(Arc::clone(&id), stream);
-                    poll(&mut streams, &id, |worker| worker.poll());
+                    poll(&mut streams, &id, None);
                 }
                 // The connection's transport is gone: run what is left.
                 Err(_) => adopting = false,
             },
             recv(rung) -> id => match id {
-                Ok(id) => poll(&mut streams, &id, |worker| worker.poll()),
+                Ok(id) => poll(&mut streams, &id, None),
                 Err(_) => return,
             },
             recv(ticker) -> _ => {
                 let now = Instant::now();
                 let ids: Vec<Arc<str>> = streams.keys().cloned().collect();
                 for id in ids {
-                    poll(&mut streams, &id, |worker| worker.tick(now));
+                    poll(&mut streams, &id, Some(now));
                 }
                 if !adopting && streams.is_empty() {
                     return;
@@ -112,26 +221,24 @@ fn run(adopted: Receiver<Adopted>, rung: Receiver<Arc<str>>) {
     }
 }
 
-/// Runs `step` on stream `id`'s worker, if the engine has it, and lets a
-/// finished one go.
-fn poll(
-    streams: &mut HashMap<Arc<str>, Adopted>,
-    id: &str,
-    step: impl FnOnce(&mut Worker<SharedChannel>) -> Step,
-) {
-    let Some(stream) = streams.get_mut(id) else {
+/// Runs stream `id`'s worker (its tick when `tick` is set, then whatever
+/// is pending), if the engine has it, and lets a finished one go.
+fn poll(streams: &mut HashMap<Arc<str>, Adopted>, id: &str, tick: Option<Instant>) {
+    let Some(stream) = streams.get(id) else {
         return;
     };
-    if step(&mut stream.worker) == Step::Running {
+    if stream.slot.run(tick) == Ran::Running {
         return;
     }
-    let stream = streams.remove(id).expect("it was there");
     let Adopted {
-        mut worker,
+        slot,
         id,
         name,
         mux,
-    } = stream;
+    } = streams.remove(id).expect("it was there");
+    let Some(mut worker) = lock(&slot.worker).take() else {
+        return;
+    };
     // No frame reaches it from now on (the connection answers later ones
     // with a reset); data that came in after its last handle went is
     // answered so too.

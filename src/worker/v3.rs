@@ -27,7 +27,8 @@ pub(super) fn run(connection: Arc<BrokerConnection>, assignment: Box<Assignment>
         Box::new(move |why: String| {
             shared.fail(Failure::Protocol(why.clone()));
             let _ = control.send(Control::Abort(why));
-            shared.ring();
+            // Called by the demultiplexer, which must not run the worker.
+            shared.wake_engine();
         })
     };
     let window = options.get_window() as u64;
@@ -51,7 +52,7 @@ pub(super) fn run(connection: Arc<BrokerConnection>, assignment: Box<Assignment>
         held,
     } = registration;
     // From now on the handles ring the engine after every message.
-    ends.shared.set_bell(bell);
+    ends.shared.set_bell(bell.clone());
     let queue = mux.queue().to_string();
     let transport = SharedChannel {
         mux: Arc::clone(&mux),
@@ -97,7 +98,7 @@ pub(super) fn run(connection: Arc<BrokerConnection>, assignment: Box<Assignment>
     };
     // The engine runs the stream from here: this thread ends.
     match connected.into_worker() {
-        Some((worker, name)) => mux.engine().adopt(worker, id, name, &mux),
+        Some((worker, name)) => mux.engine().adopt(worker, &bell, name, &mux),
         None => mux.unregister(&id),
     }
 }
