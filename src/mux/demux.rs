@@ -91,8 +91,9 @@ pub(super) fn run(
                     let streams = lock(&feeds.routes.streams);
                     for (stream, confirm) in confirmed {
                         if let Some(route) = streams.get(&stream) {
+                            let refused = matches!(confirm, amiquip::Confirm::Nack(_));
                             let _ = route.confirms.send(confirm);
-                            route.bell.ring();
+                            route.bell.confirmed(refused);
                         }
                     }
                 }

@@ -23,7 +23,7 @@ use crate::shared::lock;
 use crossbeam_channel::{Receiver, Sender, select, tick, unbounded};
 use log::debug;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering, fence};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -46,6 +46,10 @@ pub(crate) struct Slot {
     /// The worker is in the slot (or was): from then on a ring from a
     /// handle needs no engine.
     adopted: AtomicBool,
+    /// The worker waits for a confirm (held-back data, a flush, closing):
+    /// only then does a broker's ack wake the engine. Other acks wait in
+    /// the stream's channel for its next poll (a handle's, or the tick's).
+    wants_confirms: AtomicBool,
 }
 
 /// What [`Slot::run`] found.
@@ -86,6 +90,12 @@ impl Slot {
             while step == Step::Running && self.pending.swap(false, Ordering::SeqCst) {
                 step = worker.poll();
             }
+            if step == Step::Running && !self.note_wants_confirms(worker) {
+                // An ack came just as the worker started waiting for one,
+                // and its ring may have been skipped: look again.
+                self.pending.store(true, Ordering::SeqCst);
+                continue;
+            }
             if step == Step::Finished {
                 self.finished.store(true, Ordering::SeqCst);
                 return Ran::Finished;
@@ -97,6 +107,31 @@ impl Slot {
             }
         }
     }
+}
+
+impl Slot {
+    /// Records whether `worker` waits for a confirm; `false` when it does
+    /// and one is already in its channel. (The demultiplexer sends a
+    /// confirm and then reads the mark; this writes the mark and then
+    /// looks at the channel: with a fence on each side, one of the two
+    /// sees the other.)
+    fn note_wants_confirms(&self, worker: &Worker<SharedChannel>) -> bool {
+        let wants = waits_for_confirms(worker);
+        self.wants_confirms.store(wants, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
+        !wants || worker.publisher.confirms.is_empty()
+    }
+}
+
+/// Whether a confirm would let `worker` do something: send data held
+/// back behind an unconfirmed message, answer a flush, send a held-back
+/// FIN, or finish closing.
+fn waits_for_confirms(worker: &Worker<SharedChannel>) -> bool {
+    !worker.unsent.is_empty()
+        || !worker.publisher.flushes.is_empty()
+        || worker.fin_waiting
+        || worker.finishing.is_some()
+        || worker.closing
 }
 
 /// Tells whoever runs a version-3 stream that something waits for it;
@@ -114,6 +149,15 @@ impl Bell {
     pub(crate) fn ring(&self) {
         self.slot.pending.store(true, Ordering::SeqCst);
         let _ = self.engine.send(Arc::clone(&self.id));
+    }
+
+    /// After a broker's confirm for the stream reached its channel: wakes
+    /// the engine for a refusal, or when the worker waits for a confirm.
+    pub(crate) fn confirmed(&self, refused: bool) {
+        fence(Ordering::SeqCst);
+        if refused || self.slot.wants_confirms.load(Ordering::SeqCst) {
+            self.ring();
+        }
     }
 
     /// Runs the stream's worker in the caller's thread (a user's handle
