@@ -594,7 +594,7 @@ impl<T: Transport> Worker<T> {
         }
         if self.poll_running().is_break() || self.done() {
             self.finishing = Some(Finishing {
-                deadline: self.closing.then(|| Instant::now() + self.linger),
+                deadline: self.closing_deadline(Instant::now()),
                 handles_left: !self.closing,
             });
             return self.poll_finishing();
@@ -610,12 +610,23 @@ impl<T: Transport> Worker<T> {
             self.next_keepalive = now + self.options.get_keepalive_interval();
             if self.keepalive().is_break() {
                 self.finishing = Some(Finishing {
-                    deadline: self.closing.then(|| now + self.linger),
+                    deadline: self.closing_deadline(now),
                     handles_left: !self.closing,
                 });
             }
         }
         self.poll()
+    }
+
+    /// When closing that starts at `now` gives up waiting for confirms:
+    /// only once the last handle is gone, and never for a linger too long
+    /// to count (`Duration::MAX` is no limit).
+    fn closing_deadline(&self, now: Instant) -> Option<Instant> {
+        if self.closing {
+            now.checked_add(self.linger)
+        } else {
+            None
+        }
     }
 
     /// One round of [`run_loop`](Self::run_loop) over what is ready.
@@ -693,7 +704,7 @@ impl<T: Transport> Worker<T> {
                     item => {
                         if self.closing_outbound(item.ok()) {
                             self.finishing = Some(Finishing {
-                                deadline: Some(Instant::now() + self.linger),
+                                deadline: Instant::now().checked_add(self.linger),
                                 handles_left: false,
                             });
                         }
