@@ -122,15 +122,16 @@ pub(crate) struct Established {
     pub(crate) upgrade: bool,
 }
 
-/// Sets up a stream and waits for its handshake: on a prepared worker
-/// from `spares` when one is ready, else on a new thread.
+/// Sets up a stream and waits for its handshake: a version-3 one in the
+/// caller's thread (it has no thread of its own to start), else on a
+/// prepared worker from `spares` when one is ready, else on a new thread.
 pub(crate) fn start(
     connection: &Arc<BrokerConnection>,
     role: Role,
     options: StreamOptions,
     spares: Option<&SparePool>,
 ) -> Result<Established, Error> {
-    begin(connection, role, options, spares)?.wait()
+    set_up(connection, role, options, spares, Handshaker::Caller)?.wait()
 }
 
 /// Starts setting up a stream without waiting for its handshake; the
@@ -140,6 +141,24 @@ pub(crate) fn begin(
     role: Role,
     options: StreamOptions,
     spares: Option<&SparePool>,
+) -> Result<Pending, Error> {
+    set_up(connection, role, options, spares, Handshaker::Thread)
+}
+
+/// Who runs a version-3 stream's handshake.
+enum Handshaker {
+    /// The caller, who waits for it anyway: no thread to start.
+    Caller,
+    /// A thread of its own, so the caller can wait for many at once.
+    Thread,
+}
+
+fn set_up(
+    connection: &Arc<BrokerConnection>,
+    role: Role,
+    options: StreamOptions,
+    spares: Option<&SparePool>,
+    handshaker: Handshaker,
 ) -> Result<Pending, Error> {
     let (setup_tx, setup_rx) = bounded(1);
     let (outbound_tx, outbound_rx) = bounded(4);
@@ -162,7 +181,10 @@ pub(crate) fn begin(
     });
     if assignment.role.is_v3() {
         let connection = Arc::clone(connection);
-        spawn_worker(move || v3::run(connection, assignment))?;
+        match handshaker {
+            Handshaker::Caller => v3::run(connection, assignment),
+            Handshaker::Thread => spawn_worker(move || v3::run(connection, assignment))?,
+        }
     } else {
         let assignment = match spares {
             Some(spares) => spares.hand_over(assignment),

@@ -11,7 +11,8 @@ use crate::mux::Registration;
 use crate::shared::Failure;
 use std::sync::Arc;
 
-/// The worker thread of a version-3 stream.
+/// A version-3 stream's handshake (in a thread of its own, or the
+/// caller's), after which the connection's engine runs the stream.
 pub(super) fn run(connection: Arc<BrokerConnection>, assignment: Box<Assignment>) {
     let Assignment {
         role,
@@ -96,7 +97,7 @@ pub(super) fn run(connection: Arc<BrokerConnection>, assignment: Box<Assignment>
         deliveries,
         held: Some(held),
     };
-    // The engine runs the stream from here: this thread ends.
+    // The engine runs the stream from here.
     match connected.into_worker() {
         Some((worker, name)) => mux.engine().adopt(worker, &bell, name, &mux),
         None => mux.unregister(&id),
