@@ -1,6 +1,13 @@
-//! A worker's life once its stream is connected: one loop over what the
-//! user writes, what the reader reports, the broker's confirms and
-//! returns, and a keepalive tick; then closing.
+//! A worker's life once its stream is connected: what the user writes,
+//! what the reader reports, the broker's confirms and returns, and a
+//! keepalive tick; then closing.
+//!
+//! One driver runs it: [`Worker::poll`] handles whatever waits for the
+//! worker without blocking, [`Worker::tick`] runs the keepalive too when
+//! it is due. An engine calls them for the version-3 streams of a
+//! connection (see [`engine`](super::engine)); a stream with a thread of
+//! its own (versions 1 and 2) calls them from [`Worker::run`], blocking
+//! in between until an input is ready or a deadline comes.
 
 use super::WorkerEnds;
 use super::publisher::{Publisher, Transport};
@@ -11,7 +18,7 @@ use crate::protocol::frame;
 use crate::shared::{Ending, Failure};
 use crate::version::ProtocolVersion;
 use amiquip::{Channel, Return};
-use crossbeam_channel::{Receiver, after, never, select, tick};
+use crossbeam_channel::{Receiver, Select};
 use log::{debug, warn};
 use std::io;
 use std::ops::ControlFlow;
@@ -62,14 +69,13 @@ pub(super) struct Worker<T> {
     /// earlier data awaits its confirm, gathering the writes behind it
     /// (Nagle's algorithm, with the broker's confirm as the ACK).
     pub(super) unsent: Vec<u8>,
-    /// Run by an engine: closing, waiting for the broker's confirms.
+    /// Closing, waiting for the broker's confirms.
     pub(super) finishing: Option<Finishing>,
-    /// Run by an engine: when the next keepalive tick is due.
+    /// When the next keepalive tick is due.
     pub(super) next_keepalive: Instant,
 }
 
-/// A worker an engine runs, closing: what [`Worker::finish`] keeps in
-/// its loop.
+/// A worker closing: waiting for the broker's confirms.
 pub(super) struct Finishing {
     /// Give up waiting for confirms then (once the last handle is gone).
     deadline: Option<Instant>,
@@ -77,7 +83,7 @@ pub(super) struct Finishing {
     handles_left: bool,
 }
 
-/// Whether an engine keeps running a worker.
+/// Whether a worker keeps running.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Step {
     Running,
@@ -85,40 +91,50 @@ pub(super) enum Step {
 }
 
 impl<T: Transport> Worker<T> {
-    pub(super) fn run_loop(&mut self) {
-        let ticker = tick(self.options.get_keepalive_interval());
+    /// Runs the worker on this thread until it is finished (versions 1
+    /// and 2): waits for an input or the next deadline, takes a step as
+    /// an engine would, again.
+    pub(super) fn run(&mut self) {
         loop {
-            if self.done() {
-                return;
+            self.wait();
+            if self.tick(Instant::now()) == Step::Finished {
+                break;
             }
-            let next = select! {
-                recv(self.ends.shared.written.filled()) -> _ => {
-                    self.take_written();
-                    self.publish_unsent(false)
+        }
+        if let Some(channel) = self.probe_channel.take() {
+            let _ = channel.close();
+        }
+    }
+
+    /// Blocks until one of the inputs the worker takes in its phase is
+    /// ready, or its next deadline (a keepalive while running, the
+    /// linger's end while finishing) has come. A disconnected input is
+    /// always ready: the step that follows reacts to it for good (the
+    /// worker finishes, or no longer takes that input).
+    fn wait(&self) {
+        let mut select = Select::new();
+        select.recv(&self.publisher.confirms);
+        select.recv(&self.returns);
+        let deadline = match &self.finishing {
+            None => {
+                select.recv(self.ends.shared.written.filled());
+                select.recv(&self.ends.outbound);
+                select.recv(&self.ends.control);
+                Some(self.next_keepalive)
+            }
+            Some(finishing) => {
+                if finishing.handles_left {
+                    select.recv(&self.ends.outbound);
                 }
-                recv(self.ends.outbound) -> item => {
-                    let item = item.unwrap_or_else(|_| self.ending_of_last_handle());
-                    self.outbound(item)
-                }
-                recv(self.ends.control) -> control => match control {
-                    Ok(control) => self.control(control),
-                    Err(_) => ControlFlow::Break(()),
-                },
-                recv(self.returns) -> returned => match returned {
-                    Ok(returned) => {
-                        self.returned(returned);
-                        ControlFlow::Continue(())
-                    }
-                    Err(_) => self.broker_lost("the channel closed"),
-                },
-                recv(self.publisher.confirms) -> confirm => match confirm {
-                    Ok(confirm) => self.confirmed(confirm),
-                    Err(_) => self.broker_lost("the channel closed"),
-                },
-                recv(ticker) -> _ => self.keepalive(),
-            };
-            if next.is_break() {
-                return;
+                finishing.deadline
+            }
+        };
+        match deadline {
+            Some(deadline) => {
+                let _ = select.ready_deadline(deadline);
+            }
+            None => {
+                select.ready();
             }
         }
     }
@@ -585,9 +601,11 @@ impl<T: Transport> Worker<T> {
         }
     }
 
-    /// Run by an engine: handles everything waiting for the worker,
-    /// without blocking, as [`run_loop`](Self::run_loop) and then
-    /// [`finish`](Self::finish) would.
+    /// Handles everything waiting for the worker, without blocking: while
+    /// running, what the user wrote and asked for, what the reader
+    /// reported, the broker's confirms and returns; while finishing (both
+    /// directions over, the last handle gone, or a failure), the confirms
+    /// it waits for and the flushes the handles still ask for.
     pub(super) fn poll(&mut self) -> Step {
         if self.finishing.is_some() {
             return self.poll_finishing();
@@ -602,9 +620,9 @@ impl<T: Transport> Worker<T> {
         Step::Running
     }
 
-    /// Run by an engine now and then: a keepalive when one is due, and a
-    /// look at everything (a bell may have been missed: a handle that
-    /// disconnected rings none).
+    /// [`poll`](Self::poll), after a keepalive when one is due. An engine
+    /// calls this now and then (a look at everything: a bell may have been
+    /// missed, a handle that disconnected rings none).
     pub(super) fn tick(&mut self, now: Instant) -> Step {
         if self.finishing.is_none() && now >= self.next_keepalive {
             self.next_keepalive = now + self.options.get_keepalive_interval();
@@ -618,7 +636,8 @@ impl<T: Transport> Worker<T> {
         self.poll()
     }
 
-    /// One round of [`run_loop`](Self::run_loop) over what is ready.
+    /// One round over what is ready while running; `Break` once running
+    /// is over.
     fn poll_running(&mut self) -> ControlFlow<()> {
         use crossbeam_channel::TryRecvError::{Disconnected, Empty};
         loop {
@@ -662,10 +681,15 @@ impl<T: Transport> Worker<T> {
         ControlFlow::Continue(())
     }
 
-    /// One round of [`finish`](Self::finish)'s loop over what is ready.
+    /// One round over what is ready while finishing: wait until the
+    /// broker has confirmed everything published, answering the flushes
+    /// that come meanwhile; once the last handle is gone, for at most the
+    /// linger time.
     fn poll_finishing(&mut self) -> Step {
         use crossbeam_channel::TryRecvError::{Disconnected, Empty};
         loop {
+            // A held-back FIN goes once the data before it is confirmed,
+            // and is waited for in turn.
             self.settle_waiting_fin();
             if self.publisher.all_confirmed() || self.ends.shared.failure().is_some() {
                 return self.finished();
@@ -714,15 +738,15 @@ impl<T: Transport> Worker<T> {
     fn out_of_time(&mut self) {
         warn!("stream {}: closing with unconfirmed data", self.local_queue);
         // A held-back FIN goes now, behind the data, as it would have
-        // without holding it back.
+        // without holding it back: dropping it would turn a clean close
+        // into a reset only because the broker confirmed slowly.
         if self.fin_waiting && self.ends.shared.failure().is_none() {
             self.fin_waiting = false;
             let _ = self.send_fin();
         }
     }
 
-    /// The end of [`finish`](Self::finish): flushes answered, the outcome
-    /// recorded.
+    /// The end of finishing: flushes answered, the outcome recorded.
     fn finished(&mut self) -> Step {
         self.answer_flushes();
         for (_, reply) in self.publisher.flushes.drain(..) {
@@ -758,54 +782,6 @@ impl<T: Transport> Worker<T> {
         drop(pump);
         if unread {
             self.send_reset("the stream was closed: data that came after is not read");
-        }
-    }
-
-    /// Before the channel closes: wait until the broker has confirmed
-    /// everything published, answering the flushes that come meanwhile;
-    /// once the last handle is gone, for at most the linger time.
-    pub(super) fn finish(&mut self) {
-        let mut deadline = if self.closing {
-            after(self.linger)
-        } else {
-            never()
-        };
-        let (outbound, nothing) = (self.ends.outbound.clone(), never());
-        let mut handles_left = !self.closing;
-        loop {
-            // A held-back FIN goes once the data before it is confirmed,
-            // and is waited for in turn.
-            self.settle_waiting_fin();
-            if self.publisher.all_confirmed() || self.ends.shared.failure().is_some() {
-                break;
-            }
-            select! {
-                recv(self.publisher.confirms) -> confirm => match confirm {
-                    Ok(confirm) => self.confirmed_closing(confirm),
-                    Err(_) => break,
-                },
-                recv(self.returns) -> returned => match returned {
-                    Ok(returned) => self.returned(returned),
-                    Err(_) => break,
-                },
-                recv(if handles_left { &outbound } else { &nothing }) -> item => {
-                    if self.closing_outbound(item.ok()) {
-                        handles_left = false;
-                        deadline = after(self.linger);
-                    }
-                },
-                recv(deadline) -> _ => {
-                    // Dropping a held-back FIN would turn a clean close
-                    // into a reset only because the broker confirmed
-                    // slowly.
-                    self.out_of_time();
-                    break;
-                }
-            }
-        }
-        self.finished();
-        if let Some(channel) = self.probe_channel.take() {
-            let _ = channel.close();
         }
     }
 }

@@ -479,8 +479,7 @@ impl<T: Transport> Connected<T> {
     /// until it is over.
     fn run(self) {
         if let Some((mut worker, name)) = self.into_worker() {
-            worker.run_loop();
-            worker.finish();
+            worker.run();
             drop(worker);
             debug!("stream {name} closed");
         }
