@@ -16,6 +16,7 @@ mod connected;
 pub(crate) mod engine;
 mod handshake;
 mod publisher;
+mod state;
 mod v3;
 
 use crate::connection::BrokerConnection;
@@ -30,11 +31,12 @@ use crate::shared::Shared;
 use crate::spare::{SpareLife, SparePool, SpareSlot};
 use crate::version::ProtocolVersion;
 use amiquip::{Channel, Confirm, ConsumerMessage, ConsumerOptions, Delivery, Return};
-use connected::Worker;
+use connected::{Probe, Worker};
 use crossbeam_channel::{Receiver, Sender, after, bounded, select, unbounded};
 use handshake::{Inbound, await_handshake, send_handshake};
 use log::debug;
 use publisher::{OwnChannel, Publisher, Transport};
+use state::StreamState;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -540,33 +542,25 @@ impl<T: Transport> Connected<T> {
         if handed_over.is_err() {
             return None;
         }
-        let keepalive_due = Instant::now() + options.get_keepalive_interval();
+        let state = StreamState::new(
+            version,
+            options.get_keepalive_interval(),
+            options.get_linger(),
+            Instant::now(),
+        );
         let worker = Worker {
             connection,
-            linger: options.get_linger(),
-            options,
             marker,
-            closing: false,
             publisher,
             returns,
             ends,
             peer_queue,
             local_queue,
-            version,
             inbox,
             message_limit,
-            sequence: 0,
-            acked: 0,
-            last_sent: Instant::now(),
-            probe_channel: None,
-            fin_sent: false,
-            fin_waiting: false,
-            fin_received: false,
-            peer_gone: false,
-            reader_done: false,
             unsent: Vec::new(),
-            finishing: None,
-            next_keepalive: keepalive_due,
+            state,
+            probe: Probe::default(),
         };
         Some((worker, local_name))
     }
