@@ -8,15 +8,26 @@
 //! that touches the channel happens here.
 //!
 //! This module sets a worker up (a thread of its own, or a prepared one
-//! from a [`SparePool`]); [`handshake`] runs the SYN and SYN-ACK,
-//! [`publisher`] publishes and counts confirms, and [`connected`] is the
-//! worker's loop once the stream is up.
+//! from a [`SparePool`]); the rooms:
+//!
+//! * [`handshake`] runs the SYN and SYN-ACK;
+//! * [`connected`] is the worker once the stream is up: its I/O, and the
+//!   one driver ([`poll`](connected::Worker::poll) and
+//!   [`tick`](connected::Worker::tick)) that a stream's own thread
+//!   (versions 1 and 2) or its connection's [`engine`] (version 3) runs;
+//! * [`state`] is the stream's state machine: every decision, no I/O;
+//! * [`publisher`] publishes and counts confirms;
+//! * [`v1`] is what only version 1 does (checking the peer's queue, the
+//!   FIN held back until every confirm, no reset);
+//! * [`v3`] sets up a version-3 stream on its connection's shared
+//!   transport.
 
 mod connected;
 pub(crate) mod engine;
 mod handshake;
 mod publisher;
 mod state;
+mod v1;
 mod v3;
 
 use crate::connection::BrokerConnection;
@@ -31,7 +42,7 @@ use crate::shared::Shared;
 use crate::spare::{SpareLife, SparePool, SpareSlot};
 use crate::version::ProtocolVersion;
 use amiquip::{Channel, Confirm, ConsumerMessage, ConsumerOptions, Delivery, Return};
-use connected::{Probe, Worker};
+use connected::Worker;
 use crossbeam_channel::{Receiver, Sender, after, bounded, select, unbounded};
 use handshake::{Inbound, await_handshake, send_handshake};
 use log::debug;
@@ -40,6 +51,7 @@ use state::StreamState;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use v1::Probe;
 
 /// What the user's side sends the worker, in stream order.
 pub(crate) enum Outbound {
