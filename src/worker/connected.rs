@@ -1,83 +1,60 @@
-//! A worker's life once its stream is connected: one loop over what the
-//! user writes, what the reader reports, the broker's confirms and
-//! returns, and a keepalive tick; then closing.
+//! A connected stream's worker: the I/O of one stream once its handshake
+//! is done. It takes what the user writes and asks for, what the reader
+//! reports and the broker's confirms and returns, asks the stream's state
+//! machine ([`StreamState`]) what follows, and publishes.
+//!
+//! One driver runs it: [`Worker::poll`] handles whatever waits for the
+//! worker without blocking, [`Worker::tick`] runs the keepalive too when
+//! it is due. An engine calls them for the version-3 streams of a
+//! connection (see [`engine`](super::engine)); a stream with a thread of
+//! its own (versions 1 and 2) calls them from [`Worker::run`], blocking
+//! in between until an input is ready or a deadline comes. What only
+//! version 1 does is in [`v1`](super::v1).
 
 use super::WorkerEnds;
 use super::publisher::{Publisher, Transport};
+use super::state::{self, FinStep, Phase, ResetStep, StreamState};
+use super::v1::Probe;
 use crate::connection::BrokerConnection;
 use crate::inbox::Inbox;
-use crate::options::StreamOptions;
 use crate::protocol::frame;
 use crate::shared::{Ending, Failure};
 use crate::version::ProtocolVersion;
-use amiquip::{Channel, Return};
-use crossbeam_channel::{Receiver, after, never, select, tick};
+use amiquip::Return;
+use crossbeam_channel::{Receiver, Select};
 use log::{debug, warn};
 use std::io;
 use std::ops::ControlFlow;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::{Control, Outbound};
 
-/// The worker's state after the handshake.
+/// A connected stream's worker.
 pub(super) struct Worker<T> {
     pub(super) connection: Arc<BrokerConnection>,
-    pub(super) options: StreamOptions,
-    /// How long closing waits for confirms: the options' linger, or the
-    /// stream's own (`Stream::set_linger`) once its last handle is gone.
-    pub(super) linger: Duration,
     /// The secret of our "peer gone" marker.
     pub(super) marker: String,
-    /// The last handle is gone (closed or reset): closing waits no longer
-    /// than the linger time.
-    pub(super) closing: bool,
     pub(super) publisher: Publisher<T>,
     pub(super) returns: Receiver<Return>,
     pub(super) ends: WorkerEnds,
     pub(super) peer_queue: String,
     pub(super) local_queue: String,
-    pub(super) version: ProtocolVersion,
     pub(super) inbox: Arc<Inbox>,
     /// The largest message to publish.
     pub(super) message_limit: usize,
-    /// The sequence number of the last data or FIN frame sent.
-    pub(super) sequence: u64,
-    /// The delivery tag acknowledged last (acks cover all before it).
-    pub(super) acked: u64,
-    /// When something was last published to the peer.
-    pub(super) last_sent: Instant,
-    pub(super) probe_channel: Option<Channel>,
-    pub(super) fin_sent: bool,
-    /// Version 1: a FIN held back until the broker has confirmed every
-    /// message before it. Version 1 has no sequence numbers: a data
-    /// message refused after the FIN went out would leave the peer a clean
-    /// EOF after a gap. Held back, a refusal fails the stream and no FIN
-    /// is ever sent.
-    pub(super) fin_waiting: bool,
-    pub(super) fin_received: bool,
-    pub(super) peer_gone: bool,
-    pub(super) reader_done: bool,
     /// Written bytes not yet published: a partial message waits here while
     /// earlier data awaits its confirm, gathering the writes behind it
-    /// (Nagle's algorithm, with the broker's confirm as the ACK).
+    /// (see [`state::next_message`]).
     pub(super) unsent: Vec<u8>,
-    /// Run by an engine: closing, waiting for the broker's confirms.
-    pub(super) finishing: Option<Finishing>,
-    /// Run by an engine: when the next keepalive tick is due.
-    pub(super) next_keepalive: Instant,
+    /// What the stream decides by: sequence numbers, what went and came,
+    /// its phase.
+    pub(super) state: StreamState,
+    /// Version 1: the channel the peer's queue is checked on.
+    pub(super) probe: Probe,
 }
 
-/// A worker an engine runs, closing: what [`Worker::finish`] keeps in
-/// its loop.
-pub(super) struct Finishing {
-    /// Give up waiting for confirms then (once the last handle is gone).
-    deadline: Option<Instant>,
-    /// The user's handles may still ask for flushes.
-    handles_left: bool,
-}
-
-/// Whether an engine keeps running a worker.
+/// Whether a worker keeps running.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Step {
     Running,
@@ -85,42 +62,170 @@ pub(super) enum Step {
 }
 
 impl<T: Transport> Worker<T> {
-    pub(super) fn run_loop(&mut self) {
-        let ticker = tick(self.options.get_keepalive_interval());
+    /// Runs the worker on this thread until it is finished (versions 1
+    /// and 2): waits for an input or the next deadline, takes a step as
+    /// an engine would, again.
+    pub(super) fn run(&mut self) {
         loop {
-            if self.done() {
-                return;
-            }
-            let next = select! {
-                recv(self.ends.shared.written.filled()) -> _ => {
-                    self.take_written();
-                    self.publish_unsent(false)
-                }
-                recv(self.ends.outbound) -> item => {
-                    let item = item.unwrap_or_else(|_| self.ending_of_last_handle());
-                    self.outbound(item)
-                }
-                recv(self.ends.control) -> control => match control {
-                    Ok(control) => self.control(control),
-                    Err(_) => ControlFlow::Break(()),
-                },
-                recv(self.returns) -> returned => match returned {
-                    Ok(returned) => {
-                        self.returned(returned);
-                        ControlFlow::Continue(())
-                    }
-                    Err(_) => self.broker_lost("the channel closed"),
-                },
-                recv(self.publisher.confirms) -> confirm => match confirm {
-                    Ok(confirm) => self.confirmed(confirm),
-                    Err(_) => self.broker_lost("the channel closed"),
-                },
-                recv(ticker) -> _ => self.keepalive(),
-            };
-            if next.is_break() {
-                return;
+            self.wait();
+            if self.tick(Instant::now()) == Step::Finished {
+                break;
             }
         }
+        self.probe.close();
+    }
+
+    /// Blocks until one of the inputs the worker takes in its phase is
+    /// ready, or its next deadline (a keepalive while running, the
+    /// linger's end while finishing) has come. A disconnected input is
+    /// always ready: the step that follows reacts to it for good (the
+    /// worker finishes, or no longer takes that input).
+    fn wait(&self) {
+        let mut select = Select::new();
+        select.recv(&self.publisher.confirms);
+        select.recv(&self.returns);
+        match self.state.phase() {
+            Phase::Running => {
+                select.recv(self.ends.shared.written.filled());
+                select.recv(&self.ends.outbound);
+                select.recv(&self.ends.control);
+            }
+            Phase::Finishing { handles_left, .. } => {
+                if handles_left {
+                    select.recv(&self.ends.outbound);
+                }
+            }
+        }
+        match self.state.next_wake() {
+            Some(deadline) => {
+                let _ = select.ready_deadline(deadline);
+            }
+            None => {
+                select.ready();
+            }
+        }
+    }
+
+    /// Handles everything waiting for the worker, without blocking: while
+    /// running, what the user wrote and asked for, what the reader
+    /// reported, the broker's confirms and returns; while finishing (both
+    /// directions over, the last handle gone, or a failure), the confirms
+    /// it waits for and the flushes the handles still ask for.
+    pub(super) fn poll(&mut self) -> Step {
+        if self.state.phase() == Phase::Running {
+            if self.poll_running().is_continue() && !self.state.done() {
+                return Step::Running;
+            }
+            self.state.start_finishing(Instant::now());
+        }
+        self.poll_finishing()
+    }
+
+    /// [`poll`](Self::poll), after a keepalive round if one is due at
+    /// `now`. An engine calls this now and then (it looks at everything:
+    /// a bell may have been missed, a handle that disconnected rings
+    /// none).
+    pub(super) fn tick(&mut self, now: Instant) -> Step {
+        if self.state.keepalive_due(now) && self.keepalive().is_break() {
+            self.state.start_finishing(now);
+        }
+        self.poll()
+    }
+
+    /// One round over what is ready while running; `Break` once running
+    /// is over.
+    fn poll_running(&mut self) -> ControlFlow<()> {
+        use crossbeam_channel::TryRecvError::{Disconnected, Empty};
+        loop {
+            match self.returns.try_recv() {
+                Ok(returned) => self.returned(returned),
+                Err(Empty) => break,
+                Err(Disconnected) => return self.broker_lost("the channel closed"),
+            }
+        }
+        loop {
+            match self.publisher.confirms.try_recv() {
+                Ok(confirm) => self.confirmed(confirm)?,
+                Err(Empty) => break,
+                Err(Disconnected) => return self.broker_lost("the channel closed"),
+            }
+        }
+        if self.ends.shared.written.filled().try_recv().is_ok() {
+            self.take_written();
+            self.publish_unsent(false)?;
+        }
+        loop {
+            if self.state.done() {
+                return ControlFlow::Continue(());
+            }
+            match self.ends.outbound.try_recv() {
+                Ok(item) => self.outbound(item)?,
+                Err(Empty) => break,
+                Err(Disconnected) => return self.outbound(self.ending_of_last_handle()),
+            }
+        }
+        loop {
+            if self.state.done() {
+                return ControlFlow::Continue(());
+            }
+            match self.ends.control.try_recv() {
+                Ok(control) => self.control(control)?,
+                Err(Empty) => break,
+                Err(Disconnected) => return ControlFlow::Break(()),
+            }
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// One round over what is ready while finishing: wait until the
+    /// broker has confirmed everything published, answering the flushes
+    /// that come meanwhile; once the last handle is gone, for at most the
+    /// linger time.
+    fn poll_finishing(&mut self) -> Step {
+        use crossbeam_channel::TryRecvError::{Disconnected, Empty};
+        loop {
+            // A held-back FIN goes once the data before it is confirmed,
+            // and is waited for in turn.
+            self.settle_waiting_fin();
+            if StreamState::nothing_to_wait_for(self.publisher.all_confirmed(), self.failed()) {
+                return self.finished();
+            }
+            match self.publisher.confirms.try_recv() {
+                Ok(confirm) => {
+                    self.confirmed_closing(confirm);
+                    continue;
+                }
+                Err(Disconnected) => return self.finished(),
+                Err(Empty) => {}
+            }
+            match self.returns.try_recv() {
+                Ok(returned) => {
+                    self.returned(returned);
+                    continue;
+                }
+                Err(Disconnected) => return self.finished(),
+                Err(Empty) => {}
+            }
+            if self.state.handles_left() {
+                match self.ends.outbound.try_recv() {
+                    Err(Empty) => {}
+                    item => {
+                        self.closing_outbound(item.ok());
+                        continue;
+                    }
+                }
+            }
+            if self.state.out_of_time(Instant::now()) {
+                self.out_of_time();
+                return self.finished();
+            }
+            return Step::Running;
+        }
+    }
+
+    /// Whether the stream failed.
+    pub(super) fn failed(&self) -> bool {
+        self.ends.shared.failure().is_some()
     }
 
     /// The last handle is gone without a word: what it said before it went
@@ -151,15 +256,14 @@ impl<T: Transport> Worker<T> {
         }
     }
 
-    /// What the handles ask while the stream closes; `true` once the last
-    /// one is gone (closed, reset, or dropped: `None`).
-    fn closing_outbound(&mut self, item: Option<Outbound>) -> bool {
+    /// What the handles ask while the stream finishes (closed, reset, or
+    /// dropped: `None`, the last one is gone).
+    fn closing_outbound(&mut self, item: Option<Outbound>) {
         match item {
             Some(Outbound::Flush(reply)) => {
                 let seq = self.publisher.published;
                 self.publisher.flushes.push_back((seq, reply));
                 self.answer_flushes();
-                false
             }
             // Both directions are over: the FIN went (or the stream
             // failed, which the reply says).
@@ -168,13 +272,9 @@ impl<T: Transport> Worker<T> {
                     Some(failure) => Err(failure.write_error()),
                     None => Ok(()),
                 });
-                false
             }
-            Some(Outbound::Push) => false,
-            Some(Outbound::Close | Outbound::Reset(_)) | None => {
-                self.last_handle_gone();
-                true
-            }
+            Some(Outbound::Push) => {}
+            Some(Outbound::Close | Outbound::Reset(_)) | None => self.last_handle_gone(),
         }
     }
 
@@ -186,12 +286,6 @@ impl<T: Transport> Worker<T> {
             self.returned(returned);
         }
         self.publisher.absorb(confirm);
-    }
-
-    /// The stream is over in both directions, or the peer is gone and
-    /// the reader knows.
-    fn done(&self) -> bool {
-        (self.fin_sent && self.fin_received) || (self.peer_gone && self.reader_done)
     }
 
     /// Moves what was written into `unsent`, behind what waits there.
@@ -232,10 +326,7 @@ impl<T: Transport> Worker<T> {
                     // The reader found a violation; its abort may still
                     // be queued behind this close.
                     self.send_reset(&why);
-                } else if !self.fin_sent
-                    && !self.fin_waiting
-                    && self.publish_unsent(true).is_continue()
-                {
+                } else if self.state.close_sends_fin() && self.publish_unsent(true).is_continue() {
                     let _ = self.fin_after_data();
                 }
                 ControlFlow::Break(())
@@ -249,13 +340,14 @@ impl<T: Transport> Worker<T> {
         }
     }
 
-    /// The user's last handle is gone: from now on closing waits at most
-    /// the linger time it set.
+    /// The user's last handle is gone: from now on finishing waits at
+    /// most the linger time it set.
     fn last_handle_gone(&mut self) {
-        self.closing = true;
-        if let Some(Ending::Close { linger }) = self.ends.shared.ending() {
-            self.linger = linger;
-        }
+        let linger = match self.ends.shared.ending() {
+            Some(Ending::Close { linger }) => Some(linger),
+            _ => None,
+        };
+        self.state.last_handle_gone(linger, Instant::now());
     }
 
     /// Publishes one frame to the peer.
@@ -266,27 +358,27 @@ impl<T: Transport> Worker<T> {
     ) -> Result<(), amiquip::Error> {
         let peer = self.peer_queue.clone();
         self.publisher.publish(&peer, body, properties)?;
-        self.last_sent = Instant::now();
+        self.state.sent(Instant::now());
         Ok(())
     }
 
-    /// Publishes the unsent bytes: full messages always; the partial rest
-    /// only when `all` is set, `nodelay` is on, or nothing published is
-    /// still waiting for its confirm (whose arrival calls this again).
+    /// Publishes the unsent bytes that go now (see
+    /// [`state::next_message`]; `all`: the partial rest too).
     fn publish_unsent(&mut self, all: bool) -> ControlFlow<()> {
-        if self.ends.shared.failure().is_some() {
+        if self.failed() {
             self.unsent.clear();
             return ControlFlow::Continue(());
         }
-        let max = self.message_limit;
-        while !self.unsent.is_empty() {
-            let full = self.unsent.len() >= max;
-            if !(full || all || self.ends.shared.nodelay() || self.publisher.all_confirmed()) {
-                break;
-            }
-            let n = self.unsent.len().min(max);
+        while let Some(n) = state::next_message(
+            self.unsent.len(),
+            self.message_limit,
+            all,
+            self.ends.shared.nodelay(),
+            self.publisher.all_confirmed(),
+        ) {
             let unsent = std::mem::take(&mut self.unsent);
-            let properties = frame::data_properties(self.version, self.sequence + 1);
+            let properties =
+                frame::data_properties(self.state.version(), self.state.next_sequence());
             let published = self.publish_to_peer(&unsent[..n], properties);
             self.unsent = unsent;
             if let Err(err) = published {
@@ -294,7 +386,7 @@ impl<T: Transport> Worker<T> {
                 let peer = self.peer_queue.clone();
                 return self.broker_lost(&format!("publishing to {peer:?}: {err}"));
             }
-            self.sequence += 1;
+            self.state.data_sent();
             if n == self.unsent.len() {
                 self.unsent.clear();
             } else {
@@ -304,103 +396,79 @@ impl<T: Transport> Worker<T> {
         ControlFlow::Continue(())
     }
 
-    /// Sends the FIN now (version 2, whose sequence numbers expose any
-    /// refused message before it, or nothing unconfirmed) or holds it until
-    /// everything before it is confirmed (version 1).
+    /// The FIN the user asked for, behind the data published: now, or
+    /// held back (version 1, see [`StreamState::fin_after_data`]).
     fn fin_after_data(&mut self) -> io::Result<()> {
-        if self.version == ProtocolVersion::V1 && !self.publisher.all_confirmed() {
-            if let Some(failure) = self.ends.shared.failure() {
-                return Err(failure.write_error());
-            }
-            self.fin_waiting = true;
-            return Ok(());
-        }
-        self.send_fin()
+        let step = self
+            .state
+            .fin_after_data(self.publisher.all_confirmed(), self.failed());
+        self.take_fin_step(step)
     }
 
-    /// Sends a held-back FIN once everything before it is confirmed; a
-    /// failed stream never sends it.
-    fn settle_waiting_fin(&mut self) {
-        if !self.fin_waiting || !self.publisher.all_confirmed() {
-            return;
-        }
-        self.fin_waiting = false;
-        if self.ends.shared.failure().is_none() {
-            let _ = self.send_fin();
-        }
+    /// Sends the FIN unless it went already or the stream failed.
+    pub(super) fn send_fin(&mut self) -> io::Result<()> {
+        let step = self.state.fin_now(self.failed());
+        self.take_fin_step(step)
     }
 
-    fn send_fin(&mut self) -> io::Result<()> {
-        if self.fin_sent {
-            return Ok(());
-        }
-        if let Some(failure) = self.ends.shared.failure() {
-            return Err(failure.write_error());
-        }
-        let properties = frame::fin_properties(self.version, self.sequence + 1);
-        match self.publish_to_peer(&[], properties) {
-            Ok(()) => {
-                self.sequence += 1;
-                self.fin_sent = true;
-                Ok(())
-            }
-            Err(err) => {
-                let text = format!("sending FIN to {:?}: {err}", self.peer_queue);
-                // The failure is recorded; the loop ends when the channel's
-                // receivers disconnect.
-                let _ = self.broker_lost(&text);
-                Err(io::Error::new(io::ErrorKind::ConnectionAborted, text))
+    fn take_fin_step(&mut self, step: FinStep) -> io::Result<()> {
+        match step {
+            FinStep::AlreadySent | FinStep::Hold => Ok(()),
+            FinStep::Refuse => Err(self.ends.shared.write_error()),
+            FinStep::Send => {
+                let properties =
+                    frame::fin_properties(self.state.version(), self.state.next_sequence());
+                match self.publish_to_peer(&[], properties) {
+                    Ok(()) => {
+                        self.state.fin_published();
+                        Ok(())
+                    }
+                    Err(err) => {
+                        let text = format!("sending FIN to {:?}: {err}", self.peer_queue);
+                        // The failure is recorded; the worker finishes
+                        // when the channel's receivers disconnect.
+                        let _ = self.broker_lost(&text);
+                        Err(io::Error::new(io::ErrorKind::ConnectionAborted, text))
+                    }
+                }
             }
         }
     }
 
-    /// Tells a version-2 peer that the stream is aborted (version 1 has no
-    /// reset: the peer sees the FIN of a close instead).
+    /// Tells the peer that the stream is aborted (version 1 has no
+    /// reset: see [`Worker::abort_without_reset`]).
     fn send_reset(&mut self, why: &str) {
-        if self.peer_gone
-            || self
-                .ends
-                .shared
-                .failure()
-                .is_some_and(|f| matches!(f, Failure::BrokerLost(_)))
-        {
-            return;
-        }
-        if self.version == ProtocolVersion::V1 {
-            // No reset in version 1, and never a FIN in its place: that
-            // would be a clean end after whatever was dropped. The peer
-            // finds our queue gone (deleted with our consumer) and fails.
-            debug!("stream {}: aborting: {why}", self.local_queue);
-            return;
-        }
-        debug!("stream {}: resetting: {why}", self.local_queue);
-        if let Err(err) = self.publish_to_peer(why.as_bytes(), frame::reset_properties()) {
-            let _ = self.broker_lost(&format!("sending a reset: {err}"));
+        let broker_lost = matches!(self.ends.shared.failure(), Some(Failure::BrokerLost(_)));
+        match self.state.reset_step(broker_lost) {
+            ResetStep::Skip => {}
+            ResetStep::Abort => self.abort_without_reset(why),
+            ResetStep::Send => {
+                debug!("stream {}: resetting: {why}", self.local_queue);
+                if let Err(err) = self.publish_to_peer(why.as_bytes(), frame::reset_properties()) {
+                    let _ = self.broker_lost(&format!("sending a reset: {err}"));
+                }
+            }
         }
     }
 
     fn control(&mut self, control: Control) -> ControlFlow<()> {
         match control {
             Control::Ack(delivery) => {
-                // Acks are cumulative: one for a later delivery covered it.
                 // Version 3 consumes without acknowledgements.
                 let Some(channel) = self.publisher.channel() else {
                     return ControlFlow::Continue(());
                 };
-                if delivery.delivery_tag() > self.acked {
-                    self.acked = delivery.delivery_tag();
-                    if let Err(err) = (*delivery).ack_multiple(channel) {
-                        return self.broker_lost(&format!("acknowledging data: {err}"));
-                    }
+                if !self.state.ack(delivery.delivery_tag()) {
+                    return ControlFlow::Continue(());
+                }
+                if let Err(err) = (*delivery).ack_multiple(channel) {
+                    return self.broker_lost(&format!("acknowledging data: {err}"));
                 }
             }
-            Control::FinReceived => {
-                self.fin_received = true;
-                self.reader_done = true;
-            }
-            Control::PeerGoneSeen => self.reader_done = true,
+            Control::FinReceived => self.state.fin_received(),
+            Control::PeerGoneSeen => self.state.peer_gone_seen(),
             Control::Window(consumed) => {
-                if self.peer_gone || self.ends.shared.failure().is_some() {
+                if !self.state.window_goes(self.failed()) {
                     return ControlFlow::Continue(());
                 }
                 let (properties, body) = frame::window_frame(consumed);
@@ -411,7 +479,7 @@ impl<T: Transport> Worker<T> {
             Control::PeerReset => {
                 // Everything before the reset has left the consumer, so the
                 // reader keeps it; nothing after it counts.
-                self.peer_gone = true;
+                self.state.peer_reset();
                 self.answer_flushes();
                 return ControlFlow::Break(());
             }
@@ -431,40 +499,33 @@ impl<T: Transport> Worker<T> {
             "message to {:?} returned: {} {}",
             returned.routing_key, returned.reply_code, returned.reply_text
         );
-        // A keepalive or window report lost with the peer's queue costs no
-        // byte of the stream; data, a FIN or a reset does.
-        let control = matches!(
+        let ours_lost = state::returned_costs_data(
             returned.properties.type_().as_deref(),
-            Some(frame::KEEPALIVE | frame::WINDOW)
-        ) || returned.routing_key == self.local_queue;
+            &returned.routing_key,
+            &self.local_queue,
+        );
         self.peer_left(
             &format!(
                 "the peer's queue {:?} is gone ({})",
                 returned.routing_key, returned.reply_text
             ),
-            !control,
+            ours_lost,
         );
     }
 
-    /// Marks the peer as gone. Data it sent before going stays readable:
-    /// a marker on our own queue, behind that data, tells the reader where
-    /// the stream ends. `ours_lost`: a message of ours did not reach it.
-    ///
-    /// A peer that goes after our FIN was sent, with nothing of ours lost,
-    /// may simply have closed (its queue goes with its consumer): our
-    /// direction is complete, so only reading can fail (if its FIN never
-    /// came), and `flush` still reports the broker's confirms.
-    fn peer_left(&mut self, why: &str, ours_lost: bool) {
-        if self.peer_gone {
+    /// Marks the peer as gone (see [`StreamState::peer_left`]): the stream
+    /// fails if it must, and a marker on our own queue, behind the data
+    /// the peer sent before going, tells the reader where the stream
+    /// ends. `ours_lost`: a message of ours did not reach it.
+    pub(super) fn peer_left(&mut self, why: &str, ours_lost: bool) {
+        let Some(left) = self.state.peer_left(ours_lost) else {
             return;
-        }
-        self.peer_gone = true;
-        if ours_lost || !self.fin_sent {
+        };
+        if left.fails {
             self.ends.shared.fail(Failure::PeerGone(why.to_string()));
         }
         self.answer_flushes();
-        if self.fin_received {
-            self.reader_done = true;
+        if !left.marks {
             return;
         }
         let own = self.local_queue.clone();
@@ -491,7 +552,7 @@ impl<T: Transport> Worker<T> {
         ControlFlow::Break(())
     }
 
-    fn broker_lost(&mut self, why: &str) -> ControlFlow<()> {
+    pub(super) fn broker_lost(&mut self, why: &str) -> ControlFlow<()> {
         warn!("stream {}: lost the broker: {why}", self.local_queue);
         self.ends.shared.fail(Failure::BrokerLost(format!(
             "lost the broker connection: {why}"
@@ -500,10 +561,11 @@ impl<T: Transport> Worker<T> {
         ControlFlow::Break(())
     }
 
-    /// Runs every keepalive interval: checks that the peer is still there
-    /// and, in version 2, handles control frames nobody is reading.
+    /// The keepalive round, every keepalive interval while running:
+    /// checks that the peer is still there and, from version 2, handles
+    /// control frames nobody is reading.
     fn keepalive(&mut self) -> ControlFlow<()> {
-        match self.version {
+        match self.state.version() {
             ProtocolVersion::V1 => self.probe_peer(),
             _ => {
                 if let Some(pump) = self.inbox.try_take() {
@@ -515,52 +577,20 @@ impl<T: Transport> Worker<T> {
         }
     }
 
-    /// Version 2: a keepalive frame when nothing else went to the peer for
-    /// an interval. The broker returns it if the peer's queue is gone.
+    /// Version 2 and later: a keepalive frame when nothing else went to
+    /// the peer for a while (see [`StreamState::keepalive_goes`]). The
+    /// broker returns it if the peer's queue is gone (in version 3 a
+    /// keepalive to a stream that is gone is answered with a reset).
     fn send_keepalive(&mut self) {
-        // The peer's FIN waiting for our reader is enough: the peer sends
-        // nothing more and may be gone, cleanly (in version 3 a keepalive
-        // to a stream that is gone is answered with a reset).
-        if self.peer_gone
-            || self.fin_received
-            || self.inbox.fin_seen()
-            || self.ends.shared.failure().is_some()
+        if !self
+            .state
+            .keepalive_goes(Instant::now(), self.inbox.fin_seen(), self.failed())
         {
-            return;
-        }
-        // The ticker fires every interval: allow for its jitter.
-        if self.last_sent.elapsed() < self.options.get_keepalive_interval() / 2 {
             return;
         }
         if let Err(err) = self.publish_to_peer(&[], frame::keepalive_properties()) {
             let _ = self.broker_lost(&format!("sending a keepalive: {err}"));
         }
-    }
-
-    /// Version 1: checks that the peer's queue still exists.
-    fn probe_peer(&mut self) -> ControlFlow<()> {
-        if self.peer_gone || self.fin_received {
-            return ControlFlow::Continue(());
-        }
-        let channel = match self.probe_channel.take() {
-            Some(channel) => channel,
-            None => match self.connection.open_channel("checking the peer") {
-                Ok(channel) => channel,
-                Err(err) => return self.broker_lost(&err.to_string()),
-            },
-        };
-        match channel.queue_declare_passive(self.peer_queue.clone()) {
-            Ok(_) => self.probe_channel = Some(channel),
-            // Exclusive to the peer's connection: it exists. The broker
-            // closed the channel, a new one is opened next time.
-            Err(amiquip::Error::ServerClosedChannel { code: 405, .. }) => {}
-            Err(amiquip::Error::ServerClosedChannel { code: 404, .. }) => {
-                let why = format!("the peer's queue {:?} is gone", self.peer_queue);
-                self.peer_left(&why, false);
-            }
-            Err(err) => return self.broker_lost(&format!("checking the peer: {err}")),
-        }
-        ControlFlow::Continue(())
     }
 
     fn answer_flushes(&mut self) {
@@ -585,155 +615,13 @@ impl<T: Transport> Worker<T> {
         }
     }
 
-    /// Run by an engine: handles everything waiting for the worker,
-    /// without blocking, as [`run_loop`](Self::run_loop) and then
-    /// [`finish`](Self::finish) would.
-    pub(super) fn poll(&mut self) -> Step {
-        if self.finishing.is_some() {
-            return self.poll_finishing();
-        }
-        if self.poll_running().is_break() || self.done() {
-            self.finishing = Some(Finishing {
-                deadline: self.closing_deadline(Instant::now()),
-                handles_left: !self.closing,
-            });
-            return self.poll_finishing();
-        }
-        Step::Running
-    }
-
-    /// Run by an engine now and then: a keepalive when one is due, and a
-    /// look at everything (a bell may have been missed: a handle that
-    /// disconnected rings none).
-    pub(super) fn tick(&mut self, now: Instant) -> Step {
-        if self.finishing.is_none() && now >= self.next_keepalive {
-            self.next_keepalive = now + self.options.get_keepalive_interval();
-            if self.keepalive().is_break() {
-                self.finishing = Some(Finishing {
-                    deadline: self.closing_deadline(now),
-                    handles_left: !self.closing,
-                });
-            }
-        }
-        self.poll()
-    }
-
-    /// When closing that starts at `now` gives up waiting for confirms:
-    /// only once the last handle is gone, and never for a linger too long
-    /// to count (`Duration::MAX` is no limit).
-    fn closing_deadline(&self, now: Instant) -> Option<Instant> {
-        if self.closing {
-            now.checked_add(self.linger)
-        } else {
-            None
-        }
-    }
-
-    /// One round of [`run_loop`](Self::run_loop) over what is ready.
-    fn poll_running(&mut self) -> ControlFlow<()> {
-        use crossbeam_channel::TryRecvError::{Disconnected, Empty};
-        loop {
-            match self.returns.try_recv() {
-                Ok(returned) => self.returned(returned),
-                Err(Empty) => break,
-                Err(Disconnected) => return self.broker_lost("the channel closed"),
-            }
-        }
-        loop {
-            match self.publisher.confirms.try_recv() {
-                Ok(confirm) => self.confirmed(confirm)?,
-                Err(Empty) => break,
-                Err(Disconnected) => return self.broker_lost("the channel closed"),
-            }
-        }
-        if self.ends.shared.written.filled().try_recv().is_ok() {
-            self.take_written();
-            self.publish_unsent(false)?;
-        }
-        loop {
-            if self.done() {
-                return ControlFlow::Continue(());
-            }
-            match self.ends.outbound.try_recv() {
-                Ok(item) => self.outbound(item)?,
-                Err(Empty) => break,
-                Err(Disconnected) => return self.outbound(self.ending_of_last_handle()),
-            }
-        }
-        loop {
-            if self.done() {
-                return ControlFlow::Continue(());
-            }
-            match self.ends.control.try_recv() {
-                Ok(control) => self.control(control)?,
-                Err(Empty) => break,
-                Err(Disconnected) => return ControlFlow::Break(()),
-            }
-        }
-        ControlFlow::Continue(())
-    }
-
-    /// One round of [`finish`](Self::finish)'s loop over what is ready.
-    fn poll_finishing(&mut self) -> Step {
-        use crossbeam_channel::TryRecvError::{Disconnected, Empty};
-        loop {
-            self.settle_waiting_fin();
-            if self.publisher.all_confirmed() || self.ends.shared.failure().is_some() {
-                return self.finished();
-            }
-            match self.publisher.confirms.try_recv() {
-                Ok(confirm) => {
-                    self.confirmed_closing(confirm);
-                    continue;
-                }
-                Err(Disconnected) => return self.finished(),
-                Err(Empty) => {}
-            }
-            match self.returns.try_recv() {
-                Ok(returned) => {
-                    self.returned(returned);
-                    continue;
-                }
-                Err(Disconnected) => return self.finished(),
-                Err(Empty) => {}
-            }
-            let handles_left = self.finishing.as_ref().is_some_and(|f| f.handles_left);
-            if handles_left {
-                match self.ends.outbound.try_recv() {
-                    Err(Empty) => {}
-                    item => {
-                        if self.closing_outbound(item.ok()) {
-                            self.finishing = Some(Finishing {
-                                deadline: Instant::now().checked_add(self.linger),
-                                handles_left: false,
-                            });
-                        }
-                        continue;
-                    }
-                }
-            }
-            let deadline = self.finishing.as_ref().and_then(|f| f.deadline);
-            if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-                self.out_of_time();
-                return self.finished();
-            }
-            return Step::Running;
-        }
-    }
-
     /// The linger ran out with data unconfirmed.
     fn out_of_time(&mut self) {
         warn!("stream {}: closing with unconfirmed data", self.local_queue);
-        // A held-back FIN goes now, behind the data, as it would have
-        // without holding it back.
-        if self.fin_waiting && self.ends.shared.failure().is_none() {
-            self.fin_waiting = false;
-            let _ = self.send_fin();
-        }
+        self.send_held_fin_anyway();
     }
 
-    /// The end of [`finish`](Self::finish): flushes answered, the outcome
-    /// recorded.
+    /// The end of finishing: flushes answered, the outcome recorded.
     fn finished(&mut self) -> Step {
         self.answer_flushes();
         for (_, reply) in self.publisher.flushes.drain(..) {
@@ -742,7 +630,7 @@ impl<T: Transport> Worker<T> {
                 "the stream closed before the broker confirmed the data",
             )));
         }
-        if self.publisher.all_confirmed() && self.ends.shared.failure().is_none() {
+        if StreamState::closed_cleanly(self.publisher.all_confirmed(), self.failed()) {
             self.ends.shared.set_closed_cleanly();
         }
         Step::Finished
@@ -752,13 +640,10 @@ impl<T: Transport> Worker<T> {
     /// still writing to a stream closed with nothing unread at the time)
     /// will never be read: the peer is reset, as TCP answers data for a
     /// closed socket, rather than left waiting for credit that never
-    /// comes. (Versions 2 and 3; called once nothing more can arrive.)
+    /// comes (see [`StreamState::late_data_resets`]; called once nothing
+    /// more can arrive).
     pub(super) fn reset_if_data_came_after_close(&mut self) {
-        if !self.closing
-            || self.version < ProtocolVersion::V2
-            || self.peer_gone
-            || self.ends.shared.failure().is_some()
-        {
+        if !self.state.late_data_resets(self.failed()) {
             return;
         }
         let Some(pump) = self.inbox.try_take() else {
@@ -769,54 +654,6 @@ impl<T: Transport> Worker<T> {
         drop(pump);
         if unread {
             self.send_reset("the stream was closed: data that came after is not read");
-        }
-    }
-
-    /// Before the channel closes: wait until the broker has confirmed
-    /// everything published, answering the flushes that come meanwhile;
-    /// once the last handle is gone, for at most the linger time.
-    pub(super) fn finish(&mut self) {
-        let mut deadline = if self.closing {
-            after(self.linger)
-        } else {
-            never()
-        };
-        let (outbound, nothing) = (self.ends.outbound.clone(), never());
-        let mut handles_left = !self.closing;
-        loop {
-            // A held-back FIN goes once the data before it is confirmed,
-            // and is waited for in turn.
-            self.settle_waiting_fin();
-            if self.publisher.all_confirmed() || self.ends.shared.failure().is_some() {
-                break;
-            }
-            select! {
-                recv(self.publisher.confirms) -> confirm => match confirm {
-                    Ok(confirm) => self.confirmed_closing(confirm),
-                    Err(_) => break,
-                },
-                recv(self.returns) -> returned => match returned {
-                    Ok(returned) => self.returned(returned),
-                    Err(_) => break,
-                },
-                recv(if handles_left { &outbound } else { &nothing }) -> item => {
-                    if self.closing_outbound(item.ok()) {
-                        handles_left = false;
-                        deadline = after(self.linger);
-                    }
-                },
-                recv(deadline) -> _ => {
-                    // Dropping a held-back FIN would turn a clean close
-                    // into a reset only because the broker confirmed
-                    // slowly.
-                    self.out_of_time();
-                    break;
-                }
-            }
-        }
-        self.finished();
-        if let Some(channel) = self.probe_channel.take() {
-            let _ = channel.close();
         }
     }
 }

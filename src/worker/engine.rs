@@ -129,9 +129,7 @@ impl Slot {
 fn waits_for_confirms(worker: &Worker<SharedChannel>) -> bool {
     !worker.unsent.is_empty()
         || !worker.publisher.flushes.is_empty()
-        || worker.fin_waiting
-        || worker.finishing.is_some()
-        || worker.closing
+        || worker.state.waits_for_confirms()
 }
 
 /// Tells whoever runs a version-3 stream that something waits for it;

@@ -8,14 +8,26 @@
 //! that touches the channel happens here.
 //!
 //! This module sets a worker up (a thread of its own, or a prepared one
-//! from a [`SparePool`]); [`handshake`] runs the SYN and SYN-ACK,
-//! [`publisher`] publishes and counts confirms, and [`connected`] is the
-//! worker's loop once the stream is up.
+//! from a [`SparePool`]); the rooms:
+//!
+//! * [`handshake`] runs the SYN and SYN-ACK;
+//! * [`connected`] is the worker once the stream is up: its I/O, and the
+//!   one driver ([`poll`](connected::Worker::poll) and
+//!   [`tick`](connected::Worker::tick)) that a stream's own thread
+//!   (versions 1 and 2) or its connection's [`engine`] (version 3) runs;
+//! * [`state`] is the stream's state machine: every decision, no I/O;
+//! * [`publisher`] publishes and counts confirms;
+//! * [`v1`] is what only version 1 does (checking the peer's queue, the
+//!   FIN held back until every confirm, no reset);
+//! * [`v3`] sets up a version-3 stream on its connection's shared
+//!   transport.
 
 mod connected;
 pub(crate) mod engine;
 mod handshake;
 mod publisher;
+mod state;
+mod v1;
 mod v3;
 
 use crate::connection::BrokerConnection;
@@ -35,9 +47,11 @@ use crossbeam_channel::{Receiver, Sender, after, bounded, select, unbounded};
 use handshake::{Inbound, await_handshake, send_handshake};
 use log::debug;
 use publisher::{OwnChannel, Publisher, Transport};
+use state::StreamState;
 use std::io;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use v1::Probe;
 
 /// What the user's side sends the worker, in stream order.
 pub(crate) enum Outbound {
@@ -501,8 +515,7 @@ impl<T: Transport> Connected<T> {
     /// until it is over.
     fn run(self) {
         if let Some((mut worker, name)) = self.into_worker() {
-            worker.run_loop();
-            worker.finish();
+            worker.run();
             drop(worker);
             debug!("stream {name} closed");
         }
@@ -563,33 +576,25 @@ impl<T: Transport> Connected<T> {
         if handed_over.is_err() {
             return None;
         }
-        let keepalive_due = Instant::now() + options.get_keepalive_interval();
+        let state = StreamState::new(
+            version,
+            options.get_keepalive_interval(),
+            options.get_linger(),
+            Instant::now(),
+        );
         let worker = Worker {
             connection,
-            linger: options.get_linger(),
-            options,
             marker,
-            closing: false,
             publisher,
             returns,
             ends,
             peer_queue,
             local_queue,
-            version,
             inbox,
             message_limit,
-            sequence: 0,
-            acked: 0,
-            last_sent: Instant::now(),
-            probe_channel: None,
-            fin_sent: false,
-            fin_waiting: false,
-            fin_received: false,
-            peer_gone: false,
-            reader_done: false,
             unsent: Vec::new(),
-            finishing: None,
-            next_keepalive: keepalive_due,
+            state,
+            probe: Probe::default(),
         };
         Some((worker, local_name))
     }
