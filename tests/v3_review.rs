@@ -371,6 +371,105 @@ fn a_remembered_version_3_connect_to_a_restarted_raw_v1_server_works() {
     raw.close().unwrap();
 }
 
+/// Two streams of one connector that remembered version 3 connect at
+/// once to a raw version-1 server: its SYN-ACKs name no stream, so
+/// nothing tells which of the two each answers. Both must ask again as
+/// version 2 at once (neither waits out its handshake timeout), both get
+/// a working stream, and each of the version-1 server's streams set up
+/// for a version-3 SYN is ended with a FIN.
+#[test]
+fn two_remembered_version_3_connects_at_once_to_a_raw_v1_server_both_fall_back() {
+    use amiquip::{AmqpProperties, ConsumerOptions};
+    use common::raw::{exclusive_auto_delete, next, publish_with};
+    use std::collections::HashMap;
+    let q = queue("v3r-raw-v1-two");
+    let client = Connector::open_with(
+        &url(),
+        StreamOptions::new().handshake_timeout(Some(Duration::from_secs(120))),
+    )
+    .unwrap();
+    {
+        let listener = amqp_stream::Listener::bind(&url(), &q).unwrap();
+        for expected in [ProtocolVersion::V2, ProtocolVersion::V3] {
+            let s = client.connect(&q).unwrap();
+            assert_eq!(s.protocol_version(), expected);
+            drop(listener.accept().unwrap());
+        }
+    }
+    let mut raw = common::raw_connection();
+    let channel = raw.open_channel(None).unwrap();
+    common::eventually(
+        Duration::from_secs(20),
+        "the old listener's queue goes",
+        || match common::queue_depth(&q) {
+            None => Ok(()),
+            Some(depth) => Err(format!("{q:?} still there: {depth:?}")),
+        },
+    );
+    let requests = channel
+        .queue_declare(q.clone(), exclusive_auto_delete())
+        .unwrap()
+        .consume(ConsumerOptions::default())
+        .unwrap();
+    let connecting: Vec<_> = (0..2)
+        .map(|_| {
+            let (client, q) = (client.clone(), q.clone());
+            std::thread::spawn(move || client.connect(&q))
+        })
+        .collect();
+    // Two version-3 SYNs (from the connection's queue) and two version-2
+    // ones (each from a queue of its own), in whatever order they come.
+    let mut answered = HashMap::new();
+    for _ in 0..4 {
+        let syn = next(requests.receiver());
+        let c_name = syn.properties.reply_to().clone().expect("reply_to");
+        requests.ack(syn).unwrap();
+        let s = channel.queue_declare("", exclusive_auto_delete()).unwrap();
+        let data = s
+            .consume(ConsumerOptions {
+                exclusive: true,
+                ..Default::default()
+            })
+            .unwrap();
+        publish_with(
+            &channel,
+            &c_name,
+            b"",
+            AmqpProperties::default().with_reply_to(s.name().to_string()),
+        );
+        answered.entry(c_name).or_insert_with(Vec::new).push(data);
+    }
+    let streams: Vec<_> = connecting
+        .into_iter()
+        .map(|c| c.join().unwrap().expect("a fallen-back connect"))
+        .collect();
+    // The version-3 SYNs shared the connection's queue as `reply_to`.
+    let unused: Vec<_> = answered
+        .iter()
+        .filter(|(c_name, _)| c_name.starts_with("amqp-stream.conn."))
+        .flat_map(|(_, consumers)| consumers)
+        .collect();
+    assert_eq!(unused.len(), 2, "two version-3 SYNs: {:?}", answered.keys());
+    for consumer in unused {
+        let fin = next(consumer.receiver());
+        assert!(fin.body.is_empty(), "an unused stream got {:?}", fin.body);
+    }
+    for (n, stream) in streams.iter().enumerate() {
+        assert_eq!(stream.protocol_version(), ProtocolVersion::V1);
+        let own = stream.local_addr().unwrap().queue().to_string();
+        let consumers = &answered[&own];
+        assert_eq!(consumers.len(), 1, "one SYN from {own:?}");
+        let said = format!("stream {n}");
+        (&*stream).write_all(said.as_bytes()).unwrap();
+        (&*stream).flush().unwrap();
+        let data = next(consumers[0].receiver());
+        assert_eq!(data.body, said.as_bytes());
+    }
+    drop(streams);
+    drop(answered);
+    raw.close().unwrap();
+}
+
 /// An operator deletes a connection's stream queue while its streams
 /// carry data: every stream on that connection fails loudly, so do their
 /// peers (their frames now come back), and the connector's next stream
