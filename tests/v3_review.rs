@@ -465,9 +465,10 @@ fn two_remembered_version_3_connects_at_once_to_a_raw_v1_server_both_fall_back()
         let data = next(consumers[0].receiver());
         assert_eq!(data.body, said.as_bytes());
     }
-    drop(streams);
-    drop(answered);
+    // Closed while every raw consumer is still there: amiquip fails the
+    // whole connection when a delivery comes for a consumer dropped first.
     raw.close().unwrap();
+    drop(streams);
 }
 
 /// An operator deletes a connection's stream queue while its streams
