@@ -194,7 +194,16 @@
 //!   client's connection remembers for that listener's queue. The first
 //!   stream from a `Connector` to a listener is therefore version 2, the
 //!   next ones version 3. A listener pinned to version 3 refuses version-2
-//!   SYNs; one pinned below 3 refuses version-3 SYNs.
+//!   SYNs; one pinned below 3 refuses version-3 SYNs. Refused, a client
+//!   that was not pinned forgets version 3 for that queue and asks again
+//!   as version 2. A version-1 (Go) listener that took the queue over
+//!   answers a version-3 SYN to the connection's queue with a plain
+//!   version-1 SYN-ACK (empty body, `reply_to`, nothing else), which names
+//!   no stream: it counts as a refusal for every stream of the connection
+//!   still waiting for an answer to a version-3 SYN it was not pinned to
+//!   (nothing tells which one it answers), and the stream the version-1
+//!   listener set up for it gets a version-1 FIN. A stream pinned to
+//!   version 3 gets no answer from a version-1 listener and times out.
 //! * **Delivery.** Nothing is acknowledged: the connection's queue is
 //!   consumed in no-ack mode and each stream's credit window bounds what
 //!   the broker and the receiver hold for it (a peer that sends beyond it

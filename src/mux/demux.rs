@@ -4,6 +4,7 @@
 
 use super::{Mux, Route, Routes};
 use crate::error::Error;
+use crate::protocol::handshake;
 use crate::shared::lock;
 use amiquip::{Channel, Confirm, ConsumerMessage, ConsumerOptions, QueueDeclareOptions, Return};
 use crossbeam_channel::{Receiver, Sender, never, select};
@@ -45,7 +46,22 @@ pub(super) fn run(
             recv(deliveries.as_ref().unwrap_or(&nothing)) -> message => match message {
                 Ok(ConsumerMessage::Delivery(delivery)) => {
                     let Some(to) = delivery.properties.correlation_id().clone() else {
-                        debug!("{:?}: dropped a message that names no stream", feeds.queue);
+                        let answer = handshake::version_1_answer(&delivery.body, &delivery.properties)
+                            .map(str::to_string);
+                        match answer {
+                            Some(server_queue) => {
+                                let waiting = hand_version_1_answer(&feeds.routes, &delivery);
+                                debug!(
+                                    "{:?}: a version-1 answer (stream queue {server_queue:?}) to a \
+                                     version-3 SYN, handed to {waiting} waiting streams; ending it",
+                                    feeds.queue
+                                );
+                                if let Some(mux) = mux.upgrade() {
+                                    mux.end_version_1_stream(&server_queue);
+                                }
+                            }
+                            None => debug!("{:?}: dropped a message that names no stream", feeds.queue),
+                        }
                         continue;
                     };
                     let stray = {
@@ -110,6 +126,8 @@ pub(super) fn run(
 /// window allows (a peer that ignores it): then the delivery is dropped
 /// and the stream aborted, once.
 fn hand_over(route: &mut Route, delivery: amiquip::Delivery) {
+    // Its own answer (or anything for it) has come.
+    route.awaits_answer = false;
     if route.overran {
         return;
     }
@@ -126,6 +144,24 @@ fn hand_over(route: &mut Route, delivery: amiquip::Delivery) {
         return;
     }
     let _ = route.deliveries.send(ConsumerMessage::Delivery(delivery));
+}
+
+/// Hands a version-1 listener's SYN-ACK, which names no stream, to every
+/// stream waiting for the answer to its version-3 SYN that can ask again
+/// as version 2; returns how many. It answers one of them, and nothing
+/// tells which: each waiting stream takes it as a refusal of version 3
+/// (see `client_version`) and asks again as version 2 at once, rather
+/// than wait out its handshake timeout. A stream whose own (version-3)
+/// answer was still on its way then leaves that answer unclaimed, and the
+/// listener's stream is reset as stray; the connect itself succeeds.
+fn hand_version_1_answer(routes: &Routes, delivery: &amiquip::Delivery) -> usize {
+    let mut streams = lock(&routes.streams);
+    let mut handed = 0;
+    for route in streams.values_mut().filter(|route| route.awaits_answer) {
+        hand_over(route, delivery.clone());
+        handed += 1;
+    }
+    handed
 }
 
 /// Hands a returned message to the stream that published it.

@@ -69,6 +69,11 @@ struct Route {
     abort: Box<dyn Fn(String) + Send>,
     /// The stream was aborted for holding too much: its frames are dropped.
     overran: bool,
+    /// A client waiting for the answer to its version-3 SYN that asks again
+    /// as version 2 when refused: it is handed a version-1 answer, which
+    /// names no stream (see `demux::hand_version_1_answer`), until its
+    /// first own delivery comes.
+    awaits_answer: bool,
 }
 
 /// The most body bytes a stream that offered `window` may have handed
@@ -170,10 +175,15 @@ impl Mux {
     /// receive `window`: a peer that sends far beyond it has its frames
     /// dropped and the stream aborted by `abort`, so that it cannot grow
     /// this process's memory while nobody takes the stream's deliveries.
+    ///
+    /// `awaits_answer`: the stream is a client that will send a version-3
+    /// SYN and can fall back to version 2; a version-1 listener's SYN-ACK
+    /// (which names no stream) is handed to it until its own answer comes.
     pub(crate) fn register(
         &self,
         window: u64,
         abort: Box<dyn Fn(String) + Send>,
+        awaits_answer: bool,
     ) -> Result<Registration, Error> {
         let id: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
         let (deliveries_tx, deliveries) = unbounded();
@@ -200,6 +210,7 @@ impl Mux {
                 limit: hold_limit(window),
                 abort,
                 overran: false,
+                awaits_answer,
             },
         );
         Ok(Registration {
@@ -286,6 +297,21 @@ impl Mux {
             frame::reset_properties(),
         ) {
             debug!("{:?}: could not answer a stray frame: {err}", self.queue);
+        }
+    }
+
+    /// Ends the stream a version-1 listener set up for one of our version-3
+    /// SYNs (its SYN-ACK named `server_queue` and no stream): no stream of
+    /// ours can take it (its frames would name none either), so it gets a
+    /// version-1 FIN (an empty body) at once, as from a client that
+    /// connected and closed without writing, rather than wait for ever.
+    fn end_version_1_stream(&self, server_queue: &str) {
+        let from: Arc<str> = Arc::from(NOBODY);
+        if let Err(err) = self.publish(&from, 0, server_queue, "", b"", AmqpProperties::default()) {
+            debug!(
+                "{:?}: could not end a version-1 listener's stream on {server_queue:?}: {err}",
+                self.queue
+            );
         }
     }
 

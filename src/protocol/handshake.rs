@@ -294,6 +294,30 @@ pub(crate) fn parse_accept<'a>(
     })
 }
 
+/// The queue of a version-1 listener's SYN-ACK that names no stream, as
+/// a version-1 (Go) listener answers a version-3 SYN: it knows nothing of
+/// stream ids and answers any SYN to its `reply_to`, which for version 3
+/// is the client's connection queue. An empty body, a `reply_to`, no
+/// frame type and no header of ours: `None` for anything else (a frame,
+/// a refusal, a version-2 or -3 answer, a version-1 FIN without
+/// `reply_to`).
+pub(crate) fn version_1_answer<'a>(body: &[u8], properties: &'a AmqpProperties) -> Option<&'a str> {
+    let ours = properties.headers().as_ref().is_some_and(|headers| {
+        [
+            VERSION_HEADER,
+            WINDOW_HEADER,
+            STREAM_ID_HEADER,
+            UPGRADE_HEADER,
+        ]
+        .iter()
+        .any(|name| headers.contains_key(*name))
+    });
+    if !body.is_empty() || properties.type_().is_some() || ours {
+        return None;
+    }
+    reply_to(properties)
+}
+
 /// The client's version, given what it offered and what the listener
 /// answered; an error when the answer does not fit the offer or the pin.
 pub(crate) fn client_version(
@@ -370,6 +394,41 @@ mod tests {
         version: 2,
         window: 1 << 20,
     };
+
+    #[test]
+    fn a_version_1_answer_is_an_empty_syn_ack_with_reply_to_and_nothing_of_ours() {
+        let v1 = handshake_properties("s", None, Extra::default());
+        assert_eq!(version_1_answer(b"", &v1), Some("s"));
+        // A refusal, a FIN without reply_to, a frame: not an answer.
+        assert_eq!(version_1_answer(b"no", &v1), None);
+        assert_eq!(version_1_answer(b"", &AmqpProperties::default()), None);
+        let empty = AmqpProperties::default().with_reply_to(String::new());
+        assert_eq!(version_1_answer(b"", &empty), None);
+        let typed = v1
+            .clone()
+            .with_type_(crate::protocol::frame::FIN.to_string());
+        assert_eq!(version_1_answer(b"", &typed), None);
+        // Answers of version 2 (offer, upgrade) and 3 (stream id).
+        let v2 = handshake_properties("s", Some(OFFER), Extra::default());
+        assert_eq!(version_1_answer(b"", &v2), None);
+        let v3 = Offer {
+            version: 3,
+            ..OFFER
+        };
+        let extra = Extra {
+            stream_id: Some("id"),
+            upgrade: None,
+        };
+        assert_eq!(
+            version_1_answer(b"", &handshake_properties("s", Some(v3), extra)),
+            None
+        );
+        // Foreign headers do not hide a version-1 answer.
+        let mut headers = FieldTable::new();
+        headers.insert("x-other".to_string(), AmqpValue::Boolean(true));
+        let foreign = v1.with_headers(headers);
+        assert_eq!(version_1_answer(b"", &foreign), Some("s"));
+    }
 
     #[test]
     fn offer_round_trips_through_headers() {
