@@ -36,6 +36,9 @@ const QUEUE_PREFIX: &str = "amqp-stream.conn.";
 pub(crate) struct Mux {
     queue: String,
     publishing: Mutex<Publishing>,
+    /// The publishing channel's body bytes not yet confirmed, as the book
+    /// counts them; read without its lock.
+    unconfirmed: Arc<AtomicU64>,
     routes: Arc<Routes>,
     /// The engine that runs this connection's streams once connected.
     engine: Engine,
@@ -136,6 +139,7 @@ impl Mux {
         let mux = Arc::new(Mux {
             engine: Engine::start()?,
             queue,
+            unconfirmed: Arc::default(),
             publishing: Mutex::new(Publishing {
                 channel,
                 book: ConfirmBook::default(),
@@ -189,7 +193,9 @@ impl Mux {
         let (deliveries_tx, deliveries) = unbounded();
         let (confirms_tx, confirms) = unbounded();
         let (returns_tx, returns) = unbounded();
-        let bell = self.engine.bell(Arc::clone(&id));
+        let bell = self
+            .engine
+            .bell(Arc::clone(&id), Arc::clone(&self.unconfirmed));
         let held = Arc::new(AtomicU64::new(0));
         let mut streams = lock(&self.routes.streams);
         // Checked under the lock the demultiplexer empties the map under.
@@ -260,7 +266,11 @@ impl Mux {
                 properties,
             },
         )?;
-        publishing.book.record(Arc::clone(from), tag);
+        publishing
+            .book
+            .record(Arc::clone(from), tag, body.len() as u64);
+        let unconfirmed = publishing.book.unconfirmed_bytes();
+        self.unconfirmed.store(unconfirmed, Ordering::SeqCst);
         Ok(())
     }
 
@@ -317,6 +327,10 @@ impl Mux {
 
     /// The stream confirms a confirm of the publishing channel stands for.
     fn confirmed(&self, confirm: Confirm) -> Vec<(Arc<str>, Confirm)> {
-        lock(&self.publishing).book.confirm(confirm)
+        let mut publishing = lock(&self.publishing);
+        let confirmed = publishing.book.confirm(confirm);
+        let unconfirmed = publishing.book.unconfirmed_bytes();
+        self.unconfirmed.store(unconfirmed, Ordering::SeqCst);
+        confirmed
     }
 }

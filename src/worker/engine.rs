@@ -23,13 +23,22 @@ use crate::shared::lock;
 use crossbeam_channel::{Receiver, Sender, select, tick, unbounded};
 use log::debug;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering, fence};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
+use std::sync::{Arc, Mutex, TryLockError, Weak};
 use std::time::{Duration, Instant};
 
 /// How often the engine looks at every stream: keepalives, closing
 /// deadlines, and disconnections nobody rang for.
 const TICK: Duration = Duration::from_millis(50);
+
+/// Past this many body bytes published on the connection and not yet
+/// confirmed, a handle leaves its stream's work to the engine instead of
+/// publishing in its own thread: a broker that stops reading (a memory or
+/// disk alarm, a stalled link) makes amiquip's `basic_publish` block once
+/// its output buffer is full (16 MiB), and a handle blocked there would
+/// hold the connection's publishing lock past its write timeout or
+/// linger. Well below that mark, publishing cannot block.
+const HANDLE_PUBLISH_LIMIT: u64 = 4 * 1024 * 1024;
 
 /// A version-3 stream's worker, where the engine and the stream's handles
 /// both reach it.
@@ -73,8 +82,15 @@ impl Slot {
             if self.finished.load(Ordering::SeqCst) {
                 return Ran::Finished;
             }
-            let Ok(mut held) = self.worker.try_lock() else {
-                return Ran::Running;
+            let mut held = match self.worker.try_lock() {
+                Ok(held) => held,
+                Err(TryLockError::WouldBlock) => return Ran::Running,
+                // A poll panicked: the worker's state is unknown, so it is
+                // let go (its handles then fail) rather than left stuck.
+                Err(TryLockError::Poisoned(_)) => {
+                    self.finished.store(true, Ordering::SeqCst);
+                    return Ran::Finished;
+                }
             };
             if self.finished.load(Ordering::SeqCst) {
                 return Ran::Finished;
@@ -139,6 +155,8 @@ pub(crate) struct Bell {
     engine: Sender<Arc<str>>,
     id: Arc<str>,
     slot: Arc<Slot>,
+    /// The connection's body bytes published and not yet confirmed.
+    unconfirmed: Arc<AtomicU64>,
 }
 
 impl Bell {
@@ -163,6 +181,12 @@ impl Bell {
     /// to the thread that holds it. The engine is woken only to let a
     /// finished worker go, or to adopt it.
     pub(crate) fn run_here(&self) {
+        if self.unconfirmed.load(Ordering::SeqCst) > HANDLE_PUBLISH_LIMIT {
+            // The broker may have stopped reading: the engine publishes,
+            // the handle waits with its own deadlines.
+            self.ring();
+            return;
+        }
         self.slot.pending.store(true, Ordering::SeqCst);
         // Before adoption the engine does not know the stream (adopting
         // polls it); a finished worker is the engine's to let go.
@@ -199,12 +223,14 @@ impl Engine {
         Ok(Engine { adopt, bells })
     }
 
-    /// The bell of stream `id`.
-    pub(crate) fn bell(&self, id: Arc<str>) -> Bell {
+    /// The bell of stream `id` on a connection with `unconfirmed` body
+    /// bytes published and not yet confirmed.
+    pub(crate) fn bell(&self, id: Arc<str>, unconfirmed: Arc<AtomicU64>) -> Bell {
         Bell {
             engine: self.bells.clone(),
             id,
             slot: Arc::default(),
+            unconfirmed,
         }
     }
 
