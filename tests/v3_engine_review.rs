@@ -462,3 +462,85 @@ fn v2_a_write_timeout_holds_while_the_broker_reads_nothing() {
 fn v3_a_write_timeout_holds_while_the_broker_reads_nothing() {
     a_write_timeout_holds_while_the_broker_reads_nothing(ProtocolVersion::V3);
 }
+
+/// Guarantees 4 and 5: a thousand streams open at once on one connection
+/// each way, idle (the engine ticks every one of them), then each carries
+/// a message both ways and closes; afterwards no thread, queue or
+/// connection is left.
+#[test]
+fn a_thousand_streams_at_once_on_one_connection() {
+    const STREAMS: usize = 1000;
+    let (listener, connector) = pair(v3(), "v3e-thousand");
+    let q = listener.local_addr().unwrap().queue().to_string();
+    let port = connector.local_socket_addr().port();
+    // Warm up: both connections' version-3 transport exists from here on.
+    drop(connect(&listener, &connector));
+    let threads_before = common::threads_of_this_process();
+    let accepting = thread::spawn(move || {
+        let streams: Vec<Stream> = (0..STREAMS).map(|_| listener.accept().unwrap().0).collect();
+        (listener, streams)
+    });
+    let clients: Vec<Stream> = (0..STREAMS)
+        .map(|_| {
+            let stream = connector.connect(&q).unwrap();
+            assert_eq!(stream.protocol_version(), ProtocolVersion::V3);
+            stream
+        })
+        .collect();
+    let (listener, servers) = within("accepting", move || accepting.join().unwrap());
+    let queues = common::queues_owned_by(&[port]);
+    assert_eq!(
+        queues.len(),
+        1,
+        "one queue for {STREAMS} streams: {queues:?}"
+    );
+    within("a thousand exchanges", move || {
+        for (i, client) in clients.iter().enumerate() {
+            (&*client).write_all(&(i as u64).to_be_bytes()).unwrap();
+        }
+        for server in &servers {
+            let mut got = [0u8; 8];
+            (&*server).read_exact(&mut got).unwrap();
+            // The n-th accepted need not be the n-th connected: each
+            // answers with what its own client said.
+            (&*server).write_all(&got).unwrap();
+        }
+        let mut seen = vec![false; STREAMS];
+        for client in &clients {
+            let mut got = [0u8; 8];
+            (&*client).read_exact(&mut got).unwrap();
+            let n = u64::from_be_bytes(got) as usize;
+            assert!(n < STREAMS && !seen[n], "an answer for {n} twice or astray");
+            seen[n] = true;
+        }
+        for server in &servers {
+            server.shutdown(Shutdown::Write).unwrap();
+        }
+        for client in &clients {
+            client.shutdown(Shutdown::Write).unwrap();
+            let mut rest = Vec::new();
+            (&*client).read_to_end(&mut rest).unwrap();
+            assert!(rest.is_empty());
+        }
+        for server in &servers {
+            let mut rest = Vec::new();
+            (&*server).read_to_end(&mut rest).unwrap();
+            assert!(rest.is_empty());
+        }
+        drop(clients);
+        drop(servers);
+    });
+    common::eventually(HANG, "stream threads end", || {
+        let now = common::threads_of_this_process();
+        (now <= threads_before)
+            .then_some(())
+            .ok_or(format!("{now} threads, {threads_before} before"))
+    });
+    drop(listener);
+    drop(connector);
+    common::eventually(HANG, "the connector's connection closes", || {
+        (!common::holds_tcp_socket_from(port))
+            .then_some(())
+            .ok_or_else(|| format!("still connected from port {port}"))
+    });
+}
