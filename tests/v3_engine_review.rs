@@ -271,11 +271,7 @@ fn many_streams_on_one_connection_then_nothing_is_left() {
     }
     // Every stream is gone: the connector going closes its connection
     // (a worker left in the engine would hold it open).
-    drop(
-        Arc::try_unwrap(connector)
-            .ok()
-            .expect("only the test holds it"),
-    );
+    drop(Arc::try_unwrap(connector).unwrap_or_else(|_| panic!("only the test holds it")));
     common::eventually(HANG, "the connector's connection closes", || {
         (!common::holds_tcp_socket_from(port))
             .then_some(())
