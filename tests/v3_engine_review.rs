@@ -540,3 +540,38 @@ fn a_thousand_streams_at_once_on_one_connection() {
             .ok_or_else(|| format!("still connected from port {port}"))
     });
 }
+
+/// Guarantee 1 and 2: eight threads write and flush one stream at once;
+/// every flush returns `Ok` (the broker confirmed all before it), and the
+/// peer gets every byte.
+#[test]
+fn a_flush_storm_on_one_stream() {
+    let (listener, connector) = pair(v3(), "v3e-flush-storm");
+    for trial in 0..3 {
+        let (client, server) = connect(&listener, &connector);
+        let sink = thread::spawn(move || read_all(&server));
+        let client = Arc::new(client);
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let client = Arc::clone(&client);
+                thread::spawn(move || {
+                    let mut sent = 0u64;
+                    for k in 0..100 {
+                        let chunk = vec![b'a' + t as u8; 1 + (k * 13 + t) % 300];
+                        (&*client).write_all(&chunk).unwrap();
+                        sent += chunk.len() as u64;
+                        (&*client).flush().unwrap();
+                    }
+                    sent
+                })
+            })
+            .collect();
+        let sent = within("a flush storm", move || {
+            threads.into_iter().map(|t| t.join().unwrap()).sum::<u64>()
+        });
+        client.shutdown(Shutdown::Write).unwrap();
+        let (got, end) = within("the storm's reader", move || sink.join().unwrap());
+        end.unwrap();
+        assert_eq!(got.len() as u64, sent, "trial {trial}");
+    }
+}
