@@ -454,7 +454,6 @@ fn v2_a_write_timeout_holds_while_the_broker_reads_nothing() {
 /// deadline. Version 2's writer only appends and waits with a deadline
 /// while its worker thread blocks.
 #[test]
-#[ignore = "found in review: a v3 write blocks in basic_publish past its write timeout"]
 fn v3_a_write_timeout_holds_while_the_broker_reads_nothing() {
     a_write_timeout_holds_while_the_broker_reads_nothing(ProtocolVersion::V3);
 }
@@ -643,7 +642,6 @@ fn v2_a_neighbours_drop_keeps_its_linger_while_the_broker_reads_nothing() {
 /// publishing lock (`Mux::publish`), held by the writer blocked in
 /// `basic_publish`.
 #[test]
-#[ignore = "found in review: a v3 write or drop waits for a neighbour's blocked publish past its timeout"]
 fn v3_a_neighbours_drop_keeps_its_linger_while_the_broker_reads_nothing() {
     a_neighbours_drop_keeps_its_linger_while_the_broker_reads_nothing(ProtocolVersion::V3);
 }
