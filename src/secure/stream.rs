@@ -9,6 +9,7 @@ use snow::StatelessTransportState;
 use std::fmt;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::Shutdown;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// The largest Noise message (the Noise limit).
@@ -83,6 +84,11 @@ pub(crate) struct Session {
     sending: Mutex<Sending>,
     receiving: Mutex<Receiving>,
     peer_key: Option<PublicKey>,
+    /// A client whose server has not yet said it accepted it (as
+    /// `Receiving::awaiting_acceptance`, readable without the reading
+    /// lock): a write that finds the stream reset or ended now reports
+    /// the refusal, as a read would.
+    unaccepted: AtomicBool,
 }
 
 /// The writing direction.
@@ -171,6 +177,7 @@ impl Session {
                 awaiting_acceptance,
             }),
             peer_key,
+            unaccepted: AtomicBool::new(awaiting_acceptance),
         }
     }
 
@@ -223,6 +230,26 @@ impl Session {
     }
 
     fn write(&self, inner: &mut impl Write, data: &[u8]) -> io::Result<usize> {
+        self.write_unless_refused(inner, data)
+            .map_err(|err| self.refused_or(err))
+    }
+
+    /// `err`, or, while the server has not accepted this client, the
+    /// refusal that a reset or end of the stream means then (the writing
+    /// thread may learn of it before the reading one).
+    fn refused_or(&self, err: io::Error) -> io::Error {
+        let ended = matches!(
+            err.kind(),
+            ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe
+        );
+        if ended && self.unaccepted.load(Ordering::SeqCst) {
+            io::Error::new(ErrorKind::PermissionDenied, REFUSED)
+        } else {
+            err
+        }
+    }
+
+    fn write_unless_refused(&self, inner: &mut impl Write, data: &[u8]) -> io::Result<usize> {
         let mut sending = lock(&self.sending);
         Self::push(&mut sending, inner)?;
         if sending.closed {
@@ -249,8 +276,9 @@ impl Session {
     }
 
     fn flush(&self, inner: &mut impl Write) -> io::Result<()> {
-        Self::push(&mut lock(&self.sending), inner)?;
-        inner.flush()
+        Self::push(&mut lock(&self.sending), inner)
+            .and_then(|()| inner.flush())
+            .map_err(|err| self.refused_or(err))
     }
 
     fn close_write(&self, inner: &mut impl Write) -> io::Result<()> {
@@ -342,6 +370,7 @@ impl Session {
                 return Err(invalid("the server's first record was not its acceptance"));
             }
             r.awaiting_acceptance = false;
+            self.unaccepted.store(false, Ordering::SeqCst);
             return Ok(Some(0));
         }
         if opened == 0 {
@@ -357,6 +386,10 @@ impl Session {
         }
     }
 }
+
+/// What a client learns when its server ends the stream before accepting
+/// it.
+const REFUSED: &str = "the server refused this end's key (it ended the stream before accepting it)";
 
 fn invalid(message: &str) -> io::Error {
     io::Error::new(ErrorKind::InvalidData, message.to_string())
@@ -376,10 +409,7 @@ impl Receiving {
         if !(self.awaiting_acceptance && refusal) {
             return err;
         }
-        let err = io::Error::new(
-            ErrorKind::PermissionDenied,
-            "the server refused this end's key (it ended the stream before accepting it)",
-        );
+        let err = io::Error::new(ErrorKind::PermissionDenied, REFUSED);
         self.state = ReadState::Failed(err.kind(), err.to_string());
         err
     }

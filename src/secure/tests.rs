@@ -379,6 +379,26 @@ fn a_client_key_not_authorized_is_refused() {
     let err = read_some(&mut client).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
     assert!(err.to_string().contains("refused this end's key"), "{err}");
+    // A client that writes first, and finds the stream ended before it
+    // reads, learns the same from its write.
+    let (_, server_config, _) = key_configs();
+    let server_public = server_config.keys.as_ref().unwrap().0.public().clone();
+    let writer_config = ClientConfig::key_pair(KeyPair::generate().unwrap(), server_public)
+        .handshake_timeout(SHORT * 10);
+    let (client, server, tap) = shake(&writer_config, server_config);
+    assert_eq!(kind(server), ErrorKind::PermissionDenied);
+    drop(tap);
+    let mut client = client.unwrap();
+    let err = (0..64)
+        .find_map(|_| {
+            client
+                .write_all(&[7; 1024])
+                .and_then(|()| client.flush())
+                .err()
+        })
+        .expect("writes to an ended stream fail");
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+    assert!(err.to_string().contains("refused this end's key"), "{err}");
     // Nor does a client that pins another server's key get in.
     let (_, server_config, _) = key_configs();
     let (client, server, _tap) = shake(&client_config, server_config);
