@@ -282,6 +282,11 @@ impl Session {
     }
 
     fn close_write(&self, inner: &mut impl Write) -> io::Result<()> {
+        self.close_write_unless_refused(inner)
+            .map_err(|err| self.refused_or(err))
+    }
+
+    fn close_write_unless_refused(&self, inner: &mut impl Write) -> io::Result<()> {
         let mut sending = lock(&self.sending);
         if !sending.closed {
             Self::push(&mut sending, inner)?;
@@ -508,7 +513,9 @@ impl<S: Channel> SecureStream<S> {
         if matches!(how, Shutdown::Write | Shutdown::Both) {
             self.session.close_write(&mut &self.inner)?;
         }
-        self.inner.shutdown(how)
+        self.inner
+            .shutdown(how)
+            .map_err(|err| self.session.refused_or(err))
     }
 }
 

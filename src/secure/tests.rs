@@ -399,6 +399,16 @@ fn a_client_key_not_authorized_is_refused() {
         .expect("writes to an ended stream fail");
     assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
     assert!(err.to_string().contains("refused this end's key"), "{err}");
+    // And one that half-closes first.
+    let (_, server_config, _) = key_configs();
+    let server_public = server_config.keys.as_ref().unwrap().0.public().clone();
+    let closer_config = ClientConfig::key_pair(KeyPair::generate().unwrap(), server_public)
+        .handshake_timeout(SHORT * 10);
+    let (client, server, tap) = shake(&closer_config, server_config);
+    assert_eq!(kind(server), ErrorKind::PermissionDenied);
+    drop(tap);
+    let err = client.unwrap().close_write().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
     // Nor does a client that pins another server's key get in.
     let (_, server_config, _) = key_configs();
     let (client, server, _tap) = shake(&client_config, server_config);
