@@ -12,14 +12,23 @@ use common::{queue, url};
 use crossbeam_channel::{bounded, unbounded};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
 
 /// How long anything here may take before it counts as a hang. Generous:
 /// other tests share the broker and the cores.
 const HANG: Duration = Duration::from_secs(60);
+
+/// One test at a time: the thousand-stream test counts this process's
+/// threads, which another test running beside it would add to.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Holds [`ONE_AT_A_TIME`] for a test.
+fn alone() -> MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 fn v3() -> StreamOptions {
     StreamOptions::new().protocol_version(Some(ProtocolVersion::V3))
@@ -86,6 +95,7 @@ fn read_all(mut stream: &Stream) -> (Vec<u8>, io::Result<()>) {
 /// wait for the peer's answer, which needs all of them.
 #[test]
 fn held_back_small_writes_go_out_while_the_writer_only_reads() {
+    let _alone = alone();
     let (listener, connector) = pair(v3(), "v3e-nagle");
     for trial in 0..40u64 {
         let (client, server) = connect(&listener, &connector);
@@ -123,6 +133,7 @@ fn held_back_small_writes_go_out_while_the_writer_only_reads() {
 /// flush returns, nothing hangs.
 #[test]
 fn many_threads_on_one_stream_with_a_small_window() {
+    let _alone = alone();
     let options = v3().window(4096);
     let (listener, connector) = pair(options, "v3e-threads");
     for trial in 0..6 {
@@ -198,6 +209,7 @@ fn many_threads_on_one_stream_with_a_small_window() {
 /// broker connection closes once it and every stream are gone).
 #[test]
 fn many_streams_on_one_connection_then_nothing_is_left() {
+    let _alone = alone();
     let options = v3().window(16 * 1024);
     let (listener, connector) = pair(options, "v3e-many");
     let port = connector.local_socket_addr().port();
@@ -285,6 +297,7 @@ fn many_streams_on_one_connection_then_nothing_is_left() {
 /// a third notices that its peer reset it.
 #[test]
 fn a_hammered_stream_does_not_stall_its_neighbours() {
+    let _alone = alone();
     let options = v3().keepalive_interval(Duration::from_millis(200));
     let (listener, connector) = pair(options, "v3e-hammer");
     let (hammered, sink) = connect(&listener, &connector);
@@ -445,6 +458,7 @@ fn a_write_timeout_holds_while_the_broker_reads_nothing(version: ProtocolVersion
 
 #[test]
 fn v2_a_write_timeout_holds_while_the_broker_reads_nothing() {
+    let _alone = alone();
     a_write_timeout_holds_while_the_broker_reads_nothing(ProtocolVersion::V2);
 }
 
@@ -455,6 +469,7 @@ fn v2_a_write_timeout_holds_while_the_broker_reads_nothing() {
 /// while its worker thread blocks.
 #[test]
 fn v3_a_write_timeout_holds_while_the_broker_reads_nothing() {
+    let _alone = alone();
     a_write_timeout_holds_while_the_broker_reads_nothing(ProtocolVersion::V3);
 }
 
@@ -464,6 +479,7 @@ fn v3_a_write_timeout_holds_while_the_broker_reads_nothing() {
 /// connection is left.
 #[test]
 fn a_thousand_streams_at_once_on_one_connection() {
+    let _alone = alone();
     const STREAMS: usize = 1000;
     let (listener, connector) = pair(v3(), "v3e-thousand");
     let q = listener.local_addr().unwrap().queue().to_string();
@@ -545,6 +561,7 @@ fn a_thousand_streams_at_once_on_one_connection() {
 /// peer gets every byte.
 #[test]
 fn a_flush_storm_on_one_stream() {
+    let _alone = alone();
     let (listener, connector) = pair(v3(), "v3e-flush-storm");
     for trial in 0..3 {
         let (client, server) = connect(&listener, &connector);
@@ -634,6 +651,7 @@ fn a_neighbours_drop_keeps_its_linger_while_the_broker_reads_nothing(version: Pr
 
 #[test]
 fn v2_a_neighbours_drop_keeps_its_linger_while_the_broker_reads_nothing() {
+    let _alone = alone();
     a_neighbours_drop_keeps_its_linger_while_the_broker_reads_nothing(ProtocolVersion::V2);
 }
 
@@ -643,5 +661,6 @@ fn v2_a_neighbours_drop_keeps_its_linger_while_the_broker_reads_nothing() {
 /// `basic_publish`.
 #[test]
 fn v3_a_neighbours_drop_keeps_its_linger_while_the_broker_reads_nothing() {
+    let _alone = alone();
     a_neighbours_drop_keeps_its_linger_while_the_broker_reads_nothing(ProtocolVersion::V3);
 }
