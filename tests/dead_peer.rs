@@ -21,6 +21,7 @@ fn child_peer() {
     let Ok(q) = std::env::var(ROLE) else { return };
     let pin = match std::env::var(VERSION).as_deref() {
         Ok("3") => Some(ProtocolVersion::V3),
+        Ok("1") => Some(ProtocolVersion::V1),
         _ => None,
     };
     let options = StreamOptions::new().protocol_version(pin);
@@ -68,6 +69,11 @@ fn killed_peer_fails_a_blocked_read_with_connection_reset_within_10s() {
 #[test]
 fn killed_version_3_peer_fails_a_blocked_read_with_connection_reset_within_10s() {
     killed_peer_fails_a_blocked_read(ProtocolVersion::V3);
+}
+
+#[test]
+fn killed_version_1_peer_fails_a_blocked_read_with_connection_reset_within_10s() {
+    killed_peer_fails_a_blocked_read(ProtocolVersion::V1);
 }
 
 fn killed_peer_fails_a_blocked_read(version: ProtocolVersion) {
