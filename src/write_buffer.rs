@@ -101,6 +101,11 @@ impl WriteBuffer {
         lock(&self.state).closed
     }
 
+    /// How many bytes wait to be taken.
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.state).bytes.len()
+    }
+
     /// Takes everything written so far.
     pub(crate) fn take(&self) -> Vec<u8> {
         let bytes = std::mem::take(&mut lock(&self.state).bytes);

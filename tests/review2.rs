@@ -176,18 +176,14 @@ fn v3_one_big_write_while_the_broker_reads_nothing() {
 /// Sixteen streams, 2 MiB messages, all starting at once: each handle
 /// sees little unconfirmed and publishes.
 ///
-/// Fails (found in review; 4 of 16 writers still blocked after 60 s in
-/// most runs): `Bell::run_here` looks at the connection's unconfirmed
-/// bytes once, before the run, and the count only grows after each
-/// `basic_publish` returns. Many handles pass the 4 MiB check at once,
-/// and each run then publishes all of its stream's unsent bytes (up to
-/// `write_queue × max_message_size`) and goes on while rings keep it
-/// pending, with no second look: amiquip's 16 MiB output buffer fills,
-/// `basic_publish` blocks under `Mux::publishing`, and every handle that
-/// passed the check waits there too, past its write timeout.
+/// Found in review (4 of 16 writers still blocked after 60 s): the
+/// handles looked at the connection's unconfirmed bytes once, before
+/// publishing everything pending, so many passed at once and blocked in
+/// `basic_publish` under `Mux::publishing` once amiquip's 16 MiB output
+/// buffer was full. Now each handle claims what it may publish, claims
+/// and unconfirmed bytes together stay under the limit, and a handle
+/// polls once.
 #[test]
-#[ignore = "found in review: 16 version-3 writers pass the 4 MiB check at once and block \
-            in basic_publish past their write timeouts under a stalled broker"]
 fn v3_sixteen_writers_while_the_broker_reads_nothing() {
     stalled_writers(16, 2 << 20);
 }

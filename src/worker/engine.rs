@@ -67,16 +67,37 @@ enum Ran {
     /// The worker runs on (or is not adopted yet, or another thread holds
     /// it and looks again before it lets go).
     Running,
+    /// A handle's run left work for the engine: the connection had too
+    /// much unconfirmed, or more was rung than the one poll it makes.
+    Leftover,
     /// The worker has finished: the engine lets it go.
     Finished,
 }
+
+/// A handle's claim on what its thread may publish: the connection's
+/// unconfirmed bytes and the claims of the handles publishing now stay
+/// under [`HANDLE_PUBLISH_LIMIT`] together.
+struct Claim<'a> {
+    unconfirmed: &'a AtomicU64,
+    claimed: &'a AtomicU64,
+}
+
+/// More than a poll takes from the write buffer and `unsent` when it
+/// looks: a write of another handle of the stream that lands meanwhile,
+/// window reports, a FIN.
+const CLAIM_SLACK: u64 = 256 * 1024;
 
 impl Slot {
     /// Runs [`Worker::tick`] (when `tick` says it is time) and then
     /// [`Worker::poll`] while something is pending, unless another thread
     /// holds the worker: that one looks at `pending` again after letting
     /// go, so no ring is lost.
-    fn run(&self, tick: Option<Instant>) -> Ran {
+    ///
+    /// A handle's run (`claim` set) makes at most one poll, and none when
+    /// what it could publish does not fit under the connection's limit:
+    /// then, or when more was rung meanwhile, it leaves the rest to the
+    /// engine ([`Ran::Leftover`]).
+    fn run(&self, tick: Option<Instant>, claim: Option<Claim<'_>>) -> Ran {
         let mut tick = tick;
         loop {
             if self.finished.load(Ordering::SeqCst) {
@@ -103,6 +124,27 @@ impl Slot {
                 Some(now) => worker.tick(now),
                 None => Step::Running,
             };
+            if let Some(claim) = &claim {
+                let need =
+                    (worker.unsent.len() + worker.ends.shared.written.len()) as u64 + CLAIM_SLACK;
+                let before = claim.claimed.fetch_add(need, Ordering::SeqCst);
+                let fits = before + need + claim.unconfirmed.load(Ordering::SeqCst)
+                    <= HANDLE_PUBLISH_LIMIT;
+                if fits && self.pending.swap(false, Ordering::SeqCst) {
+                    step = worker.poll();
+                }
+                claim.claimed.fetch_sub(need, Ordering::SeqCst);
+                if step == Step::Running {
+                    if !self.note_wants_confirms(worker) {
+                        self.pending.store(true, Ordering::SeqCst);
+                    }
+                    drop(held);
+                    if !fits || self.pending.load(Ordering::SeqCst) {
+                        return Ran::Leftover;
+                    }
+                    return Ran::Running;
+                }
+            }
             while step == Step::Running && self.pending.swap(false, Ordering::SeqCst) {
                 step = worker.poll();
             }
@@ -157,6 +199,8 @@ pub(crate) struct Bell {
     slot: Arc<Slot>,
     /// The connection's body bytes published and not yet confirmed.
     unconfirmed: Arc<AtomicU64>,
+    /// What the connection's handles publishing now have claimed.
+    claimed: Arc<AtomicU64>,
 }
 
 impl Bell {
@@ -180,18 +224,30 @@ impl Bell {
     /// after a write, flush, shutdown, read or drop), or leaves the work
     /// to the thread that holds it. The engine is woken only to let a
     /// finished worker go, or to adopt it.
+    ///
+    /// A handle publishes only while the connection's unconfirmed bytes
+    /// and what the handles publishing now may add stay under
+    /// [`HANDLE_PUBLISH_LIMIT`]; past it the engine publishes, and the
+    /// handle waits with its own deadlines.
     pub(crate) fn run_here(&self) {
-        if self.unconfirmed.load(Ordering::SeqCst) > HANDLE_PUBLISH_LIMIT {
-            // The broker may have stopped reading: the engine publishes,
-            // the handle waits with its own deadlines.
-            self.ring();
-            return;
-        }
         self.slot.pending.store(true, Ordering::SeqCst);
-        // Before adoption the engine does not know the stream (adopting
-        // polls it); a finished worker is the engine's to let go.
-        if self.slot.run(None) == Ran::Finished || !self.slot.adopted.load(Ordering::SeqCst) {
-            let _ = self.engine.send(Arc::clone(&self.id));
+        let claim = Claim {
+            unconfirmed: &self.unconfirmed,
+            claimed: &self.claimed,
+        };
+        match self.slot.run(None, Some(claim)) {
+            // A finished worker is the engine's to let go.
+            Ran::Finished => {
+                let _ = self.engine.send(Arc::clone(&self.id));
+            }
+            Ran::Leftover => self.ring(),
+            // Before adoption the engine does not know the stream
+            // (adopting polls it).
+            Ran::Running => {
+                if !self.slot.adopted.load(Ordering::SeqCst) {
+                    let _ = self.engine.send(Arc::clone(&self.id));
+                }
+            }
         }
     }
 }
@@ -208,6 +264,9 @@ struct Adopted {
 pub(crate) struct Engine {
     adopt: Sender<Adopted>,
     bells: Sender<Arc<str>>,
+    /// What the connection's handles publishing in their own threads now
+    /// have claimed (see [`Bell::run_here`]).
+    claimed: Arc<AtomicU64>,
 }
 
 impl Engine {
@@ -220,7 +279,11 @@ impl Engine {
             .name("amqp-stream-engine".to_string())
             .spawn(move || run(adopted, rung))
             .map_err(|e| Error::InvalidArgument(format!("cannot start a thread: {e}")))?;
-        Ok(Engine { adopt, bells })
+        Ok(Engine {
+            adopt,
+            bells,
+            claimed: Arc::default(),
+        })
     }
 
     /// The bell of stream `id` on a connection with `unconfirmed` body
@@ -231,6 +294,7 @@ impl Engine {
             id,
             slot: Arc::default(),
             unconfirmed,
+            claimed: Arc::clone(&self.claimed),
         }
     }
 
@@ -295,7 +359,7 @@ fn poll(streams: &mut HashMap<Arc<str>, Adopted>, id: &str, tick: Option<Instant
     let Some(stream) = streams.get(id) else {
         return;
     };
-    if stream.slot.run(tick) == Ran::Running {
+    if stream.slot.run(tick, None) != Ran::Finished {
         return;
     }
     let Adopted {
