@@ -232,9 +232,9 @@
 //!   lost connection fails its streams, as for versions 1 and 2.
 //!
 //! Measured on one two-core machine against raw amiquip in the same run
-//! (`cargo run --release --example bench -- --protocol 3`): setup 1.2-1.3
-//! ms median (0.25x-0.28x a raw reply queue per request; version 2:
-//! 2.4 ms, 0.82x), 1,000 concurrent 64 KiB echoes in 0.58x-0.67x the raw
+//! (`cargo run --release --example bench -- --protocol 3`): setup 1.3-1.4
+//! ms median (0.24x-0.27x a raw reply queue per request; version 2:
+//! 2.4 ms, 0.82x), 1,000 concurrent 64 KiB echoes in 0.64x-0.75x the raw
 //! baseline's wall time (version 2: 2.25x); 10,000 streams on one `Connector` and one
 //! `Listener`, each echoing 16 KiB, with 4 library threads, 5 broker
 //! channels and 3 queues in all and about 40 KiB resident per stream.
