@@ -5,11 +5,12 @@
 mod common;
 
 use amqp_stream::{Connector, Listener, ProtocolVersion, StreamOptions};
-use common::{queue, url};
+use common::relay::Relay;
+use common::{queue, url, within};
 use crossbeam_channel::{bounded, unbounded};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::net::Shutdown;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
@@ -17,89 +18,19 @@ use std::time::Duration;
 /// How long anything here may take before it counts as a hang.
 const HANG: Duration = Duration::from_secs(60);
 
-/// Runs `f` on a thread of its own and waits at most [`HANG`] for it.
-fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = bounded(1);
-    thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(HANG)
-        .unwrap_or_else(|_| panic!("{what}: still not done after {HANG:?}"))
-}
-
-/// A relay in front of the broker whose client-to-broker direction can be
-/// stopped without reading (as in tests/v3_engine_review.rs).
-struct Throttle {
-    addr: SocketAddr,
-    paused: Arc<AtomicBool>,
-}
-
-impl Throttle {
-    fn start() -> Throttle {
-        let broker: SocketAddr = {
-            let url = url();
-            let rest = url.split('@').nth(1).unwrap_or("127.0.0.1:5672/");
-            let host_port = rest.split('/').next().unwrap();
-            std::net::ToSocketAddrs::to_socket_addrs(host_port)
-                .unwrap()
-                .next()
-                .unwrap()
-        };
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let paused = Arc::new(AtomicBool::new(false));
-        let p = Arc::clone(&paused);
-        thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { return };
-                let Ok(server) = TcpStream::connect(broker) else {
-                    return;
-                };
-                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let p = Arc::clone(&p);
-                thread::spawn(move || pump(client, server, Some(p)));
-                thread::spawn(move || pump(s2, c2, None));
-            }
-        });
-        Throttle { addr, paused }
-    }
-
-    fn url(&self) -> String {
-        format!("amqp://guest:guest@{}/%2f?heartbeat=0", self.addr)
-    }
-}
-
-fn pump(mut from: TcpStream, mut to: TcpStream, paused: Option<Arc<AtomicBool>>) {
-    let mut buf = vec![0; 64 * 1024];
-    loop {
-        while paused.as_ref().is_some_and(|p| p.load(Ordering::SeqCst)) {
-            thread::sleep(Duration::from_millis(20));
-        }
-        let n = match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if to.write_all(&buf[..n]).is_err() {
-            break;
-        }
-    }
-    let _ = to.shutdown(Shutdown::Both);
-    let _ = from.shutdown(Shutdown::Both);
-}
-
 /// `streams` version-3 streams on one connection, through a relay that
 /// stops reading; each writer (a 2 s write timeout) writes `chunk`-byte
 /// messages at once; every write must end (`WouldBlock`/`TimedOut`)
 /// within [`HANG`], not block for as long as the broker does.
 fn stalled_writers(streams: usize, chunk: usize) {
-    let throttle = Throttle::start();
+    let relay = Relay::to_broker();
     let options = StreamOptions::new()
         .protocol_version(Some(ProtocolVersion::V3))
         .window(64 << 20)
         .max_message_size(chunk);
     let q = queue("rv2-stall");
     let listener = Listener::bind_with(&url(), &q, &options).unwrap();
-    let connector = Connector::open_with(&throttle.url(), options).unwrap();
+    let connector = Connector::open_with(&relay.url_without_heartbeats(), options).unwrap();
     let mut clients = Vec::new();
     let mut servers = Vec::new();
     for _ in 0..streams {
@@ -112,7 +43,7 @@ fn stalled_writers(streams: usize, chunk: usize) {
         clients.push(client);
         servers.push(server);
     }
-    throttle.paused.store(true, Ordering::SeqCst);
+    relay.choke();
     let written = Arc::new(AtomicU64::new(0));
     let (done_tx, done_rx) = unbounded();
     let start = Arc::new(Barrier::new(streams));
@@ -146,7 +77,7 @@ fn stalled_writers(streams: usize, chunk: usize) {
             Err(_) => break,
         }
     }
-    throttle.paused.store(false, Ordering::SeqCst);
+    relay.unchoke();
     assert_eq!(
         errors.len(),
         streams,
@@ -214,9 +145,10 @@ fn v3_thirty_two_small_writers_while_the_broker_reads_nothing() {
             and resets the stream the version-3 listener accepted"]
 fn f4_an_unrelated_version_1_answer_does_not_turn_a_version_3_connect() {
     use amiquip::AmqpProperties;
-    let throttle = Throttle::start();
+    let relay = Relay::to_broker();
     let q = queue("rv2-f4");
-    let listener = Listener::bind_with(&throttle.url(), &q, &StreamOptions::new()).unwrap();
+    let listener =
+        Listener::bind_with(&relay.url_without_heartbeats(), &q, &StreamOptions::new()).unwrap();
     let connector = Connector::open_with(&url(), StreamOptions::new()).unwrap();
     // Learns that the listener takes version 3.
     let first = connector.connect(&q).unwrap();
@@ -235,7 +167,7 @@ fn f4_an_unrelated_version_1_answer_does_not_turn_a_version_3_connect() {
         .find(|name| name.starts_with("amqp-stream.conn."))
         .expect("the connection's queue");
     // The listener's answers wait in the relay from now on.
-    throttle.paused.store(true, Ordering::SeqCst);
+    relay.choke();
     let (done_tx, done_rx) = bounded(1);
     {
         let q = q.clone();
@@ -258,7 +190,7 @@ fn f4_an_unrelated_version_1_answer_does_not_turn_a_version_3_connect() {
         common::raw::publish_with(&channel, &conn_queue, b"", properties);
         thread::sleep(Duration::from_millis(50));
     }
-    throttle.paused.store(false, Ordering::SeqCst);
+    relay.unchoke();
     let result = done_rx
         .recv_timeout(HANG)
         .expect("the connect returns once its listener's answer gets through");
@@ -295,7 +227,7 @@ fn duration_max_everywhere(version: ProtocolVersion) {
     let q = queue("rv2-max");
     let listener = Listener::bind_with(&url(), &q, &options).unwrap();
     let connector = Connector::open_with(&url(), options).unwrap();
-    within("Duration::MAX everywhere", move || {
+    within(HANG, "Duration::MAX everywhere", move || {
         let client = connector.connect_timeout(&q, Duration::MAX).unwrap();
         let (server, _) = listener.accept().unwrap();
         assert_eq!(client.protocol_version(), version);

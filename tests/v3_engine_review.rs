@@ -8,10 +8,11 @@
 mod common;
 
 use amqp_stream::{Connector, Listener, ProtocolVersion, Stream, StreamOptions};
-use common::{queue, url};
+use common::relay::Relay;
+use common::{queue, url, within};
 use crossbeam_channel::{bounded, unbounded};
 use std::io::{self, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
@@ -68,16 +69,6 @@ fn assert_pattern(got: &[u8], what: &str) {
     }
 }
 
-/// Runs `f` on a thread of its own and waits at most [`HANG`] for it.
-fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = bounded(1);
-    thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(HANG)
-        .unwrap_or_else(|_| panic!("{what}: still not done after {HANG:?}"))
-}
-
 fn read_all(mut stream: &Stream) -> (Vec<u8>, io::Result<()>) {
     let mut got = Vec::new();
     let mut buf = vec![0; 64 * 1024];
@@ -110,7 +101,7 @@ fn held_back_small_writes_go_out_while_the_writer_only_reads() {
                 got
             })
         });
-        let answer = within("the answer to held-back writes", move || {
+        let answer = within(HANG, "the answer to held-back writes", move || {
             let mut at = 0u64;
             for _ in 0..writes {
                 (&client).write_all(&pattern(at, 7)).unwrap();
@@ -172,17 +163,17 @@ fn many_threads_on_one_stream_with_a_small_window() {
             let client = Arc::clone(&client);
             thread::spawn(move || read_all(&client))
         };
-        let written = within("writers of one stream", move || {
+        let written = within(HANG, "writers of one stream", move || {
             writers.into_iter().map(|w| w.join().unwrap()).sum::<u64>()
         });
         {
             let client = Arc::clone(&client);
-            within("flush then shutdown", move || {
+            within(HANG, "flush then shutdown", move || {
                 (&*client).flush().unwrap();
                 client.shutdown(Shutdown::Write).unwrap();
             });
         }
-        let (got, end) = within("the reader", move || reader.join().unwrap());
+        let (got, end) = within(HANG, "the reader", move || reader.join().unwrap());
         end.unwrap_or_else(|e| panic!("trial {trial}: {e}"));
         assert_eq!(got.len() as u64, written, "trial {trial}");
         // Each writer's records arrive whole and in order (one write is
@@ -270,7 +261,7 @@ fn many_streams_on_one_connection_then_nothing_is_left() {
             })
         })
         .collect();
-    let intact = within("64 streams on one connection", move || {
+    let intact = within(HANG, "64 streams on one connection", move || {
         clients
             .into_iter()
             .filter_map(|c| c.join().unwrap())
@@ -320,105 +311,46 @@ fn a_hammered_stream_does_not_stall_its_neighbours() {
         let (quiet, quiet_peer) = connect(&listener, &connector);
         let (reset, reset_peer) = connect(&listener, &connector);
         let peer_reads = thread::spawn(move || read_all(&quiet_peer));
-        within("a neighbour's close", move || {
+        within(HANG, "a neighbour's close", move || {
             (&quiet).write_all(&pattern(0, 1000)).unwrap();
             drop(quiet);
         });
-        let (got, end) = within("the neighbour's peer", move || peer_reads.join().unwrap());
+        let (got, end) = within(HANG, "the neighbour's peer", move || {
+            peer_reads.join().unwrap()
+        });
         end.unwrap_or_else(|e| panic!("round {round}: {e}"));
         assert_eq!(got.len(), 1000, "round {round}");
         assert_pattern(&got, "the neighbour's bytes");
         reset_peer.set_linger(Some(Duration::ZERO)).unwrap();
         drop(reset_peer);
-        let err = within("a neighbour's reset", move || {
+        let err = within(HANG, "a neighbour's reset", move || {
             (&reset).read(&mut [0u8; 8]).unwrap_err()
         });
         assert_eq!(err.kind(), ErrorKind::ConnectionReset, "round {round}");
     }
     stop.store(true, Ordering::SeqCst);
-    let sent = within("the hammer", move || hammer.join().unwrap());
+    let sent = within(HANG, "the hammer", move || hammer.join().unwrap());
     assert_eq!(sunk.join().unwrap() as u64, sent);
-}
-
-/// A relay in front of the broker whose client-to-broker direction can be
-/// stopped without reading (so the client's socket fills up, as when the
-/// broker throttles or blocks a publishing connection).
-struct Throttle {
-    addr: SocketAddr,
-    paused: Arc<AtomicBool>,
-}
-
-impl Throttle {
-    fn start() -> Throttle {
-        let broker: SocketAddr = {
-            let url = url();
-            let rest = url.split('@').nth(1).unwrap_or("127.0.0.1:5672/");
-            let host_port = rest.split('/').next().unwrap();
-            std::net::ToSocketAddrs::to_socket_addrs(host_port)
-                .unwrap()
-                .next()
-                .unwrap()
-        };
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let paused = Arc::new(AtomicBool::new(false));
-        let p = Arc::clone(&paused);
-        thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { return };
-                let Ok(server) = TcpStream::connect(broker) else {
-                    return;
-                };
-                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let p = Arc::clone(&p);
-                thread::spawn(move || pump(client, server, Some(p)));
-                thread::spawn(move || pump(s2, c2, None));
-            }
-        });
-        Throttle { addr, paused }
-    }
-
-    fn url(&self) -> String {
-        format!("amqp://guest:guest@{}/%2f?heartbeat=0", self.addr)
-    }
-}
-
-fn pump(mut from: TcpStream, mut to: TcpStream, paused: Option<Arc<AtomicBool>>) {
-    let mut buf = vec![0; 64 * 1024];
-    loop {
-        while paused.as_ref().is_some_and(|p| p.load(Ordering::SeqCst)) {
-            thread::sleep(Duration::from_millis(20));
-        }
-        let n = match from.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        if to.write_all(&buf[..n]).is_err() {
-            break;
-        }
-    }
-    let _ = to.shutdown(Shutdown::Both);
-    let _ = from.shutdown(Shutdown::Both);
 }
 
 /// While the broker reads nothing from the writer's connection, a write
 /// with a write timeout fails with `TimedOut` once the buffers are full,
 /// as in version 2, rather than blocking for as long as the broker does.
 fn a_write_timeout_holds_while_the_broker_reads_nothing(version: ProtocolVersion) {
-    let throttle = Throttle::start();
+    let relay = Relay::to_broker();
     let options = StreamOptions::new()
         .protocol_version(Some(version))
         .window(64 << 20);
     let q = queue("v3e-throttle");
     let listener = Listener::bind_with(&url(), &q, &options).unwrap();
-    let connector = Connector::open_with(&throttle.url(), options).unwrap();
+    let connector = Connector::open_with(&relay.url_without_heartbeats(), options).unwrap();
     let client = connector.connect(&q).unwrap();
     let (_server, _) = listener.accept().unwrap();
     assert_eq!(client.protocol_version(), version);
     client
         .set_write_timeout(Some(Duration::from_secs(2)))
         .unwrap();
-    throttle.paused.store(true, Ordering::SeqCst);
+    relay.choke();
     let written = Arc::new(AtomicU64::new(0));
     let (done_tx, done_rx) = unbounded();
     {
@@ -441,7 +373,7 @@ fn a_write_timeout_holds_while_the_broker_reads_nothing(version: ProtocolVersion
         });
     }
     let result = done_rx.recv_timeout(HANG);
-    throttle.paused.store(false, Ordering::SeqCst);
+    relay.unchoke();
     let err = result.unwrap_or_else(|_| {
         panic!(
             "{version}: a write with a 2 s timeout still blocked after {HANG:?} \
@@ -498,14 +430,14 @@ fn a_thousand_streams_at_once_on_one_connection() {
             stream
         })
         .collect();
-    let (listener, servers) = within("accepting", move || accepting.join().unwrap());
+    let (listener, servers) = within(HANG, "accepting", move || accepting.join().unwrap());
     let queues = common::queues_owned_by(&[port]);
     assert_eq!(
         queues.len(),
         1,
         "one queue for {STREAMS} streams: {queues:?}"
     );
-    within("a thousand exchanges", move || {
+    within(HANG, "a thousand exchanges", move || {
         for (i, client) in clients.iter().enumerate() {
             (&*client).write_all(&(i as u64).to_be_bytes()).unwrap();
         }
@@ -582,11 +514,11 @@ fn a_flush_storm_on_one_stream() {
                 })
             })
             .collect();
-        let sent = within("a flush storm", move || {
+        let sent = within(HANG, "a flush storm", move || {
             threads.into_iter().map(|t| t.join().unwrap()).sum::<u64>()
         });
         client.shutdown(Shutdown::Write).unwrap();
-        let (got, end) = within("the storm's reader", move || sink.join().unwrap());
+        let (got, end) = within(HANG, "the storm's reader", move || sink.join().unwrap());
         end.unwrap();
         assert_eq!(got.len() as u64, sent, "trial {trial}");
     }
@@ -598,7 +530,7 @@ fn a_flush_storm_on_one_stream() {
 /// bounds, as in version 2, rather than blocking for as long as the
 /// broker does.
 fn a_neighbours_drop_keeps_its_linger_while_the_broker_reads_nothing(version: ProtocolVersion) {
-    let throttle = Throttle::start();
+    let relay = Relay::to_broker();
     let options = StreamOptions::new()
         .protocol_version(Some(version))
         .window(64 << 20)
@@ -608,7 +540,7 @@ fn a_neighbours_drop_keeps_its_linger_while_the_broker_reads_nothing(version: Pr
         .keepalive_interval(Duration::from_secs(600));
     let q = queue("v3e-throttle-drop");
     let listener = Listener::bind_with(&url(), &q, &options).unwrap();
-    let connector = Connector::open_with(&throttle.url(), options).unwrap();
+    let connector = Connector::open_with(&relay.url_without_heartbeats(), options).unwrap();
     let writer = connector.connect(&q).unwrap();
     let (_writer_peer, _) = listener.accept().unwrap();
     let neighbour = connector.connect(&q).unwrap();
@@ -619,7 +551,7 @@ fn a_neighbours_drop_keeps_its_linger_while_the_broker_reads_nothing(version: Pr
             .set_write_timeout(Some(Duration::from_secs(2)))
             .unwrap();
     }
-    throttle.paused.store(true, Ordering::SeqCst);
+    relay.choke();
     // Fill the connection's buffers: the writer ends with a timeout
     // (version 2), or a write of it blocks for good (version 3, see the
     // test above; with a 2 s write timeout, 5 s without a return is that).
@@ -640,7 +572,7 @@ fn a_neighbours_drop_keeps_its_linger_while_the_broker_reads_nothing(version: Pr
         let _ = done_tx.send(());
     });
     let result = done_rx.recv_timeout(HANG);
-    throttle.paused.store(false, Ordering::SeqCst);
+    relay.unchoke();
     result.unwrap_or_else(|_| {
         panic!(
             "{version}: a write (2 s timeout) and drop (1 s linger) of a stream still blocked \

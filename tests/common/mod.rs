@@ -89,6 +89,21 @@ pub fn eventually(
     }
 }
 
+/// Runs `f` on a thread of its own and waits at most `limit` for it: a
+/// call that hangs fails the test instead of holding it forever.
+pub fn within<T: Send + 'static>(
+    limit: std::time::Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("{what}: still not done after {limit:?}"))
+}
+
 /// Where the first difference between two byte strings is, for messages.
 pub fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
     a.iter()

@@ -7,6 +7,9 @@
 //! - **half-open**: the broker's side is closed, the client's stays open and
 //!   what the client sends vanishes (the client's end of a connection
 //!   whose other end is gone without a word);
+//! - **choke**: what the client sends is left unread, so its socket
+//!   fills up and its writes block (a broker that stopped reading a
+//!   publishing connection: a memory or disk alarm);
 //! - **deaf after a pattern**: once the broker sends the client something
 //!   containing a given byte string, nothing more reaches the client,
 //!   while what the client sends still reaches the broker (a client that
@@ -29,6 +32,8 @@ struct Shared {
     closing: AtomicBool,
     /// Nothing is forwarded while set (stall and half-open).
     frozen: AtomicBool,
+    /// What the client sends is left unread while set.
+    choked: AtomicBool,
     /// Once the broker sends this, the client hears nothing more.
     deaf_after: Mutex<Option<Vec<u8>>>,
     /// Set when `deaf_after` was seen.
@@ -48,6 +53,7 @@ impl Relay {
             up: AtomicBool::new(true),
             closing: AtomicBool::new(false),
             frozen: AtomicBool::new(false),
+            choked: AtomicBool::new(false),
             deaf_after: Mutex::new(None),
             deaf: AtomicBool::new(false),
             sockets: Mutex::new(Vec::new()),
@@ -123,6 +129,25 @@ impl Relay {
         }
     }
 
+    /// Leaves what clients send unread until [`unchoke`](Relay::unchoke):
+    /// their sockets fill up and their writes block.
+    pub fn choke(&self) {
+        self.shared.choked.store(true, Ordering::SeqCst);
+    }
+
+    /// Reads and forwards what clients send again.
+    pub fn unchoke(&self) {
+        self.shared.choked.store(false, Ordering::SeqCst);
+    }
+
+    /// [`url`](Relay::url) with AMQP heartbeats off: for a connection the
+    /// test keeps silent (choked, say) longer than a heartbeat.
+    pub fn url_without_heartbeats(&self) -> String {
+        let url = self.url();
+        let separator = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{separator}heartbeat=0")
+    }
+
     /// Forwards nothing more from the broker to its clients once the
     /// broker has sent one of them `pattern` (that chunk still goes).
     pub fn deaf_after(&self, pattern: &[u8]) {
@@ -180,11 +205,17 @@ impl Shared {
 
     /// Copies `from` to `to` until either ends, then closes both. While
     /// frozen it forwards nothing: the client's side (`from_client`) is
-    /// read and dropped, the broker's is left unread.
+    /// read and dropped, the broker's is left unread. While choked the
+    /// client's side is left unread.
     fn pump(&self, mut from: TcpStream, mut to: TcpStream, from_client: bool) {
         let mut buf = vec![0; 64 * 1024];
         loop {
-            if self.frozen.load(Ordering::SeqCst) && !from_client {
+            let unread = if from_client {
+                &self.choked
+            } else {
+                &self.frozen
+            };
+            if unread.load(Ordering::SeqCst) {
                 if self.closing.load(Ordering::SeqCst) {
                     break;
                 }
