@@ -8,6 +8,7 @@
 mod common;
 
 use amqp_stream::{Connector, Listener, ProtocolVersion, Stream, StreamOptions};
+use common::data::{assert_pattern, pattern, read_all};
 use common::{queue, url};
 use crossbeam_channel::bounded;
 use std::io::{self, Read, Write};
@@ -23,23 +24,6 @@ const VERSIONS: [ProtocolVersion; 3] = [
     ProtocolVersion::V3,
 ];
 
-/// Byte `i` of every stream in these tests: any loss, repeat or reorder
-/// shows as a wrong byte at a known place.
-fn pattern(from: u64, len: usize) -> Vec<u8> {
-    (from..from + len as u64).map(|i| (i % 251) as u8).collect()
-}
-
-/// Checks that `got` is the pattern from 0.
-fn assert_pattern(got: &[u8], what: &str) {
-    if let Some(at) = got
-        .iter()
-        .enumerate()
-        .position(|(i, b)| *b != (i as u64 % 251) as u8)
-    {
-        panic!("{what}: wrong byte at {at} of {}", got.len());
-    }
-}
-
 /// A listener and a connector that speak `version`, with `options`.
 fn pair(version: ProtocolVersion, options: StreamOptions, tag: &str) -> (Listener, Connector) {
     let options = options.protocol_version(Some(version));
@@ -47,19 +31,6 @@ fn pair(version: ProtocolVersion, options: StreamOptions, tag: &str) -> (Listene
     let listener = Listener::bind_with(&url(), &q, &options).unwrap();
     let connector = Connector::open_with(&url(), options).unwrap();
     (listener, connector)
-}
-
-/// Reads to the end, counting what arrived before the end and how it ended.
-fn read_all(mut stream: &Stream) -> (Vec<u8>, io::Result<()>) {
-    let mut got = Vec::new();
-    let mut buf = vec![0; 64 * 1024];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return (got, Ok(())),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(err) => return (got, Err(err)),
-        }
-    }
 }
 
 /// Waits until the writers have had `bytes` accepted in all.

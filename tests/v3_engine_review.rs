@@ -8,6 +8,7 @@
 mod common;
 
 use amqp_stream::{Connector, Listener, ProtocolVersion, Stream, StreamOptions};
+use common::data::{assert_pattern, pattern, read_all};
 use common::relay::Relay;
 use common::{queue, url, within};
 use crossbeam_channel::{bounded, unbounded};
@@ -52,33 +53,6 @@ fn connect(listener: &Listener, connector: &Connector) -> (Stream, Stream) {
     assert_eq!(client.protocol_version(), ProtocolVersion::V3);
     assert_eq!(server.protocol_version(), ProtocolVersion::V3);
     (client, server)
-}
-
-/// Byte `i` of every stream here: a loss, repeat or reorder shows.
-fn pattern(from: u64, len: usize) -> Vec<u8> {
-    (from..from + len as u64).map(|i| (i % 251) as u8).collect()
-}
-
-fn assert_pattern(got: &[u8], what: &str) {
-    if let Some(at) = got
-        .iter()
-        .enumerate()
-        .position(|(i, b)| *b != (i as u64 % 251) as u8)
-    {
-        panic!("{what}: wrong byte at {at} of {}", got.len());
-    }
-}
-
-fn read_all(mut stream: &Stream) -> (Vec<u8>, io::Result<()>) {
-    let mut got = Vec::new();
-    let mut buf = vec![0; 64 * 1024];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) => return (got, Ok(())),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(err) => return (got, Err(err)),
-        }
-    }
 }
 
 /// Guarantee 1: small writes held back (Nagle) behind an unconfirmed
@@ -161,7 +135,7 @@ fn many_threads_on_one_stream_with_a_small_window() {
             .collect();
         let reader = {
             let client = Arc::clone(&client);
-            thread::spawn(move || read_all(&client))
+            thread::spawn(move || read_all(&*client))
         };
         let written = within(HANG, "writers of one stream", move || {
             writers.into_iter().map(|w| w.join().unwrap()).sum::<u64>()

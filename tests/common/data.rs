@@ -1,5 +1,6 @@
 //! Reproducible random data produced and checked as it streams, so that
-//! gigabytes need no memory: a seeded source and a running digest.
+//! gigabytes need no memory: a seeded source and a running digest; and a
+//! counting pattern for tests that look at where a stream went wrong.
 
 use std::hash::{DefaultHasher, Hasher};
 use std::io::{self, Read, Write};
@@ -100,4 +101,36 @@ pub fn full_duplex(stream: amqp_stream::Stream, seed: u64, total: u64) -> (Diges
     let mut reader = stream;
     let received = receive_digest(&mut reader).unwrap();
     (sending.join().unwrap(), received)
+}
+
+/// Byte `i` of a counting pattern: any loss, repeat or reorder of a
+/// stream carrying it shows as a wrong byte at a known place. The bytes
+/// from offset `from`, `len` of them.
+pub fn pattern(from: u64, len: usize) -> Vec<u8> {
+    (from..from + len as u64).map(|i| (i % 251) as u8).collect()
+}
+
+/// Checks that `got` is the [`pattern`] from 0.
+pub fn assert_pattern(got: &[u8], what: &str) {
+    if let Some(at) = got
+        .iter()
+        .enumerate()
+        .position(|(i, b)| *b != (i as u64 % 251) as u8)
+    {
+        panic!("{what}: wrong byte at {at} of {}", got.len());
+    }
+}
+
+/// Reads `stream` to the end: what arrived before the end, and how it
+/// ended.
+pub fn read_all(mut stream: impl Read) -> (Vec<u8>, io::Result<()>) {
+    let mut got = Vec::new();
+    let mut buf = vec![0; 64 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return (got, Ok(())),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(err) => return (got, Err(err)),
+        }
+    }
 }
