@@ -570,7 +570,7 @@ fn connect_and_http_take_the_client_keys_too() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-/// The README's recipe: a database reachable only with a key (the
+/// docs/bridge.md's recipe: a database reachable only with a key (the
 /// machine's PostgreSQL, as `bridge_users` uses it).
 #[test]
 fn psql_reaches_the_database_only_with_a_key() {
