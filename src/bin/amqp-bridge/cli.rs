@@ -1,8 +1,8 @@
 //! The command line: subcommands, their options and `--help`.
 
-use crate::allow::AllowRule;
-use crate::key_args::{ClientKeyArgs, ServeKeyArgs};
-use crate::target::Target;
+use crate::keys::options::{ClientKeyArgs, ServeKeyArgs};
+use crate::serving::allow::AllowRule;
+use crate::serving::target::Target;
 use clap::{Args, Parser, Subcommand};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;

@@ -7,38 +7,14 @@
 //! `run` runs the tunnels a config file lists; `keygen` writes keys. See
 //! `amqp-bridge --help`.
 
-mod abort;
-mod allow;
-mod backoff;
-mod broker_stream;
-mod chosen_target;
+mod carry;
 mod cli;
 mod completions;
-mod config;
-mod conn_log;
-mod connect;
-mod deadline;
 mod fatal;
-mod forward;
-mod http;
-mod key_args;
-mod keygen;
-mod lifecycle;
-mod link;
-mod metered;
-mod metrics;
-mod metrics_http;
-mod run;
-mod serve;
-mod shutdown;
-mod signals;
-mod single;
-mod socks;
-mod socks5;
-mod splice;
-mod target;
-mod target_request;
-mod tcp_front;
+mod front;
+mod keys;
+mod service;
+mod serving;
 mod tunnel;
 
 use amqp_stream::BrokerUrl;
@@ -73,13 +49,13 @@ fn run(cli: &Cli) -> Result<(), Fatal> {
         .parse::<BrokerUrl>()
         .map_err(|err| Fatal::usage(err.to_string()))?;
     match &cli.command {
-        Command::Serve(args) => serve::run(&cli.url, args),
-        Command::Forward(args) => forward::run(&cli.url, args),
-        Command::Connect(args) => connect::run(&cli.url, args),
-        Command::Http(args) => http::run(&cli.url, args),
-        Command::Socks(args) => socks::run(&cli.url, args),
-        Command::Keygen(args) => keygen::run(args),
-        Command::Run(args) => run::run(&cli.url, args),
+        Command::Serve(args) => serving::serve::run(&cli.url, args),
+        Command::Forward(args) => front::forward::run(&cli.url, args),
+        Command::Connect(args) => front::connect::run(&cli.url, args),
+        Command::Http(args) => front::http::run(&cli.url, args),
+        Command::Socks(args) => front::socks::run(&cli.url, args),
+        Command::Keygen(args) => keys::keygen::run(args),
+        Command::Run(args) => service::run::run(&cli.url, args),
         Command::Completions(_) => Ok(()),
     }
 }

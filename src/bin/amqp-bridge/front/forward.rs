@@ -1,19 +1,19 @@
 //! `amqp-bridge forward`: every TCP client on a local port is carried to
 //! a served queue.
 
-use crate::abort::abort_tcp;
-use crate::broker_stream;
+use crate::carry::abort::abort_tcp;
+use crate::carry::broker_stream;
+use crate::carry::link::BrokerLink;
+use crate::carry::metered::Metered;
+use crate::carry::splice::splice;
 use crate::cli::ForwardArgs;
-use crate::conn_log::ConnectionLog;
 use crate::fatal::Fatal;
-use crate::lifecycle::ConnectionGuard;
-use crate::link::BrokerLink;
-use crate::metered::Metered;
-use crate::metrics::TunnelMetrics;
-use crate::single;
-use crate::splice::splice;
-use crate::tcp_front::FrontDoor;
+use crate::front::door::FrontDoor;
+use crate::service::single;
 use crate::tunnel::Tunnel;
+use crate::tunnel::conn_log::ConnectionLog;
+use crate::tunnel::connections::ConnectionGuard;
+use crate::tunnel::metrics::TunnelMetrics;
 use amqp_stream::secure::ClientConfig;
 use log::info;
 use std::net::{SocketAddr, TcpStream};

@@ -2,8 +2,8 @@
 //! end when key options are given (the secure handshake is the first
 //! layer on every stream), plain otherwise. Either way a [`Duplex`].
 
-use crate::abort::abort_stream;
-use crate::splice::Duplex;
+use crate::carry::abort::abort_stream;
+use crate::carry::splice::Duplex;
 use amqp_stream::Stream;
 use amqp_stream::secure::{self, ClientConfig, SecureStream, ServerConfig};
 use std::io::{self, Read, Write};

@@ -3,11 +3,11 @@
 
 use crate::cli::MetricsArgs;
 use crate::fatal::Fatal;
-use crate::metrics::TunnelMetrics;
-use crate::metrics_http;
-use crate::shutdown;
-use crate::signals;
+use crate::service::metrics_http;
+use crate::service::shutdown;
+use crate::service::signals;
 use crate::tunnel::Tunnel;
+use crate::tunnel::metrics::TunnelMetrics;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use std::sync::Arc;
 

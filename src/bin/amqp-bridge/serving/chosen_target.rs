@@ -3,15 +3,15 @@
 //! target's goes back. A refused request gets its answer and no TCP
 //! connection is made.
 
-use crate::abort::abort_tcp;
-use crate::allow::{AllowList, Decision};
-use crate::conn_log::ConnectionLog;
-use crate::deadline::ByDeadline;
-use crate::lifecycle::ConnectionGuard;
-use crate::metered::Metered;
-use crate::splice::{Duplex, splice};
-use crate::target::connect_to;
-use crate::target_request::{Reply, RequestError, read_request, write_answer};
+use crate::carry::abort::abort_tcp;
+use crate::carry::deadline::ByDeadline;
+use crate::carry::metered::Metered;
+use crate::carry::splice::{Duplex, splice};
+use crate::carry::target_request::{Reply, RequestError, read_request, write_answer};
+use crate::serving::allow::{AllowList, Decision};
+use crate::serving::target::connect_to;
+use crate::tunnel::conn_log::ConnectionLog;
+use crate::tunnel::connections::ConnectionGuard;
 use log::{debug, info, warn};
 use std::io::{self, ErrorKind};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};

@@ -1,11 +1,11 @@
 //! The TCP side of `forward` and `http`: bind a local port, accept
 //! clients until stopped, each on its own thread.
 
+use crate::carry::link::BrokerLink;
 use crate::fatal::Fatal;
-use crate::lifecycle::{ConnectionGuard, Connections};
-use crate::link::BrokerLink;
-use crate::metrics::TunnelMetrics;
 use crate::tunnel::Tunnel;
+use crate::tunnel::connections::{ConnectionGuard, Connections};
+use crate::tunnel::metrics::TunnelMetrics;
 use log::{info, warn};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;

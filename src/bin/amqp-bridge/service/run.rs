@@ -5,12 +5,12 @@
 //! nothing. SIGINT and SIGTERM stop everything gracefully.
 
 use crate::cli::RunArgs;
-use crate::config::{self, Defaults, TunnelSpec};
 use crate::fatal::Fatal;
-use crate::metrics::TunnelMetrics;
-use crate::metrics_http;
-use crate::shutdown;
-use crate::signals;
+use crate::service::config::{self, Defaults, TunnelSpec};
+use crate::service::metrics_http;
+use crate::service::shutdown;
+use crate::service::signals;
+use crate::tunnel::metrics::TunnelMetrics;
 use crate::tunnel::{self, Tunnel};
 use crossbeam_channel::{Receiver, select, tick, unbounded};
 use log::{error, info};

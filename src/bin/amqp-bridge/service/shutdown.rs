@@ -1,9 +1,9 @@
 //! Stopping tunnels gracefully: they stop accepting, their open
 //! connections get a grace period, and those still open then are reset.
 
-use crate::lifecycle::Waited;
-use crate::signals;
+use crate::service::signals;
 use crate::tunnel::Tunnel;
+use crate::tunnel::connections::Waited;
 use crossbeam_channel::Receiver;
 use log::{info, warn};
 use std::time::{Duration, Instant};

@@ -28,7 +28,7 @@
 //! assert!(allow.permits_name("www.example.com", 443));
 //! ```
 
-use crate::target_request::{Host, Reply, TargetRequest, check_name};
+use crate::carry::target_request::{Host, Reply, TargetRequest, check_name};
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr};

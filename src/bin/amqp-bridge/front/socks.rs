@@ -3,22 +3,22 @@
 //! target request; `serve --allow` connects the target (or refuses), and
 //! its answer becomes the SOCKS reply.
 
-use crate::abort::abort_tcp;
-use crate::broker_stream;
+use crate::carry::abort::abort_tcp;
+use crate::carry::broker_stream;
+use crate::carry::deadline::ByDeadline;
+use crate::carry::link::BrokerLink;
+use crate::carry::metered::Metered;
+use crate::carry::splice::{Duplex, splice};
+use crate::carry::target_request::{AnswerError, Reply, ask};
 use crate::cli::SocksArgs;
-use crate::conn_log::ConnectionLog;
-use crate::deadline::ByDeadline;
 use crate::fatal::Fatal;
-use crate::lifecycle::ConnectionGuard;
-use crate::link::BrokerLink;
-use crate::metered::Metered;
-use crate::metrics::TunnelMetrics;
-use crate::single;
-use crate::socks5::{Command, ReplyCode, is_client_gone, read_greeting_and_request, reply};
-use crate::splice::{Duplex, splice};
-use crate::target_request::{AnswerError, Reply, ask};
-use crate::tcp_front::FrontDoor;
+use crate::front::door::FrontDoor;
+use crate::front::socks5::{Command, ReplyCode, is_client_gone, read_greeting_and_request, reply};
+use crate::service::single;
 use crate::tunnel::Tunnel;
+use crate::tunnel::conn_log::ConnectionLog;
+use crate::tunnel::connections::ConnectionGuard;
+use crate::tunnel::metrics::TunnelMetrics;
 use amqp_stream::secure::ClientConfig;
 use log::{debug, info};
 use std::io::{self, ErrorKind, Write};

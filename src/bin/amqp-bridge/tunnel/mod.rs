@@ -3,11 +3,15 @@
 //! told to stop accepting. `serve`, `forward` and `http` run one; `run`
 //! runs many and starts and stops them as its file changes.
 
+pub mod conn_log;
+pub mod connections;
+pub mod metrics;
+
+use crate::carry::link::BrokerLink;
 use crate::cli::Command;
 use crate::fatal::Fatal;
-use crate::lifecycle::Connections;
-use crate::link::BrokerLink;
-use crate::metrics::TunnelMetrics;
+use crate::tunnel::connections::Connections;
+use crate::tunnel::metrics::TunnelMetrics;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,10 +95,10 @@ pub fn start(
     metrics: Arc<TunnelMetrics>,
 ) -> Option<Result<Tunnel, Fatal>> {
     Some(match command {
-        Command::Serve(args) => crate::serve::start(url, args, metrics),
-        Command::Forward(args) => crate::forward::start(url, args, metrics),
-        Command::Http(args) => crate::http::start(url, args, metrics),
-        Command::Socks(args) => crate::socks::start(url, args, metrics),
+        Command::Serve(args) => crate::serving::serve::start(url, args, metrics),
+        Command::Forward(args) => crate::front::forward::start(url, args, metrics),
+        Command::Http(args) => crate::front::http::start(url, args, metrics),
+        Command::Socks(args) => crate::front::socks::start(url, args, metrics),
         Command::Connect(_) | Command::Run(_) | Command::Completions(_) | Command::Keygen(_) => {
             return None;
         }

@@ -2,7 +2,7 @@
 //! when it ends and reconnects with capped exponential backoff; closed
 //! properly (AMQP `connection.close`) when the bridge stops.
 
-use crate::backoff::Backoff;
+use crate::carry::backoff::Backoff;
 use amqp_stream::{Connector, Stream};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use log::{debug, info, warn};

@@ -1,7 +1,7 @@
 //! A connection that counts the bytes read from it and written to it as
 //! they go, for the metrics of a transfer still running.
 
-use crate::splice::Duplex;
+use crate::carry::splice::Duplex;
 use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

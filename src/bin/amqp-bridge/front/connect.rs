@@ -6,10 +6,10 @@
 //! newline, until the stream ended). The end of standard input is the
 //! stream's FIN; a failure resets the stream.
 
-use crate::broker_stream::{self, BrokerStream};
+use crate::carry::broker_stream::{self, BrokerStream};
+use crate::carry::splice::Duplex;
 use crate::cli::ConnectArgs;
 use crate::fatal::Fatal;
-use crate::splice::Duplex;
 use amqp_stream::Connector;
 use crossbeam_channel::{Receiver, Sender, bounded, select, unbounded};
 use log::debug;

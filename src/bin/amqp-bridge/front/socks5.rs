@@ -9,7 +9,7 @@
 //! client.write_all(&reply(ReplyCode::Succeeded))?;
 //! ```
 
-use crate::target_request::{Host, TargetRequest};
+use crate::carry::target_request::{Host, TargetRequest};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

@@ -3,9 +3,9 @@
 //! `warn` only for what a user must look at: a reset by a peer, or a
 //! peer that resets after its own end of data, is an `info` line.
 
-use crate::lifecycle::{Aborter, ConnectionGuard};
-use crate::metrics::reason;
-use crate::splice::{Side, Transfer};
+use crate::carry::splice::{Side, Transfer};
+use crate::tunnel::connections::{Aborter, ConnectionGuard};
+use crate::tunnel::metrics::reason;
 use log::{info, warn};
 use std::io;
 use std::sync::Arc;
@@ -44,7 +44,7 @@ impl ConnectionLog {
     }
 
     /// The tunnel's byte counters, for the connection's local TCP side
-    /// (see [`Metered`](crate::metered::Metered)).
+    /// (see [`Metered`](crate::carry::metered::Metered)).
     pub fn byte_counters(&self) -> (Arc<AtomicU64>, Arc<AtomicU64>) {
         self.guard.metrics().byte_counters()
     }

@@ -1,7 +1,7 @@
 //! The open connections of one tunnel: counted, numbered for the logs,
 //! and resettable from outside when a stop's grace period runs out.
 
-use crate::metrics::TunnelMetrics;
+use crate::tunnel::metrics::TunnelMetrics;
 use crossbeam_channel::{Receiver, Sender, select, unbounded};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

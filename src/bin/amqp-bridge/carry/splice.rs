@@ -3,8 +3,8 @@
 //! broker connection, a failed write) ends the other side abortively
 //! too, as a TCP RST or a stream reset: never as a FIN.
 
-use crate::abort::{abort_stream, abort_tcp};
-use crate::lifecycle::Aborter;
+use crate::carry::abort::{abort_stream, abort_tcp};
+use crate::tunnel::connections::Aborter;
 use amqp_stream::Stream;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};

@@ -2,22 +2,22 @@
 //! a TCP service: the fixed `--to`, or (with `--allow`) the one the
 //! stream's target request names.
 
-use crate::allow::AllowList;
-use crate::backoff::Backoff;
-use crate::broker_stream;
-use crate::chosen_target::serve_chosen;
+use crate::carry::backoff::Backoff;
+use crate::carry::broker_stream;
+use crate::carry::link::BrokerLink;
+use crate::carry::metered::Metered;
+use crate::carry::splice::{Duplex, splice};
+use crate::carry::target_request::RefuseTargetRequest;
 use crate::cli::ServeArgs;
-use crate::conn_log::ConnectionLog;
 use crate::fatal::Fatal;
-use crate::lifecycle::Connections;
-use crate::link::BrokerLink;
-use crate::metered::Metered;
-use crate::metrics::TunnelMetrics;
-use crate::single;
-use crate::splice::{Duplex, splice};
-use crate::target::Target;
-use crate::target_request::RefuseTargetRequest;
+use crate::service::single;
+use crate::serving::allow::AllowList;
+use crate::serving::chosen_target::serve_chosen;
+use crate::serving::target::Target;
 use crate::tunnel::Tunnel;
+use crate::tunnel::conn_log::ConnectionLog;
+use crate::tunnel::connections::Connections;
+use crate::tunnel::metrics::TunnelMetrics;
 use amqp_stream::secure::ServerConfig;
 use amqp_stream::{Addr, Listener, Stream, StreamOptions};
 use crossbeam_channel::{Receiver, bounded};

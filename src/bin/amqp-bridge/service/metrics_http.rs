@@ -2,7 +2,7 @@
 //! text format, at `/metrics`.
 
 use crate::fatal::Fatal;
-use crate::metrics::{TunnelMetrics, render};
+use crate::tunnel::metrics::{TunnelMetrics, render};
 use log::{debug, info};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

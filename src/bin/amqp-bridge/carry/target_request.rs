@@ -431,7 +431,7 @@ impl<D: Write> Write for RefuseTargetRequest<D> {
     }
 }
 
-impl<D: crate::splice::Duplex> crate::splice::Duplex for RefuseTargetRequest<D> {
+impl<D: crate::carry::splice::Duplex> crate::carry::splice::Duplex for RefuseTargetRequest<D> {
     fn duplicate(&self) -> io::Result<Self> {
         Ok(RefuseTargetRequest {
             inner: self.inner.duplicate()?,

@@ -1,0 +1,4 @@
+//! End-to-end keys: the key options of each subcommand and `keygen`.
+
+pub mod keygen;
+pub mod options;
