@@ -1,10 +1,13 @@
 //! The command line: subcommands, their options and `--help`.
 
-use crate::keys::options::{ClientKeyArgs, ServeKeyArgs};
-use crate::serving::allow::AllowRule;
-use crate::serving::target::Target;
+use crate::args::{MetricsArgs, seconds};
+use crate::front::connect::ConnectArgs;
+use crate::front::forward::ForwardArgs;
+use crate::front::http::HttpArgs;
+use crate::front::socks::SocksArgs;
+use crate::keys::keygen::KeygenArgs;
+use crate::serving::serve::ServeArgs;
 use clap::{Args, Parser, Subcommand};
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -142,112 +145,6 @@ Example: completions for bash, for every new shell:
     Completions(CompletionsArgs),
 }
 
-/// `serve`'s options.
-#[derive(Debug, Args)]
-pub struct ServeArgs {
-    /// The queue to serve (clients name it to reach the service)
-    #[arg(long, value_parser = queue_name)]
-    pub queue: String,
-    /// The TCP service every stream is connected to (or --allow)
-    #[arg(long, value_name = "HOST:PORT", value_parser = Target::parse,
-          required_unless_present = "allow", conflicts_with = "allow")]
-    pub to: Option<Target>,
-    /// Instead of --to: each stream names its target (`amqp-bridge
-    /// socks`), connected only when a rule allows it (repeatable; see
-    /// below)
-    #[arg(long, value_name = "HOST:PORTS", value_parser = AllowRule::parse)]
-    pub allow: Vec<AllowRule>,
-    /// Share the queue with other `serve --shared` processes: the broker
-    /// spreads new streams over those ready for one, and a process that
-    /// dies leaves the stream it was about to take to the others
-    #[arg(long)]
-    pub shared: bool,
-    #[command(flatten)]
-    pub stop: StopArgs,
-    #[command(flatten)]
-    pub keys: ServeKeyArgs,
-    #[command(flatten)]
-    pub metrics: MetricsArgs,
-}
-
-/// `forward`'s options.
-#[derive(Debug, Args)]
-pub struct ForwardArgs {
-    /// The local address to accept TCP clients on (port 0: any free port)
-    #[arg(long, value_name = "ADDR:PORT", value_parser = listen_address)]
-    pub listen: ListenAddress,
-    /// The queue that serves the far end
-    #[arg(long, value_parser = queue_name)]
-    pub queue: String,
-    #[command(flatten)]
-    pub stop: StopArgs,
-    #[command(flatten)]
-    pub keys: ClientKeyArgs,
-    #[command(flatten)]
-    pub metrics: MetricsArgs,
-}
-
-/// `socks`'s options.
-#[derive(Debug, Args)]
-pub struct SocksArgs {
-    /// The local address to accept SOCKS5 clients on (port 0: any free
-    /// port)
-    #[arg(long, value_name = "ADDR:PORT", value_parser = listen_address)]
-    pub listen: ListenAddress,
-    /// The queue served with `serve --allow` that connects the targets
-    #[arg(long, value_parser = queue_name)]
-    pub queue: String,
-    #[command(flatten)]
-    pub stop: StopArgs,
-    #[command(flatten)]
-    pub keys: ClientKeyArgs,
-    #[command(flatten)]
-    pub metrics: MetricsArgs,
-}
-
-/// `connect`'s options.
-#[derive(Debug, Args)]
-pub struct ConnectArgs {
-    /// The queue that serves the far end
-    #[arg(long, value_parser = queue_name)]
-    pub queue: String,
-    /// How long to wait for the server's answer
-    #[arg(long, value_name = "SECONDS", default_value = "30",
-          value_parser = seconds, allow_negative_numbers = true)]
-    pub connect_timeout: Duration,
-    #[command(flatten)]
-    pub keys: ClientKeyArgs,
-}
-
-/// `http`'s options.
-#[derive(Debug, Args)]
-pub struct HttpArgs {
-    /// The local address to accept HTTP clients on (port 0: any free port)
-    #[arg(long, value_name = "ADDR:PORT", value_parser = listen_address)]
-    pub listen: ListenAddress,
-    #[command(flatten)]
-    pub stop: StopArgs,
-    #[command(flatten)]
-    pub keys: ClientKeyArgs,
-    #[command(flatten)]
-    pub metrics: MetricsArgs,
-}
-
-/// `keygen`'s options.
-#[derive(Debug, Args)]
-pub struct KeygenArgs {
-    /// Where to write the private key (0600); the public key goes to
-    /// FILE.pub and to standard output. Existing files are never replaced
-    #[arg(value_name = "FILE")]
-    pub file: PathBuf,
-    /// Write a pre-shared key to FILE instead (for --psk-file on both ends)
-    #[arg(long)]
-    pub psk: bool,
-    /// The comment after the public key (default: USER@HOST)
-    #[arg(long, conflicts_with = "psk")]
-    pub comment: Option<String>,
-}
-
 /// `run`'s options.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -270,79 +167,11 @@ pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
 
-/// Where the metrics are served.
-#[derive(Debug, Args)]
-pub struct MetricsArgs {
-    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (open and total
-    /// connections, bytes each way, refusals and failures by reason,
-    /// broker reconnects, handshake latency)
-    #[arg(long, value_name = "ADDR:PORT", value_parser = listen_address)]
-    pub metrics: Option<ListenAddress>,
-}
-
-/// How a long-running subcommand stops.
-#[derive(Debug, Args)]
-pub struct StopArgs {
-    /// After SIGINT or SIGTERM, how long open connections may go on
-    #[arg(long, value_name = "SECONDS", default_value = "10",
-          value_parser = seconds, allow_negative_numbers = true)]
-    pub grace: Duration,
-}
-
-/// A number of seconds from the command line (`1.5`), as a `Duration`.
-pub fn seconds(value: &str) -> Result<Duration, String> {
-    let number: f64 = value
-        .trim()
-        .parse()
-        .map_err(|_| "not a number of seconds".to_string())?;
-    Duration::try_from_secs_f64(number)
-        .map_err(|_| "the number of seconds must be 0 or more (and finite)".to_string())
-}
-
-/// A number of seconds more than 0: a time limit of none at all (a
-/// handshake that must be over before it starts) is a mistake.
-pub fn positive_seconds(value: &str) -> Result<Duration, String> {
-    match seconds(value)? {
-        limit if limit.is_zero() => Err("the number of seconds must be more than 0".to_string()),
-        limit => Ok(limit),
-    }
-}
-
-/// A queue name as the broker takes it: 1 to 255 bytes.
-fn queue_name(value: &str) -> Result<String, String> {
-    match value.len() {
-        0 => Err("a queue name cannot be empty".to_string()),
-        1..=255 => Ok(value.to_string()),
-        n => Err(format!("a queue name is at most 255 bytes, not {n}")),
-    }
-}
-
-/// A local `ADDR:PORT` to listen on, resolved when the command line is
-/// read (a name may give several addresses; binding takes the first that
-/// works, as `TcpListener` does).
-#[derive(Debug, Clone)]
-pub struct ListenAddress(pub Vec<SocketAddr>);
-
-fn listen_address(value: &str) -> Result<ListenAddress, String> {
-    match value.to_socket_addrs() {
-        Ok(addrs) => {
-            let addrs: Vec<SocketAddr> = addrs.collect();
-            if addrs.is_empty() {
-                Err("it resolves to no address".to_string())
-            } else {
-                Ok(ListenAddress(addrs))
-            }
-        }
-        Err(err) => Err(format!(
-            "{err} (expected ADDR:PORT, such as 127.0.0.1:8080)"
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use std::net::SocketAddr;
 
     #[test]
     fn the_command_line_is_consistent() {

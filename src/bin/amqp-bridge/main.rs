@@ -7,6 +7,7 @@
 //! `run` runs the tunnels a config file lists; `keygen` writes keys. See
 //! `amqp-bridge --help`.
 
+mod args;
 mod carry;
 mod cli;
 mod completions;
@@ -49,11 +50,10 @@ fn run(cli: &Cli) -> Result<(), Fatal> {
         .parse::<BrokerUrl>()
         .map_err(|err| Fatal::usage(err.to_string()))?;
     match &cli.command {
-        Command::Serve(args) => serving::serve::run(&cli.url, args),
-        Command::Forward(args) => front::forward::run(&cli.url, args),
+        Command::Serve(_) | Command::Forward(_) | Command::Http(_) | Command::Socks(_) => {
+            service::single::run(&cli.url, &cli.command)
+        }
         Command::Connect(args) => front::connect::run(&cli.url, args),
-        Command::Http(args) => front::http::run(&cli.url, args),
-        Command::Socks(args) => front::socks::run(&cli.url, args),
         Command::Keygen(args) => keys::keygen::run(args),
         Command::Run(args) => service::run::run(&cli.url, args),
         Command::Completions(_) => Ok(()),

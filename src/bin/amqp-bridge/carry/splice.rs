@@ -4,12 +4,14 @@
 //! too, as a TCP RST or a stream reset: never as a FIN.
 
 use crate::carry::abort::{abort_stream, abort_tcp};
-use crate::tunnel::connections::Aborter;
 use amqp_stream::Stream;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+/// Resets one spliced connection (both of its sides) from outside.
+pub type Aborter = Arc<dyn Fn() + Send + Sync>;
 
 /// How much one read may take from a connection: a full default message.
 const CHUNK: usize = 64 * 1024;

@@ -6,11 +6,13 @@
 //! newline, until the stream ended). The end of standard input is the
 //! stream's FIN; a failure resets the stream.
 
+use crate::args::{queue_name, seconds};
 use crate::carry::broker_stream::{self, BrokerStream};
 use crate::carry::splice::Duplex;
-use crate::cli::ConnectArgs;
 use crate::fatal::Fatal;
+use crate::keys::options::ClientKeyArgs;
 use amqp_stream::Connector;
+use clap::Args;
 use crossbeam_channel::{Receiver, Sender, bounded, select, unbounded};
 use log::debug;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -45,6 +47,20 @@ enum Failure {
     Stream(io::Error),
     Stdin(io::Error),
     Stdout(io::Error),
+}
+
+/// `connect`'s options.
+#[derive(Debug, Args)]
+pub struct ConnectArgs {
+    /// The queue that serves the far end
+    #[arg(long, value_parser = queue_name)]
+    pub queue: String,
+    /// How long to wait for the server's answer
+    #[arg(long, value_name = "SECONDS", default_value = "30",
+          value_parser = seconds, allow_negative_numbers = true)]
+    pub connect_timeout: Duration,
+    #[command(flatten)]
+    pub keys: ClientKeyArgs,
 }
 
 /// Copies standard input into a stream to `args.queue` and the stream onto

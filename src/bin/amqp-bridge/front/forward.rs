@@ -1,29 +1,40 @@
 //! `amqp-bridge forward`: every TCP client on a local port is carried to
 //! a served queue.
 
+use crate::args::{ListenAddress, MetricsArgs, StopArgs, listen_address, queue_name};
 use crate::carry::abort::abort_tcp;
 use crate::carry::broker_stream;
 use crate::carry::link::BrokerLink;
 use crate::carry::metered::Metered;
 use crate::carry::splice::splice;
-use crate::cli::ForwardArgs;
 use crate::fatal::Fatal;
 use crate::front::door::FrontDoor;
-use crate::service::single;
+use crate::keys::options::ClientKeyArgs;
 use crate::tunnel::Tunnel;
 use crate::tunnel::conn_log::ConnectionLog;
 use crate::tunnel::connections::ConnectionGuard;
 use crate::tunnel::metrics::TunnelMetrics;
 use amqp_stream::secure::ClientConfig;
+use clap::Args;
 use log::info;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 
-/// Forwards `args.listen` to `args.queue` until SIGINT/SIGTERM.
-pub fn run(url: &str, args: &ForwardArgs) -> Result<(), Fatal> {
-    single::run("forward", &args.queue, &args.metrics, |metrics| {
-        start(url, args, metrics)
-    })
+/// `forward`'s options.
+#[derive(Debug, Args)]
+pub struct ForwardArgs {
+    /// The local address to accept TCP clients on (port 0: any free port)
+    #[arg(long, value_name = "ADDR:PORT", value_parser = listen_address)]
+    pub listen: ListenAddress,
+    /// The queue that serves the far end
+    #[arg(long, value_parser = queue_name)]
+    pub queue: String,
+    #[command(flatten)]
+    pub stop: StopArgs,
+    #[command(flatten)]
+    pub keys: ClientKeyArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// Starts forwarding `args.listen` to `args.queue` as a tunnel counted

@@ -3,20 +3,21 @@
 //! the whole connection (that request included, unchanged) then goes
 //! through a stream to that queue.
 
+use crate::args::{ListenAddress, MetricsArgs, StopArgs, listen_address};
 use crate::carry::abort::abort_tcp;
 use crate::carry::broker_stream;
 use crate::carry::link::BrokerLink;
 use crate::carry::metered::Metered;
 use crate::carry::splice::splice;
-use crate::cli::HttpArgs;
 use crate::fatal::Fatal;
 use crate::front::door::FrontDoor;
-use crate::service::single;
+use crate::keys::options::ClientKeyArgs;
 use crate::tunnel::Tunnel;
 use crate::tunnel::conn_log::ConnectionLog;
 use crate::tunnel::connections::ConnectionGuard;
 use crate::tunnel::metrics::TunnelMetrics;
 use amqp_stream::secure::ClientConfig;
+use clap::Args;
 use log::{debug, info};
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -33,11 +34,18 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Headers parsed at most.
 const MAX_HEADERS: usize = 100;
 
-/// Serves HTTP on `args.listen` until SIGINT/SIGTERM.
-pub fn run(url: &str, args: &HttpArgs) -> Result<(), Fatal> {
-    single::run("http", "http", &args.metrics, |metrics| {
-        start(url, args, metrics)
-    })
+/// `http`'s options.
+#[derive(Debug, Args)]
+pub struct HttpArgs {
+    /// The local address to accept HTTP clients on (port 0: any free port)
+    #[arg(long, value_name = "ADDR:PORT", value_parser = listen_address)]
+    pub listen: ListenAddress,
+    #[command(flatten)]
+    pub stop: StopArgs,
+    #[command(flatten)]
+    pub keys: ClientKeyArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// Starts the HTTP front door on `args.listen` as a tunnel counted in

@@ -3,6 +3,7 @@
 //! target request; `serve --allow` connects the target (or refuses), and
 //! its answer becomes the SOCKS reply.
 
+use crate::args::{ListenAddress, MetricsArgs, StopArgs, listen_address, queue_name};
 use crate::carry::abort::abort_tcp;
 use crate::carry::broker_stream;
 use crate::carry::deadline::ByDeadline;
@@ -10,16 +11,16 @@ use crate::carry::link::BrokerLink;
 use crate::carry::metered::Metered;
 use crate::carry::splice::{Duplex, splice};
 use crate::carry::target_request::{AnswerError, Reply, ask};
-use crate::cli::SocksArgs;
 use crate::fatal::Fatal;
 use crate::front::door::FrontDoor;
 use crate::front::socks5::{Command, ReplyCode, is_client_gone, read_greeting_and_request, reply};
-use crate::service::single;
+use crate::keys::options::ClientKeyArgs;
 use crate::tunnel::Tunnel;
 use crate::tunnel::conn_log::ConnectionLog;
 use crate::tunnel::connections::ConnectionGuard;
 use crate::tunnel::metrics::TunnelMetrics;
 use amqp_stream::secure::ClientConfig;
+use clap::Args;
 use log::{debug, info};
 use std::io::{self, ErrorKind, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -32,11 +33,22 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 /// timeout (10 s) and more.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Runs the SOCKS5 proxy on `args.listen` until SIGINT/SIGTERM.
-pub fn run(url: &str, args: &SocksArgs) -> Result<(), Fatal> {
-    single::run("socks", &args.queue, &args.metrics, |metrics| {
-        start(url, args, metrics)
-    })
+/// `socks`'s options.
+#[derive(Debug, Args)]
+pub struct SocksArgs {
+    /// The local address to accept SOCKS5 clients on (port 0: any free
+    /// port)
+    #[arg(long, value_name = "ADDR:PORT", value_parser = listen_address)]
+    pub listen: ListenAddress,
+    /// The queue served with `serve --allow` that connects the targets
+    #[arg(long, value_parser = queue_name)]
+    pub queue: String,
+    #[command(flatten)]
+    pub stop: StopArgs,
+    #[command(flatten)]
+    pub keys: ClientKeyArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// Starts the SOCKS5 proxy on `args.listen` as a tunnel counted in

@@ -1,9 +1,25 @@
 //! `amqp-bridge keygen`: writes a new key pair (or a pre-shared key) for
 //! the end-to-end key options.
 
-use crate::cli::KeygenArgs;
 use crate::fatal::Fatal;
 use amqp_stream::secure::{KeyPair, PresharedKey, public_path};
+use clap::Args;
+use std::path::PathBuf;
+
+/// `keygen`'s options.
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Where to write the private key (0600); the public key goes to
+    /// FILE.pub and to standard output. Existing files are never replaced
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Write a pre-shared key to FILE instead (for --psk-file on both ends)
+    #[arg(long)]
+    pub psk: bool,
+    /// The comment after the public key (default: USER@HOST)
+    #[arg(long, conflicts_with = "psk")]
+    pub comment: Option<String>,
+}
 
 /// Writes the key files `args` asks for; prints the public key's line
 /// (for the other end's authorized keys or `--peer-key`).

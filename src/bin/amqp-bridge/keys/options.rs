@@ -30,7 +30,7 @@ pub struct ServeKeyArgs {
     pub authorized_keys: Option<PathBuf>,
     /// How long a client may take over the secure handshake
     #[arg(long, value_name = "SECONDS", default_value = "10",
-          value_parser = crate::cli::positive_seconds, allow_negative_numbers = true)]
+          value_parser = crate::args::positive_seconds, allow_negative_numbers = true)]
     pub handshake_timeout: Duration,
 }
 
@@ -53,7 +53,7 @@ pub struct ClientKeyArgs {
     pub peer_key: Option<String>,
     /// How long the secure handshake may take
     #[arg(long, value_name = "SECONDS", default_value = "10",
-          value_parser = crate::cli::positive_seconds, allow_negative_numbers = true)]
+          value_parser = crate::args::positive_seconds, allow_negative_numbers = true)]
     pub handshake_timeout: Duration,
 }
 

@@ -18,7 +18,7 @@
 //! ```
 
 use crate::cli::{Cli, Command};
-use crate::tunnel::KINDS;
+use crate::service::kinds::KINDS;
 use amqp_stream::BrokerUrl;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, Parser};

@@ -3,6 +3,7 @@
 //! their metrics served over HTTP.
 
 pub mod config;
+pub mod kinds;
 pub mod metrics_http;
 pub mod run;
 pub mod shutdown;

@@ -7,11 +7,12 @@
 use crate::cli::RunArgs;
 use crate::fatal::Fatal;
 use crate::service::config::{self, Defaults, TunnelSpec};
+use crate::service::kinds;
 use crate::service::metrics_http;
 use crate::service::shutdown;
 use crate::service::signals;
+use crate::tunnel::Tunnel;
 use crate::tunnel::metrics::TunnelMetrics;
-use crate::tunnel::{self, Tunnel};
 use crossbeam_channel::{Receiver, select, tick, unbounded};
 use log::{error, info};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -107,7 +108,7 @@ fn stop_signals(signals: Receiver<i32>) -> Receiver<i32> {
 
 fn start(spec: &TunnelSpec) -> Result<Tunnel, Fatal> {
     let metrics = TunnelMetrics::new(&spec.kind, &spec.name);
-    let started = tunnel::start(&spec.url, &spec.command, metrics)
+    let started = kinds::start(&spec.url, &spec.command, metrics)
         .unwrap_or_else(|| Err(Fatal::usage("not a tunnel kind")))?;
     info!("tunnel {} started", spec.label());
     Ok(started)

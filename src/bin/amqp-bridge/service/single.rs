@@ -1,25 +1,23 @@
 //! `serve`, `forward` and `http` as commands: one tunnel, run until
 //! SIGINT or SIGTERM, then stopped gracefully.
 
-use crate::cli::MetricsArgs;
+use crate::cli::Command;
 use crate::fatal::Fatal;
+use crate::service::kinds;
 use crate::service::metrics_http;
 use crate::service::shutdown;
 use crate::service::signals;
-use crate::tunnel::Tunnel;
 use crate::tunnel::metrics::TunnelMetrics;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use std::sync::Arc;
 
-/// Runs the tunnel `start` starts (counted as tunnel `name` of `kind`,
-/// and shown on the metrics endpoint if `metrics` asks for one) until
+/// Runs the tunnel `command` describes (counted under its kind and
+/// queue, and shown on the metrics endpoint if it asks for one) until
 /// SIGINT or SIGTERM, then stops it gracefully.
-pub fn run(
-    kind: &str,
-    name: &str,
-    metrics: &MetricsArgs,
-    start: impl FnOnce(Arc<TunnelMetrics>) -> Result<Tunnel, Fatal>,
-) -> Result<(), Fatal> {
+pub fn run(url: &str, command: &Command) -> Result<(), Fatal> {
+    let Some((kind, name, metrics)) = kinds::on_its_own(command) else {
+        return Err(Fatal::usage("not a tunnel"));
+    };
     let signals =
         signals::take_over(&[SIGINT, SIGTERM]).map_err(|e| Fatal::runtime(e.to_string()))?;
     let counters = TunnelMetrics::new(kind, name);
@@ -27,7 +25,8 @@ pub fn run(
         let shown = Arc::clone(&counters);
         metrics_http::serve(&listen.0, Arc::new(move || vec![Arc::clone(&shown)]))?;
     }
-    let tunnel = start(counters)?;
+    let tunnel = kinds::start(url, command, counters)
+        .unwrap_or_else(|| Err(Fatal::usage("not a tunnel")))?;
     let Ok(signal) = signals.recv() else {
         return Ok(());
     };

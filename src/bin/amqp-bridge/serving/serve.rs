@@ -2,16 +2,17 @@
 //! a TCP service: the fixed `--to`, or (with `--allow`) the one the
 //! stream's target request names.
 
+use crate::args::{MetricsArgs, StopArgs, queue_name};
 use crate::carry::backoff::Backoff;
 use crate::carry::broker_stream;
 use crate::carry::link::BrokerLink;
 use crate::carry::metered::Metered;
 use crate::carry::splice::{Duplex, splice};
 use crate::carry::target_request::RefuseTargetRequest;
-use crate::cli::ServeArgs;
 use crate::fatal::Fatal;
-use crate::service::single;
+use crate::keys::options::ServeKeyArgs;
 use crate::serving::allow::AllowList;
+use crate::serving::allow::AllowRule;
 use crate::serving::chosen_target::serve_chosen;
 use crate::serving::target::Target;
 use crate::tunnel::Tunnel;
@@ -20,6 +21,7 @@ use crate::tunnel::connections::Connections;
 use crate::tunnel::metrics::TunnelMetrics;
 use amqp_stream::secure::ServerConfig;
 use amqp_stream::{Addr, Listener, Stream, StreamOptions};
+use clap::Args;
 use crossbeam_channel::{Receiver, bounded};
 use log::{debug, info, warn};
 use std::fmt;
@@ -33,11 +35,32 @@ use std::time::{Duration, Instant};
 /// deleted by the broker.
 const IN_USE_RETRY: Duration = Duration::from_secs(5);
 
-/// Serves `args.queue` until SIGINT/SIGTERM.
-pub fn run(url: &str, args: &ServeArgs) -> Result<(), Fatal> {
-    single::run("serve", &args.queue, &args.metrics, |metrics| {
-        start(url, args, metrics)
-    })
+/// `serve`'s options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The queue to serve (clients name it to reach the service)
+    #[arg(long, value_parser = queue_name)]
+    pub queue: String,
+    /// The TCP service every stream is connected to (or --allow)
+    #[arg(long, value_name = "HOST:PORT", value_parser = Target::parse,
+          required_unless_present = "allow", conflicts_with = "allow")]
+    pub to: Option<Target>,
+    /// Instead of --to: each stream names its target (`amqp-bridge
+    /// socks`), connected only when a rule allows it (repeatable; see
+    /// below)
+    #[arg(long, value_name = "HOST:PORTS", value_parser = AllowRule::parse)]
+    pub allow: Vec<AllowRule>,
+    /// Share the queue with other `serve --shared` processes: the broker
+    /// spreads new streams over those ready for one, and a process that
+    /// dies leaves the stream it was about to take to the others
+    #[arg(long)]
+    pub shared: bool,
+    #[command(flatten)]
+    pub stop: StopArgs,
+    #[command(flatten)]
+    pub keys: ServeKeyArgs,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// Starts serving `args.queue` as a tunnel counted in `metrics`.

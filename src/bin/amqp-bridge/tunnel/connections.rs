@@ -1,6 +1,7 @@
 //! The open connections of one tunnel: counted, numbered for the logs,
 //! and resettable from outside when a stop's grace period runs out.
 
+pub use crate::carry::splice::Aborter;
 use crate::tunnel::metrics::TunnelMetrics;
 use crossbeam_channel::{Receiver, Sender, select, unbounded};
 use std::collections::HashMap;
@@ -21,9 +22,6 @@ pub struct Connections {
     aborters: Mutex<HashMap<u64, Aborter>>,
     metrics: Arc<TunnelMetrics>,
 }
-
-/// Resets one open connection (both of its sides).
-pub type Aborter = Arc<dyn Fn() + Send + Sync>;
 
 /// Held by a connection while it is open; dropping it counts it closed.
 pub struct ConnectionGuard {

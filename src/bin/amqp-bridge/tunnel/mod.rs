@@ -8,16 +8,10 @@ pub mod connections;
 pub mod metrics;
 
 use crate::carry::link::BrokerLink;
-use crate::cli::Command;
-use crate::fatal::Fatal;
 use crate::tunnel::connections::Connections;
 use crate::tunnel::metrics::TunnelMetrics;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// The subcommands that can run as tunnels of a config file. A new one
-/// goes here and in [`start`].
-pub const KINDS: &[&str] = &["serve", "forward", "http", "socks"];
 
 /// Stops a tunnel's accepting: returns once no new connection can come
 /// (its port closed, its queue deleted).
@@ -85,22 +79,4 @@ impl Tunnel {
         self.stop_accepting();
         self.link.close();
     }
-}
-
-/// Starts the tunnel `command` describes, counted in `metrics`; `None`
-/// for a subcommand that is no tunnel (see [`KINDS`]).
-pub fn start(
-    url: &str,
-    command: &Command,
-    metrics: Arc<TunnelMetrics>,
-) -> Option<Result<Tunnel, Fatal>> {
-    Some(match command {
-        Command::Serve(args) => crate::serving::serve::start(url, args, metrics),
-        Command::Forward(args) => crate::front::forward::start(url, args, metrics),
-        Command::Http(args) => crate::front::http::start(url, args, metrics),
-        Command::Socks(args) => crate::front::socks::start(url, args, metrics),
-        Command::Connect(_) | Command::Run(_) | Command::Completions(_) | Command::Keygen(_) => {
-            return None;
-        }
-    })
 }

@@ -1,0 +1,46 @@
+//! The subcommands that run as tunnels, and starting one from its
+//! parsed command line.
+
+use crate::args::MetricsArgs;
+use crate::cli::Command;
+use crate::fatal::Fatal;
+use crate::tunnel::Tunnel;
+use crate::tunnel::metrics::TunnelMetrics;
+use std::sync::Arc;
+
+/// The subcommands that can run as tunnels of a config file. A new one
+/// goes here and in [`start`].
+pub const KINDS: &[&str] = &["serve", "forward", "http", "socks"];
+
+/// Starts the tunnel `command` describes, counted in `metrics`; `None`
+/// for a subcommand that is no tunnel (see [`KINDS`]).
+pub fn start(
+    url: &str,
+    command: &Command,
+    metrics: Arc<TunnelMetrics>,
+) -> Option<Result<Tunnel, Fatal>> {
+    Some(match command {
+        Command::Serve(args) => crate::serving::serve::start(url, args, metrics),
+        Command::Forward(args) => crate::front::forward::start(url, args, metrics),
+        Command::Http(args) => crate::front::http::start(url, args, metrics),
+        Command::Socks(args) => crate::front::socks::start(url, args, metrics),
+        Command::Connect(_) | Command::Run(_) | Command::Completions(_) | Command::Keygen(_) => {
+            return None;
+        }
+    })
+}
+
+/// A tunnel run on its own from the command line: its kind, the name its
+/// metrics carry (the queue; `http` for `http`, which has none) and its
+/// `--metrics`; `None` for a subcommand that is no tunnel.
+pub fn on_its_own(command: &Command) -> Option<(&'static str, &str, &MetricsArgs)> {
+    Some(match command {
+        Command::Serve(args) => ("serve", args.queue.as_str(), &args.metrics),
+        Command::Forward(args) => ("forward", args.queue.as_str(), &args.metrics),
+        Command::Http(args) => ("http", "http", &args.metrics),
+        Command::Socks(args) => ("socks", args.queue.as_str(), &args.metrics),
+        Command::Connect(_) | Command::Run(_) | Command::Completions(_) | Command::Keygen(_) => {
+            return None;
+        }
+    })
+}
