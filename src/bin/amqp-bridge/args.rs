@@ -1,5 +1,6 @@
 //! Option values shared by several subcommands: numbers of seconds,
-//! queue names, listen addresses, `--grace` and `--metrics`.
+//! queue names, listen addresses, `--grace`, `--fail-fast` and
+//! `--metrics`.
 
 use clap::Args;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -15,13 +16,18 @@ pub struct MetricsArgs {
     pub metrics: Option<ListenAddress>,
 }
 
-/// How a long-running subcommand stops.
+/// How a long-running subcommand starts and stops.
 #[derive(Debug, Args)]
-pub struct StopArgs {
+pub struct ServiceArgs {
     /// After SIGINT or SIGTERM, how long open connections may go on
     #[arg(long, value_name = "SECONDS", default_value = "10",
           value_parser = seconds, allow_negative_numbers = true)]
     pub grace: Duration,
+    /// Exit (code 3 or 4) when the broker cannot be reached at start,
+    /// instead of trying again until it can (a connection lost later is
+    /// always tried again)
+    #[arg(long)]
+    pub fail_fast: bool,
 }
 
 /// A number of seconds from the command line (`1.5`), as a `Duration`.

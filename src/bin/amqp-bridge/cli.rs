@@ -7,7 +7,8 @@ use crate::front::http::HttpArgs;
 use crate::front::socks::SocksArgs;
 use crate::keys::keygen::KeygenArgs;
 use crate::serving::serve::ServeArgs;
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -15,12 +16,22 @@ use std::time::Duration;
 pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 const EXIT_CODES: &str = "\
+Signals (serve, forward, http, socks, run):
+  SIGHUP         read again what can change: key files, authorized keys
+                 (run: and its config file); open connections go on
+  SIGINT/SIGTERM stop accepting; open connections get --grace seconds
+  SIGQUIT        stop at once: open connections are reset
+  SIGUSR1/USR2   ignored (logged)
+  connect ends on SIGINT, SIGTERM, SIGHUP and SIGQUIT, resetting the
+  stream unless all its input was sent. No signal ends a connection
+  with a clean end of data: a connection cut short is reset.
+
 Exit codes:
-  0  finished, or stopped by SIGINT/SIGTERM (connect: or SIGHUP;
-     run: SIGHUP reloads the config file)
+  0  finished, or stopped by a signal
   1  failed while running
   2  bad arguments (URL, address, queue name), or a bad config file
-  3  the broker cannot be reached
+  3  the broker cannot be reached (serve, forward, http, socks and run
+     only with --fail-fast: else they keep trying)
   4  the broker refused the user name, password or virtual host
   5  address in use (the queue is served elsewhere, or the TCP port is taken)
   6  connection refused (nothing serves the queue)
@@ -37,7 +48,9 @@ error is often an ssh user's terminal). The password is never printed.";
 #[command(name = "amqp-bridge", version, after_long_help = EXIT_CODES)]
 pub struct Cli {
     /// Broker URL: amqp://USER:PASSWORD@HOST:PORT/VHOST (default: the local
-    /// broker, user guest)
+    /// broker, user guest). Without /VHOST: the default virtual host, /.
+    /// Keep the password out of it (every user of the machine can read a
+    /// command line): --password-file, or the AMQP_URL variable
     #[arg(
         long,
         env = "AMQP_URL",
@@ -47,6 +60,11 @@ pub struct Cli {
         global = true
     )]
     pub url: String,
+
+    /// The file whose first line is the broker password (it replaces one
+    /// in the URL); read again at each connection to the broker
+    #[arg(long, value_name = "FILE", env = "AMQP_PASSWORD_FILE", global = true)]
+    pub password_file: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -155,8 +173,41 @@ pub struct RunArgs {
     /// the tunnels whose table sets no `grace`)
     #[arg(long, value_name = "SECONDS", value_parser = seconds, allow_negative_numbers = true)]
     pub grace: Option<Duration>,
+    /// Exit (code 3 or 4) when a tunnel's broker cannot be reached at
+    /// start, instead of starting the others and trying again until it
+    /// can (for the tunnels whose table sets no `fail_fast`)
+    #[arg(long)]
+    pub fail_fast: bool,
     #[command(flatten)]
     pub metrics: MetricsArgs,
+}
+
+/// The whole command line, as `--help` and the completion scripts show
+/// it: the broker options are left out of `keygen` and `completions`,
+/// which never touch the broker.
+pub fn command() -> clap::Command {
+    let mut command = Cli::command();
+    command.build();
+    for name in ["keygen", "completions"] {
+        if let Some(sub) = command.find_subcommand_mut(name) {
+            let hidden = std::mem::take(sub)
+                .mut_arg("url", |arg| arg.hide(true))
+                .mut_arg("password_file", |arg| arg.hide(true));
+            *sub = hidden;
+        }
+    }
+    command
+}
+
+/// The parsed command line, and whether a password came with `--url` on
+/// it (where every user of the machine can read it).
+pub fn parse() -> Result<(Cli, bool), clap::Error> {
+    let matches = command().try_get_matches()?;
+    let from_command_line = matches.value_source("url") == Some(ValueSource::CommandLine);
+    let cli = Cli::from_arg_matches(&matches)?;
+    let exposed =
+        from_command_line && url::Url::parse(&cli.url).is_ok_and(|url| url.password().is_some());
+    Ok((cli, exposed))
 }
 
 /// `completions`' options.

@@ -18,19 +18,25 @@ mod service;
 mod serving;
 mod tunnel;
 
-use amqp_stream::BrokerUrl;
-use clap::Parser;
+use carry::address::BrokerAddress;
 use clap::error::ErrorKind;
 use cli::{Cli, Command};
 use fatal::Fatal;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let (cli, exposed_password) = match cli::parse() {
+        Ok(parsed) => parsed,
         Err(err) => return bad_command_line(err),
     };
     init_logging(&cli.command);
+    if exposed_password && cli.password_file.is_none() {
+        eprintln!(
+            "amqp-bridge: warning: the password in --url can be read by every user of this \
+             machine (ps, /proc/PID/cmdline): put it in a file for --password-file, or the \
+             URL in AMQP_URL"
+        );
+    }
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(fatal) => {
@@ -41,39 +47,72 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> Result<(), Fatal> {
-    if let Command::Completions(args) = &cli.command {
-        completions::run(args);
-        return Ok(());
+    match &cli.command {
+        Command::Completions(args) => {
+            completions::run(args);
+            return Ok(());
+        }
+        Command::Keygen(args) => return keys::keygen::run(args),
+        _ => {}
     }
     // Every argument is checked before the network is touched.
-    cli.url
-        .parse::<BrokerUrl>()
-        .map_err(|err| Fatal::usage(err.to_string()))?;
+    let broker = BrokerAddress::new(&cli.url, cli.password_file.clone());
+    broker.check().map_err(Fatal::usage)?;
     match &cli.command {
         Command::Serve(_) | Command::Forward(_) | Command::Http(_) | Command::Socks(_) => {
-            service::single::run(&cli.url, &cli.command)
+            service::single::run(&broker, &cli.command)
         }
-        Command::Connect(args) => front::connect::run(&cli.url, args),
-        Command::Keygen(args) => keys::keygen::run(args),
-        Command::Run(args) => service::run::run(&cli.url, args),
-        Command::Completions(_) => Ok(()),
+        Command::Connect(args) => front::connect::run(&broker, args),
+        Command::Run(args) => service::run::run(&broker, args),
+        Command::Keygen(_) | Command::Completions(_) => Ok(()),
     }
 }
 
-/// A bad value gets one line that says what is wrong with it (exit 2);
-/// a missing or unknown argument gets clap's message with the usage.
+/// A command line clap cannot take: one line that says what is wrong
+/// (exit 2), and where the help is. `--help` and `--version` print
+/// theirs as usual.
 fn bad_command_line(err: clap::Error) -> ExitCode {
-    match err.kind() {
-        ErrorKind::InvalidValue | ErrorKind::ValueValidation => {
-            let rendered = err.render().to_string();
-            let first = rendered.lines().next().unwrap_or_default();
-            eprintln!(
-                "amqp-bridge: {} (see --help)",
-                first.strip_prefix("error: ").unwrap_or(first)
-            );
-            ExitCode::from(2)
-        }
-        _ => err.exit(),
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        err.exit()
+    }
+    eprintln!(
+        "amqp-bridge: {} (see {} --help)",
+        one_line(&err.render().to_string()),
+        help_command()
+    );
+    ExitCode::from(2)
+}
+
+/// clap's message without its usage and tip lines, on one line.
+fn one_line(rendered: &str) -> String {
+    let message: Vec<&str> = rendered
+        .lines()
+        .take_while(|line| !line.starts_with("Usage:"))
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with("tip:"))
+        .collect();
+    let joined = message.join(" ");
+    joined
+        .strip_prefix("error: ")
+        .unwrap_or(&joined)
+        .to_string()
+}
+
+/// `amqp-bridge SUBCOMMAND` for the subcommand on the command line, else
+/// `amqp-bridge`.
+fn help_command() -> String {
+    let command = cli::command();
+    let subcommand = std::env::args()
+        .skip(1)
+        .find(|arg| command.find_subcommand(arg).is_some());
+    match subcommand {
+        Some(name) => format!("amqp-bridge {name}"),
+        None => "amqp-bridge".to_string(),
     }
 }
 

@@ -1,6 +1,12 @@
-//! Capped exponential backoff between reconnection attempts.
+//! Capped exponential backoff between reconnection attempts, and how
+//! often they are logged.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How many failed attempts in a row are each logged at `warn`.
+const EACH_LOGGED: u32 = 5;
+/// After those, how often one is (the others go to `debug`).
+const LOGGED_EVERY: Duration = Duration::from_secs(60);
 
 /// Delays that double from `initial` up to `cap`, back to `initial` after
 /// a success.
@@ -40,6 +46,50 @@ impl Backoff {
     }
 }
 
+/// Decides which failed attempts of a retry loop are logged at `warn`:
+/// the first few each, then one a minute at most, so a broker that stays
+/// away for a day does not fill the journal.
+#[derive(Debug, Default)]
+pub struct RetryLog {
+    failures: u32,
+    last_warned: Option<Instant>,
+}
+
+impl RetryLog {
+    /// A loop that has not failed yet.
+    pub fn new() -> RetryLog {
+        RetryLog::default()
+    }
+
+    /// Logs failed attempt `message` at `warn` when its turn has come,
+    /// else at `debug`; the later ones say how many failed so far.
+    pub fn failed(&mut self, message: &str) {
+        self.failures = self.failures.saturating_add(1);
+        let now = Instant::now();
+        let due = self.failures <= EACH_LOGGED
+            || self
+                .last_warned
+                .is_none_or(|last| now.duration_since(last) >= LOGGED_EVERY);
+        if !due {
+            log::debug!("{message}");
+        } else if self.failures <= EACH_LOGGED {
+            self.last_warned = Some(now);
+            log::warn!("{message}");
+        } else {
+            self.last_warned = Some(now);
+            log::warn!(
+                "{message} ({} attempts so far; logged once a minute)",
+                self.failures
+            );
+        }
+    }
+
+    /// Starts over (after a success).
+    pub fn reset(&mut self) {
+        *self = RetryLog::default();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,5 +105,25 @@ mod tests {
         );
         backoff.reset();
         assert_eq!(backoff.next_delay(), ms(100));
+    }
+
+    #[test]
+    fn the_first_failures_are_each_warned_then_one_a_minute() {
+        let mut log = RetryLog::new();
+        for _ in 0..EACH_LOGGED {
+            log.failed("x");
+        }
+        let before = log.last_warned;
+        assert!(before.is_some());
+        // The next ones, right after: not due (the last warning is recent).
+        log.failed("x");
+        log.failed("x");
+        assert_eq!(log.last_warned, before, "no other warning within a minute");
+        log.last_warned = Some(Instant::now() - LOGGED_EVERY);
+        log.failed("x");
+        assert!(log.last_warned.unwrap() > before.unwrap());
+        assert_eq!(log.failures, EACH_LOGGED + 3);
+        log.reset();
+        assert_eq!(log.failures, 0);
     }
 }

@@ -1,21 +1,27 @@
 //! A stream through the broker as the bridge carries it: secured end to
 //! end when key options are given (the secure handshake is the first
-//! layer on every stream), plain otherwise. Either way a [`Duplex`].
+//! layer on every stream, after the serve's [keys
+//! notice](crate::carry::keys_notice)), plain otherwise. Either way a
+//! [`Duplex`].
 
 use crate::carry::abort::abort_stream;
+use crate::carry::keys_notice::{self, Noticed};
 use crate::carry::splice::Duplex;
 use amqp_stream::Stream;
-use amqp_stream::secure::{self, ClientConfig, SecureStream, ServerConfig};
+use amqp_stream::secure::{self, Channel, ClientConfig, PublicKey, SecureStream, ServerConfig};
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// A stream, plain or secured.
 pub enum BrokerStream {
-    /// Without key options.
-    Plain(Stream),
+    /// Without key options. On a client's side, its first read checks
+    /// for a serve that requires keys (set: not checked yet).
+    Plain(Stream, Arc<AtomicBool>),
     /// After a secure handshake.
-    Secure(SecureStream<Stream>),
+    Secure(SecureStream<Noticed<Stream>>),
 }
 
 /// The server's side: the handshake with the client when `config` is
@@ -23,10 +29,10 @@ pub enum BrokerStream {
 /// and the error says why, without key material.
 pub fn accept(stream: Stream, config: Option<&ServerConfig>) -> io::Result<BrokerStream> {
     let Some(config) = config else {
-        return Ok(BrokerStream::Plain(stream));
+        return Ok(BrokerStream::Plain(stream, Arc::default()));
     };
     let kept = stream.try_clone()?;
-    match secure::server(stream, config) {
+    match secure::server(Noticed::server(stream), config) {
         Ok(secured) => Ok(BrokerStream::Secure(secured)),
         Err(err) => {
             // The last handle: dropped, it resets the stream.
@@ -37,13 +43,14 @@ pub fn accept(stream: Stream, config: Option<&ServerConfig>) -> io::Result<Broke
 }
 
 /// The client's side: the handshake with the server when `config` is
-/// given; a failure resets the stream.
+/// given; a failure resets the stream. Without `config`, a serve that
+/// requires keys fails the first read with "this serve requires a key".
 pub fn connect(stream: Stream, config: Option<&ClientConfig>) -> io::Result<BrokerStream> {
     let Some(config) = config else {
-        return Ok(BrokerStream::Plain(stream));
+        return Ok(BrokerStream::Plain(stream, Arc::new(AtomicBool::new(true))));
     };
     let kept = stream.try_clone()?;
-    match secure::client(stream, config) {
+    match secure::client(Noticed::client(stream), config) {
         Ok(secured) => Ok(BrokerStream::Secure(secured)),
         Err(err) => {
             abort_stream(&kept);
@@ -53,11 +60,20 @@ pub fn connect(stream: Stream, config: Option<&ClientConfig>) -> io::Result<Brok
 }
 
 impl BrokerStream {
+    /// The client's public key, proved in the secure handshake (on a
+    /// serve's side, with key pairs).
+    pub fn peer_key(&self) -> Option<&PublicKey> {
+        match self {
+            BrokerStream::Plain(..) => None,
+            BrokerStream::Secure(secured) => secured.peer_key(),
+        }
+    }
+
     /// The stream under the secure layer, if any.
     pub fn stream(&self) -> &Stream {
         match self {
-            BrokerStream::Plain(stream) => stream,
-            BrokerStream::Secure(secured) => secured.get_ref(),
+            BrokerStream::Plain(stream, _) => stream,
+            BrokerStream::Secure(secured) => secured.get_ref().get_ref(),
         }
     }
 }
@@ -65,7 +81,18 @@ impl BrokerStream {
 impl Read for &BrokerStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            BrokerStream::Plain(stream) => (&*stream).read(buf),
+            BrokerStream::Plain(stream, unchecked) => {
+                let n = (&*stream).read(buf)?;
+                // The serve's first bytes, when it requires keys, are its
+                // notice: one message, so one read.
+                if n > 0
+                    && unchecked.swap(false, Ordering::SeqCst)
+                    && keys_notice::is_notice(&buf[..n])
+                {
+                    return Err(keys_notice::requires_a_key());
+                }
+                Ok(n)
+            }
             BrokerStream::Secure(secured) => (&*secured).read(buf),
         }
     }
@@ -74,14 +101,14 @@ impl Read for &BrokerStream {
 impl Write for &BrokerStream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            BrokerStream::Plain(stream) => (&*stream).write(buf),
+            BrokerStream::Plain(stream, _) => (&*stream).write(buf),
             BrokerStream::Secure(secured) => (&*secured).write(buf),
         }
     }
 
     fn flush(&mut self) -> io::Result<()> {
         match self {
-            BrokerStream::Plain(stream) => (&*stream).flush(),
+            BrokerStream::Plain(stream, _) => (&*stream).flush(),
             BrokerStream::Secure(secured) => (&*secured).flush(),
         }
     }
@@ -106,14 +133,16 @@ impl Write for BrokerStream {
 impl Duplex for BrokerStream {
     fn duplicate(&self) -> io::Result<Self> {
         Ok(match self {
-            BrokerStream::Plain(stream) => BrokerStream::Plain(stream.try_clone()?),
+            BrokerStream::Plain(stream, unchecked) => {
+                BrokerStream::Plain(stream.try_clone()?, Arc::clone(unchecked))
+            }
             BrokerStream::Secure(secured) => BrokerStream::Secure(secured.try_clone()?),
         })
     }
 
     fn finish(&self) -> io::Result<()> {
         match self {
-            BrokerStream::Plain(stream) => stream.finish(),
+            BrokerStream::Plain(stream, _) => stream.finish(),
             BrokerStream::Secure(secured) => {
                 // The close record and the FIN wait for the broker's
                 // confirms: no write limit on them.
@@ -138,5 +167,8 @@ impl Duplex for BrokerStream {
 
     fn set_write_limit(&self, limit: Option<Duration>) -> io::Result<()> {
         self.stream().set_write_timeout(limit)
+    }
+    fn settle(&self) {
+        // A stream closes in order unless it was reset.
     }
 }

@@ -1,8 +1,12 @@
 //! The bridge's broker connection, kept up: a supervisor thread notices
 //! when it ends and reconnects with capped exponential backoff; closed
-//! properly (AMQP `connection.close`) when the bridge stops.
+//! properly (AMQP `connection.close`) when the bridge stops. A broker
+//! that cannot be reached when the link opens is tried the same way,
+//! unless the caller wants to fail fast.
 
-use crate::carry::backoff::Backoff;
+use crate::carry::address::BrokerAddress;
+use crate::carry::backoff::{Backoff, RetryLog};
+use crate::fatal;
 use amqp_stream::{Connector, Stream};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use log::{debug, info, warn};
@@ -21,7 +25,7 @@ const SUPERVISOR_POLL: Duration = Duration::from_millis(100);
 
 /// A broker connection that reconnects by itself.
 pub struct BrokerLink {
-    url: String,
+    address: BrokerAddress,
     current: Mutex<Option<Connector>>,
     changed: Condvar,
     closing: AtomicBool,
@@ -34,15 +38,34 @@ pub struct BrokerLink {
 }
 
 impl BrokerLink {
-    /// Connects to the broker (a failure here is the caller's to report)
-    /// and starts the supervisor that reconnects after a loss, counting
-    /// each reconnection in `reconnects`.
-    pub fn open(url: &str, reconnects: Arc<AtomicU64>) -> io::Result<Arc<BrokerLink>> {
-        let connector = Connector::open(url)?;
+    /// Connects to the broker and starts the supervisor that reconnects
+    /// after a loss, counting each reconnection in `reconnects`. When the
+    /// first attempt fails, the error is returned if `fail_fast` is set
+    /// or the error is one that trying again cannot mend (a bad URL or
+    /// TLS setting); otherwise the supervisor goes on trying, with the
+    /// backoff of a reconnection, and the link is returned unconnected
+    /// (see [`is_connected`](BrokerLink::is_connected)).
+    pub fn open(
+        address: &BrokerAddress,
+        reconnects: Arc<AtomicU64>,
+        fail_fast: bool,
+    ) -> io::Result<Arc<BrokerLink>> {
+        let first = address.resolve().and_then(|url| Connector::open(&url));
+        let connector = match first {
+            Ok(connector) => Some(connector),
+            Err(err) if fail_fast || !fatal::is_worth_retrying(&err) => return Err(err),
+            Err(err) => {
+                warn!(
+                    "cannot reach the broker: {err}; trying again until it can be reached \
+                     (--fail-fast exits instead)"
+                );
+                None
+            }
+        };
         let (wake_tx, wake) = bounded(0);
         let link = Arc::new(BrokerLink {
-            url: url.to_string(),
-            current: Mutex::new(Some(connector)),
+            address: address.clone(),
+            current: Mutex::new(connector),
             changed: Condvar::new(),
             closing: AtomicBool::new(false),
             supervisor: Mutex::new(None),
@@ -117,6 +140,11 @@ impl BrokerLink {
         })
     }
 
+    /// Whether the broker connection is up now.
+    pub fn is_connected(&self) -> bool {
+        self.lock().as_ref().is_some_and(|c| !c.is_closed())
+    }
+
     fn is_closing(&self) -> bool {
         self.closing.load(Ordering::SeqCst)
     }
@@ -127,50 +155,67 @@ impl BrokerLink {
         self.connector(Some(RECONNECT_WAIT))?.connect(queue)
     }
 
-    /// Waits for the connection to end, then reconnects; until closed.
+    /// Connects when there is no connection, waits for it to end, and
+    /// connects again; until closed.
     fn supervise(&self) {
         let mut backoff = Backoff::reconnecting();
+        let mut retries = RetryLog::new();
+        if self.lock().is_none() {
+            // The first attempt, in `open`, failed: wait before the next.
+            let _ = self.wake.recv_timeout(backoff.next_delay());
+        }
         loop {
-            let Some(connector) = self.lock().clone() else {
-                return;
-            };
-            while !connector.wait_closed_timeout(SUPERVISOR_POLL) {
-                if self.closing.load(Ordering::SeqCst) {
+            let current = self.lock().clone();
+            let reconnecting = current.is_some();
+            if let Some(connector) = current {
+                while !connector.wait_closed_timeout(SUPERVISOR_POLL) {
+                    if self.is_closing() {
+                        return;
+                    }
+                }
+                if self.is_closing() {
                     return;
                 }
+                warn!(
+                    "lost the connection to the broker at {}; reconnecting",
+                    connector.broker()
+                );
+                *self.lock() = None;
+                drop(connector);
             }
-            if self.closing.load(Ordering::SeqCst) {
-                return;
-            }
-            warn!(
-                "lost the connection to the broker at {}; reconnecting",
-                connector.broker()
-            );
-            *self.lock() = None;
-            drop(connector);
             let connector = loop {
-                if self.closing.load(Ordering::SeqCst) {
+                if self.is_closing() {
                     return;
                 }
-                match Connector::open(&self.url) {
+                match self.address.resolve().and_then(|url| Connector::open(&url)) {
                     Ok(connector) => break connector,
                     Err(err) => {
                         let delay = backoff.next_delay();
-                        warn!("cannot reconnect: {err}; next attempt in {delay:?}");
+                        let what = if reconnecting {
+                            "cannot reconnect"
+                        } else {
+                            "cannot reach the broker yet"
+                        };
+                        retries.failed(&format!("{what}: {err}; next attempt in {delay:?}"));
                         // Cut short by `close`.
                         let _ = self.wake.recv_timeout(delay);
                     }
                 }
             };
-            info!("reconnected to the broker at {}", connector.broker());
-            self.reconnects.fetch_add(1, Ordering::Relaxed);
+            if reconnecting {
+                info!("reconnected to the broker at {}", connector.broker());
+                self.reconnects.fetch_add(1, Ordering::Relaxed);
+            } else {
+                info!("connected to the broker at {}", connector.broker());
+            }
             backoff.reset();
-            let mut current = self.lock();
-            if self.closing.load(Ordering::SeqCst) {
+            retries.reset();
+            let mut guard = self.lock();
+            if self.is_closing() {
                 return;
             }
-            *current = Some(connector);
-            drop(current);
+            *guard = Some(connector);
+            drop(guard);
             self.changed.notify_all();
         }
     }

@@ -69,6 +69,9 @@ impl<D: Duplex> Duplex for Metered<D> {
     fn set_write_limit(&self, limit: Option<Duration>) -> io::Result<()> {
         self.inner.set_write_limit(limit)
     }
+    fn settle(&self) {
+        self.inner.settle();
+    }
 }
 
 #[cfg(test)]

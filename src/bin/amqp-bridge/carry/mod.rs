@@ -5,9 +5,11 @@
 //! `socks` sends `serve --allow`.
 
 pub mod abort;
+pub mod address;
 pub mod backoff;
 pub mod broker_stream;
 pub mod deadline;
+pub mod keys_notice;
 pub mod link;
 pub mod metered;
 pub mod splice;

@@ -3,15 +3,16 @@
 //! broker connection, a failed write) ends the other side abortively
 //! too, as a TCP RST or a stream reset: never as a FIN.
 
-use crate::carry::abort::{abort_stream, abort_tcp};
+use crate::carry::abort::{abort_stream, abort_tcp, settle_tcp};
 use amqp_stream::Stream;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-/// Resets one spliced connection (both of its sides) from outside.
-pub type Aborter = Arc<dyn Fn() + Send + Sync>;
+/// Resets one spliced connection (both of its sides) from outside, for
+/// the reason given (what its log line and metrics report).
+pub type Aborter = Arc<dyn Fn(io::Error) + Send + Sync>;
 
 /// How much one read may take from a connection: a full default message.
 const CHUNK: usize = 64 * 1024;
@@ -37,6 +38,10 @@ pub trait Duplex: Read + Write + Send + Sync + Sized + 'static {
     fn drain(&self);
     /// Bounds how long one write blocks (`None`: forever).
     fn set_write_limit(&self, limit: Option<Duration>) -> io::Result<()>;
+    /// Makes the close orderly: the connection ended normally (a TCP
+    /// connection is abortive until then, see
+    /// [`abort`](crate::carry::abort)).
+    fn settle(&self);
 }
 
 impl Duplex for TcpStream {
@@ -62,6 +67,9 @@ impl Duplex for TcpStream {
     fn set_write_limit(&self, limit: Option<Duration>) -> io::Result<()> {
         self.set_write_timeout(limit)
     }
+    fn settle(&self) {
+        settle_tcp(self);
+    }
 }
 
 impl Duplex for Stream {
@@ -85,6 +93,9 @@ impl Duplex for Stream {
     }
     fn set_write_limit(&self, limit: Option<Duration>) -> io::Result<()> {
         self.set_write_timeout(limit)
+    }
+    fn settle(&self) {
+        // A stream closes in order unless it was reset.
     }
 }
 
@@ -143,19 +154,17 @@ pub fn splice<A: Duplex, B: Duplex>(a: A, b: B, on_abort: impl FnOnce(Aborter)) 
         b.set_write_limit(Some(WRITE_POLL))?;
         let (a_reader, b_reader) = (a.duplicate()?, b.duplicate()?);
         let (a_kept, b_kept) = (a.duplicate()?, b.duplicate()?);
-        Ok::<_, io::Error>((a_reader, b_reader, a_kept, b_kept))
+        let ends = (a.duplicate()?, b.duplicate()?);
+        Ok::<_, io::Error>((a_reader, b_reader, a_kept, b_kept, ends))
     })();
-    let (a_reader, b_reader) = match prepared {
-        Ok((a_reader, b_reader, a_kept, b_kept)) => {
+    let (a_reader, b_reader, (a_end, b_end)) = match prepared {
+        Ok((a_reader, b_reader, a_kept, b_kept, ends)) => {
             let stopped = Arc::clone(&state);
-            on_abort(Arc::new(move || {
-                lock(&stopped).fail(
-                    Side::First,
-                    io::Error::new(ErrorKind::Interrupted, "the bridge stopped with it open"),
-                );
+            on_abort(Arc::new(move |why: io::Error| {
+                lock(&stopped).fail(Side::First, why);
                 for_both(&a_kept, &b_kept);
             }));
-            (a_reader, b_reader)
+            (a_reader, b_reader, ends)
         }
         Err(error) => {
             a.abort();
@@ -195,6 +204,11 @@ pub fn splice<A: Duplex, B: Duplex>(a: A, b: B, on_abort: impl FnOnce(Aborter)) 
         })
     });
     let failure = lock(&state).failure.take();
+    if failure.is_none() {
+        // Both ends of data went through: the closes are orderly.
+        a_end.settle();
+        b_end.settle();
+    }
     Transfer {
         forth,
         back,
@@ -467,7 +481,7 @@ mod tests {
     #[test]
     fn the_outside_abort_resets_both_sides() {
         let (one, two, done, abort) = spliced();
-        abort();
+        abort(io::Error::new(ErrorKind::Interrupted, "stopped"));
         let failure = done.recv_timeout(BOUND).unwrap().failure.unwrap();
         assert_eq!(failure.error.kind(), ErrorKind::Interrupted);
         // Its handles are the last: dropping it sends the resets (the

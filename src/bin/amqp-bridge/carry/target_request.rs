@@ -247,6 +247,24 @@ pub enum Reply {
 
 impl Reply {
     /// The byte on the wire.
+    /// The reason label of a refusal in the metrics: the same on both
+    /// sides (`serve --allow` and `socks`), and the name of the I/O error
+    /// kind where there is one (`connection_refused`, `timed_out`, ...).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Reply::Connected => "connected",
+            Reply::GeneralFailure => "general_failure",
+            Reply::NotAllowed => "not_allowed",
+            Reply::NetworkUnreachable => "network_unreachable",
+            Reply::HostUnreachable => "host_unreachable",
+            Reply::ConnectionRefused => "connection_refused",
+            Reply::TimedOut => "timed_out",
+            Reply::BadRequest => "bad_request",
+            Reply::UnsupportedVersion => "unsupported_version",
+        }
+    }
+
+    /// The reply's code on the wire.
     pub fn code(self) -> u8 {
         match self {
             Reply::Connected => 0,
@@ -323,12 +341,23 @@ pub enum AnswerError {
     /// A reply code this bridge does not know.
     #[error("an unknown reply code {0}")]
     UnknownReply(u8),
-    /// Reading failed (a timeout, an end of data, a reset).
-    #[error(
-        "no answer to the target request: {0} (a serve with a fixed --to resets \
-         target requests: `socks` needs a serve with --allow)"
-    )]
+    /// Reading failed (a timeout, an end of data, a reset; a serve that
+    /// requires keys).
+    #[error("{}", io_failure(.0))]
     Io(#[from] io::Error),
+}
+
+/// Why no answer came: a serve that requires keys says so (see
+/// [`keys_notice`](crate::carry::keys_notice)); otherwise the likeliest
+/// cause is a serve with a fixed `--to`.
+fn io_failure(err: &io::Error) -> String {
+    if err.kind() == ErrorKind::PermissionDenied {
+        return format!("no answer to the target request: {err}");
+    }
+    format!(
+        "no answer to the target request: {err} (a serve with a fixed --to resets \
+         target requests: `socks` needs a serve with --allow)"
+    )
 }
 
 /// The client's side: sends `request` and reads `serve`'s answer. The
@@ -452,6 +481,9 @@ impl<D: crate::carry::splice::Duplex> crate::carry::splice::Duplex for RefuseTar
     }
     fn set_write_limit(&self, limit: Option<std::time::Duration>) -> io::Result<()> {
         self.inner.set_write_limit(limit)
+    }
+    fn settle(&self) {
+        self.inner.settle();
     }
 }
 

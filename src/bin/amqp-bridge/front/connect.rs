@@ -7,6 +7,7 @@
 //! stream's FIN; a failure resets the stream.
 
 use crate::args::{queue_name, seconds};
+use crate::carry::address::BrokerAddress;
 use crate::carry::broker_stream::{self, BrokerStream};
 use crate::carry::splice::Duplex;
 use crate::fatal::Fatal;
@@ -15,7 +16,7 @@ use amqp_stream::Connector;
 use clap::Args;
 use crossbeam_channel::{Receiver, Sender, bounded, select, unbounded};
 use log::debug;
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 use std::fs::File;
 use std::io::{self, ErrorKind, Read, Write};
@@ -38,7 +39,7 @@ enum Event {
     InputDone(Result<u64, Failure>),
     /// The far end's FIN came, everything before it is written out.
     OutputDone(Result<u64, Failure>),
-    /// SIGINT, SIGTERM or SIGHUP.
+    /// SIGINT, SIGTERM, SIGHUP or SIGQUIT.
     Signal(i32),
 }
 
@@ -65,26 +66,38 @@ pub struct ConnectArgs {
 
 /// Copies standard input into a stream to `args.queue` and the stream onto
 /// standard output, until the far end closes, a failure, or a signal.
-pub fn run(url: &str, args: &ConnectArgs) -> Result<(), Fatal> {
+pub fn run(broker: &BrokerAddress, args: &ConnectArgs) -> Result<(), Fatal> {
     let started = Instant::now();
-    let secure = args.keys.load()?;
-    let connector = Connector::open(url).map_err(Fatal::broker)?;
+    let secure = match args.keys.live()? {
+        Some(live) => Some(live.current().0.map_err(|e| Fatal::usage(e.to_string()))?),
+        None => None,
+    };
+    let connector = broker
+        .resolve()
+        .and_then(|url| Connector::open(&url))
+        .map_err(Fatal::broker)?;
     let stream = connector
         .connect_timeout(&args.queue, args.connect_timeout)
         .map_err(Fatal::connect)?;
-    let stream = broker_stream::connect(stream, secure.as_ref())
+    let stream = broker_stream::connect(stream, secure.as_deref())
         .map_err(|err| Fatal::runtime(format!("queue {:?}: {err}", args.queue)))?;
     debug!("connected to queue {:?}", args.queue);
     let queue = args.queue.clone();
     let runtime = |e: io::Error| Fatal::runtime(e.to_string());
 
     let (events_tx, events) = unbounded();
-    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(runtime)?;
+    // SIGUSR1 and SIGUSR2 would kill it (and cut standard output short
+    // with a clean end): taken over, and ignored.
+    let mut signals =
+        Signals::new([SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2]).map_err(runtime)?;
     let signal_tx = events_tx.clone();
     std::thread::Builder::new()
         .name("signals".to_string())
         .spawn(move || {
-            if let Some(signal) = signals.forever().next() {
+            let ending = signals
+                .forever()
+                .find(|&signal| !matches!(signal, SIGUSR1 | SIGUSR2));
+            if let Some(signal) = ending {
                 let _ = signal_tx.send(Event::Signal(signal));
             }
         })

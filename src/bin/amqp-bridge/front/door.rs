@@ -1,12 +1,18 @@
 //! The TCP side of `forward` and `http`: bind a local port, accept
 //! clients until stopped, each on its own thread.
 
+use crate::carry::abort::abort_tcp;
+use crate::carry::address::BrokerAddress;
 use crate::carry::link::BrokerLink;
 use crate::fatal::Fatal;
+use crate::keys::live::{Change, LiveKeys};
 use crate::tunnel::Tunnel;
 use crate::tunnel::connections::{ConnectionGuard, Connections};
 use crate::tunnel::metrics::TunnelMetrics;
-use log::{info, warn};
+use crate::tunnel::{Reloaded, Reloader};
+use amqp_stream::secure::ClientConfig;
+use log::{error, info, warn};
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,12 +32,15 @@ pub struct FrontDoor {
 
 impl FrontDoor {
     /// Binds `listen` (a port in use is exit code 5) and connects to the
-    /// broker at `url`: the port is checked before the broker is
-    /// contacted. Its connections are counted in `metrics`.
+    /// broker at `broker`: the port is checked before the broker is
+    /// contacted. A broker that cannot be reached is tried again until
+    /// it can, clients meanwhile waiting a while and then reset, unless
+    /// `fail_fast`. Its connections are counted in `metrics`.
     pub fn open(
-        url: &str,
+        broker: &BrokerAddress,
         listen: &[SocketAddr],
         metrics: Arc<TunnelMetrics>,
+        fail_fast: bool,
     ) -> Result<FrontDoor, Fatal> {
         let listener = TcpListener::bind(listen).map_err(|err| {
             let shown: Vec<String> = listen.iter().map(ToString::to_string).collect();
@@ -40,7 +49,8 @@ impl FrontDoor {
         let local = listener
             .local_addr()
             .map_err(|e| Fatal::runtime(e.to_string()))?;
-        let link = BrokerLink::open(url, metrics.reconnect_counter()).map_err(Fatal::broker)?;
+        let link = BrokerLink::open(broker, metrics.reconnect_counter(), fail_fast)
+            .map_err(Fatal::broker)?;
         Ok(FrontDoor {
             listener,
             local,
@@ -84,6 +94,10 @@ impl FrontDoor {
                     }
                     match accepted {
                         Ok((client, peer)) => {
+                            // Until it ends normally, a close resets it: a
+                            // bridge killed by a signal leaves it reset,
+                            // never cut short with a clean end of data.
+                            abort_tcp(&client);
                             let guard = accepting.enter();
                             let handle = Arc::clone(&handle);
                             let link = Arc::clone(&accepting_link);
@@ -138,4 +152,44 @@ fn reachable(local: SocketAddr) -> SocketAddr {
         ip => ip,
     };
     SocketAddr::new(ip, local.port())
+}
+
+/// The client keys for a new connection: the files are looked at (and
+/// read again if they changed; the change is logged once). Fails while
+/// changed files do not read.
+pub fn client_keys(live: Option<&LiveKeys<ClientConfig>>) -> io::Result<Option<Arc<ClientConfig>>> {
+    let Some(live) = live else {
+        return Ok(None);
+    };
+    let (keys, change) = live.current();
+    log_change(&change);
+    keys.map(Some)
+}
+
+/// Logs what a look at the key files found.
+fn log_change<K>(change: &Change<K>) {
+    match change {
+        Change::Unchanged => {}
+        Change::Taken(_) => info!("the key files changed: read again"),
+        Change::Failed(why) => {
+            error!(
+                "the key files changed and do not read: {why}; new connections fail until they do"
+            )
+        }
+    }
+}
+
+/// Reads a client tunnel's key files again (SIGHUP).
+pub fn reloader(live: Arc<LiveKeys<ClientConfig>>) -> Reloader {
+    Box::new(move || {
+        let mut reloaded = Reloaded::default();
+        match live.reload() {
+            Change::Taken(_) => reloaded.changes.push("key files read again".to_string()),
+            Change::Failed(why) => reloaded.errors.push(format!(
+                "the key files do not read: {why}; new connections fail until they do"
+            )),
+            Change::Unchanged => {}
+        }
+        reloaded
+    })
 }

@@ -3,14 +3,17 @@
 //! the whole connection (that request included, unchanged) then goes
 //! through a stream to that queue.
 
-use crate::args::{ListenAddress, MetricsArgs, StopArgs, listen_address};
-use crate::carry::abort::abort_tcp;
+use crate::args::{ListenAddress, MetricsArgs, ServiceArgs, listen_address};
+use crate::carry::abort::{abort_tcp, settle_tcp};
+use crate::carry::address::BrokerAddress;
 use crate::carry::broker_stream;
 use crate::carry::link::BrokerLink;
 use crate::carry::metered::Metered;
 use crate::carry::splice::splice;
 use crate::fatal::Fatal;
 use crate::front::door::FrontDoor;
+use crate::front::door::{client_keys, reloader};
+use crate::keys::live::LiveKeys;
 use crate::keys::options::ClientKeyArgs;
 use crate::tunnel::Tunnel;
 use crate::tunnel::conn_log::ConnectionLog;
@@ -41,7 +44,7 @@ pub struct HttpArgs {
     #[arg(long, value_name = "ADDR:PORT", value_parser = listen_address)]
     pub listen: ListenAddress,
     #[command(flatten)]
-    pub stop: StopArgs,
+    pub service: ServiceArgs,
     #[command(flatten)]
     pub keys: ClientKeyArgs,
     #[command(flatten)]
@@ -50,15 +53,24 @@ pub struct HttpArgs {
 
 /// Starts the HTTP front door on `args.listen` as a tunnel counted in
 /// `metrics`.
-pub fn start(url: &str, args: &HttpArgs, metrics: Arc<TunnelMetrics>) -> Result<Tunnel, Fatal> {
-    let secure = args.keys.load()?;
-    let front = FrontDoor::open(url, &args.listen.0, metrics)?;
+pub fn start(
+    broker: &BrokerAddress,
+    args: &HttpArgs,
+    metrics: Arc<TunnelMetrics>,
+) -> Result<Tunnel, Fatal> {
+    let secure = args.keys.live()?.map(Arc::new);
+    let front = FrontDoor::open(broker, &args.listen.0, metrics, args.service.fail_fast)?;
     info!(
         "HTTP front door on {}: the {QUEUE_HEADER} header picks the queue",
         front.local_addr()
     );
-    front.start(args.stop.grace, move |link, client, peer, guard| {
-        serve_client(link, secure.as_ref(), client, peer, guard)
+    let reload = secure.clone();
+    let tunnel = front.start(args.service.grace, move |link, client, peer, guard| {
+        serve_client(link, secure.as_deref(), client, peer, guard)
+    })?;
+    Ok(match reload {
+        Some(live) => tunnel.with_reloader(reloader(live)),
+        None => tunnel,
     })
 }
 
@@ -122,7 +134,7 @@ pub fn response(status: u16, reason: &str, message: &str) -> Vec<u8> {
 
 fn serve_client(
     link: &BrokerLink,
-    secure: Option<&ClientConfig>,
+    secure: Option<&LiveKeys<ClientConfig>>,
     mut client: TcpStream,
     peer: SocketAddr,
     guard: ConnectionGuard,
@@ -137,15 +149,17 @@ fn serve_client(
         Err(Answer(status, reason, message)) => {
             info!("{peer}: answered {status} {reason}: {message}");
             guard.metrics().refused(&format!("http_{status}"));
+            settle_tcp(&client);
             let _ = client.write_all(&response(status, reason, &message));
             let _ = client.shutdown(std::net::Shutdown::Write);
             return;
         }
     };
     let log = ConnectionLog::open(guard, peer.to_string(), format!("queue {queue:?}"));
-    let stream = link
-        .connect(&queue)
-        .and_then(|stream| broker_stream::connect(stream, secure));
+    let stream = link.connect(&queue).and_then(|stream| {
+        let keys = client_keys(secure)?;
+        broker_stream::connect(stream, keys.as_deref())
+    });
     let mut stream = match stream {
         Ok(stream) => stream,
         Err(err) => {
@@ -153,6 +167,7 @@ fn serve_client(
                 ErrorKind::TimedOut => (504, "Gateway Timeout"),
                 _ => (502, "Bad Gateway"),
             };
+            settle_tcp(&client);
             let _ = client.write_all(&response(status, reason, &err.to_string()));
             let _ = client.shutdown(std::net::Shutdown::Write);
             log.failed(&err);

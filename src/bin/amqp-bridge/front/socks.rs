@@ -3,8 +3,9 @@
 //! target request; `serve --allow` connects the target (or refuses), and
 //! its answer becomes the SOCKS reply.
 
-use crate::args::{ListenAddress, MetricsArgs, StopArgs, listen_address, queue_name};
-use crate::carry::abort::abort_tcp;
+use crate::args::{ListenAddress, MetricsArgs, ServiceArgs, listen_address, queue_name};
+use crate::carry::abort::{abort_tcp, settle_tcp};
+use crate::carry::address::BrokerAddress;
 use crate::carry::broker_stream;
 use crate::carry::deadline::ByDeadline;
 use crate::carry::link::BrokerLink;
@@ -13,7 +14,9 @@ use crate::carry::splice::{Duplex, splice};
 use crate::carry::target_request::{AnswerError, Reply, ask};
 use crate::fatal::Fatal;
 use crate::front::door::FrontDoor;
+use crate::front::door::{client_keys, reloader};
 use crate::front::socks5::{Command, ReplyCode, is_client_gone, read_greeting_and_request, reply};
+use crate::keys::live::LiveKeys;
 use crate::keys::options::ClientKeyArgs;
 use crate::tunnel::Tunnel;
 use crate::tunnel::conn_log::ConnectionLog;
@@ -44,7 +47,7 @@ pub struct SocksArgs {
     #[arg(long, value_parser = queue_name)]
     pub queue: String,
     #[command(flatten)]
-    pub stop: StopArgs,
+    pub service: ServiceArgs,
     #[command(flatten)]
     pub keys: ClientKeyArgs,
     #[command(flatten)]
@@ -53,17 +56,26 @@ pub struct SocksArgs {
 
 /// Starts the SOCKS5 proxy on `args.listen` as a tunnel counted in
 /// `metrics`.
-pub fn start(url: &str, args: &SocksArgs, metrics: Arc<TunnelMetrics>) -> Result<Tunnel, Fatal> {
-    let secure = args.keys.load()?;
-    let front = FrontDoor::open(url, &args.listen.0, metrics)?;
+pub fn start(
+    broker: &BrokerAddress,
+    args: &SocksArgs,
+    metrics: Arc<TunnelMetrics>,
+) -> Result<Tunnel, Fatal> {
+    let secure = args.keys.live()?.map(Arc::new);
+    let front = FrontDoor::open(broker, &args.listen.0, metrics, args.service.fail_fast)?;
     info!(
         "SOCKS5 proxy on {}: every CONNECT goes to queue {:?}",
         front.local_addr(),
         args.queue
     );
     let queue = args.queue.clone();
-    front.start(args.stop.grace, move |link, client, peer, guard| {
-        serve_client(link, &queue, secure.as_ref(), client, peer, guard)
+    let reload = secure.clone();
+    let tunnel = front.start(args.service.grace, move |link, client, peer, guard| {
+        serve_client(link, &queue, secure.as_deref(), client, peer, guard)
+    })?;
+    Ok(match reload {
+        Some(live) => tunnel.with_reloader(reloader(live)),
+        None => tunnel,
     })
 }
 
@@ -85,7 +97,7 @@ pub fn reply_code(answer: Reply) -> ReplyCode {
 fn serve_client(
     link: &BrokerLink,
     queue: &str,
-    secure: Option<&ClientConfig>,
+    secure: Option<&LiveKeys<ClientConfig>>,
     client: TcpStream,
     peer: SocketAddr,
     guard: ConnectionGuard,
@@ -103,8 +115,10 @@ fn serve_client(
             debug!("{peer} went away before its SOCKS5 request: {err}");
             return;
         }
+        // Answered where SOCKS5 has an answer for it: that goes out.
         Err(err) => {
             info!("{peer}: {err}");
+            settle_tcp(&client);
             return;
         }
     };
@@ -124,9 +138,10 @@ fn serve_client(
         format!("{target} via queue {queue:?}"),
     );
     // The secure handshake, when there is one, goes before the request.
-    let stream = link
-        .connect(queue)
-        .and_then(|stream| broker_stream::connect(stream, secure));
+    let stream = link.connect(queue).and_then(|stream| {
+        let keys = client_keys(secure)?;
+        broker_stream::connect(stream, keys.as_deref())
+    });
     let stream = match stream {
         Ok(stream) => stream,
         Err(err) => {
@@ -159,7 +174,10 @@ fn serve_client(
         }
         Ok(refused) => {
             answer_and_close(&client, reply_code(refused));
-            log.failed(&io::Error::other(format!("serve answered: {refused}")));
+            log.failed_because(
+                refused.reason(),
+                &io::Error::other(format!("serve answered: {refused}")),
+            );
         }
         Err(err) => {
             // Whatever came back is not for the client: the stream is
@@ -177,6 +195,7 @@ fn serve_client(
 
 /// Sends the SOCKS reply `code` and closes the client's connection.
 fn answer_and_close(client: &TcpStream, code: ReplyCode) {
+    settle_tcp(client);
     let mut client = client;
     if client.write_all(&reply(code)).is_ok() {
         let _ = client.shutdown(Shutdown::Write);

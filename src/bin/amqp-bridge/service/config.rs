@@ -5,7 +5,8 @@
 //! every tunnel kind works in the file, checked the same way.
 //!
 //! ```toml
-//! url = "amqp://bridge:secret@broker:5672/%2f"   # optional: every tunnel's broker
+//! url = "amqp://bridge@broker:5672/"     # optional: every tunnel's broker
+//! password_file = "/etc/amqp-bridge/password"   # optional: its password
 //!
 //! [serve.db]
 //! queue = "db"
@@ -17,6 +18,7 @@
 //! grace = 30
 //! ```
 
+use crate::carry::address::BrokerAddress;
 use crate::cli::{Cli, Command};
 use crate::service::kinds::KINDS;
 use amqp_stream::BrokerUrl;
@@ -24,7 +26,7 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, Parser};
 use std::error::Error as _;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
@@ -34,8 +36,12 @@ use toml::de::{DeTable, DeValue};
 pub struct Defaults {
     /// The broker URL of `run` (`--url`, `AMQP_URL`).
     pub url: String,
+    /// `run --password-file`, if given.
+    pub password_file: Option<PathBuf>,
     /// `run --grace`, if given.
     pub grace: Option<Duration>,
+    /// `run --fail-fast`.
+    pub fail_fast: bool,
 }
 
 /// One tunnel of the file.
@@ -49,8 +55,8 @@ pub struct TunnelSpec {
     /// Two specs with the same kind, name and arguments are the same
     /// tunnel: a reload leaves it alone.
     pub args: Vec<String>,
-    /// Its broker URL.
-    pub url: String,
+    /// Its broker.
+    pub broker: BrokerAddress,
     /// The arguments, parsed.
     pub command: Command,
 }
@@ -85,6 +91,7 @@ pub fn parse(text: &str, file: &str, defaults: &Defaults) -> Result<Vec<TunnelSp
         format!("{file}:{line}: {}", err.message())
     })?;
     let mut url = defaults.url.clone();
+    let mut password_file = defaults.password_file.clone();
     let mut sections = Vec::new();
     for (key, value) in document.get_ref() {
         match (key.get_ref().as_ref(), value.get_ref()) {
@@ -92,7 +99,15 @@ pub fn parse(text: &str, file: &str, defaults: &Defaults) -> Result<Vec<TunnelSp
                 check_url(text).map_err(|err| at(value.span(), format!("url: {err}")))?;
                 url = text.to_string();
             }
-            ("url", _) => return Err(at(value.span(), "url: expected a string".into())),
+            ("password_file" | "password-file", DeValue::String(text)) => {
+                password_file = Some(PathBuf::from(text.as_ref()));
+            }
+            ("url" | "password_file" | "password-file", _) => {
+                return Err(at(
+                    value.span(),
+                    format!("{key}: expected a string", key = key.get_ref()),
+                ));
+            }
             (kind, DeValue::Table(tunnels)) if KINDS.contains(&kind) => {
                 sections.push((kind.to_string(), tunnels));
             }
@@ -100,7 +115,8 @@ pub fn parse(text: &str, file: &str, defaults: &Defaults) -> Result<Vec<TunnelSp
                 return Err(at(
                     key.span(),
                     format!(
-                        "unknown {other:?}: expected url or tables [KIND.NAME], KIND one of {}",
+                        "unknown {other:?}: expected url, password_file or tables [KIND.NAME], \
+                         KIND one of {}",
                         KINDS.join(", ")
                     ),
                 ));
@@ -121,7 +137,7 @@ pub fn parse(text: &str, file: &str, defaults: &Defaults) -> Result<Vec<TunnelSp
                     name: &name_text,
                     name_span: name.span(),
                 }
-                .spec(table, &url, defaults),
+                .spec(table, &url, password_file.as_ref(), defaults),
                 _ => Err(at(
                     name.span(),
                     format!("{kind}.{name_text}: expected a table [{kind}.NAME] per tunnel"),
@@ -129,6 +145,12 @@ pub fn parse(text: &str, file: &str, defaults: &Defaults) -> Result<Vec<TunnelSp
             };
             specs.push((name.span().start, spec));
         }
+    }
+    if specs.is_empty() {
+        return Err(format!(
+            "{file}: no tunnel in it: add a table [KIND.NAME] per tunnel, KIND one of {}",
+            KINDS.join(", ")
+        ));
     }
     specs.sort_by_key(|(offset, _)| *offset);
     specs.into_iter().map(|(_, spec)| spec).collect()
@@ -159,6 +181,7 @@ impl Tunnel<'_> {
         &self,
         table: &DeTable<'_>,
         url: &str,
+        password_file: Option<&PathBuf>,
         defaults: &Defaults,
     ) -> Result<TunnelSpec, String> {
         let subcommand = Cli::command();
@@ -168,15 +191,23 @@ impl Tunnel<'_> {
         let mut args = vec!["amqp-bridge".to_string(), self.kind.to_string()];
         let mut spans: Vec<(String, Range<usize>)> = Vec::new();
         let mut own_url = None;
+        let mut own_password_file = None;
+        let mut broker_span = self.name_span.clone();
         for (key, value) in table {
             let flag = key.get_ref().replace('_', "-");
             let span = key.span();
-            if flag == "url" {
+            if flag == "url" || flag == "password-file" {
                 let DeValue::String(text) = value.get_ref() else {
-                    return Err(self.error(value.span(), "url: expected a string"));
+                    return Err(self.error(value.span(), format!("{flag}: expected a string")));
                 };
-                check_url(text).map_err(|err| self.error(value.span(), format!("url: {err}")))?;
-                own_url = Some(text.to_string());
+                if flag == "url" {
+                    check_url(text)
+                        .map_err(|err| self.error(value.span(), format!("url: {err}")))?;
+                    own_url = Some(text.to_string());
+                } else {
+                    own_password_file = Some(PathBuf::from(text.as_ref()));
+                }
+                broker_span = value.span();
                 continue;
             }
             if flag == "metrics" {
@@ -239,14 +270,23 @@ impl Tunnel<'_> {
         {
             args.push(format!("--grace={}", grace.as_secs_f64()));
         }
+        if defaults.fail_fast && !spans.iter().any(|(flag, _)| flag == "fail-fast") {
+            args.push("--fail-fast".to_string());
+        }
         let url = own_url.unwrap_or_else(|| url.to_string());
+        let password_file = own_password_file.or_else(|| password_file.cloned());
+        let broker = BrokerAddress::new(&url, password_file.clone());
+        broker.check().map_err(|err| self.error(broker_span, err))?;
         args.push(format!("--url={url}"));
+        if let Some(file) = &password_file {
+            args.push(format!("--password-file={}", file.display()));
+        }
         let cli = Cli::try_parse_from(&args).map_err(|err| self.clap_error(&err, &spans))?;
         Ok(TunnelSpec {
             kind: self.kind.to_string(),
             name: self.name.to_string(),
             args,
-            url,
+            broker,
             command: cli.command,
         })
     }
@@ -269,10 +309,16 @@ impl Tunnel<'_> {
             (ErrorKind::ValueValidation, Some(flag), Some(source)) => format!("--{flag}: {source}"),
             (ErrorKind::MissingRequiredArgument, _, _) => match err.get(ContextKind::InvalidArg) {
                 Some(ContextValue::Strings(missing)) => {
-                    let keys: Vec<&str> = missing
+                    // `--to <HOST:PORT>`, or a group: `<--to <HOST:PORT>|--allow <..>>`.
+                    let keys: Vec<String> = missing
                         .iter()
-                        .filter_map(|arg| arg.split_whitespace().next())
-                        .map(|flag| flag.trim_start_matches('-'))
+                        .map(|arg| {
+                            arg.split(['|', ' '])
+                                .map(|word| word.trim_start_matches('<'))
+                                .filter_map(|word| word.strip_prefix("--"))
+                                .collect::<Vec<&str>>()
+                                .join(" or ")
+                        })
                         .collect();
                     format!("missing {}", keys.join(", "))
                 }
@@ -330,7 +376,9 @@ mod tests {
     fn defaults() -> Defaults {
         Defaults {
             url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            password_file: None,
             grace: None,
+            fail_fast: false,
         }
     }
 
@@ -367,12 +415,18 @@ url = "amqp://other:pw@broker2/%2f"
         };
         assert_eq!((serve.queue.as_str(), serve.shared), ("db", true));
         assert_eq!(serve.to.as_ref().unwrap().to_string(), "127.0.0.1:5432");
-        assert_eq!(by_kind("serve").url, "amqp://bridge:secret@broker:5672/%2f");
+        assert_eq!(
+            by_kind("serve").broker,
+            BrokerAddress::new("amqp://bridge:secret@broker:5672/%2f", None)
+        );
         let Command::Forward(forward) = &by_kind("forward").command else {
             panic!("not forward")
         };
-        assert_eq!(forward.stop.grace, Duration::from_millis(2500));
-        assert_eq!(by_kind("http").url, "amqp://other:pw@broker2/%2f");
+        assert_eq!(forward.service.grace, Duration::from_millis(2500));
+        assert_eq!(
+            by_kind("http").broker,
+            BrokerAddress::new("amqp://other:pw@broker2/%2f", None)
+        );
         assert_eq!(by_kind("http").name, "front");
     }
 
@@ -384,7 +438,7 @@ url = "amqp://other:pw@broker2/%2f"
             "{err}"
         );
         let err = check("[serve.db]\nqueue = \"db\"\n").unwrap_err();
-        assert_eq!(err, "tunnels.toml:1: serve \"db\": missing to");
+        assert_eq!(err, "tunnels.toml:1: serve \"db\": missing to or allow");
         let err =
             check("[forward.x]\nlisten = \"127.0.0.1:0\"\nqueue = \"q\"\ntoo = 1\n").unwrap_err();
         assert!(
@@ -453,7 +507,7 @@ url = "amqp://other:pw@broker2/%2f"
         let Command::Forward(forward) = &specs[0].command else {
             panic!("not forward")
         };
-        assert_eq!(forward.stop.grace, Duration::from_secs(3));
+        assert_eq!(forward.service.grace, Duration::from_secs(3));
         let again = parse(text, "f", &with_grace).unwrap();
         assert!(specs[0].same_as(&again[0]));
         let changed = parse(&text.replace("\"q\"", "\"r\""), "f", &with_grace).unwrap();

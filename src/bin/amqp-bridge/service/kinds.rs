@@ -2,6 +2,7 @@
 //! parsed command line.
 
 use crate::args::MetricsArgs;
+use crate::carry::address::BrokerAddress;
 use crate::cli::Command;
 use crate::fatal::Fatal;
 use crate::tunnel::Tunnel;
@@ -15,15 +16,15 @@ pub const KINDS: &[&str] = &["serve", "forward", "http", "socks"];
 /// Starts the tunnel `command` describes, counted in `metrics`; `None`
 /// for a subcommand that is no tunnel (see [`KINDS`]).
 pub fn start(
-    url: &str,
+    broker: &BrokerAddress,
     command: &Command,
     metrics: Arc<TunnelMetrics>,
 ) -> Option<Result<Tunnel, Fatal>> {
     Some(match command {
-        Command::Serve(args) => crate::serving::serve::start(url, args, metrics),
-        Command::Forward(args) => crate::front::forward::start(url, args, metrics),
-        Command::Http(args) => crate::front::http::start(url, args, metrics),
-        Command::Socks(args) => crate::front::socks::start(url, args, metrics),
+        Command::Serve(args) => crate::serving::serve::start(broker, args, metrics),
+        Command::Forward(args) => crate::front::forward::start(broker, args, metrics),
+        Command::Http(args) => crate::front::http::start(broker, args, metrics),
+        Command::Socks(args) => crate::front::socks::start(broker, args, metrics),
         Command::Connect(_) | Command::Run(_) | Command::Completions(_) | Command::Keygen(_) => {
             return None;
         }

@@ -5,6 +5,7 @@
 pub mod config;
 pub mod kinds;
 pub mod metrics_http;
+pub mod readiness;
 pub mod run;
 pub mod shutdown;
 pub mod signals;

@@ -1,7 +1,7 @@
 //! Stopping tunnels gracefully: they stop accepting, their open
 //! connections get a grace period, and those still open then are reset.
 
-use crate::service::signals;
+use crate::service::signals::{self, Action};
 use crate::tunnel::Tunnel;
 use crate::tunnel::connections::Waited;
 use crossbeam_channel::Receiver;
@@ -22,20 +22,27 @@ pub fn stop_all(mut tunnels: Vec<Tunnel>, signal: i32, signals: &Receiver<i32>) 
         tunnel.stop_accepting();
     }
     let open: usize = tunnels.iter().map(|t| t.connections().open()).sum();
-    let grace = tunnels.iter().map(Tunnel::grace).max().unwrap_or_default();
-    info!(
-        "{}: no longer accepting; waiting up to {grace:?} for {open} open connection(s)",
-        signals::name(signal)
-    );
+    let now = signals::action(signal) == Action::StopNow;
+    let grace = |tunnel: &Tunnel| if now { Duration::ZERO } else { tunnel.grace() };
+    let longest = tunnels.iter().map(grace).max().unwrap_or_default();
+    let name = signals::name(signal);
+    match open {
+        0 => info!("{name}: no longer accepting; no connection open"),
+        _ if now => info!("{name}: no longer accepting; resetting {open} open connection(s) now"),
+        _ => info!(
+            "{name}: no longer accepting; waiting up to {:.1} s for {open} open connection(s)",
+            longest.as_secs_f64()
+        ),
+    }
     // Shortest grace first: each tunnel's connections still open when
     // its own grace runs out are reset then.
-    tunnels.sort_by_key(Tunnel::grace);
+    tunnels.sort_by_key(|tunnel| grace(tunnel));
     let started = Instant::now();
     let mut interrupted = false;
     for tunnel in &tunnels {
         let connections = tunnel.connections();
         if !interrupted {
-            let deadline = started + tunnel.grace();
+            let deadline = started + grace(tunnel);
             interrupted = connections.wait_closed(deadline, signals) == Waited::Interrupted;
         }
         let open = connections.open();

@@ -18,7 +18,8 @@
 //! - Otherwise the name is resolved (only when there are address rules) and
 //!   only the resolved addresses an address rule covers are connected to:
 //!   the address checked is the address connected, with no second lookup
-//!   in between. When none is covered, the request is refused.
+//!   in between. When none is covered, the request is refused ("not
+//!   allowed"); a name that does not resolve is "host unreachable".
 //!
 //! An IPv4 address written as IPv6 (`::ffff:10.0.0.1`) is matched as the
 //! IPv4 address it is.
@@ -305,7 +306,24 @@ impl AllowList {
                 if !self.rules.iter().any(AllowRule::is_for_addresses) {
                     return not_allowed("no --allow rule covers this name");
                 }
-                let resolved = resolve(name, request.port).unwrap_or_default();
+                // A name that cannot be looked up cannot be checked: the
+                // client is told the host is unreachable (SOCKS 4), as
+                // when a name rule covers it.
+                let resolved = match resolve(name, request.port) {
+                    Ok(addrs) if !addrs.is_empty() => addrs,
+                    Ok(_) => {
+                        return Decision::Refuse(
+                            Reply::HostUnreachable,
+                            "the name resolves to no address".to_string(),
+                        );
+                    }
+                    Err(err) => {
+                        return Decision::Refuse(
+                            Reply::HostUnreachable,
+                            format!("cannot resolve the name: {err}"),
+                        );
+                    }
+                };
                 let permitted: Vec<SocketAddr> = resolved
                     .iter()
                     .copied()
@@ -456,11 +474,13 @@ mod tests {
             )])),
             Decision::Refuse(Reply::NotAllowed, _)
         ));
+        // A name that does not resolve is unreachable, whatever rules
+        // there are (as the README says), not "not allowed".
         assert!(matches!(
             allow.decide(&request("nowhere.test", 5432), |_, _| Err(
                 io::Error::other("no such name")
             )),
-            Decision::Refuse(Reply::NotAllowed, _)
+            Decision::Refuse(Reply::HostUnreachable, _)
         ));
     }
 

@@ -55,6 +55,7 @@ pub fn serve_chosen<D: Duplex>(
         Decision::Connect(addrs) => addrs,
         Decision::Refuse(reply, why) => {
             warn!("#{id} refused: {from} asked for {request}: {reply}: {why}");
+            guard.metrics().refused(reply.reason());
             answer_and_close(conn, reply);
             return;
         }
@@ -63,8 +64,9 @@ pub fn serve_chosen<D: Duplex>(
     let tcp = match connect_any(&addrs) {
         Ok(tcp) => tcp,
         Err(err) => {
-            answer_and_close(conn, Reply::for_connect_error(&err));
-            log.failed(&err);
+            let reply = Reply::for_connect_error(&err);
+            answer_and_close(conn, reply);
+            log.failed_because(reply.reason(), &err);
             return;
         }
     };

@@ -2,6 +2,7 @@
 //! and connects each to a TCP service, the fixed `--to` or the one it
 //! asks for within `--allow`.
 
+pub mod admission;
 pub mod allow;
 pub mod chosen_target;
 pub mod serve;

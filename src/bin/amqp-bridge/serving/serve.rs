@@ -2,15 +2,18 @@
 //! a TCP service: the fixed `--to`, or (with `--allow`) the one the
 //! stream's target request names.
 
-use crate::args::{MetricsArgs, StopArgs, queue_name};
-use crate::carry::backoff::Backoff;
-use crate::carry::broker_stream;
+use crate::args::{MetricsArgs, ServiceArgs, queue_name};
+use crate::carry::abort::abort_stream;
+use crate::carry::address::BrokerAddress;
+use crate::carry::backoff::{Backoff, RetryLog};
+use crate::carry::broker_stream::{self, BrokerStream};
 use crate::carry::link::BrokerLink;
 use crate::carry::metered::Metered;
 use crate::carry::splice::{Duplex, splice};
 use crate::carry::target_request::RefuseTargetRequest;
 use crate::fatal::Fatal;
 use crate::keys::options::ServeKeyArgs;
+use crate::serving::admission::{Admission, Held};
 use crate::serving::allow::AllowList;
 use crate::serving::allow::AllowRule;
 use crate::serving::chosen_target::serve_chosen;
@@ -19,9 +22,8 @@ use crate::tunnel::Tunnel;
 use crate::tunnel::conn_log::ConnectionLog;
 use crate::tunnel::connections::Connections;
 use crate::tunnel::metrics::TunnelMetrics;
-use amqp_stream::secure::ServerConfig;
 use amqp_stream::{Addr, Listener, Stream, StreamOptions};
-use clap::Args;
+use clap::{ArgGroup, Args};
 use crossbeam_channel::{Receiver, bounded};
 use log::{debug, info, warn};
 use std::fmt;
@@ -37,13 +39,13 @@ const IN_USE_RETRY: Duration = Duration::from_secs(5);
 
 /// `serve`'s options.
 #[derive(Debug, Args)]
+#[command(group(ArgGroup::new("route").required(true).args(["to", "allow"])))]
 pub struct ServeArgs {
     /// The queue to serve (clients name it to reach the service)
     #[arg(long, value_parser = queue_name)]
     pub queue: String,
     /// The TCP service every stream is connected to (or --allow)
-    #[arg(long, value_name = "HOST:PORT", value_parser = Target::parse,
-          required_unless_present = "allow", conflicts_with = "allow")]
+    #[arg(long, value_name = "HOST:PORT", value_parser = Target::parse)]
     pub to: Option<Target>,
     /// Instead of --to: each stream names its target (`amqp-bridge
     /// socks`), connected only when a rule allows it (repeatable; see
@@ -56,36 +58,52 @@ pub struct ServeArgs {
     #[arg(long)]
     pub shared: bool,
     #[command(flatten)]
-    pub stop: StopArgs,
+    pub service: ServiceArgs,
     #[command(flatten)]
     pub keys: ServeKeyArgs,
     #[command(flatten)]
     pub metrics: MetricsArgs,
 }
 
-/// Starts serving `args.queue` as a tunnel counted in `metrics`.
-pub fn start(url: &str, args: &ServeArgs, metrics: Arc<TunnelMetrics>) -> Result<Tunnel, Fatal> {
-    let secure = args.keys.load()?.map(Arc::new);
-    let link = BrokerLink::open(url, metrics.reconnect_counter()).map_err(Fatal::broker)?;
+/// Starts serving `args.queue` as a tunnel counted in `metrics`. The
+/// queue is bound before this returns when the broker can be reached;
+/// otherwise (unless `--fail-fast`) once it can.
+pub fn start(
+    broker: &BrokerAddress,
+    args: &ServeArgs,
+    metrics: Arc<TunnelMetrics>,
+) -> Result<Tunnel, Fatal> {
+    let keys = args.keys.live()?;
+    let link = BrokerLink::open(broker, metrics.reconnect_counter(), args.service.fail_fast)
+        .map_err(Fatal::broker)?;
     let (wake_tx, wake) = bounded(0);
     let connections = Connections::new(Arc::clone(&metrics));
+    let admission = keys.map(|keys| Admission::start(keys, Arc::clone(&connections)));
     let server = Arc::new(Server {
         link: Arc::clone(&link),
         queue: args.queue.clone(),
         options: StreamOptions::new().shared(args.shared),
         route: Route::of(args),
-        secure,
+        admission: admission.clone(),
         listening: Mutex::new(None),
         stopping: AtomicBool::new(false),
         wake,
         connections: Arc::clone(&connections),
     });
-    let listener = match server.bind_at_start() {
-        Ok(listener) => listener,
-        Err(err) => {
-            link.close();
-            return Err(Fatal::bind(err, "cannot serve"));
+    let listener = if link.is_connected() {
+        match server.bind_at_start() {
+            Ok(listener) => Some(listener),
+            Err(err) => {
+                link.close();
+                return Err(Fatal::bind(err, "cannot serve"));
+            }
         }
+    } else {
+        info!(
+            "queue {:?} is served once the broker can be reached",
+            args.queue
+        );
+        None
     };
 
     let accepting = Arc::clone(&server);
@@ -109,13 +127,17 @@ pub fn start(url: &str, args: &ServeArgs, metrics: Arc<TunnelMetrics>) -> Result
         let _ = accept.join();
         server.listening().take();
     };
-    Ok(Tunnel::new(
+    let tunnel = Tunnel::new(
         metrics,
         connections,
         link,
-        args.stop.grace,
+        args.service.grace,
         Box::new(stopper),
-    ))
+    );
+    Ok(match admission {
+        Some(admission) => tunnel.with_reloader(Box::new(move || admission.reload())),
+        None => tunnel,
+    })
 }
 
 /// Where `serve` connects its streams.
@@ -150,8 +172,8 @@ struct Server {
     queue: String,
     options: StreamOptions,
     route: Route,
-    /// The secure handshake every stream must pass first, if any.
-    secure: Option<Arc<ServerConfig>>,
+    /// The keys every stream's secure handshake must pass first, if any.
+    admission: Option<Arc<Admission>>,
     /// The listener in use, for `stop_accepting` to close.
     listening: Mutex<Option<Arc<Listener>>>,
     /// Set when the tunnel stops accepting.
@@ -230,9 +252,14 @@ impl Server {
 
     /// Accepts streams and hands each to its own thread; when the
     /// listener fails (the broker connection was lost), binds again once
-    /// the link has reconnected.
-    fn accept_until_stopped(&self, mut listener: Arc<Listener>) {
+    /// the link has reconnected. Without a listener (the broker could not
+    /// be reached at start), binds first.
+    fn accept_until_stopped(&self, listener: Option<Arc<Listener>>) {
         info!("streams on queue {:?} go to {}", self.queue, self.route);
+        let Some(mut listener) = listener.or_else(|| self.bind_again()) else {
+            info!("no longer serving queue {:?}", self.queue);
+            return;
+        };
         let mut watched = self.watch(&listener);
         while watched {
             match listener.accept() {
@@ -258,15 +285,16 @@ impl Server {
     /// queue may linger until the broker notices the old connection died).
     fn bind_again(&self) -> Option<Arc<Listener>> {
         let mut backoff = Backoff::reconnecting();
+        let mut retries = RetryLog::new();
         while !self.stopping() {
             match self.bind() {
                 Ok(listener) => return Some(listener),
                 Err(err) => {
                     let delay = backoff.next_delay();
-                    warn!(
+                    retries.failed(&format!(
                         "cannot serve {:?} yet: {err}; next attempt in {delay:?}",
                         self.queue
-                    );
+                    ));
                     // Cut short when the tunnel stops.
                     let _ = self.wake.recv_timeout(delay);
                 }
@@ -280,7 +308,7 @@ impl Server {
     }
 
     fn start(&self, stream: Stream, peer: Addr) {
-        let secure = self.secure.clone();
+        let admission = self.admission.clone();
         let from = format!("stream {}", peer.queue());
         let spawned = match &self.route {
             Route::Chosen(allow) => {
@@ -290,8 +318,8 @@ impl Server {
                     .spawn(move || {
                         // A client without an accepted key ends here,
                         // reset, before its request is even read.
-                        let conn = match broker_stream::accept(stream, secure.as_deref()) {
-                            Ok(conn) => conn,
+                        let (conn, _held) = match handshake(admission, stream, guard.id()) {
+                            Ok(accepted) => accepted,
                             Err(err) => {
                                 let log = ConnectionLog::open(guard, from, "a chosen target");
                                 return log.refused(&err);
@@ -317,8 +345,8 @@ impl Server {
                     .spawn(move || {
                         // A client without an accepted key ends here,
                         // reset, before anything connects to the target.
-                        let stream = match broker_stream::accept(stream, secure.as_deref()) {
-                            Ok(stream) => stream,
+                        let (stream, _held) = match handshake(admission, stream, log.id()) {
+                            Ok(accepted) => accepted,
                             Err(err) => return log.refused(&err),
                         };
                         match target.connect() {
@@ -344,6 +372,35 @@ impl Server {
         };
         if let Err(err) = spawned {
             warn!("cannot start a thread for a stream: {err}");
+        }
+    }
+}
+
+/// The secure handshake of connection `id` when `admission` holds keys
+/// (the stream plain otherwise): a client without an admitted key is
+/// reset. The credential it proved is held until it ends, for its key to
+/// be revoked.
+fn handshake(
+    admission: Option<Arc<Admission>>,
+    stream: Stream,
+    id: u64,
+) -> io::Result<(BrokerStream, Option<Held>)> {
+    let Some(admission) = admission else {
+        return Ok((broker_stream::accept(stream, None)?, None));
+    };
+    let keys = match admission.keys() {
+        Ok(keys) => keys,
+        Err(err) => {
+            abort_stream(&stream);
+            return Err(err);
+        }
+    };
+    let secured = broker_stream::accept(stream, Some(&keys.config))?;
+    match admission.admit(id, keys.credential(secured.peer_key())) {
+        Ok(held) => Ok((secured, Some(held))),
+        Err(err) => {
+            secured.abort();
+            Err(err)
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The TCP service that `serve` connects streams to.
 
+use crate::carry::abort::abort_tcp;
 use std::fmt;
 use std::io;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -47,10 +48,12 @@ impl Target {
     }
 }
 
-/// Opens a TCP connection to `addr`, with no-delay set.
+/// Opens a TCP connection to `addr`, with no-delay set, abortive until
+/// it ends normally (see [`abort`](crate::carry::abort)).
 pub fn connect_to(addr: SocketAddr) -> io::Result<TcpStream> {
     let socket = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)?;
     socket.set_nodelay(true)?;
+    abort_tcp(&socket);
     Ok(socket)
 }
 

@@ -33,6 +33,11 @@ impl ConnectionLog {
         log
     }
 
+    /// The connection's number, for the logs.
+    pub fn id(&self) -> u64 {
+        self.guard.id()
+    }
+
     /// How to reset the connection should the bridge stop with it open.
     pub fn on_abort(&self, abort: Aborter) {
         self.guard.on_abort(abort);
@@ -52,7 +57,13 @@ impl ConnectionLog {
     /// Logs that the far end could not be reached (the near end has been
     /// reset), and counts the connection refused.
     pub fn failed(self, err: &io::Error) {
-        self.guard.metrics().refused(&reason(err));
+        let why = reason(err);
+        self.failed_because(&why, err);
+    }
+
+    /// As [`failed`](Self::failed), counted under the reason label `why`.
+    pub fn failed_because(self, why: &str, err: &io::Error) {
+        self.guard.metrics().refused(why);
         warn!(
             "#{} failed: {} -> {}: {err} (after {:.3} s)",
             self.guard.id(),

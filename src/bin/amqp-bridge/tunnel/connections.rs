@@ -5,6 +5,7 @@ pub use crate::carry::splice::Aborter;
 use crate::tunnel::metrics::TunnelMetrics;
 use crossbeam_channel::{Receiver, Sender, select, unbounded};
 use std::collections::HashMap;
+use std::io;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -19,8 +20,18 @@ pub struct Connections {
     closed_tx: Sender<()>,
     closed_rx: Receiver<()>,
     /// How to reset each open connection, by its number.
-    aborters: Mutex<HashMap<u64, Aborter>>,
+    aborters: Mutex<HashMap<u64, Reset>>,
     metrics: Arc<TunnelMetrics>,
+}
+
+/// How one open connection is reset.
+enum Reset {
+    /// Not said yet.
+    Pending,
+    /// With this.
+    By(Aborter),
+    /// As soon as it says how, for this reason (it was reset before).
+    Due(io::ErrorKind, String),
 }
 
 /// Held by a connection while it is open; dropping it counts it closed.
@@ -59,9 +70,11 @@ impl Connections {
     pub fn enter(self: &Arc<Self>) -> ConnectionGuard {
         self.open.fetch_add(1, Ordering::SeqCst);
         self.metrics.opened();
+        let id = NEXT_ID.fetch_add(1, Ordering::SeqCst);
+        self.aborters().insert(id, Reset::Pending);
         ConnectionGuard {
             connections: Arc::clone(self),
-            id: NEXT_ID.fetch_add(1, Ordering::SeqCst),
+            id,
         }
     }
 
@@ -87,13 +100,41 @@ impl Connections {
     /// Resets every connection still open (each side sees a reset, never
     /// a clean end of data); they close as their threads notice.
     pub fn abort_all(&self) {
-        let aborters: Vec<Aborter> = self.aborters().values().cloned().collect();
+        let aborters: Vec<Aborter> = self
+            .aborters()
+            .values()
+            .filter_map(|reset| match reset {
+                Reset::By(abort) => Some(Arc::clone(abort)),
+                Reset::Pending | Reset::Due(..) => None,
+            })
+            .collect();
         for abort in aborters {
-            abort();
+            abort(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "the bridge stopped with it open",
+            ));
         }
     }
 
-    fn aborters(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Aborter>> {
+    /// Resets connection `id` for the reason `why`; one that has not
+    /// started carrying bytes yet is reset as soon as it does.
+    pub fn abort(&self, id: u64, why: io::Error) {
+        let mut aborters = self.aborters();
+        match aborters.get(&id) {
+            Some(Reset::By(abort)) => {
+                let abort = Arc::clone(abort);
+                drop(aborters);
+                abort(why);
+            }
+            Some(Reset::Pending) => {
+                aborters.insert(id, Reset::Due(why.kind(), why.to_string()));
+            }
+            // Reset already, or closed.
+            Some(Reset::Due(..)) | None => {}
+        }
+    }
+
+    fn aborters(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Reset>> {
         self.aborters.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -109,9 +150,16 @@ impl ConnectionGuard {
         &self.connections.metrics
     }
 
-    /// How to reset this connection should the grace period run out.
+    /// How to reset this connection should the grace period run out (or
+    /// its key be revoked); at once if it was reset already.
     pub fn on_abort(&self, abort: Aborter) {
-        self.connections.aborters().insert(self.id, abort);
+        let earlier = self
+            .connections
+            .aborters()
+            .insert(self.id, Reset::By(Arc::clone(&abort)));
+        if let Some(Reset::Due(kind, why)) = earlier {
+            abort(io::Error::new(kind, why));
+        }
     }
 }
 
@@ -143,7 +191,7 @@ mod tests {
         assert_eq!(connections.wait_closed(soon, &never), Waited::Deadline);
         let aborted = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&aborted);
-        first.on_abort(Arc::new(move || {
+        first.on_abort(Arc::new(move |_| {
             counted.fetch_add(1, Ordering::SeqCst);
         }));
         connections.abort_all();

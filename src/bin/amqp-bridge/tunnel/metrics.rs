@@ -58,6 +58,16 @@ impl TunnelMetrics {
         })
     }
 
+    /// The tunnel's kind (`serve`, `forward`, ...).
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// The tunnel's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// `kind "name"`, for the logs.
     pub fn label(&self) -> String {
         format!("{} {:?}", self.kind, self.name)

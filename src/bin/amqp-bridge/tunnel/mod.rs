@@ -17,6 +17,20 @@ use std::time::Duration;
 /// (its port closed, its queue deleted).
 pub type Stopper = Box<dyn FnOnce() + Send>;
 
+/// Reads again what a tunnel was started with that can change (its key
+/// files) and says what changed.
+pub type Reloader = Box<dyn Fn() -> Reloaded + Send + Sync>;
+
+/// What a reload found.
+#[derive(Debug, Default)]
+pub struct Reloaded {
+    /// What changed and was taken, one phrase each ("authorized keys: 2
+    /// keys", ...).
+    pub changes: Vec<String>,
+    /// What changed but could not be taken, one line each.
+    pub errors: Vec<String>,
+}
+
 /// One tunnel, accepting until [`stop_accepting`](Tunnel::stop_accepting).
 pub struct Tunnel {
     metrics: Arc<TunnelMetrics>,
@@ -24,6 +38,7 @@ pub struct Tunnel {
     link: Arc<BrokerLink>,
     grace: Duration,
     stopper: Option<Stopper>,
+    reloader: Option<Reloader>,
 }
 
 impl Tunnel {
@@ -43,7 +58,28 @@ impl Tunnel {
             link,
             grace,
             stopper: Some(stopper),
+            reloader: None,
         }
+    }
+
+    /// The same tunnel, with `reloader` run by [`reload`](Tunnel::reload).
+    pub fn with_reloader(mut self, reloader: Reloader) -> Tunnel {
+        self.reloader = Some(reloader);
+        self
+    }
+
+    /// Reads again what the tunnel was started with that can change
+    /// (SIGHUP): nothing for a tunnel without key files.
+    pub fn reload(&self) -> Reloaded {
+        self.reloader
+            .as_ref()
+            .map(|reload| reload())
+            .unwrap_or_default()
+    }
+
+    /// Whether its broker connection is up now.
+    pub fn is_connected(&self) -> bool {
+        self.link.is_connected()
     }
 
     /// Accepts nothing more; the connections open go on. Done once.
