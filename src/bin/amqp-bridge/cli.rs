@@ -199,6 +199,27 @@ pub fn command() -> clap::Command {
     command
 }
 
+/// The command line as the completion scripts offer it: the broker
+/// options only where the broker is used. (clap_complete's bash script
+/// lists hidden options too, so they are left out of `keygen` and
+/// `completions` here rather than hidden.)
+pub fn completion_command() -> clap::Command {
+    let command = Cli::command();
+    let broker_options: Vec<clap::Arg> = command
+        .get_arguments()
+        .filter(|arg| ["url", "password_file"].contains(&arg.get_id().as_str()))
+        .map(|arg| arg.clone().global(false))
+        .collect();
+    let mut command = command
+        .mut_arg("url", |arg| arg.global(false))
+        .mut_arg("password_file", |arg| arg.global(false));
+    for name in ["serve", "forward", "connect", "http", "socks", "run"] {
+        let options = broker_options.clone();
+        command = command.mut_subcommand(name, |sub| sub.args(options));
+    }
+    command
+}
+
 /// The parsed command line, and whether a password came with `--url` on
 /// it (where every user of the machine can read it).
 pub fn parse() -> Result<(Cli, bool), clap::Error> {

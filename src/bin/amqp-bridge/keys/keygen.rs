@@ -47,12 +47,55 @@ pub fn run(args: &KeygenArgs) -> Result<(), Fatal> {
     Ok(())
 }
 
-/// `user@host`, as ssh-keygen comments its keys.
+/// `user@host`, as ssh-keygen comments its keys: the user from `USER`
+/// or `LOGNAME`, else the password database's name for our uid (a
+/// service or a container often has no `USER`); the host from the
+/// kernel.
 fn default_comment() -> String {
-    let user = std::env::var("USER").unwrap_or_default();
-    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
-    match (user.trim(), host.trim()) {
-        ("", _) | (_, "") => String::new(),
-        (user, host) => format!("{user}@{host}"),
+    let user = ["USER", "LOGNAME"]
+        .iter()
+        .filter_map(|name| std::env::var(name).ok())
+        .map(|user| user.trim().to_string())
+        .find(|user| !user.is_empty())
+        .or_else(user_of_uid)
+        .unwrap_or_else(|| "user".to_string());
+    let host = ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|file| std::fs::read_to_string(file).ok())
+        .map(|host| host.trim().to_string())
+        .find(|host| !host.is_empty())
+        .unwrap_or_else(|| "localhost".to_string());
+    format!("{user}@{host}")
+}
+
+/// The name `/etc/passwd` gives this process's real uid (or `uid1000`
+/// when it lists none).
+fn user_of_uid() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let uid = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Uid:"))?
+        .split_whitespace()
+        .next()?
+        .to_string();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let name = passwd.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split(':').collect();
+        (fields.len() > 2 && fields[2] == uid).then(|| fields[0].to_string())
+    });
+    Some(name.unwrap_or_else(|| format!("uid{uid}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_comment_names_a_user_and_a_host_even_without_user() {
+        let comment = default_comment();
+        let (user, host) = comment.split_once('@').unwrap();
+        assert!(!user.is_empty() && !host.is_empty(), "{comment}");
+        let uid_user = user_of_uid().unwrap();
+        assert!(!uid_user.is_empty());
     }
 }
