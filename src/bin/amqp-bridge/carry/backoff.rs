@@ -61,9 +61,10 @@ impl RetryLog {
         RetryLog::default()
     }
 
-    /// Logs failed attempt `message` at `warn` when its turn has come,
-    /// else at `debug`; the later ones say how many failed so far.
-    pub fn failed(&mut self, message: &str) {
+    /// Counts a failed attempt, and says how to log it: at `warn` when
+    /// its turn has come (the later ones saying how many failed so far),
+    /// else at `debug`.
+    pub fn failed(&mut self) -> (log::Level, String) {
         self.failures = self.failures.saturating_add(1);
         let now = Instant::now();
         let due = self.failures <= EACH_LOGGED
@@ -71,16 +72,14 @@ impl RetryLog {
                 .last_warned
                 .is_none_or(|last| now.duration_since(last) >= LOGGED_EVERY);
         if !due {
-            log::debug!("{message}");
+            (log::Level::Debug, String::new())
         } else if self.failures <= EACH_LOGGED {
             self.last_warned = Some(now);
-            log::warn!("{message}");
+            (log::Level::Warn, String::new())
         } else {
             self.last_warned = Some(now);
-            log::warn!(
-                "{message} ({} attempts so far; logged once a minute)",
-                self.failures
-            );
+            let note = format!(" ({} attempts so far; logged once a minute)", self.failures);
+            (log::Level::Warn, note)
         }
     }
 
@@ -111,16 +110,18 @@ mod tests {
     fn the_first_failures_are_each_warned_then_one_a_minute() {
         let mut log = RetryLog::new();
         for _ in 0..EACH_LOGGED {
-            log.failed("x");
+            assert_eq!(log.failed().0, log::Level::Warn);
         }
         let before = log.last_warned;
         assert!(before.is_some());
         // The next ones, right after: not due (the last warning is recent).
-        log.failed("x");
-        log.failed("x");
+        assert_eq!(log.failed().0, log::Level::Debug);
+        assert_eq!(log.failed().0, log::Level::Debug);
         assert_eq!(log.last_warned, before, "no other warning within a minute");
         log.last_warned = Some(Instant::now() - LOGGED_EVERY);
-        log.failed("x");
+        let (level, note) = log.failed();
+        assert_eq!(level, log::Level::Warn);
+        assert!(note.contains("8 attempts"), "{note}");
         assert!(log.last_warned.unwrap() > before.unwrap());
         assert_eq!(log.failures, EACH_LOGGED + 3);
         log.reset();

@@ -196,7 +196,8 @@ impl BrokerLink {
                         } else {
                             "cannot reach the broker yet"
                         };
-                        retries.failed(&format!("{what}: {err}; next attempt in {delay:?}"));
+                        let (level, note) = retries.failed();
+                        log::log!(level, "{what}: {err}; next attempt in {delay:?}{note}");
                         // Cut short by `close`.
                         let _ = self.wake.recv_timeout(delay);
                     }

@@ -291,10 +291,12 @@ impl Server {
                 Ok(listener) => return Some(listener),
                 Err(err) => {
                     let delay = backoff.next_delay();
-                    retries.failed(&format!(
-                        "cannot serve {:?} yet: {err}; next attempt in {delay:?}",
+                    let (level, note) = retries.failed();
+                    log::log!(
+                        level,
+                        "cannot serve {:?} yet: {err}; next attempt in {delay:?}{note}",
                         self.queue
-                    ));
+                    );
                     // Cut short when the tunnel stops.
                     let _ = self.wake.recv_timeout(delay);
                 }
