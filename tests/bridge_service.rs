@@ -573,6 +573,14 @@ fn a_standalone_tunnel_waits_for_its_broker_unless_told_to_fail_fast() {
     assert!(forward.is_running(), "{}", forward.log());
     stop(&forward);
 
+    // A serve waiting for its broker stops at once when told to.
+    let serve = Bridge::start(
+        &nowhere,
+        &["serve", "--queue", &queue, "--to", "127.0.0.1:1"],
+    );
+    serve.wait_for("cannot reach the broker yet");
+    stop(&serve);
+
     let fast = Bridge::start(
         &nowhere,
         &[
@@ -855,5 +863,49 @@ fn keygen_comments_its_key_user_at_host_without_user_in_the_environment() {
     let comment = line.split_whitespace().nth(2).unwrap_or_default();
     let (user, host) = comment.split_once('@').unwrap_or_default();
     assert!(!user.is_empty() && !host.is_empty(), "{line}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn run_reads_the_key_files_of_unchanged_tunnels_and_a_reload_with_a_bad_one_changes_nothing() {
+    let dir = key_dir("run-keys");
+    keygen(&dir, &["--psk", "shared.psk"]);
+    let psk = dir.join("shared.psk");
+    let queue = common::queue("run-keys");
+    let tables = format!(
+        "[serve.db]\nqueue = \"{queue}\"\nto = \"{echo}\"\npsk_file = \"{psk}\"\n\n\
+         [forward.db]\nlisten = \"127.0.0.1:0\"\nqueue = \"{queue}\"\npsk_file = \"{psk}\"\n",
+        echo = echo_service(),
+        psk = psk.display()
+    );
+    let file = TempFile::new("keys.toml", &tables);
+    let bridge = Bridge::start(&common::url(), &["run", "--config", file.path()]);
+    bridge.wait_for("running 2 tunnel(s)");
+    let port = address_in(&line_with(&bridge, &format!("to queue {queue:?}")));
+    let data = common::random_bytes(100_000, 29);
+    assert_same("before", &data, &round_trip(port, data.clone()));
+
+    bridge.signal("HUP");
+    let line = bridge.wait_for("SIGHUP: tunnel serve \"db\" reloaded");
+    assert!(
+        line.contains("key files read again: a pre-shared key"),
+        "{line}"
+    );
+    bridge.wait_for("0 started, 0 stopped, 2 unchanged, 0 failed");
+
+    // A tunnel added with a key file that is not there: nothing changes.
+    file.write(&format!(
+        "{tables}\n[forward.new]\nlisten = \"127.0.0.1:0\"\nqueue = \"{queue}\"\n\
+         psk_file = \"{}\"\n",
+        dir.join("missing.psk").display()
+    ));
+    bridge.signal("HUP");
+    let line = bridge.wait_for("not reloaded");
+    assert!(
+        line.contains("forward \"new\"") && line.contains("missing.psk"),
+        "{line}"
+    );
+    assert_same("after", &data, &round_trip(port, data.clone()));
+    stop(&bridge);
     std::fs::remove_dir_all(&dir).unwrap();
 }

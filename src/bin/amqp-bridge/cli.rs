@@ -147,7 +147,8 @@ Example: three tunnels from one file, metrics on port 9100:
   amqp-bridge run --config /etc/amqp-bridge/tunnels.toml --metrics 127.0.0.1:9100
 The file has a table per tunnel, [KIND.NAME], whose keys are the options
 of that subcommand without their dashes:
-  url = \"amqp://bridge:secret@broker:5672/%2f\"   # optional, for every tunnel
+  url = \"amqp://bridge@broker:5672\"     # optional, for every tunnel
+  password_file = \"/etc/amqp-bridge/password\"   # optional: its password
   [serve.db]
   queue = \"db\"
   to = \"127.0.0.1:5432\"

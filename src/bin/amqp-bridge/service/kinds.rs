@@ -45,3 +45,18 @@ pub fn on_its_own(command: &Command) -> Option<(&'static str, &str, &MetricsArgs
         }
     })
 }
+
+/// Checks what the tunnel `command` describes reads when it starts (its
+/// key files), without starting it: a reload with a mistake in them
+/// changes nothing.
+pub fn check(command: &Command) -> Result<(), Fatal> {
+    match command {
+        Command::Serve(args) => args.keys.live().map(drop),
+        Command::Forward(args) => args.keys.live().map(drop),
+        Command::Http(args) => args.keys.live().map(drop),
+        Command::Socks(args) => args.keys.live().map(drop),
+        Command::Connect(_) | Command::Run(_) | Command::Completions(_) | Command::Keygen(_) => {
+            Ok(())
+        }
+    }
+}

@@ -175,6 +175,19 @@ impl Tunnels {
                 return;
             }
         };
+        // What can be checked is, before anything changes.
+        let added = specs
+            .iter()
+            .filter(|spec| !self.running.iter().any(|r| r.spec.same_as(spec)));
+        for spec in added {
+            if let Err(err) = kinds::check(&spec.command) {
+                error!(
+                    "SIGHUP: not reloaded, the tunnels stay as they were: {}: {err}",
+                    spec.label()
+                );
+                return;
+            }
+        }
         let (kept, gone): (Vec<Running>, Vec<Running>) = std::mem::take(&mut self.running)
             .into_iter()
             .partition(|r| specs.iter().any(|spec| spec.same_as(&r.spec)));

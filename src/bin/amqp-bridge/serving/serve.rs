@@ -37,6 +37,10 @@ use std::time::{Duration, Instant};
 /// deleted by the broker.
 const IN_USE_RETRY: Duration = Duration::from_secs(5);
 
+/// How often a `serve` whose broker connection is down looks whether it
+/// is up again, to bind its queue.
+const LINK_POLL: Duration = Duration::from_millis(100);
+
 /// `serve`'s options.
 #[derive(Debug, Args)]
 #[command(group(ArgGroup::new("route").required(true).args(["to", "allow"])))]
@@ -185,7 +189,7 @@ struct Server {
 
 impl Server {
     fn bind(&self) -> std::io::Result<Arc<Listener>> {
-        let connector = self.link.connector(None)?;
+        let connector = self.link.connector(Some(Duration::ZERO))?;
         let listener = connector.bind_with(&self.queue, &self.options)?;
         info!(
             "serving queue {:?}{} on the broker at {}",
@@ -287,6 +291,12 @@ impl Server {
         let mut backoff = Backoff::reconnecting();
         let mut retries = RetryLog::new();
         while !self.stopping() {
+            if !self.link.is_connected() {
+                // The link says how its attempts go; a stop cuts the
+                // wait short.
+                let _ = self.wake.recv_timeout(LINK_POLL);
+                continue;
+            }
             match self.bind() {
                 Ok(listener) => return Some(listener),
                 Err(err) => {
