@@ -54,10 +54,11 @@ pub fn run(broker: &BrokerAddress, args: &RunArgs) -> Result<(), Fatal> {
         grace: args.grace,
         fail_fast: args.fail_fast,
     };
-    let path = args.config.as_path();
-    let specs = config::load(path, &defaults).map_err(Fatal::usage)?;
+    // First: from now on no signal kills the process.
     let signals =
         signals::take_over(signals::LONG_RUNNING).map_err(|e| Fatal::runtime(e.to_string()))?;
+    let path = args.config.as_path();
+    let specs = config::load(path, &defaults).map_err(Fatal::usage)?;
     let mut tunnels = Tunnels {
         running: Vec::new(),
         retired: Vec::new(),

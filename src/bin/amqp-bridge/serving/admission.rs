@@ -59,19 +59,22 @@ impl Admission {
     /// The keys for a new handshake, after a look at the files; fails
     /// while changed files do not read.
     pub fn keys(&self) -> io::Result<Arc<ServeKeys>> {
+        let mut holders = self.holders();
         let (keys, change) = self.keys.current();
-        self.take(change);
+        self.take(change, &mut holders);
         keys
     }
 
     /// Records that connection `id` proved `credential`; refused if the
     /// keys changed during its handshake and no longer admit it.
     pub fn admit(self: &Arc<Self>, id: u64, credential: Credential) -> io::Result<Held> {
-        let keys = self.keys()?;
+        // The keys are looked at under the lock a revocation takes:
+        // either this sees the new keys, or the revocation sees this
+        // connection.
         let mut holders = self.holders();
-        // Under the lock that a revocation takes: either this sees the
-        // new keys, or the revocation sees this connection.
-        if !keys.admits(&credential) {
+        let (keys, change) = self.keys.current();
+        self.take(change, &mut holders);
+        if !keys?.admits(&credential) {
             return Err(revoked());
         }
         holders.insert(id, credential);
@@ -84,9 +87,10 @@ impl Admission {
     /// Reads the key files again, changed or not (SIGHUP).
     pub fn reload(&self) -> Reloaded {
         let mut reloaded = Reloaded::default();
+        let mut holders = self.holders();
         match self.keys.reload() {
             Change::Taken(keys) => {
-                let reset = self.revoke(&keys);
+                let reset = self.revoke(&keys, &mut holders);
                 let mut change = format!("key files read again: {}", keys.describe());
                 if reset > 0 {
                     change.push_str(&format!(
@@ -105,13 +109,13 @@ impl Admission {
     }
 
     /// Logs what a look at the files found, and resets the connections
-    /// that new keys no longer admit.
-    fn take(&self, change: Change<ServeKeys>) {
+    /// that new keys no longer admit (`holders` locked).
+    fn take(&self, change: Change<ServeKeys>, holders: &mut HashMap<u64, Credential>) {
         match change {
             Change::Unchanged => {}
             Change::Taken(keys) => {
                 info!("the key files changed: read again ({})", keys.describe());
-                self.revoke(&keys);
+                self.revoke(&keys, holders);
             }
             Change::Failed(why) => error!(
                 "the key files changed and do not read: {why}; new connections are refused \
@@ -121,9 +125,8 @@ impl Admission {
     }
 
     /// Resets every open connection whose credential `keys` no longer
-    /// admit; how many.
-    fn revoke(&self, keys: &ServeKeys) -> usize {
-        let mut holders = self.holders();
+    /// admit (`holders` locked); how many.
+    fn revoke(&self, keys: &ServeKeys, holders: &mut HashMap<u64, Credential>) -> usize {
         let gone: Vec<u64> = holders
             .iter()
             .filter(|(_, credential)| !keys.admits(credential))
@@ -164,7 +167,6 @@ fn watch(admission: &Weak<Admission>) {
         let Some(admission) = admission.upgrade() else {
             return;
         };
-        let (_, change) = admission.keys.current();
-        admission.take(change);
+        let _ = admission.keys();
     }
 }
