@@ -907,3 +907,70 @@ fn run_reads_the_key_files_of_unchanged_tunnels_and_a_reload_with_a_bad_one_chan
     stop(&bridge);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The metrics endpoint a bridge logged.
+fn metrics_endpoint(bridge: &Bridge) -> SocketAddr {
+    address_in(
+        &line_with(bridge, "metrics on http://")
+            .replace("http://", "")
+            .replace("/metrics", ""),
+    )
+}
+
+#[test]
+fn socks_and_serve_count_a_refused_target_under_the_same_reason() {
+    let url = common::url();
+    let queue = common::queue("reasons");
+    let echo = echo_service();
+    let allow = format!("127.0.0.1:{}", echo.port());
+    let serve = Bridge::start(
+        &url,
+        &[
+            "serve",
+            "--queue",
+            &queue,
+            "--allow",
+            &allow,
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
+    serve.wait_for("serving queue");
+    let socks = Bridge::start(
+        &url,
+        &[
+            "socks",
+            "--listen",
+            "127.0.0.1:0",
+            "--queue",
+            &queue,
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
+    let proxy = address_in(&socks.wait_for("SOCKS5 proxy on"));
+    // A target outside the list: SOCKS reply 2.
+    let mut tcp = TcpStream::connect(proxy).unwrap();
+    tcp.set_read_timeout(Some(BOUND)).unwrap();
+    tcp.write_all(&[5, 1, 0]).unwrap();
+    tcp.read_exact(&mut [0u8; 2]).unwrap();
+    tcp.write_all(&[5, 1, 0, 1, 127, 0, 0, 1, 0, 1]).unwrap();
+    let mut reply = [0u8; 10];
+    tcp.read_exact(&mut reply).unwrap();
+    assert_eq!(reply[1], 2);
+    for (bridge, kind) in [(&serve, "serve"), (&socks, "socks")] {
+        let endpoint = metrics_endpoint(bridge);
+        let series = format!(
+            "amqp_bridge_refused_connections_total{{kind=\"{kind}\",tunnel=\"{queue}\",reason=\"not_allowed\"}}"
+        );
+        common::eventually(BOUND, &format!("{kind} counts the refusal"), || {
+            let text = scrape(endpoint);
+            match samples(&text, &series).as_slice() {
+                [n] if *n == 1.0 => Ok(()),
+                other => Err(format!("{other:?}\n{text}")),
+            }
+        });
+    }
+    stop(&socks);
+    stop(&serve);
+}

@@ -314,6 +314,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn target_answers_count_under_the_reasons_of_their_io_errors() {
+        use crate::carry::target_request::Reply;
+        for kind in [
+            io::ErrorKind::ConnectionRefused,
+            io::ErrorKind::HostUnreachable,
+            io::ErrorKind::NetworkUnreachable,
+            io::ErrorKind::TimedOut,
+        ] {
+            let err = io::Error::from(kind);
+            assert_eq!(Reply::for_connect_error(&err).reason(), reason(&err));
+        }
+        assert_eq!(Reply::NotAllowed.reason(), "not_allowed");
+    }
+
+    #[test]
     fn label_values_are_escaped() {
         assert_eq!(escape(r#"a"b\c"#), r#"a\"b\\c"#);
         assert_eq!(escape("two\nlines"), "two\\nlines");
