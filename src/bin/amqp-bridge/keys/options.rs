@@ -1,7 +1,8 @@
 //! The key options of each subcommand (`--psk-file`, `--key`,
 //! `--peer-key`, `--authorized-keys`), read into the configuration of
-//! the secure handshake when the bridge starts: a missing, unreadable or
-//! malformed file is a bad argument (exit 2), named without its content.
+//! the secure handshake when the bridge starts (a missing, unreadable or
+//! malformed file is a bad argument, exit 2, named without its content)
+//! and again when the files change (see [`live`](crate::keys::live)).
 
 use crate::fatal::Fatal;
 use crate::keys::live::LiveKeys;
