@@ -63,7 +63,13 @@ pub struct Cli {
 
     /// The file whose first line is the broker password (it replaces one
     /// in the URL); read again at each connection to the broker
-    #[arg(long, value_name = "FILE", env = "AMQP_PASSWORD_FILE", global = true)]
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "AMQP_PASSWORD_FILE",
+        hide_env_values = true,
+        global = true
+    )]
     pub password_file: Option<PathBuf>,
 
     #[command(subcommand)]

@@ -88,19 +88,31 @@ fn bad_command_line(err: clap::Error) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// clap's message without its usage and tip lines, on one line.
+/// clap's message without its usage lines, on one line (a tip, such as
+/// the option meant, kept).
 fn one_line(rendered: &str) -> String {
-    let message: Vec<&str> = rendered
+    let mut message = Vec::new();
+    let mut tips = Vec::new();
+    for line in rendered
         .lines()
         .take_while(|line| !line.starts_with("Usage:"))
         .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with("tip:"))
-        .collect();
+        .filter(|line| !line.is_empty() && !line.starts_with("For more information"))
+    {
+        match line.strip_prefix("tip: ") {
+            Some(tip) => tips.push(tip),
+            None => message.push(line),
+        }
+    }
     let joined = message.join(" ");
-    joined
+    let mut line = joined
         .strip_prefix("error: ")
         .unwrap_or(&joined)
-        .to_string()
+        .to_string();
+    if !tips.is_empty() {
+        line.push_str(&format!(" ({})", tips.join("; ")));
+    }
+    line
 }
 
 /// `amqp-bridge SUBCOMMAND` for the subcommand on the command line, else
@@ -126,4 +138,27 @@ fn init_logging(command: &Command) {
         _ => "info,amiquip=off",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default)).init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mistake_on_the_command_line_is_one_line_with_its_tip() {
+        let err = cli::command()
+            .try_get_matches_from(["amqp-bridge", "forward", "--lisen", "1"])
+            .unwrap_err();
+        let line = one_line(&err.render().to_string());
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.starts_with("unexpected argument '--lisen' found"),
+            "{line}"
+        );
+        assert!(line.contains("'--listen'"), "{line}");
+        assert!(
+            !line.contains("Usage") && !line.contains("For more"),
+            "{line}"
+        );
+    }
 }
