@@ -2,7 +2,9 @@
 # Makes sure the real programs the bridge's end-to-end tests drive are
 # installed: OpenSSH's server and client (ssh, scp, sshd, ssh-keygen),
 # PostgreSQL's and Redis's command-line clients (psql, redis-benchmark),
-# socat and curl. Installs Debian's packages for whatever is missing.
+# socat and curl; zsh and fish (the completion scripts are run in them)
+# and promtool (Debian's prometheus package: checks the metrics'
+# exposition). Installs Debian's packages for whatever is missing.
 set -euo pipefail
 
 missing=()
@@ -15,9 +17,12 @@ need psql postgresql-client
 need redis-benchmark redis-tools
 need socat socat
 need curl curl
+need zsh zsh
+need fish fish
+need promtool prometheus
 
 if [ ${#missing[@]} -eq 0 ]; then
-  echo "test tools: sshd, ssh, psql, redis-benchmark, socat and curl present"
+  echo "test tools: sshd, ssh, psql, redis-benchmark, socat, curl, zsh, fish and promtool present"
   exit 0
 fi
 
@@ -26,11 +31,13 @@ mapfile -t packages < <(printf '%s\n' "${missing[@]}" | awk '!seen[$0]++')
 echo "test tools: installing ${packages[*]}"
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
-# openssh-server's own start attempt fails without systemd; the tests run
-# their own sshd on a port of their own, so that failure does not matter.
+# openssh-server's and prometheus's own start attempts fail without
+# systemd; the tests run their own sshd on a port of their own and use
+# only promtool, so those failures do not matter.
 apt-get install -y -qq --no-install-recommends "${packages[@]}" >/dev/null || true
 [ -x /usr/sbin/sshd ] && command -v ssh >/dev/null && command -v psql >/dev/null &&
   command -v redis-benchmark >/dev/null && command -v socat >/dev/null &&
-  command -v curl >/dev/null ||
+  command -v curl >/dev/null && command -v zsh >/dev/null && command -v fish >/dev/null &&
+  command -v promtool >/dev/null ||
   { echo "test tools: install failed" >&2; exit 1; }
 echo "test tools: installed"

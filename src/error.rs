@@ -119,7 +119,7 @@ pub enum Error {
         reason: String,
     },
     /// The connection to the broker failed or closed.
-    #[error("lost the broker connection while {context}: {source}")]
+    #[error("lost the broker connection while {context}{}", cause(source))]
     Broker {
         /// What was being done.
         context: String,
@@ -179,6 +179,16 @@ impl Error {
     /// channel, the broker connection going on.
     pub(crate) fn is_channel_refusal(&self) -> bool {
         matches!(self, Error::BrokerRefused { .. })
+    }
+}
+
+/// What amiquip says of a lost connection, after a colon, unless it only
+/// names its own threads ("i/o loop dropped sending side of a channel"):
+/// "lost the broker connection" says it all then.
+fn cause(source: &amiquip::Error) -> String {
+    match source {
+        amiquip::Error::EventLoopDropped | amiquip::Error::EventLoopClientDropped => String::new(),
+        other => format!(": {other}"),
     }
 }
 

@@ -551,7 +551,11 @@ impl Inner {
             }
             Some(Received::Ended(_)) | None => {
                 let kind = io::ErrorKind::ConnectionAborted;
-                self.fail_read(state, kind, "the stream's worker stopped");
+                self.fail_read(
+                    state,
+                    kind,
+                    "lost the broker connection (the stream's worker stopped)",
+                );
                 return;
             }
         };

@@ -24,6 +24,18 @@ use std::time::{Duration, Instant};
 const BRIDGE: &str = env!("CARGO_BIN_EXE_amqp-bridge");
 
 /// A fresh directory for one test's key files.
+/// The keys notice a `serve` with keys sends ahead of the secure
+/// handshake (see `carry/keys_notice.rs`).
+const KEYS_NOTICE: &[u8; 9] = b"\0AMQPBRK\x01";
+
+/// Reads a keyed serve's notice off `stream`, for the library's
+/// `secure::client` to run the handshake that follows.
+fn take_keys_notice(mut stream: impl Read) {
+    let mut notice = [0u8; 9];
+    stream.read_exact(&mut notice).unwrap();
+    assert_eq!(&notice, KEYS_NOTICE);
+}
+
 fn key_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("bridge-hostile-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir(&dir).unwrap();
@@ -255,6 +267,7 @@ fn a_hundred_clients_refused_at_once_leave_serve_working_for_a_key_holder() {
     let started = Instant::now();
     let stream = connector.connect(&queue).unwrap();
     let config = ClientConfig::psk(psk).handshake_timeout(Duration::from_secs(5));
+    take_keys_notice(&stream);
     let mut secured = secure::client(stream, &config).unwrap();
     secured.write_all(b"still served").unwrap();
     let mut got = [0u8; 12];
@@ -393,6 +406,8 @@ fn a_recorded_session_replayed_into_a_new_stream_never_reaches_the_target() {
             stream: connector.connect(&queue).unwrap(),
             written: Arc::clone(&written),
         };
+        let mut recorded = recorded;
+        take_keys_notice(&mut recorded);
         let mut secured = secure::client(recorded, &config).unwrap();
         secured.write_all(b"SELECT secrets;").unwrap();
         let mut got = [0u8; 15];
@@ -490,6 +505,7 @@ fn a_fin_or_reset_injected_into_a_secured_stream_is_a_reset_at_the_target_never_
         let connector = Connector::open(&url).unwrap();
         let stream = connector.connect(&queue).unwrap();
         let serve_end = stream.peer_addr().unwrap().queue().to_string();
+        take_keys_notice(&stream);
         let mut secured = secure::client(stream, &ClientConfig::psk(psk.clone())).unwrap();
         secured.write_all(b"half of a transfer").unwrap();
         secured.flush().unwrap();

@@ -32,8 +32,17 @@ impl Bridge {
     /// Starts `amqp-bridge ARGS` against `url` with `RUST_LOG=level`
     /// (an empty `level`: without `RUST_LOG`, as users run it).
     pub fn start_logging(url: &str, args: &[&str], level: &str) -> Bridge {
+        Bridge::start_with_env(url, args, level, &[])
+    }
+
+    /// As [`start_logging`](Bridge::start_logging), with the variables
+    /// `env` set too.
+    pub fn start_with_env(url: &str, args: &[&str], level: &str, env: &[(&str, &str)]) -> Bridge {
         let mut command = Command::new(env!("CARGO_BIN_EXE_amqp-bridge"));
-        command.args(args).env("AMQP_URL", url);
+        command
+            .args(args)
+            .env("AMQP_URL", url)
+            .envs(env.iter().copied());
         if level.is_empty() {
             command.env_remove("RUST_LOG");
         } else {
@@ -112,6 +121,11 @@ impl Bridge {
     /// Everything logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&self) -> bool {
+        matches!(self.exited.try_recv(), Err(TryRecvError::Empty))
     }
 
     /// Sends a signal (`"TERM"`, `"INT"`, `"KILL"`).

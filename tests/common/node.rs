@@ -30,13 +30,18 @@ impl TestNode {
     /// Starts a node whose `rabbitmq.conf` holds `config` besides its TCP
     /// listener; waits until it accepts AMQP connections.
     pub fn start(config: &str) -> TestNode {
+        TestNode::start_on(free_port(), config)
+    }
+
+    /// As [`start`](TestNode::start), its AMQP listener on `port` (one
+    /// chosen before the node runs: a client may be trying it already).
+    pub fn start_on(port: u16, config: &str) -> TestNode {
         static STARTED: AtomicUsize = AtomicUsize::new(0);
         let n = STARTED.fetch_add(1, Ordering::SeqCst);
         let name = format!("amqpstream-{}-{n}@localhost", std::process::id());
         let dir = std::env::temp_dir().join(format!("amqp-stream-node-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("node directory");
-        let port = free_port();
         std::fs::write(
             dir.join("rabbitmq.conf"),
             format!("listeners.tcp.default = 127.0.0.1:{port}\nloopback_users = none\n{config}\n"),

@@ -1,10 +1,14 @@
 //! The command line: subcommands, their options and `--help`.
 
-use crate::allow::AllowRule;
-use crate::key_args::{ClientKeyArgs, ServeKeyArgs};
-use crate::target::Target;
-use clap::{Args, Parser, Subcommand};
-use std::net::{SocketAddr, ToSocketAddrs};
+use crate::args::{MetricsArgs, seconds};
+use crate::front::connect::ConnectArgs;
+use crate::front::forward::ForwardArgs;
+use crate::front::http::HttpArgs;
+use crate::front::socks::SocksArgs;
+use crate::keys::keygen::KeygenArgs;
+use crate::serving::serve::ServeArgs;
+use clap::parser::ValueSource;
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -12,12 +16,22 @@ use std::time::Duration;
 pub const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 
 const EXIT_CODES: &str = "\
+Signals (serve, forward, http, socks, run):
+  SIGHUP         read again what can change: key files, authorized keys
+                 (run: and its config file); open connections go on
+  SIGINT/SIGTERM stop accepting; open connections get --grace seconds
+  SIGQUIT        stop at once: open connections are reset
+  SIGUSR1/USR2   ignored (logged)
+  connect ends on SIGINT, SIGTERM, SIGHUP and SIGQUIT, resetting the
+  stream unless all its input was sent. No signal ends a connection
+  with a clean end of data: a connection cut short is reset.
+
 Exit codes:
-  0  finished, or stopped by SIGINT/SIGTERM (connect: or SIGHUP;
-     run: SIGHUP reloads the config file)
+  0  finished, or stopped by a signal
   1  failed while running
   2  bad arguments (URL, address, queue name), or a bad config file
-  3  the broker cannot be reached
+  3  the broker cannot be reached (serve, forward, http, socks and run
+     only with --fail-fast: else they keep trying)
   4  the broker refused the user name, password or virtual host
   5  address in use (the queue is served elsewhere, or the TCP port is taken)
   6  connection refused (nothing serves the queue)
@@ -34,7 +48,9 @@ error is often an ssh user's terminal). The password is never printed.";
 #[command(name = "amqp-bridge", version, after_long_help = EXIT_CODES)]
 pub struct Cli {
     /// Broker URL: amqp://USER:PASSWORD@HOST:PORT/VHOST (default: the local
-    /// broker, user guest)
+    /// broker, user guest). Without /VHOST: the default virtual host, /.
+    /// Keep the password out of it (every user of the machine can read a
+    /// command line): --password-file, or the AMQP_URL variable
     #[arg(
         long,
         env = "AMQP_URL",
@@ -44,6 +60,17 @@ pub struct Cli {
         global = true
     )]
     pub url: String,
+
+    /// The file whose first line is the broker password (it replaces one
+    /// in the URL); read again at each connection to the broker
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "AMQP_PASSWORD_FILE",
+        hide_env_values = true,
+        global = true
+    )]
+    pub password_file: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -126,7 +153,8 @@ Example: three tunnels from one file, metrics on port 9100:
   amqp-bridge run --config /etc/amqp-bridge/tunnels.toml --metrics 127.0.0.1:9100
 The file has a table per tunnel, [KIND.NAME], whose keys are the options
 of that subcommand without their dashes:
-  url = \"amqp://bridge:secret@broker:5672/%2f\"   # optional, for every tunnel
+  url = \"amqp://bridge@broker:5672\"     # optional, for every tunnel
+  password_file = \"/etc/amqp-bridge/password\"   # optional: its password
   [serve.db]
   queue = \"db\"
   to = \"127.0.0.1:5432\"
@@ -142,112 +170,6 @@ Example: completions for bash, for every new shell:
     Completions(CompletionsArgs),
 }
 
-/// `serve`'s options.
-#[derive(Debug, Args)]
-pub struct ServeArgs {
-    /// The queue to serve (clients name it to reach the service)
-    #[arg(long, value_parser = queue_name)]
-    pub queue: String,
-    /// The TCP service every stream is connected to (or --allow)
-    #[arg(long, value_name = "HOST:PORT", value_parser = Target::parse,
-          required_unless_present = "allow", conflicts_with = "allow")]
-    pub to: Option<Target>,
-    /// Instead of --to: each stream names its target (`amqp-bridge
-    /// socks`), connected only when a rule allows it (repeatable; see
-    /// below)
-    #[arg(long, value_name = "HOST:PORTS", value_parser = AllowRule::parse)]
-    pub allow: Vec<AllowRule>,
-    /// Share the queue with other `serve --shared` processes: the broker
-    /// spreads new streams over those ready for one, and a process that
-    /// dies leaves the stream it was about to take to the others
-    #[arg(long)]
-    pub shared: bool,
-    #[command(flatten)]
-    pub stop: StopArgs,
-    #[command(flatten)]
-    pub keys: ServeKeyArgs,
-    #[command(flatten)]
-    pub metrics: MetricsArgs,
-}
-
-/// `forward`'s options.
-#[derive(Debug, Args)]
-pub struct ForwardArgs {
-    /// The local address to accept TCP clients on (port 0: any free port)
-    #[arg(long, value_name = "ADDR:PORT", value_parser = listen_address)]
-    pub listen: ListenAddress,
-    /// The queue that serves the far end
-    #[arg(long, value_parser = queue_name)]
-    pub queue: String,
-    #[command(flatten)]
-    pub stop: StopArgs,
-    #[command(flatten)]
-    pub keys: ClientKeyArgs,
-    #[command(flatten)]
-    pub metrics: MetricsArgs,
-}
-
-/// `socks`'s options.
-#[derive(Debug, Args)]
-pub struct SocksArgs {
-    /// The local address to accept SOCKS5 clients on (port 0: any free
-    /// port)
-    #[arg(long, value_name = "ADDR:PORT", value_parser = listen_address)]
-    pub listen: ListenAddress,
-    /// The queue served with `serve --allow` that connects the targets
-    #[arg(long, value_parser = queue_name)]
-    pub queue: String,
-    #[command(flatten)]
-    pub stop: StopArgs,
-    #[command(flatten)]
-    pub keys: ClientKeyArgs,
-    #[command(flatten)]
-    pub metrics: MetricsArgs,
-}
-
-/// `connect`'s options.
-#[derive(Debug, Args)]
-pub struct ConnectArgs {
-    /// The queue that serves the far end
-    #[arg(long, value_parser = queue_name)]
-    pub queue: String,
-    /// How long to wait for the server's answer
-    #[arg(long, value_name = "SECONDS", default_value = "30",
-          value_parser = seconds, allow_negative_numbers = true)]
-    pub connect_timeout: Duration,
-    #[command(flatten)]
-    pub keys: ClientKeyArgs,
-}
-
-/// `http`'s options.
-#[derive(Debug, Args)]
-pub struct HttpArgs {
-    /// The local address to accept HTTP clients on (port 0: any free port)
-    #[arg(long, value_name = "ADDR:PORT", value_parser = listen_address)]
-    pub listen: ListenAddress,
-    #[command(flatten)]
-    pub stop: StopArgs,
-    #[command(flatten)]
-    pub keys: ClientKeyArgs,
-    #[command(flatten)]
-    pub metrics: MetricsArgs,
-}
-
-/// `keygen`'s options.
-#[derive(Debug, Args)]
-pub struct KeygenArgs {
-    /// Where to write the private key (0600); the public key goes to
-    /// FILE.pub and to standard output. Existing files are never replaced
-    #[arg(value_name = "FILE")]
-    pub file: PathBuf,
-    /// Write a pre-shared key to FILE instead (for --psk-file on both ends)
-    #[arg(long)]
-    pub psk: bool,
-    /// The comment after the public key (default: USER@HOST)
-    #[arg(long, conflicts_with = "psk")]
-    pub comment: Option<String>,
-}
-
 /// `run`'s options.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -258,8 +180,62 @@ pub struct RunArgs {
     /// the tunnels whose table sets no `grace`)
     #[arg(long, value_name = "SECONDS", value_parser = seconds, allow_negative_numbers = true)]
     pub grace: Option<Duration>,
+    /// Exit (code 3 or 4) when a tunnel's broker cannot be reached at
+    /// start, instead of starting the others and trying again until it
+    /// can (for the tunnels whose table sets no `fail_fast`)
+    #[arg(long)]
+    pub fail_fast: bool,
     #[command(flatten)]
     pub metrics: MetricsArgs,
+}
+
+/// The whole command line, as `--help` and the completion scripts show
+/// it: the broker options are left out of `keygen` and `completions`,
+/// which never touch the broker.
+pub fn command() -> clap::Command {
+    let mut command = Cli::command();
+    command.build();
+    for name in ["keygen", "completions"] {
+        if let Some(sub) = command.find_subcommand_mut(name) {
+            let hidden = std::mem::take(sub)
+                .mut_arg("url", |arg| arg.hide(true))
+                .mut_arg("password_file", |arg| arg.hide(true));
+            *sub = hidden;
+        }
+    }
+    command
+}
+
+/// The command line as the completion scripts offer it: the broker
+/// options only where the broker is used. (clap_complete's bash script
+/// lists hidden options too, so they are left out of `keygen` and
+/// `completions` here rather than hidden.)
+pub fn completion_command() -> clap::Command {
+    let command = Cli::command();
+    let broker_options: Vec<clap::Arg> = command
+        .get_arguments()
+        .filter(|arg| ["url", "password_file"].contains(&arg.get_id().as_str()))
+        .map(|arg| arg.clone().global(false))
+        .collect();
+    let mut command = command
+        .mut_arg("url", |arg| arg.global(false))
+        .mut_arg("password_file", |arg| arg.global(false));
+    for name in ["serve", "forward", "connect", "http", "socks", "run"] {
+        let options = broker_options.clone();
+        command = command.mut_subcommand(name, |sub| sub.args(options));
+    }
+    command
+}
+
+/// The parsed command line, and whether a password came with `--url` on
+/// it (where every user of the machine can read it).
+pub fn parse() -> Result<(Cli, bool), clap::Error> {
+    let matches = command().try_get_matches()?;
+    let from_command_line = matches.value_source("url") == Some(ValueSource::CommandLine);
+    let cli = Cli::from_arg_matches(&matches)?;
+    let exposed =
+        from_command_line && url::Url::parse(&cli.url).is_ok_and(|url| url.password().is_some());
+    Ok((cli, exposed))
 }
 
 /// `completions`' options.
@@ -270,79 +246,11 @@ pub struct CompletionsArgs {
     pub shell: clap_complete::Shell,
 }
 
-/// Where the metrics are served.
-#[derive(Debug, Args)]
-pub struct MetricsArgs {
-    /// Serve Prometheus metrics at http://ADDR:PORT/metrics (open and total
-    /// connections, bytes each way, refusals and failures by reason,
-    /// broker reconnects, handshake latency)
-    #[arg(long, value_name = "ADDR:PORT", value_parser = listen_address)]
-    pub metrics: Option<ListenAddress>,
-}
-
-/// How a long-running subcommand stops.
-#[derive(Debug, Args)]
-pub struct StopArgs {
-    /// After SIGINT or SIGTERM, how long open connections may go on
-    #[arg(long, value_name = "SECONDS", default_value = "10",
-          value_parser = seconds, allow_negative_numbers = true)]
-    pub grace: Duration,
-}
-
-/// A number of seconds from the command line (`1.5`), as a `Duration`.
-pub fn seconds(value: &str) -> Result<Duration, String> {
-    let number: f64 = value
-        .trim()
-        .parse()
-        .map_err(|_| "not a number of seconds".to_string())?;
-    Duration::try_from_secs_f64(number)
-        .map_err(|_| "the number of seconds must be 0 or more (and finite)".to_string())
-}
-
-/// A number of seconds more than 0: a time limit of none at all (a
-/// handshake that must be over before it starts) is a mistake.
-pub fn positive_seconds(value: &str) -> Result<Duration, String> {
-    match seconds(value)? {
-        limit if limit.is_zero() => Err("the number of seconds must be more than 0".to_string()),
-        limit => Ok(limit),
-    }
-}
-
-/// A queue name as the broker takes it: 1 to 255 bytes.
-fn queue_name(value: &str) -> Result<String, String> {
-    match value.len() {
-        0 => Err("a queue name cannot be empty".to_string()),
-        1..=255 => Ok(value.to_string()),
-        n => Err(format!("a queue name is at most 255 bytes, not {n}")),
-    }
-}
-
-/// A local `ADDR:PORT` to listen on, resolved when the command line is
-/// read (a name may give several addresses; binding takes the first that
-/// works, as `TcpListener` does).
-#[derive(Debug, Clone)]
-pub struct ListenAddress(pub Vec<SocketAddr>);
-
-fn listen_address(value: &str) -> Result<ListenAddress, String> {
-    match value.to_socket_addrs() {
-        Ok(addrs) => {
-            let addrs: Vec<SocketAddr> = addrs.collect();
-            if addrs.is_empty() {
-                Err("it resolves to no address".to_string())
-            } else {
-                Ok(ListenAddress(addrs))
-            }
-        }
-        Err(err) => Err(format!(
-            "{err} (expected ADDR:PORT, such as 127.0.0.1:8080)"
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use clap::CommandFactory;
+    use std::net::SocketAddr;
 
     #[test]
     fn the_command_line_is_consistent() {

@@ -31,13 +31,8 @@ impl Fatal {
 
     /// Opening the broker connection failed.
     pub fn broker(err: io::Error) -> Fatal {
-        let code = match err.kind() {
-            ErrorKind::InvalidInput | ErrorKind::Unsupported => 2,
-            ErrorKind::PermissionDenied => 4,
-            _ => 3,
-        };
         Fatal {
-            code,
+            code: broker_code(&err),
             message: err.to_string(),
         }
     }
@@ -78,6 +73,24 @@ impl Fatal {
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(self.code)
     }
+}
+
+/// The exit code for a broker connection that could not be opened: 2
+/// for a bad URL or TLS setting, 4 for refused credentials or virtual
+/// host, 3 for a broker that cannot be reached.
+fn broker_code(err: &io::Error) -> u8 {
+    match err.kind() {
+        ErrorKind::InvalidInput | ErrorKind::Unsupported => 2,
+        ErrorKind::PermissionDenied => 4,
+        _ => 3,
+    }
+}
+
+/// Whether a failed attempt to open the broker connection may succeed
+/// later (a broker down, restarting, or not yet given our user): all but
+/// a bad URL or TLS setting.
+pub fn is_worth_retrying(err: &io::Error) -> bool {
+    broker_code(err) != 2
 }
 
 impl fmt::Display for Fatal {

@@ -7,53 +7,36 @@
 //! `run` runs the tunnels a config file lists; `keygen` writes keys. See
 //! `amqp-bridge --help`.
 
-mod abort;
-mod allow;
-mod backoff;
-mod broker_stream;
-mod chosen_target;
+mod args;
+mod carry;
 mod cli;
 mod completions;
-mod config;
-mod conn_log;
-mod connect;
-mod deadline;
 mod fatal;
-mod forward;
-mod http;
-mod key_args;
-mod keygen;
-mod lifecycle;
-mod link;
-mod metered;
-mod metrics;
-mod metrics_http;
-mod run;
-mod serve;
-mod shutdown;
-mod signals;
-mod single;
-mod socks;
-mod socks5;
-mod splice;
-mod target;
-mod target_request;
-mod tcp_front;
+mod front;
+mod keys;
+mod service;
+mod serving;
 mod tunnel;
 
-use amqp_stream::BrokerUrl;
-use clap::Parser;
+use carry::address::BrokerAddress;
 use clap::error::ErrorKind;
 use cli::{Cli, Command};
 use fatal::Fatal;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let (cli, exposed_password) = match cli::parse() {
+        Ok(parsed) => parsed,
         Err(err) => return bad_command_line(err),
     };
     init_logging(&cli.command);
+    if exposed_password && cli.password_file.is_none() {
+        eprintln!(
+            "amqp-bridge: warning: the password in --url can be read by every user of this \
+             machine (ps, /proc/PID/cmdline): put it in a file for --password-file, or the \
+             URL in AMQP_URL"
+        );
+    }
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(fatal) => {
@@ -64,40 +47,84 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> Result<(), Fatal> {
-    if let Command::Completions(args) = &cli.command {
-        completions::run(args);
-        return Ok(());
+    match &cli.command {
+        Command::Completions(args) => {
+            completions::run(args);
+            return Ok(());
+        }
+        Command::Keygen(args) => return keys::keygen::run(args),
+        _ => {}
     }
     // Every argument is checked before the network is touched.
-    cli.url
-        .parse::<BrokerUrl>()
-        .map_err(|err| Fatal::usage(err.to_string()))?;
+    let broker = BrokerAddress::new(&cli.url, cli.password_file.clone());
+    broker.check().map_err(Fatal::usage)?;
     match &cli.command {
-        Command::Serve(args) => serve::run(&cli.url, args),
-        Command::Forward(args) => forward::run(&cli.url, args),
-        Command::Connect(args) => connect::run(&cli.url, args),
-        Command::Http(args) => http::run(&cli.url, args),
-        Command::Socks(args) => socks::run(&cli.url, args),
-        Command::Keygen(args) => keygen::run(args),
-        Command::Run(args) => run::run(&cli.url, args),
-        Command::Completions(_) => Ok(()),
+        Command::Serve(_) | Command::Forward(_) | Command::Http(_) | Command::Socks(_) => {
+            service::single::run(&broker, &cli.command)
+        }
+        Command::Connect(args) => front::connect::run(&broker, args),
+        Command::Run(args) => service::run::run(&broker, args),
+        Command::Keygen(_) | Command::Completions(_) => Ok(()),
     }
 }
 
-/// A bad value gets one line that says what is wrong with it (exit 2);
-/// a missing or unknown argument gets clap's message with the usage.
+/// A command line clap cannot take: one line that says what is wrong
+/// (exit 2), and where the help is. `--help` and `--version` print
+/// theirs as usual.
 fn bad_command_line(err: clap::Error) -> ExitCode {
-    match err.kind() {
-        ErrorKind::InvalidValue | ErrorKind::ValueValidation => {
-            let rendered = err.render().to_string();
-            let first = rendered.lines().next().unwrap_or_default();
-            eprintln!(
-                "amqp-bridge: {} (see --help)",
-                first.strip_prefix("error: ").unwrap_or(first)
-            );
-            ExitCode::from(2)
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        err.exit()
+    }
+    eprintln!(
+        "amqp-bridge: {} (see {} --help)",
+        one_line(&err.render().to_string()),
+        help_command()
+    );
+    ExitCode::from(2)
+}
+
+/// clap's message without its usage lines, on one line (a tip, such as
+/// the option meant, kept).
+fn one_line(rendered: &str) -> String {
+    let mut message = Vec::new();
+    let mut tips = Vec::new();
+    for line in rendered
+        .lines()
+        .take_while(|line| !line.starts_with("Usage:"))
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with("For more information"))
+    {
+        match line.strip_prefix("tip: ") {
+            Some(tip) => tips.push(tip),
+            None => message.push(line),
         }
-        _ => err.exit(),
+    }
+    let joined = message.join(" ");
+    let mut line = joined
+        .strip_prefix("error: ")
+        .unwrap_or(&joined)
+        .to_string();
+    if !tips.is_empty() {
+        line.push_str(&format!(" ({})", tips.join("; ")));
+    }
+    line
+}
+
+/// `amqp-bridge SUBCOMMAND` for the subcommand on the command line, else
+/// `amqp-bridge`.
+fn help_command() -> String {
+    let command = cli::command();
+    let subcommand = std::env::args()
+        .skip(1)
+        .find(|arg| command.find_subcommand(arg).is_some());
+    match subcommand {
+        Some(name) => format!("amqp-bridge {name}"),
+        None => "amqp-bridge".to_string(),
     }
 }
 
@@ -111,4 +138,27 @@ fn init_logging(command: &Command) {
         _ => "info,amiquip=off",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default)).init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mistake_on_the_command_line_is_one_line_with_its_tip() {
+        let err = cli::command()
+            .try_get_matches_from(["amqp-bridge", "forward", "--lisen", "1"])
+            .unwrap_err();
+        let line = one_line(&err.render().to_string());
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.starts_with("unexpected argument '--lisen' found"),
+            "{line}"
+        );
+        assert!(line.contains("'--listen'"), "{line}");
+        assert!(
+            !line.contains("Usage") && !line.contains("For more"),
+            "{line}"
+        );
+    }
 }
