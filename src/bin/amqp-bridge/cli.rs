@@ -34,7 +34,8 @@ error is often an ssh user's terminal). The password is never printed.";
 #[command(name = "amqp-bridge", version, after_long_help = EXIT_CODES)]
 pub struct Cli {
     /// Broker URL: amqp://USER:PASSWORD@HOST:PORT/VHOST (default: the local
-    /// broker, user guest)
+    /// broker, user guest); a cluster's nodes as a comma-separated list of
+    /// such URLs, tried in random order
     #[arg(
         long,
         env = "AMQP_URL",

@@ -41,7 +41,7 @@ mod target_request;
 mod tcp_front;
 mod tunnel;
 
-use amqp_stream::BrokerUrl;
+use amqp_stream::BrokerUrls;
 use clap::Parser;
 use clap::error::ErrorKind;
 use cli::{Cli, Command};
@@ -70,7 +70,7 @@ fn run(cli: &Cli) -> Result<(), Fatal> {
     }
     // Every argument is checked before the network is touched.
     cli.url
-        .parse::<BrokerUrl>()
+        .parse::<BrokerUrls>()
         .map_err(|err| Fatal::usage(err.to_string()))?;
     match &cli.command {
         Command::Serve(args) => serve::run(&cli.url, args),
