@@ -52,7 +52,8 @@ impl Addr {
         }
     }
 
-    /// The broker the queue lives on.
+    /// The broker the queue is reached through: for the ends of a stream
+    /// or a listener on a cluster, the node their connection is on.
     ///
     /// ```
     /// # use amqp_stream::Addr;

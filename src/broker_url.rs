@@ -34,7 +34,8 @@ const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
 /// A missing user and password mean `guest`/`guest`, a missing host means
 /// `localhost`, a missing vhost means `/` (write `/` itself as `%2f`).
 ///
-/// `Display` and `Debug` never show the password.
+/// `Display` and `Debug` never show the password. The nodes of a cluster
+/// are a comma-separated list of such URLs: see [`BrokerUrls`](crate::BrokerUrls).
 ///
 /// ```
 /// use amqp_stream::BrokerUrl;

@@ -7,11 +7,17 @@
 //! same broker with the same login, so a `Connector` carries any number
 //! of streams without its user noticing.
 //!
+//! With the addresses of a cluster's nodes ([`BrokerUrls`]), the first
+//! connection goes to the first address that answers, in a random order
+//! (a reconnection tries the node it lost last), and the extra ones to
+//! the same node.
+//!
 //! Sockets are opened here (not by amiquip) so that `TCP_NODELAY` is set:
 //! without it, every small message waits for Nagle's algorithm and the
 //! peer's delayed ACK, about 40 ms on Linux.
 
 use crate::broker_url::BrokerUrl;
+use crate::broker_urls::{BrokerUrls, attempt_time};
 use crate::error::Error;
 use crate::mux::Mux;
 use crate::quiet_login::QuietLogin;
@@ -33,6 +39,9 @@ pub(crate) const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 /// extra ones opened when channels ran out. Channels are opened under its
 /// lock and then moved to the thread that uses them.
 pub(crate) struct BrokerConnection {
+    /// The addresses it was opened with (one broker, or a cluster's nodes).
+    brokers: BrokerUrls,
+    /// The one of them it is connected to.
     url: BrokerUrl,
     local_addr: SocketAddr,
     /// The first connection, then the extra ones, in the order opened;
@@ -53,18 +62,33 @@ pub(crate) struct BrokerConnection {
 const REMEMBERED_LISTENERS: usize = 4096;
 
 impl BrokerConnection {
-    /// Connects to the broker and logs in, within `timeout` if given (else
-    /// the URL's `connection_timeout`, else 10 s).
+    /// Connects to one of `brokers` and logs in, within `timeout` if
+    /// given (else the URLs' `connection_timeout`, else 10 s).
     pub(crate) fn open(
-        url: &BrokerUrl,
+        brokers: &BrokerUrls,
         timeout: Option<Duration>,
     ) -> Result<BrokerConnection, Error> {
-        let (mut connection, local_addr) = log_in(url, timeout)?;
+        BrokerConnection::open_trying_last(brokers, None, timeout)
+    }
+
+    /// A new connection to the same brokers, trying the node this one is
+    /// on last: what reconnects after this one was lost.
+    pub(crate) fn reopen(&self) -> Result<BrokerConnection, Error> {
+        BrokerConnection::open_trying_last(&self.brokers, Some(&self.url), None)
+    }
+
+    fn open_trying_last(
+        brokers: &BrokerUrls,
+        last: Option<&BrokerUrl>,
+        timeout: Option<Duration>,
+    ) -> Result<BrokerConnection, Error> {
+        let (mut connection, local_addr, url) = log_in_any(brokers, last, timeout)?;
         let events = connection
             .listen_for_connection_blocked()
             .map_err(|err| Error::broker(format!("logging in to {url}"), err))?;
         Ok(BrokerConnection {
-            url: url.clone(),
+            brokers: brokers.clone(),
+            url,
             local_addr,
             connections: Mutex::new(vec![connection]),
             events,
@@ -100,7 +124,7 @@ impl BrokerConnection {
         }
     }
 
-    /// The broker this connection goes to.
+    /// The broker this connection goes to (of a cluster: the node).
     pub(crate) fn url(&self) -> &BrokerUrl {
         &self.url
     }
@@ -225,6 +249,53 @@ fn close_all(url: &BrokerUrl, connections: Vec<Connection>) -> Result<(), Error>
         }
     }
     result
+}
+
+/// Opens one AMQP connection to the first of `brokers` that answers, in a
+/// random order with `last` at the end, within `timeout` as a whole (else
+/// the longest `connection_timeout` of the URLs, else 10 s), each address
+/// getting its share of what is left ([`attempt_time`]); answers which
+/// one it reached. A single address is tried as [`log_in`] tries it and
+/// fails with its own error; a list fails with every address's.
+fn log_in_any(
+    brokers: &BrokerUrls,
+    last: Option<&BrokerUrl>,
+    timeout: Option<Duration>,
+) -> Result<(Connection, SocketAddr, BrokerUrl), Error> {
+    let order = brokers.connect_order(last);
+    if let [url] = order.as_slice() {
+        let (connection, local_addr) = log_in(url, timeout)?;
+        return Ok((connection, local_addr, (*url).clone()));
+    }
+    let budget = timeout
+        .or(brokers.connection_timeout())
+        .unwrap_or(DEFAULT_CONNECTION_TIMEOUT);
+    let deadline = crate::options::deadline_after(budget);
+    let mut failures = Vec::with_capacity(order.len());
+    for (tried, url) in order.iter().enumerate() {
+        let remaining = deadline.map_or(budget, |deadline| {
+            deadline.saturating_duration_since(Instant::now())
+        });
+        if remaining.is_zero() {
+            failures.push(Error::TimedOut {
+                what: format!("connecting to {url} (the list's connect timeout was used up)"),
+                after: budget,
+            });
+            continue;
+        }
+        let mut attempt = attempt_time(remaining, order.len() - tried);
+        if let Some(own) = url.connection_timeout() {
+            attempt = attempt.min(own);
+        }
+        match log_in(url, Some(attempt)) {
+            Ok((connection, local_addr)) => return Ok((connection, local_addr, (*url).clone())),
+            Err(err) => {
+                info!("could not connect to {url}: {err}");
+                failures.push(err);
+            }
+        }
+    }
+    Err(Error::AllBrokersFailed { failures })
 }
 
 /// Opens one AMQP connection and logs in, within `timeout` if given

@@ -1,6 +1,7 @@
 //! `Connector`: one broker connection shared by many streams and listeners.
 
 use crate::broker_url::BrokerUrl;
+use crate::broker_urls::BrokerUrls;
 use crate::connection::BrokerConnection;
 use crate::error::Error;
 use crate::listener::Listener;
@@ -33,6 +34,10 @@ use std::time::{Duration, Instant};
 /// so it carries any number of streams; it logs that at `info`. The
 /// connection state it reports ([`is_closed`](Connector::is_closed) and
 /// the `wait_closed` methods) is that of its first connection.
+///
+/// Given the nodes of a RabbitMQ cluster as a comma-separated list of
+/// URLs (see [`BrokerUrls`]), it connects to the first that answers, in a
+/// random order.
 ///
 /// It is cheap to clone (clones share the connection) and `Send + Sync`.
 /// Streams and listeners keep the connection open after every
@@ -91,9 +96,9 @@ impl Connector {
         options: StreamOptions,
         timeout: Option<Duration>,
     ) -> io::Result<Connector> {
-        let url: BrokerUrl = url.parse()?;
+        let brokers: BrokerUrls = url.parse()?;
         Ok(Connector {
-            connection: Arc::new(BrokerConnection::open(&url, timeout)?),
+            connection: Arc::new(BrokerConnection::open(&brokers, timeout)?),
             options,
             spares: None,
         })
@@ -206,7 +211,8 @@ impl Connector {
         Listener::start(Arc::clone(&self.connection), queue, options.clone())
     }
 
-    /// The broker this connector is connected to.
+    /// The broker this connector is connected to: of a cluster's nodes
+    /// given as a [list](crate::BrokerUrls), the one it reached.
     ///
     /// ```no_run
     /// # let connector = amqp_stream::Connector::open("amqp://127.0.0.1")?;

@@ -118,6 +118,30 @@ pub enum Error {
         /// The broker's reply text.
         reason: String,
     },
+    /// Every address of a list of brokers ([`BrokerUrls`](crate::BrokerUrls))
+    /// failed: each failure, in the order the addresses were tried. Its
+    /// kind is `PermissionDenied` or `InvalidData` when a broker refused
+    /// the login or its TLS failed (what the user must fix, however the
+    /// other addresses failed), else that of the last failure.
+    ///
+    /// ```
+    /// use amqp_stream::Error;
+    /// use std::io;
+    ///
+    /// let unreachable = |port: u16| Error::Unreachable {
+    ///     broker: format!("amqp://guest@node:{port}/%2F"),
+    ///     source: io::ErrorKind::ConnectionRefused.into(),
+    /// };
+    /// let err = Error::AllBrokersFailed { failures: vec![unreachable(1), unreachable(2)] };
+    /// assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
+    /// assert!(err.to_string().starts_with("could not connect to any of the 2 brokers: "));
+    /// assert!(err.to_string().contains("node:2"));
+    /// ```
+    #[error("could not connect to any of the {} brokers: {}", failures.len(), list(failures))]
+    AllBrokersFailed {
+        /// Why each address failed, in the order tried.
+        failures: Vec<Error>,
+    },
     /// The connection to the broker failed or closed.
     #[error("lost the broker connection while {context}{}", cause(source))]
     Broker {
@@ -155,6 +179,17 @@ impl Error {
                 _ => io::ErrorKind::Other,
             },
             Error::Broker { source, .. } => amqp_kind(source),
+            Error::AllBrokersFailed { failures } => failures
+                .iter()
+                .map(Error::kind)
+                .find(|kind| {
+                    matches!(
+                        kind,
+                        io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidData
+                    )
+                })
+                .or_else(|| failures.last().map(Error::kind))
+                .unwrap_or(io::ErrorKind::NotConnected),
         }
     }
 
@@ -190,6 +225,15 @@ fn cause(source: &amiquip::Error) -> String {
         amiquip::Error::EventLoopDropped | amiquip::Error::EventLoopClientDropped => String::new(),
         other => format!(": {other}"),
     }
+}
+
+/// The failures of a list of brokers, one after the other.
+fn list(failures: &[Error]) -> String {
+    failures
+        .iter()
+        .map(Error::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The `io::ErrorKind` for an amiquip failure.

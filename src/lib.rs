@@ -267,6 +267,27 @@
 //!   [window](StreamOptions::window) ahead of the peer's reader: memory
 //!   and broker queues stay bounded whatever the reader's pace.
 //!
+//! # Clusters
+//!
+//! Every function that takes a broker URL (and the bridge's `--url`,
+//! `AMQP_URL`) also takes the nodes of one RabbitMQ cluster as a
+//! comma-separated list of full URLs, the form of RabbitMQ's PerfTest
+//! `--uris` and Shovel URI lists:
+//! `amqp://app:pw@node1:5672/%2f,amqp://app:pw@node2:5672/%2f`. Each
+//! address has its own host, port, credentials and TLS; all name the same
+//! virtual host. A connection goes to the first node that answers, in a
+//! random order so that clients spread over the nodes, within the connect
+//! timeout as a whole; when none does, the error names each failure (see
+//! [`BrokerUrls`]). Ends on different nodes reach each other through the
+//! cluster; [`Addr`]s name the node an end's connection is on.
+//!
+//! A stream's queues (and a listener's) are exclusive to its connection,
+//! so they live on that connection's node and go with it: when a node
+//! stops, the streams and listeners connected through it fail as on any
+//! lost connection (a [reconnecting](StreamOptions::reconnect) listener
+//! binds again through another node, the node it lost tried last), and
+//! the ends connected through other nodes see their peer gone.
+//!
 //! # End-to-end encryption
 //!
 //! The broker (and whoever runs it) can read and change every byte of a
@@ -293,6 +314,7 @@
 
 mod addr;
 mod broker_url;
+mod broker_urls;
 mod connection;
 mod connector;
 mod credit;
@@ -316,6 +338,7 @@ mod write_buffer;
 
 pub use addr::Addr;
 pub use broker_url::BrokerUrl;
+pub use broker_urls::BrokerUrls;
 pub use connector::Connector;
 pub use error::Error;
 pub use listener::{Incoming, Listener};

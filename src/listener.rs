@@ -18,8 +18,8 @@ use std::cell::Cell;
 use std::fmt;
 use std::io;
 use std::ops::ControlFlow;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How many connection requests the broker may hand a listener before it
@@ -71,7 +71,9 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub struct Listener {
-    local: Addr,
+    /// The broker (of a cluster: the node, which changes when the listener
+    /// reconnects elsewhere) and the queue.
+    local: Arc<Mutex<Addr>>,
     options: StreamOptions,
     accepted: Receiver<io::Result<Connected>>,
     /// Set once `close` was called (or the listener is being dropped).
@@ -122,8 +124,9 @@ impl Listener {
         let (alive_tx, alive_rx) = bounded::<()>(0);
         let (wanted_tx, wanted_rx) = unbounded();
         let wanted_tx = options.get_shared().then_some(wanted_tx);
-        let local = Addr::new(connection.url().clone(), queue);
+        let local = Arc::new(Mutex::new(Addr::new(connection.url().clone(), queue)));
         let backlog = Backlog {
+            local: Arc::clone(&local),
             spares: SparePool::new(Arc::clone(&connection), options.clone()),
             connection,
             options: options.clone(),
@@ -206,7 +209,7 @@ impl Listener {
         };
         io::Error::new(
             io::ErrorKind::ConnectionAborted,
-            format!("the listener on {:?} {why}", self.local.queue()),
+            format!("the listener on {:?} {why}", self.local().queue()),
         )
     }
 
@@ -272,6 +275,9 @@ impl Listener {
     }
 
     /// The address this listener listens on: the broker and the queue.
+    /// Of a cluster, the broker is the node the listener is connected to,
+    /// which changes when it [reconnects](StreamOptions::reconnect) to
+    /// another.
     ///
     /// ```no_run
     /// # let listener = amqp_stream::Listener::bind("amqp://127.0.0.1", "echo")?;
@@ -279,7 +285,11 @@ impl Listener {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn local_addr(&self) -> io::Result<Addr> {
-        Ok(self.local.clone())
+        Ok(self.local())
+    }
+
+    fn local(&self) -> Addr {
+        self.local.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -301,7 +311,7 @@ impl Drop for Listener {
 impl fmt::Debug for Listener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Listener")
-            .field("local", &self.local)
+            .field("local", &self.local())
             .finish()
     }
 }
@@ -373,6 +383,8 @@ impl Drop for Connected {
 /// What the listener's thread works with.
 struct Backlog {
     connection: Arc<BrokerConnection>,
+    /// The listener's address, updated when it reconnects.
+    local: Arc<Mutex<Addr>>,
     options: StreamOptions,
     queue: String,
     /// Streams connected but not yet accepted (bounded: the backlog).
@@ -532,11 +544,14 @@ const RECONNECT_DELAYS: (Duration, Duration) = (Duration::from_millis(100), Dura
 impl Backlog {
     /// Opens a new broker connection (and prepares streams on it), trying
     /// again with backoff; `false` when the listener was dropped first.
+    /// Of a cluster, any node will do: the one just lost is tried last.
     fn reconnect(&mut self, delay: &mut Duration) -> bool {
         loop {
-            match BrokerConnection::open(self.connection.url(), None) {
+            match self.connection.reopen() {
                 Ok(connection) => {
                     let connection = Arc::new(connection);
+                    *self.local.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Addr::new(connection.url().clone(), self.queue.as_str());
                     self.spares = SparePool::new(Arc::clone(&connection), self.options.clone());
                     self.connection = connection;
                     return true;

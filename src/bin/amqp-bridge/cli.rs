@@ -49,8 +49,9 @@ error is often an ssh user's terminal). The password is never printed.";
 pub struct Cli {
     /// Broker URL: amqp://USER:PASSWORD@HOST:PORT/VHOST (default: the local
     /// broker, user guest). Without /VHOST: the default virtual host, /.
-    /// Keep the password out of it (every user of the machine can read a
-    /// command line): --password-file, or the AMQP_URL variable
+    /// A cluster's nodes: a comma-separated list of such URLs, tried in
+    /// random order. Keep the password out of it (every user of the
+    /// machine can read a command line): --password-file, or the AMQP_URL variable
     #[arg(
         long,
         env = "AMQP_URL",

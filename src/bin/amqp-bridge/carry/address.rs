@@ -8,7 +8,7 @@
 //! let connector = Connector::open(&address.resolve()?)?;
 //! ```
 
-use amqp_stream::BrokerUrl;
+use amqp_stream::BrokerUrls;
 use std::io::{self, ErrorKind};
 use std::path::{Path, PathBuf};
 
@@ -45,36 +45,62 @@ impl BrokerAddress {
     pub fn check(&self) -> Result<(), String> {
         self.resolve()
             .map_err(|err| err.to_string())?
-            .parse::<BrokerUrl>()
+            .parse::<BrokerUrls>()
             .map(drop)
             .map_err(|err| err.to_string())
     }
 
-    /// The URL to connect with: the password file's password in it, when
-    /// there is one (read now).
+    /// The URL to connect with: the password file's password in it (in
+    /// each node's URL of a cluster's list), when there is one (read now).
     pub fn resolve(&self) -> io::Result<String> {
         let Some(file) = &self.password_file else {
             return Ok(self.url.clone());
         };
         let password = read_password(file)?;
-        let mut url = url::Url::parse(&self.url)
-            .map_err(|_| io::Error::new(ErrorKind::InvalidInput, "bad broker URL"))?;
-        if url.username().is_empty() {
-            // amqp://host/ means user guest: the password file is for it.
-            url.set_username("guest")
-                .map_err(|()| io::Error::new(ErrorKind::InvalidInput, "bad broker URL"))?;
-        }
-        url.set_password(Some(&password))
-            .map_err(|()| io::Error::new(ErrorKind::InvalidInput, "bad broker URL"))?;
-        Ok(url.to_string())
+        let urls = split_list(&self.url)
+            .into_iter()
+            .map(|url| with_password(url, &password))
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(urls.join(","))
     }
+}
+
+/// `url` with `password` in it (and user `guest` if it names none).
+fn with_password(url: &str, password: &str) -> io::Result<String> {
+    let bad = || io::Error::new(ErrorKind::InvalidInput, "bad broker URL");
+    let mut url = url::Url::parse(url.trim()).map_err(|_| bad())?;
+    if url.username().is_empty() {
+        // amqp://host/ means user guest: the password file is for it.
+        url.set_username("guest").map_err(|()| bad())?;
+    }
+    url.set_password(Some(password)).map_err(|()| bad())?;
+    Ok(url.to_string())
+}
+
+/// The URLs of a list as `BrokerUrls` splits it: at each comma followed
+/// by `amqp://` or `amqps://` (a comma elsewhere belongs to its URL).
+fn split_list(list: &str) -> Vec<&str> {
+    let starts_url = |rest: &str| {
+        let rest = rest.trim_start().to_ascii_lowercase();
+        rest.starts_with("amqp://") || rest.starts_with("amqps://")
+    };
+    let mut urls = Vec::new();
+    let mut start = 0;
+    for (comma, _) in list.match_indices(',') {
+        if starts_url(&list[comma + 1..]) {
+            urls.push(&list[start..comma]);
+            start = comma + 1;
+        }
+    }
+    urls.push(&list[start..]);
+    urls
 }
 
 impl std::fmt::Debug for BrokerAddress {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let shown = self
             .url
-            .parse::<BrokerUrl>()
+            .parse::<BrokerUrls>()
             .map_or_else(|_| "(a bad URL)".to_string(), |url| url.to_string());
         f.debug_struct("BrokerAddress")
             .field("url", &shown)
@@ -107,6 +133,7 @@ fn read_password(file: &Path) -> io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use amqp_stream::BrokerUrl;
 
     fn file_with(text: &str) -> PathBuf {
         let path = std::env::temp_dir().join(format!("amqp-bridge-pw-{}", uuid::Uuid::new_v4()));
@@ -140,5 +167,23 @@ mod tests {
         std::fs::remove_file(&file).unwrap();
         let err = address.check().unwrap_err();
         assert!(err.contains("password file"), "{err}");
+    }
+
+    #[test]
+    fn the_password_file_goes_into_every_node_of_a_list() {
+        let file = file_with("pw,amqp://x\n");
+        let list = "amqp://bridge@node1:5672/v,h,amqp://node2:5673/v,h";
+        let address = BrokerAddress::new(list, Some(file.clone()));
+        let resolved = address.resolve().unwrap();
+        let urls: BrokerUrls = resolved.parse().unwrap();
+        let users: Vec<_> = urls.as_slice().iter().map(|u| u.username()).collect();
+        assert_eq!(users, ["bridge", "guest"]);
+        assert_eq!(urls.as_slice()[1].vhost(), "v,h");
+        assert_eq!(
+            resolved.matches(":pw,amqp%3A%2F%2Fx@").count(),
+            2,
+            "{resolved}"
+        );
+        std::fs::remove_file(&file).unwrap();
     }
 }

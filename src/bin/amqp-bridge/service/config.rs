@@ -21,7 +21,7 @@
 use crate::carry::address::BrokerAddress;
 use crate::cli::{Cli, Command};
 use crate::service::kinds::KINDS;
-use amqp_stream::BrokerUrl;
+use amqp_stream::BrokerUrls;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, Parser};
 use std::error::Error as _;
@@ -354,7 +354,7 @@ fn scalar_text(value: &DeValue<'_>) -> Option<String> {
 
 /// Checks a broker URL; the message never shows the password.
 fn check_url(url: &str) -> Result<(), String> {
-    url.parse::<BrokerUrl>()
+    url.parse::<BrokerUrls>()
         .map(drop)
         .map_err(|e| e.to_string())
 }
@@ -493,6 +493,19 @@ url = "amqp://other:pw@broker2/%2f"
     fn a_bad_url_is_refused_without_showing_its_password() {
         let err = check("url = \"http://user:hunter2@host/\"\n").unwrap_err();
         assert!(err.starts_with("tunnels.toml:1: url: "), "{err}");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn a_url_may_list_a_clusters_nodes() {
+        let nodes = "amqp://b:pw@node1/%2f,amqp://b:pw@node2/%2f";
+        let specs = check(&format!(
+            "url = \"{nodes}\"\n[serve.s]\nqueue = \"q\"\nto = \"127.0.0.1:1\"\n"
+        ))
+        .unwrap();
+        assert_eq!(specs[0].broker.url(), nodes);
+        let err = check("url = \"amqp://b:hunter2@node1,node2/%2f\"\n").unwrap_err();
+        assert!(err.contains("comma"), "{err}");
         assert!(!err.contains("hunter2"), "{err}");
     }
 
