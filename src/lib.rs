@@ -282,16 +282,19 @@
 //! a logger. Broker URLs are logged, printed and put in errors without
 //! their password.
 //!
-//! amiquip, underneath, logs every method of the AMQP login at `debug`,
-//! the one carrying the password among them. So that no logger ever sees
-//! it, the crate holds the `log` crate's process-wide maximum level at
-//! `info` while a login runs (a few milliseconds; the level is put back
-//! afterwards): `debug` and `trace` records from other threads logged in
-//! that moment are dropped too.
+//! amiquip, underneath, logs every method of the AMQP login at `debug`
+//! (target `amiquip::io_loop::handshake_state`), the one carrying the
+//! password among them. The crate never gives amiquip the password: it
+//! logs in with a mask of it (as many `*` as the password has bytes), and
+//! the crate's own socket puts the password in place of the mask on its
+//! way to the broker. So amiquip's record shows the user name and the
+//! mask, and the crate touches no logging state of the process (such as
+//! `log::set_max_level`): the levels and filters are the application's.
 
 #![deny(missing_docs)]
 
 mod addr;
+mod broker_socket;
 mod broker_url;
 mod connection;
 mod connector;
@@ -301,8 +304,8 @@ mod inbox;
 mod listener;
 mod mux;
 mod options;
+mod password_swap;
 mod protocol;
-mod quiet_login;
 #[cfg(feature = "noise")]
 pub mod secure;
 mod shared;
