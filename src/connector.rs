@@ -61,6 +61,10 @@ impl Connector {
     /// Connects and logs in to the broker at `url` with default stream
     /// options.
     ///
+    /// Fails with `HostUnreachable` when the broker cannot be reached (not
+    /// running, or not at that address), `PermissionDenied` for bad
+    /// credentials or virtual host and `InvalidInput` for a malformed URL.
+    ///
     /// ```no_run
     /// let connector = amqp_stream::Connector::open("amqp://127.0.0.1")?;
     /// # Ok::<(), std::io::Error>(())

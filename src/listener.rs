@@ -87,6 +87,7 @@ impl Listener {
     /// and the streams it accepts share.
     ///
     /// Fails with `AddrInUse` when another listener holds `queue`,
+    /// `HostUnreachable` when the broker cannot be reached,
     /// `PermissionDenied` for bad credentials and `InvalidInput` for a
     /// malformed URL.
     ///

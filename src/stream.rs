@@ -103,7 +103,8 @@ impl Stream {
     /// backlog), so connecting and then accepting on one thread works.
     ///
     /// Fails with `ConnectionRefused` at once when nothing listens on
-    /// `queue`, `PermissionDenied` for bad credentials, `InvalidInput` for
+    /// `queue`, `HostUnreachable` when the broker cannot be reached,
+    /// `PermissionDenied` for bad credentials, `InvalidInput` for
     /// a malformed URL and `TimedOut` when the listener does not answer
     /// within the [handshake timeout](StreamOptions::handshake_timeout).
     ///
