@@ -203,11 +203,11 @@ impl Connector {
     /// ```no_run
     /// use amqp_stream::{Connector, StreamOptions};
     /// let connector = Connector::open("amqp://127.0.0.1")?;
-    /// let listener = connector.bind_with("api", &StreamOptions::new().shared(true))?;
+    /// let listener = connector.bind_with("api", StreamOptions::new().shared(true))?;
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn bind_with(&self, queue: &str, options: &StreamOptions) -> io::Result<Listener> {
-        Listener::start(Arc::clone(&self.connection), queue, options.clone())
+    pub fn bind_with(&self, queue: &str, options: StreamOptions) -> io::Result<Listener> {
+        Listener::start(Arc::clone(&self.connection), queue, options)
     }
 
     /// The broker this connector is connected to.

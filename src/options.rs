@@ -266,7 +266,7 @@ impl StreamOptions {
     /// ```no_run
     /// use amqp_stream::{Listener, StreamOptions};
     /// let options = StreamOptions::new().reconnect(true);
-    /// let listener = Listener::bind_with("amqp://127.0.0.1", "echo", &options)?;
+    /// let listener = Listener::bind_with("amqp://127.0.0.1", "echo", options.clone())?;
     /// for stream in listener.incoming() {
     ///     // Only a dropped listener ends this loop: after a broker restart,
     ///     // new streams arrive again once the listener is back.
@@ -307,7 +307,7 @@ impl StreamOptions {
     /// use amqp_stream::{Listener, StreamOptions};
     /// // Run this in as many processes as you like.
     /// let options = StreamOptions::new().shared(true).reconnect(true);
-    /// let listener = Listener::bind_with("amqp://127.0.0.1", "api", &options)?;
+    /// let listener = Listener::bind_with("amqp://127.0.0.1", "api", options.clone())?;
     /// for stream in listener.incoming() {
     ///     let _stream = stream?;
     /// }

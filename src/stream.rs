@@ -115,7 +115,7 @@ impl Stream {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn connect(url: &str, queue: &str) -> io::Result<Stream> {
-        Stream::connect_with(url, queue, &StreamOptions::default())
+        Stream::connect_with(url, queue, StreamOptions::default())
     }
 
     /// Like [`connect`](Stream::connect), giving up with `TimedOut` when
@@ -142,12 +142,12 @@ impl Stream {
     /// ```no_run
     /// use amqp_stream::{Stream, StreamOptions};
     /// let options = StreamOptions::new().max_message_size(256 * 1024);
-    /// let stream = Stream::connect_with("amqp://127.0.0.1", "echo", &options)?;
+    /// let stream = Stream::connect_with("amqp://127.0.0.1", "echo", options.clone())?;
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn connect_with(url: &str, queue: &str, options: &StreamOptions) -> io::Result<Stream> {
+    pub fn connect_with(url: &str, queue: &str, options: StreamOptions) -> io::Result<Stream> {
         check_queue_name(queue, "the listener's")?;
-        Connector::open_for_one(url, options.clone(), None)?.connect(queue)
+        Connector::open_for_one(url, options, None)?.connect(queue)
     }
 
     pub(crate) fn from_established(

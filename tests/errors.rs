@@ -334,7 +334,7 @@ fn a_queue_name_amqp_cannot_carry_is_invalid_input_and_harms_no_other_stream() {
                 .unwrap_err(),
             Stream::connect(&url(), bad).unwrap_err(),
             Stream::connect_timeout(&url(), bad, Duration::from_secs(5)).unwrap_err(),
-            Stream::connect_with(&url(), bad, &StreamOptions::new()).unwrap_err(),
+            Stream::connect_with(&url(), bad, StreamOptions::new()).unwrap_err(),
             Listener::bind(&url(), bad).unwrap_err(),
         ];
         for err in errors {
