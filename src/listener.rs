@@ -104,7 +104,7 @@ impl Listener {
     /// ```no_run
     /// use amqp_stream::{Listener, StreamOptions};
     /// let options = StreamOptions::new().max_message_size(256 * 1024);
-    /// let listener = Listener::bind_with("amqp://127.0.0.1", "echo", options.clone())?;
+    /// let listener = Listener::bind_with("amqp://127.0.0.1", "echo", options)?;
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn bind_with(url: &str, queue: &str, options: StreamOptions) -> io::Result<Listener> {
