@@ -2,7 +2,8 @@
 //! AMQP connection, and more when its channels run out.
 //!
 //! The broker limits the channels of one AMQP connection (`channel_max`,
-//! 2047 by default in RabbitMQ, often set lower); each stream takes one.
+//! 2047 by default in RabbitMQ, often set lower); each version-1 or
+//! version-2 stream takes one (version-3 streams share one).
 //! When the connections in use have none left, another is opened to the
 //! same broker with the same login, so a `Connector` carries any number
 //! of streams without its user noticing.
