@@ -3,7 +3,7 @@
 //! the same run, rounds interleaved so that the broker's drift hits both
 //! alike; TCP loopback the same way, where nothing hides the cipher.
 //!
-//! `cargo run --release --example bench_secure [-- ROUNDS]` (default 5
+//! `cargo run --release --features noise --example bench_secure [-- ROUNDS]` (default 5
 //! rounds). Broker from `AMQP_URL` (default the local one). Prints, per
 //! transport, bulk throughput (64 MiB one way in 64 KiB writes; median
 //! of the rounds) and 1-byte ping-pong round trips (median and p99 of

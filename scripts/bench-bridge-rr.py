@@ -5,7 +5,7 @@ one request at a time each) against the local Redis, then where the CPU
 time went (the broker, serve, forward, redis-benchmark) during the
 bridged run.
 
-Usage: cargo build --release --bin amqp-bridge &&
+Usage: cargo build --release --features bridge --bin amqp-bridge &&
        python3 scripts/bench-bridge-rr.py [--requests 20000] [--redis 127.0.0.1:6379] [--runs 2]
 Needs redis-benchmark (scripts/ensure-test-tools.sh installs it) and a
 Redis server; prints figures, asserts nothing.

@@ -6,7 +6,7 @@ one way in 64 KiB sends into a sink that answers with the byte count) and
 1-byte ping-pong round trips against an echo service (median and p99).
 Prints figures and ratios; asserts nothing but the byte counts.
 
-Usage: cargo build --release --bin amqp-bridge && python3 scripts/bench-bridge-secure.py [ROUNDS]
+Usage: cargo build --release --features bridge --bin amqp-bridge && python3 scripts/bench-bridge-secure.py [ROUNDS]
 """
 import os
 import socket

@@ -3,7 +3,7 @@
 direct TCP loopback, measured in the same run: 256 MiB one-way in 64 KiB
 sends into a sink that answers with the byte count.
 
-Usage: cargo build --release --bin amqp-bridge && python3 scripts/bench-bridge.py
+Usage: cargo build --release --features bridge --bin amqp-bridge && python3 scripts/bench-bridge.py
 """
 import os
 import socket

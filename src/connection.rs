@@ -2,7 +2,8 @@
 //! AMQP connection, and more when its channels run out.
 //!
 //! The broker limits the channels of one AMQP connection (`channel_max`,
-//! 2047 by default in RabbitMQ, often set lower); each stream takes one.
+//! 2047 by default in RabbitMQ, often set lower); each version-1 or
+//! version-2 stream takes one (version-3 streams share one).
 //! When the connections in use have none left, another is opened to the
 //! same broker with the same login, so a `Connector` carries any number
 //! of streams without its user noticing.
@@ -16,11 +17,12 @@
 //! without it, every small message waits for Nagle's algorithm and the
 //! peer's delayed ACK, about 40 ms on Linux.
 
+use crate::broker_socket::BrokerSocket;
 use crate::broker_url::BrokerUrl;
 use crate::broker_urls::{BrokerUrls, attempt_time};
 use crate::error::Error;
 use crate::mux::Mux;
-use crate::quiet_login::QuietLogin;
+use crate::password_swap::{PasswordSwap, mask};
 use crate::tls;
 use amiquip::{
     Auth, Channel, Connection, ConnectionBlockedNotification, ConnectionOptions, ConnectionTuning,
@@ -312,29 +314,30 @@ fn log_in(url: &BrokerUrl, timeout: Option<Duration>) -> Result<(Connection, Soc
     let local_addr = socket
         .local_addr()
         .map_err(|source| unreachable(url, source))?;
-    let socket =
-        mio::net::TcpStream::from_stream(socket).map_err(|source| unreachable(url, source))?;
-    let remaining = deadline.map_or(timeout, |deadline| {
-        deadline.saturating_duration_since(Instant::now())
-    });
+    // amiquip logs the login at `debug`: it gets a mask of the password,
+    // which the socket swaps for the password on the way out.
     let options = ConnectionOptions::default()
         .auth(Auth::Plain {
             username: url.username().to_string(),
-            password: url.password().to_string(),
+            password: mask(url.password()),
         })
         .virtual_host(url.vhost())
         .heartbeat(url.heartbeat())
         .channel_max(url.channel_max().unwrap_or(0))
-        .connection_timeout(Some(remaining.max(Duration::from_millis(1))))
         .information(Some(format!("amqp-stream {}", env!("CARGO_PKG_VERSION"))));
-    let quiet = QuietLogin::begin();
-    let opened = if url.is_tls() {
-        tls::open(url, socket, options, |err| login_error(url, err, timeout))
+    let socket = if url.is_tls() {
+        tls::handshake(url, socket, deadline)?
     } else {
-        Connection::insecure_open_stream(socket, options, ConnectionTuning::default())
-            .map_err(|err| login_error(url, err, timeout))
+        BrokerSocket::plain(socket, PasswordSwap::new(url.username(), url.password()))
+            .map_err(|source| unreachable(url, source))?
     };
-    drop(quiet);
+    let remaining = deadline.map_or(timeout, |deadline| {
+        deadline.saturating_duration_since(Instant::now())
+    });
+    let options = options.connection_timeout(Some(remaining.max(Duration::from_millis(1))));
+    // `insecure` only in that amiquip adds no TLS: the socket has its own.
+    let opened = Connection::insecure_open_stream(socket, options, ConnectionTuning::default())
+        .map_err(|err| login_error(url, err, timeout));
     let connection = opened?;
     info!("connected to {url} from {local_addr}");
     Ok((connection, local_addr))

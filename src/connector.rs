@@ -22,18 +22,25 @@ use std::time::{Duration, Instant};
 ///
 /// Opening a broker connection costs several round trips; a `Connector`
 /// pays that once, so each further stream costs only its own handshake.
-/// After its first `connect` it also keeps
-/// [`prepared_streams`](StreamOptions::prepared_streams) streams set up
-/// ahead (channel, queue and consumer ready), so a new stream's setup is
-/// one message each way.
 ///
-/// Each stream takes one AMQP channel, and the broker limits the channels
-/// of a connection (`channel_max`: 2047 by default in RabbitMQ, often set
-/// lower). When every channel is in use the connector opens another
-/// connection to the same broker with the same login and goes on there,
-/// so it carries any number of streams; it logs that at `info`. The
-/// connection state it reports ([`is_closed`](Connector::is_closed) and
-/// the `wait_closed` methods) is that of its first connection.
+/// What a stream costs the connection depends on its
+/// [protocol version](crate::wire): a version-3 stream (a connector's
+/// streams to an amqp-stream listener, from the second on) has no AMQP
+/// channel, queue or thread of its own; all of them share the
+/// connection's one queue and one publishing channel, and setup is one
+/// message each way. A version-1 or version-2 stream (the first stream to
+/// a listener, a Go peer, or a pinned version) takes an AMQP channel, a
+/// queue and a thread of its own; for those, after its first `connect`
+/// the connector keeps [`prepared_streams`](StreamOptions::prepared_streams)
+/// set up ahead (channel, queue and consumer ready).
+///
+/// The broker limits the channels of a connection (`channel_max`: 2047
+/// by default in RabbitMQ, often set lower). When every channel is in use
+/// the connector opens another connection to the same broker with the
+/// same login and goes on there, so it carries any number of streams; it
+/// logs that at `info`. The connection state it reports
+/// ([`is_closed`](Connector::is_closed) and the `wait_closed` methods) is
+/// that of its first connection.
 ///
 /// Given the nodes of a RabbitMQ cluster as a comma-separated list of
 /// URLs (see [`BrokerUrls`]), it connects to the first that answers, in a
@@ -65,6 +72,10 @@ pub struct Connector {
 impl Connector {
     /// Connects and logs in to the broker at `url` with default stream
     /// options.
+    ///
+    /// Fails with `HostUnreachable` when the broker cannot be reached (not
+    /// running, or not at that address), `PermissionDenied` for bad
+    /// credentials or virtual host and `InvalidInput` for a malformed URL.
     ///
     /// ```no_run
     /// let connector = amqp_stream::Connector::open("amqp://127.0.0.1")?;
@@ -204,11 +215,11 @@ impl Connector {
     /// ```no_run
     /// use amqp_stream::{Connector, StreamOptions};
     /// let connector = Connector::open("amqp://127.0.0.1")?;
-    /// let listener = connector.bind_with("api", &StreamOptions::new().shared(true))?;
+    /// let listener = connector.bind_with("api", StreamOptions::new().shared(true))?;
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn bind_with(&self, queue: &str, options: &StreamOptions) -> io::Result<Listener> {
-        Listener::start(Arc::clone(&self.connection), queue, options.clone())
+    pub fn bind_with(&self, queue: &str, options: StreamOptions) -> io::Result<Listener> {
+        Listener::start(Arc::clone(&self.connection), queue, options)
     }
 
     /// The broker this connector is connected to: of a cluster's nodes

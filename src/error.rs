@@ -37,7 +37,22 @@ pub enum Error {
     /// The URL asks for something this build cannot do (such as TLS).
     #[error("{0}")]
     Unsupported(String),
-    /// No TCP connection to the broker could be made.
+    /// No TCP connection to the broker could be made: it is not running,
+    /// or not at that address (its kind is `HostUnreachable`, whatever
+    /// the socket said; [`source`](std::error::Error::source) has the
+    /// socket's own error). Told apart from `ConnectionRefused`, which
+    /// means the broker is there but nobody listens on the queue.
+    ///
+    /// ```
+    /// use amqp_stream::Error;
+    /// use std::io;
+    ///
+    /// let err = Error::Unreachable {
+    ///     broker: "amqp://127.0.0.1:5672/%2f".into(),
+    ///     source: io::ErrorKind::ConnectionRefused.into(),
+    /// };
+    /// assert_eq!(err.kind(), io::ErrorKind::HostUnreachable);
+    /// ```
     #[error("cannot reach the broker at {broker}: {source}")]
     Unreachable {
         /// The broker, without password.
@@ -165,7 +180,7 @@ impl Error {
         match self {
             Error::InvalidUrl { .. } | Error::InvalidArgument(_) => io::ErrorKind::InvalidInput,
             Error::Unsupported(_) => io::ErrorKind::Unsupported,
-            Error::Unreachable { source, .. } => source.kind(),
+            Error::Unreachable { .. } => io::ErrorKind::HostUnreachable,
             Error::AccessRefused { .. } => io::ErrorKind::PermissionDenied,
             Error::Tls { .. } => io::ErrorKind::InvalidData,
             Error::ConnectionRefused { .. } => io::ErrorKind::ConnectionRefused,

@@ -89,6 +89,7 @@ impl Listener {
     /// and the streams it accepts share.
     ///
     /// Fails with `AddrInUse` when another listener holds `queue`,
+    /// `HostUnreachable` when the broker cannot be reached,
     /// `PermissionDenied` for bad credentials and `InvalidInput` for a
     /// malformed URL.
     ///
@@ -105,11 +106,11 @@ impl Listener {
     /// ```no_run
     /// use amqp_stream::{Listener, StreamOptions};
     /// let options = StreamOptions::new().max_message_size(256 * 1024);
-    /// let listener = Listener::bind_with("amqp://127.0.0.1", "echo", &options)?;
+    /// let listener = Listener::bind_with("amqp://127.0.0.1", "echo", options)?;
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn bind_with(url: &str, queue: &str, options: &StreamOptions) -> io::Result<Listener> {
-        Connector::open_with(url, options.clone())?.bind(queue)
+    pub fn bind_with(url: &str, queue: &str, options: StreamOptions) -> io::Result<Listener> {
+        Connector::open_with(url, options)?.bind(queue)
     }
 
     pub(crate) fn start(

@@ -9,6 +9,12 @@ use std::time::{Duration, Instant};
 /// makes. Build it with the chained setters; every value has a sensible
 /// default.
 ///
+/// The setters hold the plain names (`window(bytes)`) and take and give
+/// back the options by value, so they chain; the getters are `get_*`
+/// (`get_window()`). That is the shape of `std::process::Command`, a
+/// builder that is read back too: the plain name cannot be both.
+/// Functions that take options take them by value.
+///
 /// ```
 /// use amqp_stream::StreamOptions;
 /// use std::time::Duration;
@@ -266,7 +272,7 @@ impl StreamOptions {
     /// ```no_run
     /// use amqp_stream::{Listener, StreamOptions};
     /// let options = StreamOptions::new().reconnect(true);
-    /// let listener = Listener::bind_with("amqp://127.0.0.1", "echo", &options)?;
+    /// let listener = Listener::bind_with("amqp://127.0.0.1", "echo", options)?;
     /// for stream in listener.incoming() {
     ///     // Only a dropped listener ends this loop: after a broker restart,
     ///     // new streams arrive again once the listener is back.
@@ -307,7 +313,7 @@ impl StreamOptions {
     /// use amqp_stream::{Listener, StreamOptions};
     /// // Run this in as many processes as you like.
     /// let options = StreamOptions::new().shared(true).reconnect(true);
-    /// let listener = Listener::bind_with("amqp://127.0.0.1", "api", &options)?;
+    /// let listener = Listener::bind_with("amqp://127.0.0.1", "api", options)?;
     /// for stream in listener.incoming() {
     ///     let _stream = stream?;
     /// }

@@ -38,6 +38,27 @@ use std::time::{Duration, Instant};
 /// time) until the broker has confirmed everything written, and deletes
 /// the stream's queue.
 ///
+/// # Differences from `TcpStream`
+///
+/// The same names mean the same things; these are what differs:
+///
+/// * **Addresses.** [`connect`](Stream::connect) takes a broker URL and a
+///   queue name, and [`peer_addr`](Stream::peer_addr) and
+///   [`local_addr`](Stream::local_addr) give an [`Addr`] (broker and
+///   queue), not a `SocketAddr`.
+/// * **`flush`** returns once the broker has confirmed every byte written
+///   before it (a `TcpStream`'s does nothing).
+/// * **No non-blocking mode**: there is no `set_nonblocking`, and no file
+///   descriptor (`AsRawFd`/`AsFd`) to hand to `poll` or an async runtime.
+///   Use the read and write timeouts (a timed-out call fails with
+///   `WouldBlock`, as on Unix) or a thread per stream.
+/// * **No `take_error`**: a stream has no pending socket error; whatever
+///   failed it is returned by the next `read`, `write` or `flush`.
+/// * **No `set_ttl`**, nothing of IP.
+/// * **[`set_linger`](Stream::set_linger)** is stable here (the standard
+///   library's is not), and `shutdown(Shutdown::Read)` wakes a read
+///   blocked in another thread, which returns `Ok(0)`, as on Linux.
+///
 /// ```no_run
 /// use amqp_stream::Stream;
 /// use std::io::{Read, Write};
@@ -103,7 +124,8 @@ impl Stream {
     /// backlog), so connecting and then accepting on one thread works.
     ///
     /// Fails with `ConnectionRefused` at once when nothing listens on
-    /// `queue`, `PermissionDenied` for bad credentials, `InvalidInput` for
+    /// `queue`, `HostUnreachable` when the broker cannot be reached,
+    /// `PermissionDenied` for bad credentials, `InvalidInput` for
     /// a malformed URL and `TimedOut` when the listener does not answer
     /// within the [handshake timeout](StreamOptions::handshake_timeout).
     ///
@@ -114,7 +136,7 @@ impl Stream {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn connect(url: &str, queue: &str) -> io::Result<Stream> {
-        Stream::connect_with(url, queue, &StreamOptions::default())
+        Stream::connect_with(url, queue, StreamOptions::default())
     }
 
     /// Like [`connect`](Stream::connect), giving up with `TimedOut` when
@@ -141,12 +163,12 @@ impl Stream {
     /// ```no_run
     /// use amqp_stream::{Stream, StreamOptions};
     /// let options = StreamOptions::new().max_message_size(256 * 1024);
-    /// let stream = Stream::connect_with("amqp://127.0.0.1", "echo", &options)?;
+    /// let stream = Stream::connect_with("amqp://127.0.0.1", "echo", options)?;
     /// # Ok::<(), std::io::Error>(())
     /// ```
-    pub fn connect_with(url: &str, queue: &str, options: &StreamOptions) -> io::Result<Stream> {
+    pub fn connect_with(url: &str, queue: &str, options: StreamOptions) -> io::Result<Stream> {
         check_queue_name(queue, "the listener's")?;
-        Connector::open_for_one(url, options.clone(), None)?.connect(queue)
+        Connector::open_for_one(url, options, None)?.connect(queue)
     }
 
     pub(crate) fn from_established(
@@ -405,6 +427,36 @@ impl Stream {
     pub fn write_timeout(&self) -> io::Result<Option<Duration>> {
         Ok(*lock(&self.inner.write_timeout))
     }
+
+    /// Reads what has arrived into `buf` without taking it: the next
+    /// `read` (or `peek`) returns the same bytes. Like
+    /// [`TcpStream::peek`](std::net::TcpStream::peek), it blocks until
+    /// something has arrived (or the read timeout passes, `WouldBlock`),
+    /// returns `Ok(0)` at the end of the stream and fails as `read` would.
+    /// It returns at most what the next read would, which may be less
+    /// than has arrived.
+    ///
+    /// ```
+    /// # use amqp_stream::{Listener, Stream};
+    /// # use std::io::{Read, Write};
+    /// # let url = std::env::var("AMQP_URL")
+    /// #     .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_string());
+    /// # let queue = format!("doc-peek-{}", std::process::id());
+    /// # let listener = Listener::bind(&url, &queue)?;
+    /// # let mut client = Stream::connect(&url, &queue)?;
+    /// # let (mut stream, _) = listener.accept()?;
+    /// client.write_all(b"GET /")?;
+    /// let mut first = [0; 3];
+    /// stream.peek(&mut first)?;
+    /// assert_eq!(&first, b"GET");
+    /// let mut all = [0; 5];
+    /// stream.read_exact(&mut all)?;
+    /// assert_eq!(&all, b"GET /");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf, true)
+    }
 }
 
 impl Inner {
@@ -412,7 +464,9 @@ impl Inner {
         lock(&self.reader)
     }
 
-    fn read(&self, out: &mut [u8]) -> io::Result<usize> {
+    /// Reads into `out`, or with `peek` copies without taking: the bytes
+    /// stay for the next read (and are not reported consumed).
+    fn read(&self, out: &mut [u8], peek: bool) -> io::Result<usize> {
         if out.is_empty() {
             return Ok(0);
         }
@@ -426,6 +480,9 @@ impl Inner {
                 let available = &state.current[state.position..];
                 let n = available.len().min(out.len());
                 out[..n].copy_from_slice(&available[..n]);
+                if peek {
+                    return Ok(n);
+                }
                 state.position += n;
                 if let Some(total) = state.window.as_mut().and_then(|w| w.consume(n)) {
                     // Acknowledge first: the broker then never holds more
@@ -880,13 +937,13 @@ impl Read for Stream {
     /// Reads what has arrived, blocking until something has (or the read
     /// timeout passes). `Ok(0)` means the peer shut down its side.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf)
+        self.inner.read(buf, false)
     }
 }
 
 impl Read for &Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner.read(buf)
+        self.inner.read(buf, false)
     }
 }
 

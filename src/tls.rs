@@ -1,11 +1,20 @@
 //! Opening an AMQP connection over TLS (`amqps://`), with the `tls`
 //! feature: a `native_tls` connector built from the URL's
 //! [`TlsSettings`](crate::TlsSettings), on a socket opened by
-//! `connection.rs`. Without the feature, `amqps://` is `Unsupported`.
+//! `connection.rs`, with the handshake done here before amiquip takes the
+//! socket. Without the feature, `amqps://` is `Unsupported`.
 
+use crate::broker_socket::BrokerSocket;
+#[cfg(feature = "tls")]
+use crate::broker_socket::SocketIo;
 use crate::broker_url::BrokerUrl;
 use crate::error::Error;
-use amiquip::{Auth, Connection, ConnectionOptions};
+#[cfg(feature = "tls")]
+use crate::password_swap::PasswordSwap;
+use std::net::TcpStream;
+#[cfg(feature = "tls")]
+use std::time::Duration;
+use std::time::Instant;
 
 /// Fails unless this build can open `amqps://` connections.
 pub(crate) fn ensure_supported(url: &BrokerUrl) -> Result<(), Error> {
@@ -22,37 +31,60 @@ fn unsupported(url: &BrokerUrl) -> Error {
     ))
 }
 
-/// Opens `url`'s AMQP connection over TLS on `socket`; `login_error`
-/// explains failures after the TLS handshake.
+/// Runs the TLS handshake with the broker on `socket`, blocking, by
+/// `deadline` (none: no limit); amiquip then runs the AMQP connection
+/// over the result.
 #[cfg(feature = "tls")]
-pub(crate) fn open(
+pub(crate) fn handshake(
     url: &BrokerUrl,
-    socket: mio::net::TcpStream,
-    options: ConnectionOptions<Auth>,
-    login_error: impl FnOnce(amiquip::Error) -> Error,
-) -> Result<Connection, Error> {
+    socket: TcpStream,
+    deadline: Option<Instant>,
+) -> Result<BrokerSocket, Error> {
+    use native_tls::HandshakeError;
     let settings = url.tls_settings();
     let connector = connector(url)?;
+    let timed_out = || Error::TimedOut {
+        what: format!("the TLS handshake with {url}"),
+        after: deadline.map_or(Duration::MAX, |d| {
+            d.saturating_duration_since(Instant::now())
+        }),
+    };
+    let remaining = match deadline {
+        Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+            Some(left) if !left.is_zero() => Some(left),
+            _ => return Err(timed_out()),
+        },
+        None => None,
+    };
+    let unreachable = |source| Error::Unreachable {
+        broker: url.to_string(),
+        source,
+    };
+    socket.set_read_timeout(remaining).map_err(unreachable)?;
+    socket.set_write_timeout(remaining).map_err(unreachable)?;
     // With `server_name_indication=disable`, no name is sent or checked
     // (`connector` accepts any name then); native_tls still wants one.
     let name = settings.server_name().unwrap_or(url.host());
-    let tuning = amiquip::ConnectionTuning::default();
-    Connection::open_tls_stream(connector, name, socket, options, tuning).map_err(|err| match err {
-        amiquip::Error::TlsHandshake { source } => Error::Tls {
-            broker: url.to_string(),
-            reason: handshake_failure(url, &source),
-        },
-        other => login_error(other),
-    })
+    let tls = match connector.connect(name, SocketIo::Blocking(socket)) {
+        Ok(tls) => tls,
+        // A blocking socket says "would block" when its timeout ran out.
+        Err(HandshakeError::WouldBlock(_)) => return Err(timed_out()),
+        Err(HandshakeError::Failure(err)) => {
+            return Err(Error::Tls {
+                broker: url.to_string(),
+                reason: handshake_failure(url, &err),
+            });
+        }
+    };
+    BrokerSocket::tls(tls, PasswordSwap::new(url.username(), url.password())).map_err(unreachable)
 }
 
 #[cfg(not(feature = "tls"))]
-pub(crate) fn open(
+pub(crate) fn handshake(
     url: &BrokerUrl,
-    _socket: mio::net::TcpStream,
-    _options: ConnectionOptions<Auth>,
-    _login_error: impl FnOnce(amiquip::Error) -> Error,
-) -> Result<Connection, Error> {
+    _socket: TcpStream,
+    _deadline: Option<Instant>,
+) -> Result<BrokerSocket, Error> {
     Err(unsupported(url))
 }
 

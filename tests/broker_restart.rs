@@ -66,8 +66,7 @@ fn a_reconnecting_listener_accepts_again_after_a_broker_restart() {
     let url = node.url("");
     let q = queue("restart");
     let plain_q = queue("restart-plain");
-    let reconnecting =
-        Listener::bind_with(&url, &q, &StreamOptions::new().reconnect(true)).unwrap();
+    let reconnecting = Listener::bind_with(&url, &q, StreamOptions::new().reconnect(true)).unwrap();
     let plain = Listener::bind(&url, &plain_q).unwrap();
 
     let mut client = Stream::connect(&url, &q).unwrap();
@@ -138,8 +137,7 @@ fn version_3_streams_fail_on_a_broker_restart_and_a_reconnecting_listener_accept
     let q = queue("restart-v3");
     // The listener takes any version; the clients pin version 3, so every
     // accepted stream is on the listener's connection queue.
-    let reconnecting =
-        Listener::bind_with(&url, &q, &StreamOptions::new().reconnect(true)).unwrap();
+    let reconnecting = Listener::bind_with(&url, &q, StreamOptions::new().reconnect(true)).unwrap();
     let connector = Connector::open_with(&url, v3()).unwrap();
     let mut pairs = Vec::new();
     for n in 0..V3_STREAMS {

@@ -28,7 +28,7 @@ const VERSIONS: [ProtocolVersion; 3] = [
 fn pair(version: ProtocolVersion, options: StreamOptions, tag: &str) -> (Listener, Connector) {
     let options = options.protocol_version(Some(version));
     let q = queue(tag);
-    let listener = Listener::bind_with(&url(), &q, &options).unwrap();
+    let listener = Listener::bind_with(&url(), &q, options.clone()).unwrap();
     let connector = Connector::open_with(&url(), options).unwrap();
     (listener, connector)
 }

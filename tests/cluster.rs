@@ -238,7 +238,7 @@ fn a_reconnecting_listener_comes_back_on_another_node() {
     let cluster = shared(NODES);
     let q = queue("cluster-failover");
     let options = StreamOptions::new().reconnect(true);
-    let listener = Listener::bind_with(&cluster.urls(), &q, &options).unwrap();
+    let listener = Listener::bind_with(&cluster.urls(), &q, options.clone()).unwrap();
     let mut figures = Vec::new();
     for round in 0..2 {
         let on = node_of(&cluster, &listener.local_addr().unwrap());

@@ -129,6 +129,21 @@ fn no_password_in_logs_debug_display_or_errors() {
     assert!(lines.iter().any(|l| l.starts_with("DEBUG amqp_stream")));
     assert!(lines.iter().any(|l| l.contains(" amiquip")));
     assert!(lines.iter().any(|l| l.starts_with("TRACE amiquip")));
+    // amiquip's own record of the login, at debug, with a mask where the
+    // password was: the crate hides it without holding the process's log
+    // level down while it logs in (it used to, and this record was lost).
+    let masked = format!("\\0{USER}\\0{}", "*".repeat(PASSWORD.len()));
+    assert!(
+        lines.iter().any(|l| l.starts_with("DEBUG amiquip")
+            && l.contains("StartOk")
+            && l.contains(&masked)),
+        "no masked login record: {:?}",
+        lines
+            .iter()
+            .filter(|l| l.contains("StartOk"))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(log::max_level(), log::LevelFilter::Trace);
     record(
         "password never shown",
         &format!(

@@ -25,7 +25,7 @@ fn child_peer() {
         _ => None,
     };
     let options = StreamOptions::new().protocol_version(pin);
-    let mut stream = Stream::connect_with(&url(), &q, &options).unwrap();
+    let mut stream = Stream::connect_with(&url(), &q, options.clone()).unwrap();
     stream.write_all(b"hello from the child").unwrap();
     stream.flush().unwrap();
     let _ = stream.read(&mut [0; 1]); // blocks until killed

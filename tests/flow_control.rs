@@ -143,8 +143,8 @@ fn a_blocked_write_times_out_and_resumes_once_the_peer_reads() {
     let window = 256 * 1024;
     let options = StreamOptions::new().window(window);
     let q = queue("flow-timeout");
-    let listener = Listener::bind_with(&url(), &q, &options).unwrap();
-    let mut writer = Stream::connect_with(&url(), &q, &options).unwrap();
+    let listener = Listener::bind_with(&url(), &q, options.clone()).unwrap();
+    let mut writer = Stream::connect_with(&url(), &q, options.clone()).unwrap();
     let (mut reader, _) = listener.accept().unwrap();
     writer
         .set_write_timeout(Some(Duration::from_millis(300)))
@@ -179,8 +179,8 @@ fn a_writer_that_never_reads_its_own_side_still_gets_credit() {
     // window updates travel behind data and must still be found.
     let options = StreamOptions::new().window(128 * 1024);
     let q = queue("flow-both");
-    let listener = Listener::bind_with(&url(), &q, &options).unwrap();
-    let client = Stream::connect_with(&url(), &q, &options).unwrap();
+    let listener = Listener::bind_with(&url(), &q, options.clone()).unwrap();
+    let client = Stream::connect_with(&url(), &q, options.clone()).unwrap();
     let (server, _) = listener.accept().unwrap();
     const EACH: u64 = 16 * MIB;
     let send = |stream: &Stream| {

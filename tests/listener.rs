@@ -324,7 +324,7 @@ fn connect_and_read(
     connected: impl FnOnce(),
 ) -> Result<std::io::ErrorKind, String> {
     let started = Instant::now();
-    let outcome = match Stream::connect_with(&url(), q, options) {
+    let outcome = match Stream::connect_with(&url(), q, options.clone()) {
         Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => Ok(err.kind()),
         Err(err) => Err(format!("connect failed with {:?}: {err}", err.kind())),
         Ok(mut stream) => {
@@ -355,7 +355,7 @@ fn patient() -> StreamOptions {
 fn dropping_a_shared_listener_refuses_every_waiting_client_at_once() {
     const CLIENTS: usize = 3;
     let q = queue("shared-refuse-all");
-    let listener = Listener::bind_with(&url(), &q, &StreamOptions::new().shared(true)).unwrap();
+    let listener = Listener::bind_with(&url(), &q, StreamOptions::new().shared(true)).unwrap();
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| {
             let q = q.clone();
@@ -399,7 +399,7 @@ fn dropping_a_listener_resets_its_backlog(version: ProtocolVersion) {
             let options = options.clone();
             let connected_tx = connected_tx.clone();
             std::thread::spawn(move || {
-                let mut stream = Stream::connect_with(&url(), &q, &options).unwrap();
+                let mut stream = Stream::connect_with(&url(), &q, options.clone()).unwrap();
                 connected_tx.send(()).unwrap();
                 stream
                     .set_read_timeout(Some(Duration::from_secs(60)))
@@ -472,7 +472,7 @@ fn clients_connecting_while_the_listener_closes_are_refused_or_reset() {
 fn a_stream_answered_when_its_listener_goes_is_reset_not_closed() {
     let options = StreamOptions::new().prepared_streams(0);
     let q = queue("answered-then-dropped");
-    let listener = Listener::bind_with(&url(), &q, &options).unwrap();
+    let listener = Listener::bind_with(&url(), &q, options.clone()).unwrap();
     let mut raw = raw_connection();
     let channel = raw.open_channel(None).unwrap();
     let client = RawClient::new(&channel);
@@ -501,7 +501,7 @@ fn a_shared_listener_closed_mid_handshake_does_not_give_the_request_to_another()
     let channel = raw.open_channel(None).unwrap();
     // The other listener holds a request already (nobody accepts on it),
     // so a request given back would wait in the queue, where it shows.
-    let other = Listener::bind_with(&url(), &q, &shared).unwrap();
+    let other = Listener::bind_with(&url(), &q, shared.clone()).unwrap();
     let held = RawClient::new(&channel);
     held.syn(&q, true);
     eventually(
@@ -512,7 +512,7 @@ fn a_shared_listener_closed_mid_handshake_does_not_give_the_request_to_another()
             state => Err(format!("{state:?}")),
         },
     );
-    let closing = std::sync::Arc::new(Listener::bind_with(&url(), &q, &shared).unwrap());
+    let closing = std::sync::Arc::new(Listener::bind_with(&url(), &q, shared.clone()).unwrap());
     let accepting = std::thread::spawn({
         let closing = std::sync::Arc::clone(&closing);
         move || closing.accept().map(|(stream, _)| stream)

@@ -51,8 +51,8 @@ fn versions_are_negotiated_and_can_be_pinned() {
     ];
     for (server, client, expected) in cases {
         let q = queue("version");
-        let server_side = echo_once(Listener::bind_with(&url(), &q, &server).unwrap());
-        let mut stream = Stream::connect_with(&url(), &q, &client).unwrap();
+        let server_side = echo_once(Listener::bind_with(&url(), &q, server.clone()).unwrap());
+        let mut stream = Stream::connect_with(&url(), &q, client.clone()).unwrap();
         assert_eq!(stream.protocol_version(), expected);
         assert_eq!(round_trip(&mut stream), "over the broker");
         assert_eq!(server_side.join().unwrap(), expected);
@@ -64,8 +64,8 @@ fn a_listener_pinned_to_version_2_refuses_version_1_clients() {
     let v1 = StreamOptions::new().protocol_version(Some(ProtocolVersion::V1));
     let v2 = StreamOptions::new().protocol_version(Some(ProtocolVersion::V2));
     let q = queue("pinned");
-    let listener = Listener::bind_with(&url(), &q, &v2).unwrap();
-    let err = Stream::connect_with(&url(), &q, &v1).unwrap_err();
+    let listener = Listener::bind_with(&url(), &q, v2.clone()).unwrap();
+    let err = Stream::connect_with(&url(), &q, v1.clone()).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
     // It keeps serving version-2 clients.
     let server_side = echo_once(listener);
@@ -77,8 +77,8 @@ fn a_listener_pinned_to_version_2_refuses_version_1_clients() {
 #[test]
 fn dropping_a_stream_with_unread_data_fails_the_peers_blocked_read() {
     let q = queue("reset-read");
-    let listener = Listener::bind_with(&url(), &q, &slow_keepalive()).unwrap();
-    let mut client = Stream::connect_with(&url(), &q, &slow_keepalive()).unwrap();
+    let listener = Listener::bind_with(&url(), &q, slow_keepalive()).unwrap();
+    let mut client = Stream::connect_with(&url(), &q, slow_keepalive()).unwrap();
     let (mut server, _) = listener.accept().unwrap();
     client.write_all(b"more than one byte").unwrap();
     let mut first = [0u8; 1];
@@ -103,8 +103,8 @@ fn dropping_a_stream_with_unread_data_fails_the_peers_blocked_read() {
 fn a_reset_fails_a_write_blocked_on_the_window() {
     let options = slow_keepalive().window(64 * 1024);
     let q = queue("reset-write");
-    let listener = Listener::bind_with(&url(), &q, &options).unwrap();
-    let client = Stream::connect_with(&url(), &q, &options).unwrap();
+    let listener = Listener::bind_with(&url(), &q, options.clone()).unwrap();
+    let client = Stream::connect_with(&url(), &q, options.clone()).unwrap();
     let (mut server, _) = listener.accept().unwrap();
     let writer = thread::spawn(move || {
         let chunk = vec![1u8; 8 * 1024];

@@ -124,9 +124,9 @@ fn pinned(version: ProtocolVersion) -> StreamOptions {
 fn a_listener_below_version_3_refuses_a_version_3_client_at_once() {
     for listener_version in [ProtocolVersion::V1, ProtocolVersion::V2] {
         let q = queue("v3-refused");
-        let _listener = Listener::bind_with(&url(), &q, &pinned(listener_version)).unwrap();
+        let _listener = Listener::bind_with(&url(), &q, pinned(listener_version)).unwrap();
         let started = std::time::Instant::now();
-        let err = Stream::connect_with(&url(), &q, &v3()).unwrap_err();
+        let err = Stream::connect_with(&url(), &q, v3()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
         // A refusal, not a handshake that ran out of time.
         assert!(started.elapsed() < std::time::Duration::from_secs(5));
@@ -136,12 +136,12 @@ fn a_listener_below_version_3_refuses_a_version_3_client_at_once() {
 #[test]
 fn a_listener_pinned_to_version_3_takes_only_version_3_requests() {
     let q = queue("v3-pinned");
-    let listener = Listener::bind_with(&url(), &q, &v3()).unwrap();
+    let listener = Listener::bind_with(&url(), &q, v3()).unwrap();
     let served = echo(listener, 1);
     // A first stream from a default client is a version-2 request.
     let err = Stream::connect(&url(), &q).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
-    let s = Stream::connect_with(&url(), &q, &v3()).unwrap();
+    let s = Stream::connect_with(&url(), &q, v3()).unwrap();
     assert_eq!(s.protocol_version(), ProtocolVersion::V3);
     assert_eq!(echoed(s, b"pinned".to_vec()), b"pinned");
     assert_eq!(served.join().unwrap(), vec![ProtocolVersion::V3]);
@@ -164,7 +164,7 @@ fn a_connector_falls_back_when_its_listener_no_longer_takes_version_3() {
     // remembered version-3 request is refused, and the connector asks
     // again as version 2 within the same connect.
     let served = echo(
-        Listener::bind_with(&url(), &q, &pinned(ProtocolVersion::V2)).unwrap(),
+        Listener::bind_with(&url(), &q, pinned(ProtocolVersion::V2)).unwrap(),
         1,
     );
     let s = client.connect(&q).unwrap();
@@ -183,8 +183,8 @@ fn writing_to_a_stream_whose_peer_closed_fails_with_a_reset_not_a_wait() {
     let options = v3()
         .window(4096)
         .keepalive_interval(std::time::Duration::from_millis(200));
-    let listener = Listener::bind_with(&url(), &q, &options).unwrap();
-    let client = Stream::connect_with(&url(), &q, &options).unwrap();
+    let listener = Listener::bind_with(&url(), &q, options.clone()).unwrap();
+    let client = Stream::connect_with(&url(), &q, options.clone()).unwrap();
     let (server, _) = listener.accept().unwrap();
     server.shutdown(Shutdown::Both).unwrap();
     drop(server);

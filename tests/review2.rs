@@ -29,7 +29,7 @@ fn stalled_writers(streams: usize, chunk: usize) {
         .window(64 << 20)
         .max_message_size(chunk);
     let q = queue("rv2-stall");
-    let listener = Listener::bind_with(&url(), &q, &options).unwrap();
+    let listener = Listener::bind_with(&url(), &q, options.clone()).unwrap();
     let connector = Connector::open_with(&relay.url_without_heartbeats(), options).unwrap();
     let mut clients = Vec::new();
     let mut servers = Vec::new();
@@ -148,7 +148,7 @@ fn f4_an_unrelated_version_1_answer_does_not_turn_a_version_3_connect() {
     let relay = Relay::to_broker();
     let q = queue("rv2-f4");
     let listener =
-        Listener::bind_with(&relay.url_without_heartbeats(), &q, &StreamOptions::new()).unwrap();
+        Listener::bind_with(&relay.url_without_heartbeats(), &q, StreamOptions::new()).unwrap();
     let connector = Connector::open_with(&url(), StreamOptions::new()).unwrap();
     // Learns that the listener takes version 3.
     let first = connector.connect(&q).unwrap();
@@ -225,7 +225,7 @@ fn duration_max_everywhere(version: ProtocolVersion) {
         .keepalive_interval(Duration::MAX)
         .handshake_timeout(Some(Duration::MAX));
     let q = queue("rv2-max");
-    let listener = Listener::bind_with(&url(), &q, &options).unwrap();
+    let listener = Listener::bind_with(&url(), &q, options.clone()).unwrap();
     let connector = Connector::open_with(&url(), options).unwrap();
     within(HANG, "Duration::MAX everywhere", move || {
         let client = connector.connect_timeout(&q, Duration::MAX).unwrap();
@@ -299,7 +299,7 @@ fn idle_streams_use_no_cpu() {
     ] {
         let options = StreamOptions::new().protocol_version(Some(version));
         let q = queue("rv2-idle");
-        let listener = Listener::bind_with(&url(), &q, &options).unwrap();
+        let listener = Listener::bind_with(&url(), &q, options.clone()).unwrap();
         let connector = Connector::open_with(&url(), options).unwrap();
         for _ in 0..4 {
             let client = connector.connect(&q).unwrap();

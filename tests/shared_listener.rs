@@ -43,7 +43,7 @@ fn echo(stream: Stream) -> io::Result<u64> {
 /// the same bytes come back.
 fn client(q: String, tag: String) -> JoinHandle<io::Result<()>> {
     thread::spawn(move || {
-        let mut stream = Stream::connect_with(&url(), &q, &patient())?;
+        let mut stream = Stream::connect_with(&url(), &q, patient())?;
         stream.set_read_timeout(Some(Duration::from_secs(60)))?;
         stream.write_all(tag.as_bytes())?;
         stream.shutdown(Shutdown::Write)?;
@@ -68,7 +68,7 @@ fn wait_for_queue(q: &str, expected: (u64, u64, u64), what: &str) {
 #[ignore = "runs only as the child process of the shared-listener tests"]
 fn child_listener() {
     let Ok(q) = std::env::var(ROLE) else { return };
-    let listener = Listener::bind_with(&url(), &q, &shared()).unwrap();
+    let listener = Listener::bind_with(&url(), &q, shared()).unwrap();
     println!("child: bound");
     for _ in 0..CHILD_SERVES {
         let (stream, _) = listener.accept().unwrap();
@@ -149,7 +149,7 @@ fn requests_held_by_a_killed_listener_go_to_the_other_one() {
     let ready = (CLIENTS - CHILD_SERVES - 1) as u64;
     wait_for_queue(&q, (ready, 1, 1), "the child holds one request");
     // A second listener, not accepting yet, holds one request too.
-    let listener = Listener::bind_with(&url(), &q, &shared()).unwrap();
+    let listener = Listener::bind_with(&url(), &q, shared()).unwrap();
     wait_for_queue(&q, (ready - 1, 2, 2), "both listeners hold one");
 
     child.kill();
@@ -224,8 +224,8 @@ fn serve_until_stop(listener: Listener) -> JoinHandle<usize> {
 fn shared_listeners_spread_clients_and_do_not_mix_with_exclusive_ones() {
     const CLIENTS: usize = 20;
     let q = queue("shared-spread");
-    let one = Listener::bind_with(&url(), &q, &shared()).unwrap();
-    let two = Listener::bind_with(&url(), &q, &shared()).unwrap();
+    let one = Listener::bind_with(&url(), &q, shared()).unwrap();
+    let two = Listener::bind_with(&url(), &q, shared()).unwrap();
     let exclusive = Listener::bind(&url(), &q).unwrap_err();
     assert_eq!(exclusive.kind(), io::ErrorKind::AddrInUse, "{exclusive}");
 
@@ -239,7 +239,7 @@ fn shared_listeners_spread_clients_and_do_not_mix_with_exclusive_ones() {
     // One "stop" per listener: each goes to one still accepting (or is
     // given back to it by one that stopped).
     for _ in &servers {
-        let mut stop = Stream::connect_with(&url(), &q, &patient()).unwrap();
+        let mut stop = Stream::connect_with(&url(), &q, patient()).unwrap();
         stop.write_all(b"stop").unwrap();
         stop.flush().unwrap();
         let mut rest = Vec::new();
@@ -254,7 +254,7 @@ fn shared_listeners_spread_clients_and_do_not_mix_with_exclusive_ones() {
 
     let other = queue("exclusive-first");
     let _alone = Listener::bind(&url(), &other).unwrap();
-    let err = Listener::bind_with(&url(), &other, &shared()).unwrap_err();
+    let err = Listener::bind_with(&url(), &other, shared()).unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{err}");
     record(
         "shared listeners",
@@ -268,10 +268,10 @@ fn shared_listeners_spread_clients_and_do_not_mix_with_exclusive_ones() {
 #[test]
 fn a_dropped_shared_listener_gives_its_request_back_or_refuses_it_last() {
     let q = queue("shared-drop");
-    let first = Listener::bind_with(&url(), &q, &shared()).unwrap();
+    let first = Listener::bind_with(&url(), &q, shared()).unwrap();
     let waiting = client(q.clone(), "given back".to_string());
     wait_for_queue(&q, (0, 1, 1), "the first listener holds the request");
-    let second = Listener::bind_with(&url(), &q, &shared()).unwrap();
+    let second = Listener::bind_with(&url(), &q, shared()).unwrap();
     wait_for_queue(&q, (0, 1, 2), "the second listener is there");
     drop(first);
     let (stream, _) = second.accept().unwrap();
@@ -281,7 +281,7 @@ fn a_dropped_shared_listener_gives_its_request_back_or_refuses_it_last() {
     // The last listener has nobody to give a request to: it refuses it.
     let (tx, rx) = mpsc::channel();
     let q2 = q.clone();
-    thread::spawn(move || tx.send(Stream::connect_with(&url(), &q2, &patient())));
+    thread::spawn(move || tx.send(Stream::connect_with(&url(), &q2, patient())));
     wait_for_queue(&q, (0, 1, 1), "the last listener holds the request");
     let dropped = Instant::now();
     drop(second);
@@ -324,7 +324,7 @@ fn a_listener_that_dies_after_answering_leaves_no_request_to_answer_again() {
         let options = shared()
             .protocol_version(Some(version))
             .keepalive_interval(Duration::from_millis(200));
-        let first = Arc::new(Listener::bind_with(&relay.url(), &q, &options).unwrap());
+        let first = Arc::new(Listener::bind_with(&relay.url(), &q, options.clone()).unwrap());
         let accepting = Arc::clone(&first);
         let first_accept = thread::spawn(move || accepting.accept().map(drop));
         // Its prepared streams ready (queue declared and consumed), so
@@ -343,12 +343,12 @@ fn a_listener_that_dies_after_answering_leaves_no_request_to_answer_again() {
         // The request reaches the first listener, which answers it; then
         // it hears nothing more from the broker, confirms included.
         relay.deaf_after(q.as_bytes());
-        let client = Stream::connect_with(&url(), &q, &options).unwrap();
+        let client = Stream::connect_with(&url(), &q, options.clone()).unwrap();
         assert!(
             relay.is_deaf(),
             "{version}: the request went through the relay"
         );
-        let second = Arc::new(Listener::bind_with(&url(), &q, &options).unwrap());
+        let second = Arc::new(Listener::bind_with(&url(), &q, options.clone()).unwrap());
         let accepting = Arc::clone(&second);
         let (served_tx, served) = mpsc::channel();
         thread::spawn(move || {

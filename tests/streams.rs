@@ -251,3 +251,44 @@ fn shutdown_read_wakes_a_read_blocked_in_another_thread() {
         "read woke after {took:?}"
     );
 }
+
+#[test]
+fn peek_shows_what_the_next_read_takes_on_every_version() {
+    use amqp_stream::{ProtocolVersion, StreamOptions};
+    use std::time::Duration;
+    for version in [
+        ProtocolVersion::V1,
+        ProtocolVersion::V2,
+        ProtocolVersion::V3,
+    ] {
+        let q = queue("peek");
+        let options = StreamOptions::new().protocol_version(Some(version));
+        let listener = Listener::bind_with(&url(), &q, options.clone()).unwrap();
+        let mut client = Stream::connect_with(&url(), &q, options).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        assert_eq!(server.protocol_version(), version);
+
+        // Nothing yet: a peek waits like a read, up to the read timeout.
+        server
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut buf = [0; 8];
+        let err = server.peek(&mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock, "{version}: {err}");
+        server.set_read_timeout(None).unwrap();
+
+        client.write_all(b"hello").unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        let mut small = [0; 3];
+        assert_eq!(server.peek(&mut small).unwrap(), 3, "{version}");
+        assert_eq!(&small, b"hel");
+        let n = server.peek(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"hello", "{version}");
+        // The peeked bytes are all still there for read, then the EOF,
+        // which a peek sees too.
+        let mut all = Vec::new();
+        server.read_to_end(&mut all).unwrap();
+        assert_eq!(all, b"hello", "{version}");
+        assert_eq!(server.peek(&mut buf).unwrap(), 0, "{version}");
+    }
+}

@@ -40,7 +40,7 @@ fn v3() -> StreamOptions {
 /// version 3 with `options`.
 fn pair(options: StreamOptions, tag: &str) -> (Listener, Connector) {
     let q = queue(tag);
-    let listener = Listener::bind_with(&url(), &q, &options).unwrap();
+    let listener = Listener::bind_with(&url(), &q, options.clone()).unwrap();
     let connector = Connector::open_with(&url(), options).unwrap();
     (listener, connector)
 }
@@ -316,7 +316,7 @@ fn a_write_timeout_holds_while_the_broker_reads_nothing(version: ProtocolVersion
         .protocol_version(Some(version))
         .window(64 << 20);
     let q = queue("v3e-throttle");
-    let listener = Listener::bind_with(&url(), &q, &options).unwrap();
+    let listener = Listener::bind_with(&url(), &q, options.clone()).unwrap();
     let connector = Connector::open_with(&relay.url_without_heartbeats(), options).unwrap();
     let client = connector.connect(&q).unwrap();
     let (_server, _) = listener.accept().unwrap();
@@ -513,7 +513,7 @@ fn a_neighbours_drop_keeps_its_linger_while_the_broker_reads_nothing(version: Pr
         // worker (blocked too, in its publish) and the drop find it busy.
         .keepalive_interval(Duration::from_secs(600));
     let q = queue("v3e-throttle-drop");
-    let listener = Listener::bind_with(&url(), &q, &options).unwrap();
+    let listener = Listener::bind_with(&url(), &q, options.clone()).unwrap();
     let connector = Connector::open_with(&relay.url_without_heartbeats(), options).unwrap();
     let writer = connector.connect(&q).unwrap();
     let (_writer_peer, _) = listener.accept().unwrap();

@@ -226,7 +226,7 @@ fn with_nodelay_every_write_still_arrives_in_order() {
         move || {
             ready_rx.recv().unwrap();
             let options = amqp_stream::StreamOptions::new().nodelay(true);
-            let mut s = Stream::connect_with(&url(), &q, &options).unwrap();
+            let mut s = Stream::connect_with(&url(), &q, options.clone()).unwrap();
             assert!(s.nodelay().unwrap());
             for i in 0..1_000u32 {
                 s.write_all(&i.to_be_bytes()).unwrap();
@@ -264,7 +264,7 @@ fn no_fin_follows_a_refused_message() {
         .nodelay(true);
     let client_q = q.clone();
     let client = std::thread::spawn(move || {
-        let mut s = Stream::connect_with(&url(), &client_q, &options).unwrap();
+        let mut s = Stream::connect_with(&url(), &client_q, options.clone()).unwrap();
         s.write_all(&[1; 1000]).unwrap();
         s.flush().unwrap();
         // Refused by the broker; the FIN behind it must not go.

@@ -121,7 +121,7 @@ fn client<T: Send + 'static>(
     client: impl FnOnce(Stream) -> T + Send + 'static,
 ) -> thread::JoinHandle<T> {
     let queue = queue.to_string();
-    thread::spawn(move || client(Stream::connect_with(&url(), &queue, &options).unwrap()))
+    thread::spawn(move || client(Stream::connect_with(&url(), &queue, options.clone()).unwrap()))
 }
 
 #[test]
@@ -309,7 +309,7 @@ fn a_client_pinned_to_version_2_refuses_a_version_1_server() {
     let server = RawServer::listen();
     let options = StreamOptions::new().protocol_version(Some(ProtocolVersion::V2));
     let queue = server.queue.clone();
-    let talk = thread::spawn(move || Stream::connect_with(&url(), &queue, &options));
+    let talk = thread::spawn(move || Stream::connect_with(&url(), &queue, options.clone()));
     let (_, _, data) = server.accept(None);
     let err = talk.join().unwrap().unwrap_err();
     forget_consumer(data);

@@ -39,7 +39,7 @@
 //! `snow` uses here) runs several times faster, and through the broker
 //! it cost little where ChaCha20-Poly1305 cost over a third of the bulk
 //! throughput on the two-core development machine (`cargo run --release
-//! --example bench_secure`: 0.63x of plain with ChaCha20-Poly1305, 0.84x
+//! --features noise --example bench_secure`: 0.63x of plain with ChaCha20-Poly1305, 0.84x
 //! to 0.96x with AES-GCM). Without AES instructions ring falls back to
 //! a constant-time implementation. SHA-256 is the hash of the handshake.
 //!

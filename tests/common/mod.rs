@@ -13,9 +13,60 @@ pub mod summary;
 
 use std::sync::{Mutex, Once};
 
-/// The broker the tests use: `AMQP_URL`, or the local one.
+/// The broker the tests use: `AMQP_URL`, or the local one. A test that
+/// asks for it fails at once, without a backtrace, when nothing answers
+/// there; the first one of a `cargo test` run says what to do.
 pub fn url() -> String {
-    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    let url = std::env::var("AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    static REACHABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if !*REACHABLE.get_or_init(|| broker_answers(&url)) {
+        no_broker(&url);
+    }
+    url
+}
+
+/// Whether something accepts TCP connections at `url`'s host and port.
+fn broker_answers(url: &str) -> bool {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let Ok(broker) = url.parse::<amqp_stream::BrokerUrl>() else {
+        return true; // a test of bad URLs: let it go on
+    };
+    let Ok(addrs) = (broker.host(), broker.port()).to_socket_addrs() else {
+        return false;
+    };
+    addrs
+        .into_iter()
+        .any(|addr| TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(2)).is_ok())
+}
+
+/// Fails the calling test for want of a broker. The hint goes to the
+/// terminal (not to the test's captured output) once per `cargo test`
+/// run, whose test processes share a parent; the failure unwinds without
+/// the panic hook, so no backtrace buries it.
+fn no_broker(url: &str) -> ! {
+    use std::io::Write;
+    let shown = url
+        .parse::<amqp_stream::BrokerUrl>()
+        .map(|broker| broker.to_string())
+        .unwrap_or_else(|_| "AMQP_URL".into());
+    let marker = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "no-broker-hint.{}",
+        std::os::unix::process::parent_id()
+    ));
+    let first = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(marker)
+        .is_ok();
+    if first {
+        let _ = writeln!(
+            std::io::stderr(),
+            "\nno broker at AMQP_URL ({shown}): run scripts/test.sh (it installs and \
+             starts RabbitMQ) or start RabbitMQ\n"
+        );
+    }
+    std::panic::resume_unwind(Box::new(format!("no broker at {shown}")))
 }
 
 /// A queue name no other test (or test run) uses.

@@ -52,6 +52,9 @@ impl Fatal {
     /// Opening a stream failed.
     pub fn connect(err: io::Error) -> Fatal {
         match err.kind() {
+            // The broker is not there (a stream that opened its own
+            // connection): the broker's code, not "nobody serves".
+            ErrorKind::HostUnreachable => Fatal::broker(err),
             ErrorKind::ConnectionRefused => Fatal {
                 code: 6,
                 message: err.to_string(),
@@ -107,12 +110,14 @@ mod tests {
     fn kinds_map_to_documented_codes() {
         let code = |fatal: Fatal| fatal.code;
         let err = |kind| io::Error::new(kind, "x");
+        assert_eq!(code(Fatal::broker(err(ErrorKind::HostUnreachable))), 3);
         assert_eq!(code(Fatal::broker(err(ErrorKind::ConnectionRefused))), 3);
         assert_eq!(code(Fatal::broker(err(ErrorKind::TimedOut))), 3);
         assert_eq!(code(Fatal::broker(err(ErrorKind::PermissionDenied))), 4);
         assert_eq!(code(Fatal::broker(err(ErrorKind::InvalidInput))), 2);
         assert_eq!(code(Fatal::bind(err(ErrorKind::AddrInUse), "q")), 5);
         assert_eq!(code(Fatal::connect(err(ErrorKind::ConnectionRefused))), 6);
+        assert_eq!(code(Fatal::connect(err(ErrorKind::HostUnreachable))), 3);
         assert_eq!(code(Fatal::connect(err(ErrorKind::TimedOut))), 1);
         assert_eq!(code(Fatal::usage("bad")), 2);
     }

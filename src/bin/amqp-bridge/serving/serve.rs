@@ -190,7 +190,7 @@ struct Server {
 impl Server {
     fn bind(&self) -> std::io::Result<Arc<Listener>> {
         let connector = self.link.connector(Some(Duration::ZERO))?;
-        let listener = connector.bind_with(&self.queue, &self.options)?;
+        let listener = connector.bind_with(&self.queue, self.options.clone())?;
         info!(
             "serving queue {:?}{} on the broker at {}",
             self.queue,
