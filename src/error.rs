@@ -148,7 +148,7 @@ pub enum Error {
     ///     source: io::ErrorKind::ConnectionRefused.into(),
     /// };
     /// let err = Error::AllBrokersFailed { failures: vec![unreachable(1), unreachable(2)] };
-    /// assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
+    /// assert_eq!(err.kind(), io::ErrorKind::HostUnreachable);
     /// assert!(err.to_string().starts_with("could not connect to any of the 2 brokers: "));
     /// assert!(err.to_string().contains("node:2"));
     /// ```

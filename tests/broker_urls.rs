@@ -64,7 +64,7 @@ fn a_list_with_dead_addresses_reaches_the_broker_and_says_which_it_is_on() {
 fn when_every_address_fails_one_error_names_each_and_no_password() {
     let (a, b) = (refusing_url(), refusing_url());
     let err = Stream::connect(&format!("{a},{b}"), "nowhere").unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+    assert_eq!(err.kind(), ErrorKind::HostUnreachable, "{err}");
     let text = err.to_string();
     assert!(
         text.starts_with("could not connect to any of the 2 brokers: "),
