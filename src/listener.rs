@@ -80,6 +80,8 @@ pub struct Listener {
     closed: AtomicBool,
     /// A shared listener's `accept` says here that it waits for a stream.
     wanted: Option<Sender<()>>,
+    /// `accept` says here that it took a stream from a full backlog.
+    room: Sender<()>,
     stop: Sender<()>,
     alive: Receiver<()>,
 }
@@ -125,6 +127,7 @@ impl Listener {
         let (alive_tx, alive_rx) = bounded::<()>(0);
         let (wanted_tx, wanted_rx) = unbounded();
         let wanted_tx = options.get_shared().then_some(wanted_tx);
+        let (room_tx, room_rx) = bounded(1);
         let local = Arc::new(Mutex::new(Addr::new(connection.url().clone(), queue)));
         let backlog = Backlog {
             local: Arc::clone(&local),
@@ -134,6 +137,7 @@ impl Listener {
             queue: queue.to_string(),
             accepted: accepted_tx,
             wanted: wanted_rx,
+            room: room_rx,
             demand: Cell::new(0),
             stop: stop_rx,
         };
@@ -155,6 +159,7 @@ impl Listener {
             accepted: accepted_rx,
             closed: AtomicBool::new(false),
             wanted: wanted_tx,
+            room: room_tx,
             stop: stop_tx,
             alive: alive_rx,
         })
@@ -198,6 +203,10 @@ impl Listener {
         // The sender lives in the listener's thread: it disconnects, after
         // everything queued has been taken, when that thread ends.
         let accepted = self.accepted.recv().ok()?;
+        // The listener's thread stops taking requests while the backlog
+        // is full: wake it now that there is room. Full: a wake-up is
+        // already on its way.
+        let _ = self.room.try_send(());
         Some(accepted.map(|connected| connected.into_stream(&self.options)))
     }
 
@@ -392,6 +401,8 @@ struct Backlog {
     accepted: Sender<io::Result<Connected>>,
     /// One message per call of a shared listener's `accept`.
     wanted: Receiver<()>,
+    /// A message after `accept` took a stream: the backlog has room.
+    room: Receiver<()>,
     /// How many calls of a shared listener's `accept` wait for a stream.
     demand: Cell<usize>,
     stop: Receiver<()>,
@@ -494,9 +505,11 @@ fn listen(backlog: &Backlog, setup: Option<Sender<Result<(), Error>>>) -> Ended 
         let mut waiting = Select::new();
         let stop = waiting.recv(&backlog.stop);
         let wanted = shared.then(|| waiting.recv(&backlog.wanted));
-        let requests = backlog
-            .has_room(answering.len())
-            .then(|| waiting.recv(consumer.receiver()));
+        let has_room = backlog.has_room(answering.len());
+        let requests = has_room.then(|| waiting.recv(consumer.receiver()));
+        // A full backlog waits for `accept` to make room: it takes no
+        // requests, and nothing else would wake it.
+        let room = (!has_room).then(|| waiting.recv(&backlog.room));
         let answers: Vec<usize> = answering
             .iter()
             .map(|a| waiting.recv(a.stream.outcome()))
@@ -511,6 +524,10 @@ fn listen(backlog: &Backlog, setup: Option<Sender<Result<(), Error>>>) -> Ended 
                 if ready.recv(&backlog.wanted).is_ok() {
                     backlog.demand.set(backlog.demand.get() + 1);
                 }
+                ControlFlow::Continue(())
+            }
+            i if Some(i) == room => {
+                let _ = ready.recv(&backlog.room);
                 ControlFlow::Continue(())
             }
             i if Some(i) == requests => {
