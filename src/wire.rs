@@ -32,7 +32,11 @@
 //! * **Connect.** The client declares its own receive queue `C` the same
 //!   way, consumes it, and publishes an empty message with `reply_to = C`
 //!   to `NAME`. If nothing listens, the broker returns it:
-//!   `ConnectionRefused`, at once.
+//!   `ConnectionRefused`, at once. With a
+//!   [handshake timeout](StreamOptions::handshake_timeout) (the default),
+//!   the request's AMQP `expiration` is the time left until it, in
+//!   milliseconds: a request whose client has given up expires in the
+//!   queue instead of being answered (listeners need not look at it).
 //! * **Accept.** The listener checks the request (empty body, a
 //!   `reply_to`; anything else is rejected and logged), declares and
 //!   consumes its queue `S` for this stream and answers `C` with an empty

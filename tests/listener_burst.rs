@@ -148,3 +148,53 @@ fn a_version_3_listener_serves_again_after_bursts_on_a_busy_machine() {
 fn a_version_2_listener_serves_again_after_bursts_on_a_busy_machine() {
     burst_then_serve(ProtocolVersion::V2, "burst-v2");
 }
+
+#[test]
+fn requests_of_clients_that_gave_up_expire_instead_of_waiting_for_the_listener() {
+    const BACKLOG: usize = 128;
+    // More than the backlog again: beyond the requests the broker hands
+    // the listener ahead (its prefetch, as many as the backlog), some wait
+    // in the queue itself.
+    const EXTRA: usize = 200;
+    let options = StreamOptions::new()
+        .protocol_version(Some(ProtocolVersion::V2))
+        .handshake_timeout(Some(Duration::from_secs(2)));
+    let q = queue("expiring-requests");
+    let listener = Connector::open_with(&url(), options.clone())
+        .unwrap()
+        .bind(&q)
+        .unwrap();
+    // Nobody accepts: the listener answers the first 128 by itself (its
+    // backlog), and the rest wait in its queue until their clients give up.
+    let clients: Vec<_> = (0..BACKLOG + EXTRA)
+        .map(|_| {
+            let (options, q) = (options.clone(), q.clone());
+            thread::spawn(move || amqp_stream::Stream::connect_with(&url(), &q, options))
+        })
+        .collect();
+    let results: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let connected = results.iter().filter(|r| r.is_ok()).count();
+    assert!(
+        connected <= BACKLOG,
+        "{connected} connected past the backlog"
+    );
+    assert!(
+        connected < BACKLOG + EXTRA,
+        "nobody waited: the test proves nothing"
+    );
+    for err in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+    }
+    // Their requests expire: nothing is left waiting for the listener to
+    // answer clients that are gone.
+    common::eventually(
+        Duration::from_secs(10),
+        "requests expire",
+        || match queue_state(&q) {
+            Some((0, _, 1)) => Ok(()),
+            other => Err(format!("(ready, unacked, consumers) = {other:?}")),
+        },
+    );
+    drop(results);
+    drop(listener);
+}

@@ -84,6 +84,13 @@ pub(crate) fn handshake_properties(
     }
 }
 
+/// A SYN's AMQP `expiration`: the milliseconds left until `deadline`
+/// (at least 1, as 0 would expire it before any consumer could take it).
+pub(crate) fn expiration(deadline: std::time::Instant) -> String {
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    left.as_millis().max(1).to_string()
+}
+
 /// The sender's stream id, if the message carries one; `Err` if it is
 /// malformed.
 pub(crate) fn read_stream_id(properties: &AmqpProperties) -> Result<Option<&str>, String> {
@@ -387,6 +394,15 @@ pub(crate) fn server_offer(version: ProtocolVersion, window: usize) -> Option<Of
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_syn_expires_when_its_client_gives_up() {
+        let in_5_s = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let ms: u64 = super::expiration(in_5_s).parse().unwrap();
+        assert!((4_000..=5_000).contains(&ms), "{ms}");
+        let past = std::time::Instant::now() - std::time::Duration::from_secs(1);
+        assert_eq!(super::expiration(past), "1");
+    }
+
     use super::*;
     use ProtocolVersion::{V1, V2, V3};
 

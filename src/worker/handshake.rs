@@ -52,7 +52,17 @@ pub(super) fn send_handshake(
             "answering",
         ),
     };
-    let properties = handshake::handshake_properties(local_queue, offer, extra);
+    let mut properties = handshake::handshake_properties(local_queue, offer, extra);
+    if let Role::Client {
+        deadline: Some(deadline),
+        ..
+    } = role
+    {
+        // A request whose client has given up expires in the listener's
+        // queue instead of costing the listener a stream nobody takes
+        // (a burst larger than the backlog leaves many).
+        properties = properties.with_expiration(handshake::expiration(*deadline));
+    }
     publisher
         .publish_to(to, stream.as_deref().unwrap_or_default(), &[], properties)
         .map_err(|e| Error::broker(format!("{doing} {to:?}"), e))?;
