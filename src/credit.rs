@@ -15,6 +15,20 @@
 /// bounded whatever the peer says.
 pub(crate) const MAX_WINDOW: u64 = 64 << 20;
 
+/// What one message costs a version-3 receiver beyond its body, in bytes
+/// of its window: about what it holds for a delivery (properties, routing
+/// and the delivery itself). Counted by both ends when both say so in the
+/// handshake, so that a window of one-byte messages takes about twice the
+/// window in memory and not some five hundred times.
+///
+/// The receiver counts each data message it has read to the end as this
+/// much consumed on top of its bytes when it decides to report (its
+/// reports still give body bytes); the sender counts each message it sent
+/// as this much in flight until a report covers the message's last byte.
+/// A reader that has read everything has therefore reported enough for
+/// the next message, as without the cost.
+pub(crate) const MESSAGE_COST: u64 = 512;
+
 /// The sending side's view of the peer's window.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct SendWindow {
@@ -24,6 +38,14 @@ pub(crate) struct SendWindow {
     reserved: u64,
     /// Bytes the peer's reader has consumed, in all, as last reported.
     consumed: u64,
+    /// What each message costs on top of its bytes (version 3 with a peer
+    /// that counts it; 0 otherwise).
+    message_cost: u64,
+    /// The data bytes sent, in all.
+    sent: u64,
+    /// Where each message sent and not yet covered by a report ends (only
+    /// with a message cost).
+    in_flight: std::collections::VecDeque<u64>,
 }
 
 impl SendWindow {
@@ -33,6 +55,9 @@ impl SendWindow {
             window: None,
             reserved: 0,
             consumed: 0,
+            message_cost: 0,
+            sent: 0,
+            in_flight: std::collections::VecDeque::new(),
         }
     }
 
@@ -45,11 +70,32 @@ impl SendWindow {
         }
     }
 
+    /// Counts each message as `cost` bytes more than its body, as a peer
+    /// that says so in its handshake does (see [`MESSAGE_COST`]).
+    pub(crate) fn with_message_cost(mut self, cost: u64) -> SendWindow {
+        self.message_cost = cost;
+        self
+    }
+
     /// How many bytes may be sent now (`u64::MAX` without flow control).
     pub(crate) fn available(&self) -> u64 {
         match self.window {
             None => u64::MAX,
-            Some(window) => window.saturating_sub(self.reserved - self.consumed),
+            Some(window) => {
+                let messages = self.message_cost * self.in_flight.len() as u64;
+                window.saturating_sub(self.reserved - self.consumed + messages)
+            }
+        }
+    }
+
+    /// A data message of `n` bytes (taken with [`try_reserve`] before)
+    /// went out.
+    ///
+    /// [`try_reserve`]: SendWindow::try_reserve
+    pub(crate) fn sent_message(&mut self, n: usize) {
+        self.sent += n as u64;
+        if self.message_cost > 0 && self.window.is_some() {
+            self.in_flight.push_back(self.sent);
         }
     }
 
@@ -78,6 +124,13 @@ impl SendWindow {
             ));
         }
         self.consumed = self.consumed.max(consumed);
+        while self
+            .in_flight
+            .front()
+            .is_some_and(|&end| end <= self.consumed)
+        {
+            self.in_flight.pop_front();
+        }
         Ok(())
     }
 }
@@ -101,6 +154,10 @@ pub(crate) struct ReceiveWindow {
     window: u64,
     consumed: u64,
     reported: u64,
+    /// What each message read to the end counts on top of its bytes.
+    message_cost: u64,
+    /// Messages read to the end since the last report.
+    messages: u64,
 }
 
 impl ReceiveWindow {
@@ -110,15 +167,31 @@ impl ReceiveWindow {
             window: window as u64,
             consumed: 0,
             reported: 0,
+            message_cost: 0,
+            messages: 0,
         }
     }
 
-    /// The reader consumed `n` more bytes; returns the total to report to
-    /// the peer when half a window has been consumed since the last report.
-    pub(crate) fn consume(&mut self, n: usize) -> Option<u64> {
+    /// Counts each message read to the end as `cost` bytes more (see
+    /// [`MESSAGE_COST`]).
+    pub(crate) fn with_message_cost(mut self, cost: u64) -> ReceiveWindow {
+        self.message_cost = cost;
+        self
+    }
+
+    /// The reader consumed `n` more bytes, and with `message_done` read its
+    /// message to the end; returns the total bytes to report to the peer
+    /// when half a window (counting the messages' cost) has been consumed
+    /// since the last report.
+    pub(crate) fn consume(&mut self, n: usize, message_done: bool) -> Option<u64> {
         self.consumed += n as u64;
-        if self.consumed - self.reported >= (self.window / 2).max(1) {
+        if message_done {
+            self.messages += 1;
+        }
+        let since = self.consumed - self.reported + self.message_cost * self.messages;
+        if since >= (self.window / 2).max(1) {
             self.reported = self.consumed;
+            self.messages = 0;
             Some(self.consumed)
         } else {
             None
@@ -168,11 +241,28 @@ mod tests {
     #[test]
     fn receiver_reports_every_half_window() {
         let mut r = ReceiveWindow::new(100);
-        assert_eq!(r.consume(30), None);
-        assert_eq!(r.consume(19), None);
-        assert_eq!(r.consume(1), Some(50));
-        assert_eq!(r.consume(49), None);
-        assert_eq!(r.consume(200), Some(299));
+        assert_eq!(r.consume(30, true), None);
+        assert_eq!(r.consume(19, false), None);
+        assert_eq!(r.consume(1, true), Some(50));
+        assert_eq!(r.consume(49, true), None);
+        assert_eq!(r.consume(200, true), Some(299));
+    }
+
+    #[test]
+    fn a_message_cost_counts_on_both_ends() {
+        let mut send = SendWindow::limited(1000).with_message_cost(100);
+        for _ in 0..9 {
+            assert!(send.try_reserve(1));
+            send.sent_message(1);
+        }
+        // 9 bytes and 9 messages of 100: 91 left.
+        assert_eq!(send.available(), 91);
+        let mut receive = ReceiveWindow::new(1000).with_message_cost(100);
+        let reports: Vec<_> = (0..9).filter_map(|_| receive.consume(1, true)).collect();
+        // 5 bytes and 5 messages make half the window.
+        assert_eq!(reports, vec![5]);
+        send.grant(5).unwrap();
+        assert_eq!(send.available(), 1000 - 4 - 400);
     }
 
     /// The property the protocol relies on: with messages of at most half
@@ -188,8 +278,40 @@ mod tests {
                 if !send.try_reserve(limit) {
                     panic!("window {window}: stuck with a drained reader");
                 }
-                if let Some(total) = receive.consume(limit) {
+                if let Some(total) = receive.consume(limit, true) {
                     send.grant(total).unwrap();
+                }
+            }
+        }
+    }
+
+    /// The same with a message cost, messages of any size up to the limit
+    /// and reads that cut them anywhere.
+    #[test]
+    fn a_drained_reader_leaves_room_for_the_next_message_whatever_the_cost() {
+        for window in [64u64, 1000, 1 << 16] {
+            for cost in [1u64, 7, 512] {
+                let limit = message_limit(usize::MAX, Some(window));
+                let mut send = SendWindow::limited(window).with_message_cost(cost);
+                let mut receive = ReceiveWindow::new(window as usize).with_message_cost(cost);
+                let mut seed = window ^ cost;
+                for _ in 0..500 {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let n = 1 + (seed >> 33) as usize % limit;
+                    if !send.try_reserve(n) {
+                        panic!("window {window}, cost {cost}: stuck with a drained reader");
+                    }
+                    send.sent_message(n);
+                    // Read in two pieces.
+                    let first = n / 2;
+                    if let Some(total) = receive.consume(first, false) {
+                        send.grant(total).unwrap();
+                    }
+                    if let Some(total) = receive.consume(n - first, true) {
+                        send.grant(total).unwrap();
+                    }
                 }
             }
         }

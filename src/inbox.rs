@@ -11,6 +11,7 @@
 //! reader empties before it receives anything new. A reader that wants
 //! the token asks for it back.
 
+use crate::mux::Held;
 use crate::protocol::frame::{self, Frame};
 use crate::shared::{Failure, Shared, lock};
 use crate::version::ProtocolVersion;
@@ -61,7 +62,7 @@ pub(crate) struct Inbox {
     fin_seen: AtomicBool,
     /// Version 3: the body bytes handed to `deliveries` and not yet taken,
     /// which taking a delivery lowers (see [`Mux`](crate::mux::Mux)).
-    held: Option<Arc<AtomicU64>>,
+    held: Option<Arc<Held>>,
 }
 
 impl Inbox {
@@ -76,7 +77,7 @@ impl Inbox {
         control: Sender<Control>,
         marker: String,
         window: u64,
-        held: Option<Arc<AtomicU64>>,
+        held: Option<Arc<Held>>,
     ) -> Inbox {
         let token = bounded(1);
         token.0.send(()).expect("the token fits");
@@ -183,7 +184,7 @@ impl Inbox {
             other => return Some(Received::Ended(other)),
         };
         if let Some(held) = &self.held {
-            held.fetch_sub(delivery.body.len() as u64, Ordering::SeqCst);
+            held.taken(delivery.body.len() as u64);
         }
         let mut frame = frame::classify(
             self.version,

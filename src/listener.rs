@@ -714,13 +714,15 @@ impl Backlog {
         request: Delivery,
     ) -> Option<Answering> {
         let queue = &self.queue;
-        let (client, offer) = match handshake::parse_request(&request.body, &request.properties) {
+        let parsed = handshake::parse_request(&request.body, &request.properties);
+        let (client, offer, client_message_cost) = match parsed {
             Ok(parsed) => (
                 Client {
                     queue: parsed.client_queue.to_string(),
                     stream: parsed.stream_id.map(str::to_string),
                 },
                 parsed.offer,
+                parsed.message_cost,
             ),
             Err(reason) => {
                 warn!("listener {queue:?}: rejected a malformed connection request: {reason}");
@@ -747,6 +749,7 @@ impl Backlog {
             version,
             offer,
             client_stream: client.stream.clone(),
+            client_message_cost,
         };
         let peer_name = match &client.stream {
             Some(id) => format!("{}#{id}", client.queue),

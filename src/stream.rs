@@ -177,8 +177,16 @@ impl Stream {
         options: StreamOptions,
     ) -> Stream {
         let broker = connection.url().clone();
-        let window = (established.inbox.version() >= ProtocolVersion::V2)
-            .then(|| ReceiveWindow::new(options.get_window()));
+        let version = established.inbox.version();
+        // Version 3 counts each message it reads at its cost too, whoever
+        // the peer is: it reports no later than before, only sooner.
+        let message_cost = if version >= ProtocolVersion::V3 {
+            crate::credit::MESSAGE_COST
+        } else {
+            0
+        };
+        let window = (version >= ProtocolVersion::V2)
+            .then(|| ReceiveWindow::new(options.get_window()).with_message_cost(message_cost));
         Stream {
             inner: Arc::new(Inner {
                 local: Addr::new(broker.clone(), established.local_queue),
@@ -484,7 +492,12 @@ impl Inner {
                     return Ok(n);
                 }
                 state.position += n;
-                if let Some(total) = state.window.as_mut().and_then(|w| w.consume(n)) {
+                let message_done = state.position == state.current.len();
+                if let Some(total) = state
+                    .window
+                    .as_mut()
+                    .and_then(|w| w.consume(n, message_done))
+                {
                     // Acknowledge first: the broker then never holds more
                     // than the window (what the peer may send past it).
                     self.send_ack(&mut state);

@@ -198,6 +198,20 @@
 //!   the window drops the peer's frames and aborts the stream there, so
 //!   even a stream nobody reads holds no more). Publisher confirms are
 //!   kept per stream, so `flush` still means "the broker has it".
+//! * **Message cost.** A delivery costs the receiver a few hundred bytes
+//!   whatever its body, so a window counted in body bytes alone lets a
+//!   peer that writes one byte per message fill hundreds of times the
+//!   window's memory. So a version-3 SYN and SYN-ACK carry
+//!   `x-amqp-stream-message-cost: 512`: the sender's receiver counts each
+//!   data message it has read to the end as that many bytes more when it
+//!   decides to send a window report (reports still give the body bytes
+//!   consumed), and asks the peer to do the same. A sender whose peer
+//!   said so counts each message it has sent as that many bytes in
+//!   flight, on top of its body, until a report covers its last byte; a
+//!   receiver whose peer said so counts it in what the peer may have
+//!   handed it unread. Without the header (a peer built before it) both
+//!   count body bytes only, as before; a side that counts the cost only
+//!   reports sooner, which every version takes.
 //! * **Setup and close.** Setup is the SYN and the SYN-ACK; close is the
 //!   FIN (or reset). Nothing is declared or deleted per stream.
 //!

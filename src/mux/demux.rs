@@ -132,13 +132,13 @@ fn hand_over(route: &mut Route, delivery: amiquip::Delivery) {
         return;
     }
     let size = delivery.body.len() as u64;
-    let held = route.held.fetch_add(size, Ordering::SeqCst) + size;
+    let held = route.held.handed(size);
     if held > route.limit {
-        route.held.fetch_sub(size, Ordering::SeqCst);
+        route.held.taken(size);
         route.overran = true;
         (route.abort)(format!(
-            "the peer ignored flow control: {held} bytes arrived that the stream had not \
-             taken, more than its window allows ({})",
+            "the peer ignored flow control: {held} bytes (with the messages' cost) arrived \
+             that the stream had not taken, more than its window allows ({})",
             route.limit
         ));
         return;

@@ -64,9 +64,9 @@ struct Route {
     returns: Sender<Return>,
     /// Rung after a confirm or return for the stream.
     bell: Bell,
-    /// Body bytes handed to `deliveries` and not yet taken by the stream.
-    held: Arc<AtomicU64>,
-    /// The most `held` may reach: beyond it the peer ignores the window.
+    /// What was handed to `deliveries` and not yet taken by the stream.
+    held: Arc<Held>,
+    /// The most `held` may weigh: beyond it the peer ignores the window.
     limit: u64,
     /// Fails the stream for a protocol violation (and resets its peer).
     abort: Box<dyn Fn(String) + Send>,
@@ -99,9 +99,42 @@ pub(crate) struct Registration {
     pub(crate) returns: Receiver<Return>,
     /// The engine's bell for the stream.
     pub(crate) bell: Bell,
-    /// Body bytes of `deliveries` not yet taken: whoever takes a delivery
-    /// subtracts its body's length.
-    pub(crate) held: Arc<AtomicU64>,
+    /// What `deliveries` holds: whoever takes a delivery says so with
+    /// [`Held::taken`].
+    pub(crate) held: Arc<Held>,
+}
+
+/// What a stream's deliveries hold that it has not taken yet, and what
+/// that weighs against its window: the bodies' bytes and, once the peer
+/// counts it too, each message's cost
+/// ([`MESSAGE_COST`](crate::credit::MESSAGE_COST)).
+#[derive(Debug, Default)]
+pub(crate) struct Held {
+    bytes: AtomicU64,
+    messages: AtomicU64,
+    /// The cost of one message: 0 until the peer is known to count it.
+    message_cost: AtomicU64,
+}
+
+impl Held {
+    /// A delivery of `size` body bytes was handed over; returns what
+    /// everything held weighs now.
+    fn handed(&self, size: u64) -> u64 {
+        let bytes = self.bytes.fetch_add(size, Ordering::SeqCst) + size;
+        let messages = self.messages.fetch_add(1, Ordering::SeqCst) + 1;
+        bytes.saturating_add(messages.saturating_mul(self.message_cost.load(Ordering::SeqCst)))
+    }
+
+    /// A delivery of `size` body bytes was taken (or dropped).
+    pub(crate) fn taken(&self, size: u64) {
+        self.bytes.fetch_sub(size, Ordering::SeqCst);
+        self.messages.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// From now on each message weighs `cost` more: the peer counts it.
+    pub(crate) fn count_messages_at(&self, cost: u64) {
+        self.message_cost.store(cost, Ordering::SeqCst);
+    }
 }
 
 impl Mux {
@@ -196,7 +229,7 @@ impl Mux {
         let bell = self
             .engine
             .bell(Arc::clone(&id), Arc::clone(&self.unconfirmed));
-        let held = Arc::new(AtomicU64::new(0));
+        let held = Arc::new(Held::default());
         let mut streams = lock(&self.routes.streams);
         // Checked under the lock the demultiplexer empties the map under.
         if self.routes.ended.load(Ordering::SeqCst) {

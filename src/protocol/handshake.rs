@@ -25,6 +25,13 @@ pub(crate) const STREAM_ID_HEADER: &str = "x-amqp-stream-id";
 /// Header of a version-2 SYN-ACK from a listener that also takes
 /// version-3 requests: the version they would get (3).
 pub(crate) const UPGRADE_HEADER: &str = "x-amqp-stream-upgrade";
+/// Header of a version-3 SYN or SYN-ACK from a side that counts each
+/// message as this many bytes of credit on top of its body (see
+/// [`MESSAGE_COST`](crate::credit::MESSAGE_COST)): the peer may count its
+/// own messages the same way against the sender's window.
+pub(crate) const MESSAGE_COST_HEADER: &str = "x-amqp-stream-message-cost";
+/// The largest message cost taken from a peer.
+const MAX_MESSAGE_COST: u64 = 64 * 1024;
 /// The longest stream id taken from a peer.
 pub(crate) const MAX_STREAM_ID: usize = 128;
 
@@ -79,6 +86,12 @@ pub(crate) fn handshake_properties(
             if let Some(version) = extra.upgrade {
                 headers.insert(UPGRADE_HEADER.to_string(), wire_integer(version));
             }
+            if offer.version >= 3 {
+                headers.insert(
+                    MESSAGE_COST_HEADER.to_string(),
+                    wire_integer(crate::credit::MESSAGE_COST),
+                );
+            }
             properties.with_headers(headers)
         }
     }
@@ -116,6 +129,17 @@ pub(crate) fn read_upgrade(properties: &AmqpProperties) -> Option<u64> {
         .as_ref()
         .and_then(|headers| headers.get(UPGRADE_HEADER))
         .and_then(as_u64)
+}
+
+/// The per-message cost a version-3 peer counts, if it says one (a
+/// value out of range counts as none).
+pub(crate) fn read_message_cost(properties: &AmqpProperties) -> Option<u64> {
+    properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.get(MESSAGE_COST_HEADER))
+        .and_then(as_u64)
+        .filter(|cost| (1..=MAX_MESSAGE_COST).contains(cost))
 }
 
 /// A u64 as the signed 64-bit integer RabbitMQ understands.
@@ -197,6 +221,8 @@ pub(crate) struct Request<'a> {
     pub(crate) offer: Option<Offer>,
     /// A version-3 request: the client's stream id.
     pub(crate) stream_id: Option<&'a str>,
+    /// The per-message cost the client counts (version 3).
+    pub(crate) message_cost: Option<u64>,
 }
 
 /// The queue named by `reply_to`, if any.
@@ -228,6 +254,7 @@ pub(crate) fn parse_request<'a>(
         client_queue,
         offer,
         stream_id,
+        message_cost: read_message_cost(properties),
     })
 }
 
@@ -275,6 +302,8 @@ pub(crate) struct Accept<'a> {
     pub(crate) stream_id: Option<&'a str>,
     /// A version-2 answer's word that version-3 requests are welcome.
     pub(crate) upgrade: Option<u64>,
+    /// The per-message cost the listener's stream counts (version 3).
+    pub(crate) message_cost: Option<u64>,
 }
 
 /// Checks the first message on a client's queue (the SYN-ACK).
@@ -298,6 +327,7 @@ pub(crate) fn parse_accept<'a>(
         offer,
         stream_id,
         upgrade: read_upgrade(properties),
+        message_cost: read_message_cost(properties),
     })
 }
 
@@ -315,6 +345,7 @@ pub(crate) fn version_1_answer<'a>(body: &[u8], properties: &'a AmqpProperties) 
             WINDOW_HEADER,
             STREAM_ID_HEADER,
             UPGRADE_HEADER,
+            MESSAGE_COST_HEADER,
         ]
         .iter()
         .any(|name| headers.contains_key(*name))
@@ -394,6 +425,30 @@ pub(crate) fn server_offer(version: ProtocolVersion, window: usize) -> Option<Of
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn version_3_offers_say_what_a_message_costs() {
+        use crate::version::ProtocolVersion::{V2, V3};
+        let v3 = handshake_properties("q", Some(Offer::ours(V3, 100)), Extra::default());
+        assert_eq!(
+            super::read_message_cost(&v3),
+            Some(crate::credit::MESSAGE_COST)
+        );
+        assert_eq!(parse_request(b"", &v3).unwrap().message_cost, Some(512));
+        assert_eq!(parse_accept(b"", &v3).unwrap().message_cost, Some(512));
+        let v2 = handshake_properties("q", Some(Offer::ours(V2, 100)), Extra::default());
+        assert_eq!(super::read_message_cost(&v2), None);
+        // Out of range: none.
+        let mut headers = v3.headers().clone().unwrap();
+        headers.insert(
+            MESSAGE_COST_HEADER.to_string(),
+            AmqpValue::LongLongInt(1 << 40),
+        );
+        assert_eq!(
+            super::read_message_cost(&v3.clone().with_headers(headers)),
+            None
+        );
+    }
+
     #[test]
     fn a_syn_expires_when_its_client_gives_up() {
         let in_5_s = std::time::Instant::now() + std::time::Duration::from_secs(5);

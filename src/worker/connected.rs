@@ -387,6 +387,7 @@ impl<T: Transport> Worker<T> {
                 return self.broker_lost(&format!("publishing to {peer:?}: {err}"));
             }
             self.state.data_sent();
+            self.ends.shared.send_window().sent_message(n);
             if n == self.unsent.len() {
                 self.unsent.clear();
             } else {

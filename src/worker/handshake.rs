@@ -138,6 +138,9 @@ pub(super) fn await_handshake(
                         peer_window: accept.offer.map(|offer| offer.window),
                         peer_stream: accept.stream_id.map(str::to_string),
                         upgrade: accept.upgrade.is_some_and(|v| v >= 3),
+                        peer_message_cost: accept
+                            .message_cost
+                            .filter(|_| version >= ProtocolVersion::V3),
                     })
                 });
             if let Some(consumer) = consumer {
@@ -150,6 +153,7 @@ pub(super) fn await_handshake(
             version,
             offer,
             client_stream,
+            client_message_cost,
         } => {
             let seq = publisher.published;
             // The broker may hold the answer back (a resource alarm blocks
@@ -183,6 +187,8 @@ pub(super) fn await_handshake(
                                 peer_window: sent.and(offer.map(|offer| offer.window)),
                                 peer_stream: client_stream.clone(),
                                 upgrade: false,
+                                peer_message_cost: client_message_cost
+                                    .filter(|_| *version >= ProtocolVersion::V3),
                             });
                         }
                     },

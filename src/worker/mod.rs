@@ -107,6 +107,8 @@ pub(crate) enum Role {
         offer: Option<Offer>,
         /// The client's stream id (version 3).
         client_stream: Option<String>,
+        /// The per-message cost the client counts (version 3).
+        client_message_cost: Option<u64>,
     },
 }
 
@@ -365,6 +367,9 @@ struct Agreed {
     peer_stream: Option<String>,
     /// The listener said it takes version-3 requests.
     upgrade: bool,
+    /// Version 3: the per-message cost the peer counts, if it does (see
+    /// [`MESSAGE_COST`](crate::credit::MESSAGE_COST)).
+    peer_message_cost: Option<u64>,
 }
 
 /// A stream's channel with the receivers amiquip feeds for it.
@@ -507,7 +512,7 @@ struct Connected<T> {
     returns: Receiver<Return>,
     deliveries: Receiver<ConsumerMessage>,
     /// Version 3: the bytes waiting in `deliveries`.
-    held: Option<Arc<std::sync::atomic::AtomicU64>>,
+    held: Option<Arc<crate::mux::Held>>,
 }
 
 impl<T: Transport> Connected<T> {
@@ -543,6 +548,7 @@ impl<T: Transport> Connected<T> {
             peer_window,
             peer_stream,
             upgrade,
+            peer_message_cost,
         } = agreed;
         let peer_name = match &peer_stream {
             Some(id) => format!("{peer_queue}#{id}"),
@@ -553,7 +559,12 @@ impl<T: Transport> Connected<T> {
         }
         debug!("stream {local_name} connected to {peer_name}, protocol version {version}");
         if let Some(window) = peer_window {
-            *ends.shared.send_window() = SendWindow::limited(window);
+            *ends.shared.send_window() =
+                SendWindow::limited(window).with_message_cost(peer_message_cost.unwrap_or(0));
+        }
+        // A peer that counts our messages' cost holds us to it (and we it).
+        if let (Some(_), Some(held)) = (peer_message_cost, &held) {
+            held.count_messages_at(crate::credit::MESSAGE_COST);
         }
         let message_limit = message_limit(options.get_max_message_size(), peer_window);
         let marker = frame::new_marker();
