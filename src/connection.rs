@@ -23,6 +23,7 @@ use crate::broker_urls::{BrokerUrls, attempt_time};
 use crate::error::Error;
 use crate::mux::Mux;
 use crate::password_swap::{PasswordSwap, mask};
+use crate::queue_check::QueueChecks;
 use crate::tls;
 use amiquip::{
     Auth, Channel, Connection, ConnectionBlockedNotification, ConnectionOptions, ConnectionTuning,
@@ -58,6 +59,8 @@ pub(crate) struct BrokerConnection {
     mux: Mutex<Option<Arc<Mux>>>,
     /// Listener queues that said they take version-3 requests.
     v3_listeners: Mutex<HashSet<String>>,
+    /// The latest checks that other connections' queues exist.
+    queue_checks: QueueChecks,
 }
 
 /// How many listeners' versions a connection remembers.
@@ -96,7 +99,14 @@ impl BrokerConnection {
             events,
             mux: Mutex::new(None),
             v3_listeners: Mutex::new(HashSet::new()),
+            queue_checks: QueueChecks::default(),
         })
+    }
+
+    /// The checks of other connections' queues, shared by this
+    /// connection's streams.
+    pub(crate) fn queue_checks(&self) -> &QueueChecks {
+        &self.queue_checks
     }
 
     /// Waits until the connection has ended (lost, or closed by the

@@ -176,6 +176,7 @@ mod mux;
 mod options;
 mod password_swap;
 mod protocol;
+mod queue_check;
 #[cfg(feature = "noise")]
 #[cfg_attr(docsrs, doc(cfg(feature = "noise")))]
 pub mod secure;

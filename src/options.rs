@@ -125,6 +125,15 @@ impl StreamOptions {
     /// broker whether the peer's queue exists. A peer that died is noticed
     /// within about this interval, even by a stream that only reads.
     ///
+    /// RabbitMQ answers a question about a queue exclusive to another
+    /// connection with a channel error, which it logs at `error` level:
+    /// an idle version-1 stream (one with a Go peer) adds one such line to
+    /// the broker's log per interval. Raise the interval for long-lived
+    /// version-1 streams where that matters. A client waiting for a
+    /// listener's answer asks about the listener's queue too, after one
+    /// interval and then less and less often, once per connection for
+    /// all the streams that wait on it.
+    ///
     /// ```
     /// # use amqp_stream::StreamOptions;
     /// # use std::time::Duration;

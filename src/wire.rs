@@ -57,7 +57,9 @@
 //! Version 1 cannot tell a dead peer from a quiet one, so each version-1
 //! stream checks every [keepalive interval](StreamOptions::keepalive_interval)
 //! that the peer's queue still exists (a passive declare: the queue dies
-//! with its owner's connection). A write to a vanished queue is returned
+//! with its owner's connection; RabbitMQ logs each such check of a queue
+//! exclusive to another connection as a channel error, see
+//! [`StreamOptions::keepalive_interval`]). A write to a vanished queue is returned
 //! by the broker. Either way the stream's writes then fail with
 //! `BrokenPipe`, and its reads deliver whatever the peer sent before
 //! going and then fail with `ConnectionReset`: to keep that order, the

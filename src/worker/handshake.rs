@@ -9,8 +9,9 @@ use crate::options::StreamOptions;
 use crate::protocol::handshake::{self, Extra, Offer};
 use crate::version::ProtocolVersion;
 use amiquip::{ConsumerMessage, Return};
-use crossbeam_channel::{Receiver, after, never, select, tick};
+use crossbeam_channel::{Receiver, after, never, select};
 use log::debug;
+use std::time::Duration;
 
 /// Publishes our handshake message: the SYN to the listener or the
 /// SYN-ACK to the client. Returns the version-2 offer it carried.
@@ -98,11 +99,19 @@ pub(super) fn await_handshake(
             v3,
         } => {
             let timer = deadline.map(crossbeam_channel::at).unwrap_or_else(never);
-            let check = tick(options.get_keepalive_interval());
+            // Checked after a keepalive interval, then less and less often
+            // (each check is an error line in the broker's log).
+            let interval = options.get_keepalive_interval();
+            let mut check_delay = interval;
+            let mut check = after(check_delay);
             let answer = loop {
                 select! {
-                recv(check) -> _ => if queue_is_gone(connection, listener_queue) {
-                    return Err(Error::ConnectionRefused { queue: listener_queue.clone() });
+                recv(check) -> _ => {
+                    if queue_is_gone(connection, listener_queue, interval) {
+                        return Err(Error::ConnectionRefused { queue: listener_queue.clone() });
+                    }
+                    check_delay = (check_delay * 2).min(MAX_CHECK_DELAY);
+                    check = after(check_delay);
                 },
                 recv(returns) -> _ => return Err(Error::ConnectionRefused { queue: listener_queue.clone() }),
                 recv(deliveries) -> message => match message {
@@ -233,11 +242,25 @@ fn consumer_ended(queue: &str, message: ConsumerMessage) -> Error {
     }
 }
 
+/// The longest wait between two checks that a listener's queue exists,
+/// while a client waits for its answer.
+const MAX_CHECK_DELAY: Duration = Duration::from_secs(30);
+
+/// Whether `queue` no longer exists: the answer of the connection's
+/// latest check of it if younger than `period` (see
+/// [`QueueChecks`](crate::queue_check::QueueChecks)), else a passive
+/// declare's.
+fn queue_is_gone(connection: &BrokerConnection, queue: &str, period: Duration) -> bool {
+    connection
+        .queue_checks()
+        .is_gone(queue, period, || declare_finds_gone(connection, queue))
+}
+
 /// Whether `queue` no longer exists, by a passive declare on a channel of
 /// its own (a failed one closes its channel). Anything but "not found"
 /// (the queue is there, exclusive to its listener's connection, or the
 /// check itself failed) counts as there: the other paths report those.
-fn queue_is_gone(connection: &BrokerConnection, queue: &str) -> bool {
+fn declare_finds_gone(connection: &BrokerConnection, queue: &str) -> bool {
     let Ok(channel) = connection.open_channel("checking a listener's queue") else {
         return false;
     };
