@@ -4,6 +4,9 @@ use crate::error::Error;
 use crate::version::ProtocolVersion;
 use std::time::{Duration, Instant};
 
+/// The largest message size [`StreamOptions::max_message_size`] takes.
+const MAX_MESSAGE_SIZE: usize = 8 << 20;
+
 /// Settings for the streams a [`Connector`](crate::Connector),
 /// [`Listener`](crate::Listener) or [`Stream::connect_with`](crate::Stream::connect_with)
 /// makes. Build it with the chained setters; every value has a sensible
@@ -80,16 +83,21 @@ impl StreamOptions {
     }
 
     /// The largest message a write is cut into. Larger messages move more
-    /// bytes per broker operation; the broker's own limit (128 MiB by
-    /// default in RabbitMQ) is the ceiling. Values below 1 are raised to 1.
+    /// bytes per broker operation. Values below 1 are raised to 1, above
+    /// 8 MiB lowered to 8 MiB: below what brokers accept (RabbitMQ 4
+    /// refuses messages over 16 MiB by default), since a message the
+    /// broker refuses closes the publishing channel, which version 3
+    /// shares among all the streams of a connection.
     ///
     /// ```
     /// # use amqp_stream::StreamOptions;
     /// let o = StreamOptions::new().max_message_size(1024);
     /// assert_eq!(o.get_max_message_size(), 1024);
+    /// let huge = StreamOptions::new().max_message_size(64 << 20);
+    /// assert_eq!(huge.get_max_message_size(), 8 << 20);
     /// ```
     pub fn max_message_size(mut self, bytes: usize) -> StreamOptions {
-        self.max_message_size = bytes.max(1);
+        self.max_message_size = bytes.clamp(1, MAX_MESSAGE_SIZE);
         self
     }
 

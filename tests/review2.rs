@@ -96,9 +96,10 @@ fn stalled_writers(streams: usize, chunk: usize) {
     std::mem::forget(connector);
 }
 
-/// One stream, one message larger than amiquip's 16 MiB output buffer:
-/// the handle sees nothing unconfirmed on the connection and publishes
-/// it in its own thread.
+/// One stream, one write of 24 MiB, cut into the largest messages
+/// (8 MiB, the cap; before it, one message larger than amiquip's 16 MiB
+/// output buffer): the handle sees nothing unconfirmed on the connection
+/// and publishes in its own thread.
 #[test]
 fn v3_one_big_write_while_the_broker_reads_nothing() {
     stalled_writers(1, 24 << 20);
