@@ -234,9 +234,15 @@ pub fn parse() -> Result<(Cli, bool), clap::Error> {
     let matches = command().try_get_matches()?;
     let from_command_line = matches.value_source("url") == Some(ValueSource::CommandLine);
     let cli = Cli::from_arg_matches(&matches)?;
-    let exposed =
-        from_command_line && url::Url::parse(&cli.url).is_ok_and(|url| url.password().is_some());
+    let exposed = from_command_line && names_a_password(&cli.url);
     Ok((cli, exposed))
+}
+
+/// Whether any URL of `urls` (one, or a comma-separated list of a
+/// cluster's nodes) carries a password.
+fn names_a_password(urls: &str) -> bool {
+    urls.split(',')
+        .any(|one| url::Url::parse(one.trim()).is_ok_and(|url| url.password().is_some()))
 }
 
 /// `completions`' options.
@@ -252,6 +258,15 @@ mod tests {
     use super::*;
     use clap::CommandFactory;
     use std::net::SocketAddr;
+
+    #[test]
+    fn a_password_anywhere_in_a_url_list_is_noticed() {
+        assert!(names_a_password("amqp://u:secret@a"));
+        assert!(names_a_password("amqp://u@a,amqp://u:secret@b"));
+        assert!(names_a_password("amqp://u@a, amqp://u:secret@b:5673/%2f"));
+        assert!(!names_a_password("amqp://u@a,amqp://u@b"));
+        assert!(!names_a_password("amqp://127.0.0.1"));
+    }
 
     #[test]
     fn the_command_line_is_consistent() {
