@@ -71,6 +71,14 @@
 //!
 //! Queue names chosen by this crate are `amqp-stream.<uuid v4>`: picked by
 //! the client so they can be declared without waiting for the broker.
+//! A queue named by a peer (a `reply_to`) must be one a peer can own:
+//! 1 to 255 bytes, and not starting with `amq.` unless it is one of the
+//! `amq.gen-…` names the broker gives a queue declared without a name
+//! (as the Go implementation's are). RabbitMQ closes the whole connection
+//! that publishes to some reserved names (`amq.rabbitmq.reply-to.a.b`,
+//! error 541), so a request naming another is rejected as malformed
+//! (and logged), an answer naming one fails the connect with
+//! `InvalidData`, and nothing is ever published there.
 //! The messages are exactly those of the Go implementation of the same
 //! protocol, and the two interoperate.
 //!
@@ -154,7 +162,12 @@
 //!   the SYN-ACK came) is answered with a reset to its sender, whose
 //!   frames would otherwise vanish into a queue that outlives the stream,
 //!   as TCP answers a segment for a closed socket; anything else for such
-//!   an id is dropped. A stream stops sending keepalives once the peer's
+//!   an id is dropped. Anyone who can publish to a connection's queue can
+//!   send such a frame, so it is answered only when its `reply_to` is
+//!   named like a connection's queue (`amqp-stream.conn.`), and a
+//!   connection sends at most 100 such answers a second (as many at once
+//!   after a quiet second, counting the FINs below): past that, the frame
+//!   is dropped (its sender's next keepalive is answered later). A stream stops sending keepalives once the peer's
 //!   FIN has arrived. Publishes are mandatory as in
 //!   version 2: a frame to a connection that is gone comes back, which is
 //!   how a keepalive finds a dead peer. [`Stream::peer_addr`] and

@@ -2,7 +2,8 @@
 //! deliveries of its queue and the confirms and returns of its publishing
 //! channel, and hands each to the stream it belongs to.
 
-use super::{Mux, Route, Routes};
+use super::budget::Budget;
+use super::{ANSWERS_PER_SECOND, Mux, Route, Routes};
 use crate::error::Error;
 use crate::protocol::handshake;
 use crate::shared::lock;
@@ -11,6 +12,7 @@ use crossbeam_channel::{Receiver, Sender, never, select};
 use log::debug;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::time::Instant;
 
 /// What the demultiplexer reads besides its consumer.
 pub(super) struct Feeds {
@@ -40,6 +42,8 @@ pub(super) fn run(
     };
     let _ = ready.send(Ok(()));
     let mut deliveries = Some(consumer.receiver().clone());
+    // What the connection answers that nobody on it asked for.
+    let mut answers = Budget::new(ANSWERS_PER_SECOND, Instant::now());
     let nothing = never();
     loop {
         select! {
@@ -57,7 +61,7 @@ pub(super) fn run(
                                     feeds.queue
                                 );
                                 if let Some(mux) = mux.upgrade() {
-                                    mux.end_version_1_stream(&server_queue);
+                                    mux.end_version_1_stream(&server_queue, &mut answers);
                                 }
                             }
                             None => debug!("{:?}: dropped a message that names no stream", feeds.queue),
@@ -77,7 +81,7 @@ pub(super) fn run(
                     if let Some(delivery) = stray {
                         debug!("{:?}: a frame for stream {to:?}, which is not here", feeds.queue);
                         if let Some(mux) = mux.upgrade() {
-                            mux.answer_stray(&delivery);
+                            mux.answer_stray(&delivery, &mut answers);
                         }
                     }
                 }

@@ -10,20 +10,23 @@
 //! mode and each stream's credit window bounds what the broker and this
 //! process hold for it.
 
+mod budget;
 mod confirms;
 mod demux;
 
 use crate::error::Error;
-use crate::protocol::frame;
+use crate::protocol::{check_peer_queue, frame};
 use crate::shared::lock;
 use crate::worker::engine::{Bell, Engine};
 use amiquip::{AmqpProperties, Channel, Confirm, ConsumerMessage, Publish, Return};
+use budget::Budget;
 use confirms::ConfirmBook;
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use log::debug;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// The sender id of what the connection itself publishes (the answer
 /// to a stray frame): no stream ever has it (ids are 32 hex digits).
@@ -31,6 +34,11 @@ const NOBODY: &str = "-";
 
 /// The prefix of a connection's queue.
 const QUEUE_PREFIX: &str = "amqp-stream.conn.";
+
+/// How many messages nobody asked for (stray frames, answers naming no
+/// stream) a connection answers a second, at most; as many at once after
+/// a quiet second.
+const ANSWERS_PER_SECOND: u32 = 100;
 
 /// One AMQP connection's version-3 transport.
 pub(crate) struct Mux {
@@ -282,7 +290,13 @@ impl Mux {
     /// answered: handshakes, data, FINs and keepalives, never a reset
     /// (no answer to an answer) or a window report (nothing of the
     /// stream's bytes is lost with it).
-    fn answer_stray(&self, delivery: &amiquip::Delivery) {
+    ///
+    /// Whoever can publish to this connection's queue can send such a
+    /// frame and pick its `reply_to`, so only a `reply_to` named like a
+    /// version-3 connection's queue (the only sender of frames that name
+    /// a stream) is answered, and only within `budget`: past it the frame
+    /// is dropped.
+    fn answer_stray(&self, delivery: &amiquip::Delivery, budget: &mut Budget) {
         let properties = &delivery.properties;
         let answered = match properties.type_().as_deref() {
             None => true,
@@ -295,6 +309,21 @@ impl Mux {
         // one of those), so frames between two streams of this very
         // connection are answered like any others.
         if !answered || to.len() > 128 {
+            return;
+        }
+        if !queue.starts_with(QUEUE_PREFIX) || check_peer_queue(queue).is_err() {
+            debug!(
+                "{:?}: a stray frame's reply_to {queue:?} is no connection's queue: not answered",
+                self.queue
+            );
+            return;
+        }
+        if !budget.take(Instant::now()) {
+            debug!(
+                "{:?}: more than {ANSWERS_PER_SECOND} a second: a stray frame from {queue:?} \
+                 not answered",
+                self.queue
+            );
             return;
         }
         let from: Arc<str> = Arc::from(NOBODY);
@@ -315,7 +344,18 @@ impl Mux {
     /// ours can take it (its frames would name none either), so it gets a
     /// version-1 FIN (an empty body) at once, as from a client that
     /// connected and closed without writing, rather than wait for ever.
-    fn end_version_1_stream(&self, server_queue: &str) {
+    /// Anyone who can publish to this connection's queue can send such an
+    /// answer, so it is ended only within `budget` (and the answer names a
+    /// queue a peer can own: see `handshake::version_1_answer`).
+    fn end_version_1_stream(&self, server_queue: &str, budget: &mut Budget) {
+        if !budget.take(Instant::now()) {
+            debug!(
+                "{:?}: more than {ANSWERS_PER_SECOND} a second: a version-1 listener's stream \
+                 on {server_queue:?} not ended",
+                self.queue
+            );
+            return;
+        }
         let from: Arc<str> = Arc::from(NOBODY);
         if let Err(err) = self.publish(&from, 0, server_queue, "", b"", AmqpProperties::default()) {
             debug!(

@@ -11,6 +11,7 @@
 //! version 3 can answer it, so a client sends one only to a listener it
 //! knows speaks it (see [`UPGRADE_HEADER`]) or when pinned to version 3.
 
+use super::check_peer_queue;
 use crate::version::ProtocolVersion;
 use amiquip::{AmqpProperties, AmqpValue, FieldTable};
 use std::fmt;
@@ -162,6 +163,8 @@ pub(crate) enum BadRequest {
     HasBody(usize),
     /// The request names no queue to answer to.
     NoReplyTo,
+    /// The queue the request names is not one a client can own.
+    BadReplyTo(String),
     /// The version-2 headers are malformed.
     BadHeader(String),
 }
@@ -176,6 +179,7 @@ impl fmt::Display for BadRequest {
             BadRequest::NoReplyTo => {
                 f.write_str("a connection request needs reply_to naming the client's queue")
             }
+            BadRequest::BadReplyTo(why) => write!(f, "bad connection request reply_to: {why}"),
             BadRequest::BadHeader(why) => write!(f, "bad connection request header: {why}"),
         }
     }
@@ -209,6 +213,7 @@ pub(crate) fn parse_request<'a>(
         return Err(BadRequest::HasBody(body.len()));
     }
     let client_queue = reply_to(properties).ok_or(BadRequest::NoReplyTo)?;
+    check_peer_queue(client_queue).map_err(BadRequest::BadReplyTo)?;
     let offer = read_offer(properties).map_err(BadRequest::BadHeader)?;
     let stream_id = read_stream_id(properties).map_err(BadRequest::BadHeader)?;
     if stream_id.is_some() && offer.is_none_or(|offer| offer.version < 3) {
@@ -283,6 +288,7 @@ pub(crate) fn parse_accept<'a>(
     }
     let server_queue =
         reply_to(properties).ok_or("the listener's answer names no queue in reply_to")?;
+    check_peer_queue(server_queue).map_err(|why| format!("the listener's answer: {why}"))?;
     let offer = read_offer(properties).map_err(|why| format!("the listener's answer: {why}"))?;
     let stream_id =
         read_stream_id(properties).map_err(|why| format!("the listener's answer: {why}"))?;
@@ -300,7 +306,7 @@ pub(crate) fn parse_accept<'a>(
 /// is the client's connection queue. An empty body, a `reply_to`, no
 /// frame type and no header of ours: `None` for anything else (a frame,
 /// a refusal, a version-2 or -3 answer, a version-1 FIN without
-/// `reply_to`).
+/// `reply_to`, an answer naming a queue no peer can own).
 pub(crate) fn version_1_answer<'a>(body: &[u8], properties: &'a AmqpProperties) -> Option<&'a str> {
     let ours = properties.headers().as_ref().is_some_and(|headers| {
         [
@@ -315,7 +321,7 @@ pub(crate) fn version_1_answer<'a>(body: &[u8], properties: &'a AmqpProperties) 
     if !body.is_empty() || properties.type_().is_some() || ours {
         return None;
     }
-    reply_to(properties)
+    reply_to(properties).filter(|queue| check_peer_queue(queue).is_ok())
 }
 
 /// The client's version, given what it offered and what the listener
@@ -404,6 +410,8 @@ mod tests {
         assert_eq!(version_1_answer(b"", &AmqpProperties::default()), None);
         let empty = AmqpProperties::default().with_reply_to(String::new());
         assert_eq!(version_1_answer(b"", &empty), None);
+        let reserved = AmqpProperties::default().with_reply_to("amq.rabbitmq.reply-to.a".into());
+        assert_eq!(version_1_answer(b"", &reserved), None);
         let typed = v1
             .clone()
             .with_type_(crate::protocol::frame::FIN.to_string());
@@ -458,6 +466,13 @@ mod tests {
         );
         let empty = handshake_properties("", None, Extra::default());
         assert_eq!(parse_request(b"", &empty), Err(BadRequest::NoReplyTo));
+        let reserved = handshake_properties("amq.rabbitmq.reply-to.a.b", None, Extra::default());
+        assert!(matches!(
+            parse_request(b"", &reserved),
+            Err(BadRequest::BadReplyTo(why)) if why.contains("amq.rabbitmq.reply-to.a.b")
+        ));
+        let go_client = handshake_properties("amq.gen-abc", None, Extra::default());
+        assert!(parse_request(b"", &go_client).is_ok());
         assert!(BadRequest::HasBody(3).to_string().contains("3 bytes"));
     }
 
@@ -632,5 +647,17 @@ mod tests {
                 .contains("5 bytes")
         );
         assert!(parse_accept(b"", &AmqpProperties::default()).is_err());
+        let reserved =
+            handshake_properties("amq.rabbitmq.reply-to.x", Some(OFFER), Extra::default());
+        assert!(
+            parse_accept(b"", &reserved)
+                .unwrap_err()
+                .contains("amq.rabbitmq.reply-to.x")
+        );
+        let go_listener = handshake_properties("amq.gen-abc", None, Extra::default());
+        assert_eq!(
+            parse_accept(b"", &go_listener).unwrap().server_queue,
+            "amq.gen-abc"
+        );
     }
 }
