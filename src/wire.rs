@@ -193,12 +193,16 @@
 //!   that was not pinned forgets version 3 for that queue and asks again
 //!   as version 2. A version-1 (Go) listener that took the queue over
 //!   answers a version-3 SYN to the connection's queue with a plain
-//!   version-1 SYN-ACK (empty body, `reply_to`, nothing else), which names
-//!   no stream: it counts as a refusal for every stream of the connection
+//!   version-1 SYN-ACK (empty body, `reply_to`, nothing else), and a
+//!   listener of this crate built before version 3 takes it for a
+//!   version-2 SYN and answers with a version-2 SYN-ACK (the version and
+//!   window headers, no stream id, no `correlation_id`). Either names no
+//!   stream: it counts as a refusal for every stream of the connection
 //!   still waiting for an answer to a version-3 SYN it was not pinned to
-//!   (nothing tells which one it answers), and the stream the version-1
-//!   listener set up for it gets a version-1 FIN. A stream pinned to
-//!   version 3 gets no answer from a version-1 listener and times out.
+//!   (nothing tells which one it answers), and the stream that listener
+//!   set up for it ends at once: a version-1 FIN, or a version-2 reset.
+//!   A stream pinned to version 3 gets no answer from such a listener and
+//!   times out.
 //! * **Delivery.** Nothing is acknowledged: the connection's queue is
 //!   consumed in no-ack mode and each stream's credit window bounds what
 //!   the broker and the receiver hold for it (a peer that sends beyond it

@@ -50,18 +50,17 @@ pub(super) fn run(
             recv(deliveries.as_ref().unwrap_or(&nothing)) -> message => match message {
                 Ok(ConsumerMessage::Delivery(delivery)) => {
                     let Some(to) = delivery.properties.correlation_id().clone() else {
-                        let answer = handshake::version_1_answer(&delivery.body, &delivery.properties)
-                            .map(str::to_string);
-                        match answer {
-                            Some(server_queue) => {
-                                let waiting = hand_version_1_answer(&feeds.routes, &delivery);
+                        match handshake::untied_answer(&delivery.body, &delivery.properties) {
+                            Some(answer) => {
+                                let waiting = hand_untied_answer(&feeds.routes, &delivery);
                                 debug!(
-                                    "{:?}: a version-1 answer (stream queue {server_queue:?}) to a \
-                                     version-3 SYN, handed to {waiting} waiting streams; ending it",
-                                    feeds.queue
+                                    "{:?}: a version-{} answer naming no stream (stream queue \
+                                     {:?}) to a version-3 SYN, handed to {waiting} waiting \
+                                     streams; ending it",
+                                    feeds.queue, answer.version, answer.server_queue
                                 );
                                 if let Some(mux) = mux.upgrade() {
-                                    mux.end_version_1_stream(&server_queue, &mut answers);
+                                    mux.end_untied_stream(answer, &mut answers);
                                 }
                             }
                             None => debug!("{:?}: dropped a message that names no stream", feeds.queue),
@@ -150,15 +149,17 @@ fn hand_over(route: &mut Route, delivery: amiquip::Delivery) {
     let _ = route.deliveries.send(ConsumerMessage::Delivery(delivery));
 }
 
-/// Hands a version-1 listener's SYN-ACK, which names no stream, to every
-/// stream waiting for the answer to its version-3 SYN that can ask again
-/// as version 2; returns how many. It answers one of them, and nothing
-/// tells which: each waiting stream takes it as a refusal of version 3
-/// (see `client_version`) and asks again as version 2 at once, rather
-/// than wait out its handshake timeout. A stream whose own (version-3)
-/// answer was still on its way then leaves that answer unclaimed, and the
-/// listener's stream is reset as stray; the connect itself succeeds.
-fn hand_version_1_answer(routes: &Routes, delivery: &amiquip::Delivery) -> usize {
+/// Hands a SYN-ACK that names no stream (from a version-1 listener, or a
+/// version-2 one built before version 3: see `handshake::untied_answer`)
+/// to every stream waiting for the answer to its version-3 SYN that can
+/// ask again as version 2; returns how many. It answers one of them, and
+/// nothing tells which: each waiting stream takes it as a refusal of
+/// version 3 (see `client_version`) and asks again as version 2 at once,
+/// rather than wait out its handshake timeout. A stream whose own
+/// (version-3) answer was still on its way then leaves that answer
+/// unclaimed, and the listener's stream is reset as stray; the connect
+/// itself succeeds.
+fn hand_untied_answer(routes: &Routes, delivery: &amiquip::Delivery) -> usize {
     let mut streams = lock(&routes.streams);
     let mut handed = 0;
     for route in streams.values_mut().filter(|route| route.awaits_answer) {

@@ -15,8 +15,10 @@ mod confirms;
 mod demux;
 
 use crate::error::Error;
+use crate::protocol::handshake::Untied;
 use crate::protocol::{check_peer_queue, frame};
 use crate::shared::lock;
+use crate::version::ProtocolVersion;
 use crate::worker::engine::{Bell, Engine};
 use amiquip::{AmqpProperties, Channel, Confirm, ConsumerMessage, Publish, Return};
 use budget::Budget;
@@ -81,9 +83,9 @@ struct Route {
     /// The stream was aborted for holding too much: its frames are dropped.
     overran: bool,
     /// A client waiting for the answer to its version-3 SYN that asks again
-    /// as version 2 when refused: it is handed a version-1 answer, which
-    /// names no stream (see `demux::hand_version_1_answer`), until its
-    /// first own delivery comes.
+    /// as version 2 when refused: it is handed an answer that names no
+    /// stream (see `demux::hand_untied_answer`), until its first own
+    /// delivery comes.
     awaits_answer: bool,
 }
 
@@ -189,8 +191,8 @@ impl Mux {
     /// this process's memory while nobody takes the stream's deliveries.
     ///
     /// `awaits_answer`: the stream is a client that will send a version-3
-    /// SYN and can fall back to version 2; a version-1 listener's SYN-ACK
-    /// (which names no stream) is handed to it until its own answer comes.
+    /// SYN and can fall back to version 2; an older listener's SYN-ACK
+    /// that names no stream is handed to it until its own answer comes.
     pub(crate) fn register(
         &self,
         window: u64,
@@ -339,27 +341,42 @@ impl Mux {
         }
     }
 
-    /// Ends the stream a version-1 listener set up for one of our version-3
-    /// SYNs (its SYN-ACK named `server_queue` and no stream): no stream of
-    /// ours can take it (its frames would name none either), so it gets a
-    /// version-1 FIN (an empty body) at once, as from a client that
-    /// connected and closed without writing, rather than wait for ever.
+    /// Ends the stream a listener that knows nothing of version 3 set up
+    /// for one of our version-3 SYNs (its SYN-ACK named
+    /// `answer.server_queue` and no stream): no stream of ours can take it
+    /// (its frames would name none either), so it ends at once rather than
+    /// wait for ever. A version-1 stream gets a FIN (an empty body), as
+    /// from a client that connected and closed without writing; a
+    /// version-2 one a reset, so that what its end writes fails rather
+    /// than vanish (its frames would name no stream here).
     /// Anyone who can publish to this connection's queue can send such an
     /// answer, so it is ended only within `budget` (and the answer names a
-    /// queue a peer can own: see `handshake::version_1_answer`).
-    fn end_version_1_stream(&self, server_queue: &str, budget: &mut Budget) {
+    /// queue a peer can own: see `handshake::untied_answer`).
+    fn end_untied_stream(&self, answer: Untied<'_>, budget: &mut Budget) {
+        let Untied {
+            server_queue,
+            version,
+        } = answer;
         if !budget.take(Instant::now()) {
             debug!(
-                "{:?}: more than {ANSWERS_PER_SECOND} a second: a version-1 listener's stream \
-                 on {server_queue:?} not ended",
+                "{:?}: more than {ANSWERS_PER_SECOND} a second: a version-{version} \
+                 listener's stream on {server_queue:?} not ended",
                 self.queue
             );
             return;
         }
+        let (body, properties): (&[u8], _) = match version {
+            ProtocolVersion::V1 => (b"", AmqpProperties::default()),
+            _ => (
+                b"the client went on without this stream",
+                frame::reset_properties(),
+            ),
+        };
         let from: Arc<str> = Arc::from(NOBODY);
-        if let Err(err) = self.publish(&from, 0, server_queue, "", b"", AmqpProperties::default()) {
+        if let Err(err) = self.publish(&from, 0, server_queue, "", body, properties) {
             debug!(
-                "{:?}: could not end a version-1 listener's stream on {server_queue:?}: {err}",
+                "{:?}: could not end a version-{version} listener's stream on \
+                 {server_queue:?}: {err}",
                 self.queue
             );
         }

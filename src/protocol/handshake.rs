@@ -300,28 +300,61 @@ pub(crate) fn parse_accept<'a>(
     })
 }
 
-/// The queue of a version-1 listener's SYN-ACK that names no stream, as
-/// a version-1 (Go) listener answers a version-3 SYN: it knows nothing of
-/// stream ids and answers any SYN to its `reply_to`, which for version 3
-/// is the client's connection queue. An empty body, a `reply_to`, no
-/// frame type and no header of ours: `None` for anything else (a frame,
-/// a refusal, a version-2 or -3 answer, a version-1 FIN without
-/// `reply_to`, an answer naming a queue no peer can own).
-pub(crate) fn version_1_answer<'a>(body: &[u8], properties: &'a AmqpProperties) -> Option<&'a str> {
-    let ours = properties.headers().as_ref().is_some_and(|headers| {
-        [
-            VERSION_HEADER,
-            WINDOW_HEADER,
-            STREAM_ID_HEADER,
-            UPGRADE_HEADER,
-        ]
-        .iter()
-        .any(|name| headers.contains_key(*name))
-    });
-    if !body.is_empty() || properties.type_().is_some() || ours {
+/// A SYN-ACK that names no stream, on a connection's queue: how a
+/// listener that knows nothing of version 3 answers a version-3 SYN. It
+/// answers the SYN's `reply_to`, which for version 3 is the client's
+/// connection queue, and nothing in the answer says which stream's SYN
+/// it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Untied<'a> {
+    /// The queue of the stream the listener set up for the SYN.
+    pub(crate) server_queue: &'a str,
+    /// The version that stream speaks: 1 (a Go listener) or 2 (one of
+    /// this crate's built before version 3, which took the SYN for a
+    /// version-2 one).
+    pub(crate) version: ProtocolVersion,
+}
+
+/// The answer that names no stream in a message on a connection's queue
+/// without `correlation_id`, if it is one: an empty body, a `reply_to`
+/// naming a queue a peer can own, no frame type, and either no header of
+/// ours (version 1) or a version-2 offer without a stream id or upgrade
+/// (version 2 from a listener built before version 3). `None` for
+/// anything else (a frame, a refusal, a version-3 answer, a version-1 FIN
+/// without `reply_to`).
+pub(crate) fn untied_answer<'a>(body: &[u8], properties: &'a AmqpProperties) -> Option<Untied<'a>> {
+    if !body.is_empty() || properties.type_().is_some() {
         return None;
     }
-    reply_to(properties).filter(|queue| check_peer_queue(queue).is_ok())
+    let has = |name: &str| {
+        properties
+            .headers()
+            .as_ref()
+            .is_some_and(|headers| headers.contains_key(name))
+    };
+    let version = if [
+        VERSION_HEADER,
+        WINDOW_HEADER,
+        STREAM_ID_HEADER,
+        UPGRADE_HEADER,
+    ]
+    .iter()
+    .all(|name| !has(name))
+    {
+        ProtocolVersion::V1
+    } else if has(STREAM_ID_HEADER) || has(UPGRADE_HEADER) {
+        return None;
+    } else {
+        match read_offer(properties) {
+            Ok(Some(offer)) if offer.version == 2 => ProtocolVersion::V2,
+            _ => return None,
+        }
+    };
+    let server_queue = reply_to(properties).filter(|queue| check_peer_queue(queue).is_ok())?;
+    Some(Untied {
+        server_queue,
+        version,
+    })
 }
 
 /// The client's version, given what it offered and what the listener
@@ -402,23 +435,39 @@ mod tests {
     };
 
     #[test]
-    fn a_version_1_answer_is_an_empty_syn_ack_with_reply_to_and_nothing_of_ours() {
+    fn an_untied_answer_is_an_empty_syn_ack_naming_no_stream() {
+        fn queue(props: &AmqpProperties) -> Option<&str> {
+            untied_answer(b"", props).map(|u| u.server_queue)
+        }
+        let version = |props: &AmqpProperties| untied_answer(b"", props).map(|u| u.version);
         let v1 = handshake_properties("s", None, Extra::default());
-        assert_eq!(version_1_answer(b"", &v1), Some("s"));
+        assert_eq!(queue(&v1), Some("s"));
+        assert_eq!(version(&v1), Some(V1));
         // A refusal, a FIN without reply_to, a frame: not an answer.
-        assert_eq!(version_1_answer(b"no", &v1), None);
-        assert_eq!(version_1_answer(b"", &AmqpProperties::default()), None);
+        assert_eq!(untied_answer(b"no", &v1), None);
+        assert_eq!(queue(&AmqpProperties::default()), None);
         let empty = AmqpProperties::default().with_reply_to(String::new());
-        assert_eq!(version_1_answer(b"", &empty), None);
+        assert_eq!(queue(&empty), None);
         let reserved = AmqpProperties::default().with_reply_to("amq.rabbitmq.reply-to.a".into());
-        assert_eq!(version_1_answer(b"", &reserved), None);
+        assert_eq!(queue(&reserved), None);
         let typed = v1
             .clone()
             .with_type_(crate::protocol::frame::FIN.to_string());
-        assert_eq!(version_1_answer(b"", &typed), None);
-        // Answers of version 2 (offer, upgrade) and 3 (stream id).
+        assert_eq!(queue(&typed), None);
+        // A version-2 answer from a listener built before version 3.
         let v2 = handshake_properties("s", Some(OFFER), Extra::default());
-        assert_eq!(version_1_answer(b"", &v2), None);
+        assert_eq!(queue(&v2), Some("s"));
+        assert_eq!(version(&v2), Some(V2));
+        // Answers of version 2 with an upgrade, or 3 (stream id): ours,
+        // which name their stream.
+        let upgrade = Extra {
+            stream_id: None,
+            upgrade: Some(3),
+        };
+        assert_eq!(
+            queue(&handshake_properties("s", Some(OFFER), upgrade)),
+            None
+        );
         let v3 = Offer {
             version: 3,
             ..OFFER
@@ -427,15 +476,16 @@ mod tests {
             stream_id: Some("id"),
             upgrade: None,
         };
+        assert_eq!(queue(&handshake_properties("s", Some(v3), extra)), None);
         assert_eq!(
-            version_1_answer(b"", &handshake_properties("s", Some(v3), extra)),
+            queue(&handshake_properties("s", Some(v3), Extra::default())),
             None
         );
-        // Foreign headers do not hide a version-1 answer.
+        // Foreign headers do not hide an answer.
         let mut headers = FieldTable::new();
         headers.insert("x-other".to_string(), AmqpValue::Boolean(true));
         let foreign = v1.with_headers(headers);
-        assert_eq!(version_1_answer(b"", &foreign), Some("s"));
+        assert_eq!(queue(&foreign), Some("s"));
     }
 
     #[test]
