@@ -202,7 +202,21 @@
 //!   (nothing tells which one it answers), and the stream that listener
 //!   set up for it ends at once: a version-1 FIN, or a version-2 reset.
 //!   A stream pinned to version 3 gets no answer from such a listener and
-//!   times out.
+//!   times out. Anyone who can publish to the connection's queue (its
+//!   name is in every stream's `peer_addr`) can send such an answer too,
+//!   and nothing ties it to a SYN: a version-3 answer is tied to its SYN
+//!   by the client's stream id in `correlation_id`, which only the
+//!   listener learned, but a version-1 listener echoes nothing. So a
+//!   connection remembers, for each listener queue, the connection queue
+//!   that listener's last version-3 answer came from; while that queue
+//!   still exists (a passive declare when the answer comes, and again
+//!   each keepalive interval), a waiting stream does not believe an
+//!   answer naming no stream and waits for its own. Once it is gone (the
+//!   listener restarted, as an older one say), the answer counts as
+//!   above. (A connection that has had no version-3 answer from the
+//!   listener yet believes it; a version-3 listener that closed while its
+//!   connection stays open, followed on its queue by an older one, costs
+//!   one connect its handshake timeout.)
 //! * **Delivery.** Nothing is acknowledged: the connection's queue is
 //!   consumed in no-ack mode and each stream's credit window bounds what
 //!   the broker and the receiver hold for it (a peer that sends beyond it
