@@ -30,7 +30,7 @@ use amiquip::{
 };
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::{debug, info, warn};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -57,8 +57,10 @@ pub(crate) struct BrokerConnection {
     /// The version-3 transport, set up when the first version-3 stream
     /// needs it.
     mux: Mutex<Option<Arc<Mux>>>,
-    /// Listener queues that said they take version-3 requests.
-    v3_listeners: Mutex<HashSet<String>>,
+    /// Listener queues that said they take version-3 requests, each with
+    /// the connection queue its last version-3 answer came from (once one
+    /// came).
+    v3_listeners: Mutex<HashMap<String, Option<String>>>,
     /// The latest checks that other connections' queues exist.
     queue_checks: QueueChecks,
 }
@@ -98,7 +100,7 @@ impl BrokerConnection {
             connections: Mutex::new(vec![connection]),
             events,
             mux: Mutex::new(None),
-            v3_listeners: Mutex::new(HashSet::new()),
+            v3_listeners: Mutex::new(HashMap::new()),
             queue_checks: QueueChecks::default(),
         })
     }
@@ -191,7 +193,18 @@ impl BrokerConnection {
         self.v3_listeners
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(queue)
+            .contains_key(queue)
+    }
+
+    /// The connection queue that the listener on `queue` last answered a
+    /// version-3 request from, if it did.
+    pub(crate) fn v3_listener_connection(&self, queue: &str) -> Option<String> {
+        self.v3_listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(queue)
+            .cloned()
+            .flatten()
     }
 
     /// Remembers whether the listener on `queue` takes version-3 requests.
@@ -201,10 +214,20 @@ impl BrokerConnection {
             known.remove(queue);
             return;
         }
-        if known.len() >= REMEMBERED_LISTENERS {
+        if !known.contains_key(queue) && known.len() >= REMEMBERED_LISTENERS {
             known.clear();
         }
-        known.insert(queue.to_string());
+        known.entry(queue.to_string()).or_insert(None);
+    }
+
+    /// Remembers that the listener on `queue` answered a version-3 request
+    /// from the connection queue `from`.
+    pub(crate) fn answered_v3(&self, queue: &str, from: &str) {
+        let mut known = self.v3_listeners.lock().unwrap_or_else(|e| e.into_inner());
+        if !known.contains_key(queue) && known.len() >= REMEMBERED_LISTENERS {
+            known.clear();
+        }
+        known.insert(queue.to_string(), Some(from.to_string()));
     }
 
     /// The connection's version-3 transport, set up on first use.

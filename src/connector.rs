@@ -160,6 +160,9 @@ impl Connector {
                 deadline,
                 timeout,
                 v3,
+                listener_connection: v3
+                    .then(|| self.connection.v3_listener_connection(queue))
+                    .flatten(),
             };
             worker::start(
                 &self.connection,
@@ -174,7 +177,11 @@ impl Connector {
                 // older or pinned one, say): once more as a version-2 SYN,
                 // which any listener answers.
                 self.connection.learned_v3(queue, false);
-                start(false)?
+                return Ok(Stream::from_established(
+                    Arc::clone(&self.connection),
+                    start(false)?,
+                    self.options.clone(),
+                ));
             }
             Err(err) => {
                 if remembered {
@@ -189,6 +196,13 @@ impl Connector {
         if !v3 {
             // The next stream to this listener skips its queue if it can.
             self.connection.learned_v3(queue, established.upgrade);
+        } else if let Some(from) = established
+            .peer_connection
+            .as_deref()
+            .filter(|_| remembered)
+        {
+            // Its connection queue, while there, vouches for the listener.
+            self.connection.answered_v3(queue, from);
         }
         Ok(Stream::from_established(
             Arc::clone(&self.connection),

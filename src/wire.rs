@@ -77,6 +77,14 @@
 //!
 //! Queue names chosen by this crate are `amqp-stream.<uuid v4>`: picked by
 //! the client so they can be declared without waiting for the broker.
+//! A queue named by a peer (a `reply_to`) must be one a peer can own:
+//! 1 to 255 bytes, and not starting with `amq.` unless it is one of the
+//! `amq.gen-…` names the broker gives a queue declared without a name
+//! (as the Go implementation's are). RabbitMQ closes the whole connection
+//! that publishes to some reserved names (`amq.rabbitmq.reply-to.a.b`,
+//! error 541), so a request naming another is rejected as malformed
+//! (and logged), an answer naming one fails the connect with
+//! `InvalidData`, and nothing is ever published there.
 //! The messages are exactly those of the Go implementation of the same
 //! protocol, and the two interoperate.
 //!
@@ -160,7 +168,12 @@
 //!   the SYN-ACK came) is answered with a reset to its sender, whose
 //!   frames would otherwise vanish into a queue that outlives the stream,
 //!   as TCP answers a segment for a closed socket; anything else for such
-//!   an id is dropped. A stream stops sending keepalives once the peer's
+//!   an id is dropped. Anyone who can publish to a connection's queue can
+//!   send such a frame, so it is answered only when its `reply_to` is
+//!   named like a connection's queue (`amqp-stream.conn.`), and a
+//!   connection sends at most 100 such answers a second (as many at once
+//!   after a quiet second, counting the FINs below): past that, the frame
+//!   is dropped (its sender's next keepalive is answered later). A stream stops sending keepalives once the peer's
 //!   FIN has arrived. Publishes are mandatory as in
 //!   version 2: a frame to a connection that is gone comes back, which is
 //!   how a keepalive finds a dead peer. [`Stream::peer_addr`] and
@@ -186,12 +199,30 @@
 //!   that was not pinned forgets version 3 for that queue and asks again
 //!   as version 2. A version-1 (Go) listener that took the queue over
 //!   answers a version-3 SYN to the connection's queue with a plain
-//!   version-1 SYN-ACK (empty body, `reply_to`, nothing else), which names
-//!   no stream: it counts as a refusal for every stream of the connection
+//!   version-1 SYN-ACK (empty body, `reply_to`, nothing else), and a
+//!   listener of this crate built before version 3 takes it for a
+//!   version-2 SYN and answers with a version-2 SYN-ACK (the version and
+//!   window headers, no stream id, no `correlation_id`). Either names no
+//!   stream: it counts as a refusal for every stream of the connection
 //!   still waiting for an answer to a version-3 SYN it was not pinned to
-//!   (nothing tells which one it answers), and the stream the version-1
-//!   listener set up for it gets a version-1 FIN. A stream pinned to
-//!   version 3 gets no answer from a version-1 listener and times out.
+//!   (nothing tells which one it answers), and the stream that listener
+//!   set up for it ends at once: a version-1 FIN, or a version-2 reset.
+//!   A stream pinned to version 3 gets no answer from such a listener and
+//!   times out. Anyone who can publish to the connection's queue (its
+//!   name is in every stream's `peer_addr`) can send such an answer too,
+//!   and nothing ties it to a SYN: a version-3 answer is tied to its SYN
+//!   by the client's stream id in `correlation_id`, which only the
+//!   listener learned, but a version-1 listener echoes nothing. So a
+//!   connection remembers, for each listener queue, the connection queue
+//!   that listener's last version-3 answer came from; while that queue
+//!   still exists (a passive declare when the answer comes, and again
+//!   each keepalive interval), a waiting stream does not believe an
+//!   answer naming no stream and waits for its own. Once it is gone (the
+//!   listener restarted, as an older one say), the answer counts as
+//!   above. (A connection that has had no version-3 answer from the
+//!   listener yet believes it; a version-3 listener that closed while its
+//!   connection stays open, followed on its queue by an older one, costs
+//!   one connect its handshake timeout.)
 //! * **Delivery.** Nothing is acknowledged: the connection's queue is
 //!   consumed in no-ack mode and each stream's credit window bounds what
 //!   the broker and the receiver hold for it (a peer that sends beyond it

@@ -371,6 +371,114 @@ fn a_remembered_version_3_connect_to_a_restarted_raw_v1_server_works() {
     raw.close().unwrap();
 }
 
+/// As above, with a listener built before version 3 taking the queue
+/// over (played by a raw peer): it takes the remembered version-3 SYN
+/// for a version-2 one (it knows nothing of stream ids) and answers its
+/// `reply_to`, the client connection's queue, with a version-2 SYN-ACK
+/// (version and window headers) that names no stream. That answer must
+/// count as a refusal at once, as a version-1 one does: the connector
+/// asks again as version 2 and gets a working stream, rather than wait
+/// out its handshake timeout; and the old listener's stream for the
+/// first SYN, which no client will use, is reset.
+#[test]
+fn a_remembered_version_3_connect_to_a_listener_built_before_version_3_falls_back_at_once() {
+    use amiquip::{AmqpProperties, AmqpValue, ConsumerOptions, FieldTable};
+    use common::raw::{exclusive_auto_delete, next, publish_with};
+    let q = queue("v3r-raw-old-v2");
+    // Far longer than `next` waits for the second SYN.
+    let client = Connector::open_with(
+        &url(),
+        StreamOptions::new().handshake_timeout(Some(Duration::from_secs(120))),
+    )
+    .unwrap();
+    {
+        let listener = amqp_stream::Listener::bind(&url(), &q).unwrap();
+        for expected in [ProtocolVersion::V2, ProtocolVersion::V3] {
+            let s = client.connect(&q).unwrap();
+            assert_eq!(s.protocol_version(), expected);
+            drop(listener.accept().unwrap());
+        }
+    }
+    let mut raw = common::raw_connection();
+    let channel = raw.open_channel(None).unwrap();
+    eventually(
+        Duration::from_secs(20),
+        "the old listener's queue goes",
+        || match common::queue_depth(&q) {
+            None => Ok(()),
+            Some(depth) => Err(format!("{q:?} still there: {depth:?}")),
+        },
+    );
+    let requests = channel
+        .queue_declare(q.clone(), exclusive_auto_delete())
+        .unwrap()
+        .consume(ConsumerOptions::default())
+        .unwrap();
+    let connecting = std::thread::spawn({
+        let q = q.clone();
+        move || client.connect(&q)
+    });
+    // A version-2 SYN-ACK as a listener built before version 3 sends it.
+    let v2_answer = |own: &str| {
+        let mut headers = FieldTable::new();
+        headers.insert(
+            "x-amqp-stream-version".to_string(),
+            AmqpValue::LongLongInt(2),
+        );
+        headers.insert(
+            "x-amqp-stream-window".to_string(),
+            AmqpValue::LongLongInt(1 << 20),
+        );
+        AmqpProperties::default()
+            .with_reply_to(own.to_string())
+            .with_headers(headers)
+    };
+    let accept = || {
+        let syn = next(requests.receiver());
+        let c_name = syn.properties.reply_to().clone().expect("reply_to");
+        requests.ack(syn).unwrap();
+        let s = channel.queue_declare("", exclusive_auto_delete()).unwrap();
+        let data = s
+            .consume(ConsumerOptions {
+                exclusive: true,
+                ..Default::default()
+            })
+            .unwrap();
+        publish_with(&channel, &c_name, b"", v2_answer(s.name()));
+        (c_name, data)
+    };
+    let (first_c, first) = accept();
+    assert!(
+        first_c.starts_with("amqp-stream.conn."),
+        "the first SYN is the remembered version-3 one: {first_c}"
+    );
+    // The second SYN comes at once, as version 2 from a queue of its own.
+    let (second_c, second) = accept();
+    assert_ne!(second_c, first_c);
+    let stream = connecting
+        .join()
+        .unwrap()
+        .expect("connect to a listener built before version 3");
+    assert_eq!(stream.protocol_version(), ProtocolVersion::V2);
+    // The first SYN-ACK's stream is reset.
+    let reset = next(first.receiver());
+    assert_eq!(
+        reset.properties.type_().as_deref(),
+        Some("reset"),
+        "the unused stream got {reset:?}"
+    );
+    first.ack(reset).unwrap();
+    // The stream works.
+    (&stream).write_all(b"hello v2").unwrap();
+    (&stream).flush().unwrap();
+    let data = next(second.receiver());
+    assert_eq!(data.properties.type_().as_deref(), Some("data"));
+    assert_eq!(&data.body[..], b"hello v2");
+    second.ack(data).unwrap();
+    std::mem::forget(stream);
+    raw.close().unwrap();
+}
+
 /// Two streams of one connector that remembered version 3 connect at
 /// once to a raw version-1 server: its SYN-ACKs name no stream, so
 /// nothing tells which of the two each answers. Both must ask again as

@@ -2,7 +2,8 @@
 //! deliveries of its queue and the confirms and returns of its publishing
 //! channel, and hands each to the stream it belongs to.
 
-use super::{Mux, Route, Routes};
+use super::budget::Budget;
+use super::{ANSWERS_PER_SECOND, Mux, Route, Routes};
 use crate::error::Error;
 use crate::protocol::handshake;
 use crate::shared::lock;
@@ -11,6 +12,7 @@ use crossbeam_channel::{Receiver, Sender, never, select};
 use log::debug;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::time::Instant;
 
 /// What the demultiplexer reads besides its consumer.
 pub(super) struct Feeds {
@@ -40,24 +42,25 @@ pub(super) fn run(
     };
     let _ = ready.send(Ok(()));
     let mut deliveries = Some(consumer.receiver().clone());
+    // What the connection answers that nobody on it asked for.
+    let mut answers = Budget::new(ANSWERS_PER_SECOND, Instant::now());
     let nothing = never();
     loop {
         select! {
             recv(deliveries.as_ref().unwrap_or(&nothing)) -> message => match message {
                 Ok(ConsumerMessage::Delivery(delivery)) => {
                     let Some(to) = delivery.properties.correlation_id().clone() else {
-                        let answer = handshake::version_1_answer(&delivery.body, &delivery.properties)
-                            .map(str::to_string);
-                        match answer {
-                            Some(server_queue) => {
-                                let waiting = hand_version_1_answer(&feeds.routes, &delivery);
+                        match handshake::untied_answer(&delivery.body, &delivery.properties) {
+                            Some(answer) => {
+                                let waiting = hand_untied_answer(&feeds.routes, &delivery);
                                 debug!(
-                                    "{:?}: a version-1 answer (stream queue {server_queue:?}) to a \
-                                     version-3 SYN, handed to {waiting} waiting streams; ending it",
-                                    feeds.queue
+                                    "{:?}: a version-{} answer naming no stream (stream queue \
+                                     {:?}) to a version-3 SYN, handed to {waiting} waiting \
+                                     streams; ending it",
+                                    feeds.queue, answer.version, answer.server_queue
                                 );
                                 if let Some(mux) = mux.upgrade() {
-                                    mux.end_version_1_stream(&server_queue);
+                                    mux.end_untied_stream(answer, &mut answers);
                                 }
                             }
                             None => debug!("{:?}: dropped a message that names no stream", feeds.queue),
@@ -77,7 +80,7 @@ pub(super) fn run(
                     if let Some(delivery) = stray {
                         debug!("{:?}: a frame for stream {to:?}, which is not here", feeds.queue);
                         if let Some(mux) = mux.upgrade() {
-                            mux.answer_stray(&delivery);
+                            mux.answer_stray(&delivery, &mut answers);
                         }
                     }
                 }
@@ -146,15 +149,17 @@ fn hand_over(route: &mut Route, delivery: amiquip::Delivery) {
     let _ = route.deliveries.send(ConsumerMessage::Delivery(delivery));
 }
 
-/// Hands a version-1 listener's SYN-ACK, which names no stream, to every
-/// stream waiting for the answer to its version-3 SYN that can ask again
-/// as version 2; returns how many. It answers one of them, and nothing
-/// tells which: each waiting stream takes it as a refusal of version 3
-/// (see `client_version`) and asks again as version 2 at once, rather
-/// than wait out its handshake timeout. A stream whose own (version-3)
-/// answer was still on its way then leaves that answer unclaimed, and the
-/// listener's stream is reset as stray; the connect itself succeeds.
-fn hand_version_1_answer(routes: &Routes, delivery: &amiquip::Delivery) -> usize {
+/// Hands a SYN-ACK that names no stream (from a version-1 listener, or a
+/// version-2 one built before version 3: see `handshake::untied_answer`)
+/// to every stream waiting for the answer to its version-3 SYN that can
+/// ask again as version 2; returns how many. It answers one of them, and
+/// nothing tells which: each waiting stream takes it as a refusal of
+/// version 3 (see `client_version`) and asks again as version 2 at once,
+/// rather than wait out its handshake timeout. A stream whose own
+/// (version-3) answer was still on its way then leaves that answer
+/// unclaimed, and the listener's stream is reset as stray; the connect
+/// itself succeeds.
+fn hand_untied_answer(routes: &Routes, delivery: &amiquip::Delivery) -> usize {
     let mut streams = lock(&routes.streams);
     let mut handed = 0;
     for route in streams.values_mut().filter(|route| route.awaits_answer) {

@@ -10,20 +10,25 @@
 //! mode and each stream's credit window bounds what the broker and this
 //! process hold for it.
 
+mod budget;
 mod confirms;
 mod demux;
 
 use crate::error::Error;
-use crate::protocol::frame;
+use crate::protocol::handshake::Untied;
+use crate::protocol::{check_peer_queue, frame};
 use crate::shared::lock;
+use crate::version::ProtocolVersion;
 use crate::worker::engine::{Bell, Engine};
 use amiquip::{AmqpProperties, Channel, Confirm, ConsumerMessage, Publish, Return};
+use budget::Budget;
 use confirms::ConfirmBook;
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use log::debug;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// The sender id of what the connection itself publishes (the answer
 /// to a stray frame): no stream ever has it (ids are 32 hex digits).
@@ -31,6 +36,11 @@ const NOBODY: &str = "-";
 
 /// The prefix of a connection's queue.
 const QUEUE_PREFIX: &str = "amqp-stream.conn.";
+
+/// How many messages nobody asked for (stray frames, answers naming no
+/// stream) a connection answers a second, at most; as many at once after
+/// a quiet second.
+const ANSWERS_PER_SECOND: u32 = 100;
 
 /// One AMQP connection's version-3 transport.
 pub(crate) struct Mux {
@@ -73,9 +83,9 @@ struct Route {
     /// The stream was aborted for holding too much: its frames are dropped.
     overran: bool,
     /// A client waiting for the answer to its version-3 SYN that asks again
-    /// as version 2 when refused: it is handed a version-1 answer, which
-    /// names no stream (see `demux::hand_version_1_answer`), until its
-    /// first own delivery comes.
+    /// as version 2 when refused: it is handed an answer that names no
+    /// stream (see `demux::hand_untied_answer`), until its first own
+    /// delivery comes.
     awaits_answer: bool,
 }
 
@@ -214,8 +224,8 @@ impl Mux {
     /// this process's memory while nobody takes the stream's deliveries.
     ///
     /// `awaits_answer`: the stream is a client that will send a version-3
-    /// SYN and can fall back to version 2; a version-1 listener's SYN-ACK
-    /// (which names no stream) is handed to it until its own answer comes.
+    /// SYN and can fall back to version 2; an older listener's SYN-ACK
+    /// that names no stream is handed to it until its own answer comes.
     pub(crate) fn register(
         &self,
         window: u64,
@@ -315,7 +325,13 @@ impl Mux {
     /// answered: handshakes, data, FINs and keepalives, never a reset
     /// (no answer to an answer) or a window report (nothing of the
     /// stream's bytes is lost with it).
-    fn answer_stray(&self, delivery: &amiquip::Delivery) {
+    ///
+    /// Whoever can publish to this connection's queue can send such a
+    /// frame and pick its `reply_to`, so only a `reply_to` named like a
+    /// version-3 connection's queue (the only sender of frames that name
+    /// a stream) is answered, and only within `budget`: past it the frame
+    /// is dropped.
+    fn answer_stray(&self, delivery: &amiquip::Delivery, budget: &mut Budget) {
         let properties = &delivery.properties;
         let answered = match properties.type_().as_deref() {
             None => true,
@@ -328,6 +344,21 @@ impl Mux {
         // one of those), so frames between two streams of this very
         // connection are answered like any others.
         if !answered || to.len() > 128 {
+            return;
+        }
+        if !queue.starts_with(QUEUE_PREFIX) || check_peer_queue(queue).is_err() {
+            debug!(
+                "{:?}: a stray frame's reply_to {queue:?} is no connection's queue: not answered",
+                self.queue
+            );
+            return;
+        }
+        if !budget.take(Instant::now()) {
+            debug!(
+                "{:?}: more than {ANSWERS_PER_SECOND} a second: a stray frame from {queue:?} \
+                 not answered",
+                self.queue
+            );
             return;
         }
         let from: Arc<str> = Arc::from(NOBODY);
@@ -343,16 +374,42 @@ impl Mux {
         }
     }
 
-    /// Ends the stream a version-1 listener set up for one of our version-3
-    /// SYNs (its SYN-ACK named `server_queue` and no stream): no stream of
-    /// ours can take it (its frames would name none either), so it gets a
-    /// version-1 FIN (an empty body) at once, as from a client that
-    /// connected and closed without writing, rather than wait for ever.
-    fn end_version_1_stream(&self, server_queue: &str) {
-        let from: Arc<str> = Arc::from(NOBODY);
-        if let Err(err) = self.publish(&from, 0, server_queue, "", b"", AmqpProperties::default()) {
+    /// Ends the stream a listener that knows nothing of version 3 set up
+    /// for one of our version-3 SYNs (its SYN-ACK named
+    /// `answer.server_queue` and no stream): no stream of ours can take it
+    /// (its frames would name none either), so it ends at once rather than
+    /// wait for ever. A version-1 stream gets a FIN (an empty body), as
+    /// from a client that connected and closed without writing; a
+    /// version-2 one a reset, so that what its end writes fails rather
+    /// than vanish (its frames would name no stream here).
+    /// Anyone who can publish to this connection's queue can send such an
+    /// answer, so it is ended only within `budget` (and the answer names a
+    /// queue a peer can own: see `handshake::untied_answer`).
+    fn end_untied_stream(&self, answer: Untied<'_>, budget: &mut Budget) {
+        let Untied {
+            server_queue,
+            version,
+        } = answer;
+        if !budget.take(Instant::now()) {
             debug!(
-                "{:?}: could not end a version-1 listener's stream on {server_queue:?}: {err}",
+                "{:?}: more than {ANSWERS_PER_SECOND} a second: a version-{version} \
+                 listener's stream on {server_queue:?} not ended",
+                self.queue
+            );
+            return;
+        }
+        let (body, properties): (&[u8], _) = match version {
+            ProtocolVersion::V1 => (b"", AmqpProperties::default()),
+            _ => (
+                b"the client went on without this stream",
+                frame::reset_properties(),
+            ),
+        };
+        let from: Arc<str> = Arc::from(NOBODY);
+        if let Err(err) = self.publish(&from, 0, server_queue, "", body, properties) {
+            debug!(
+                "{:?}: could not end a version-{version} listener's stream on \
+                 {server_queue:?}: {err}",
                 self.queue
             );
         }

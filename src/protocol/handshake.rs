@@ -11,6 +11,7 @@
 //! version 3 can answer it, so a client sends one only to a listener it
 //! knows speaks it (see [`UPGRADE_HEADER`]) or when pinned to version 3.
 
+use super::check_peer_queue;
 use crate::version::ProtocolVersion;
 use amiquip::{AmqpProperties, AmqpValue, FieldTable};
 use std::fmt;
@@ -193,6 +194,8 @@ pub(crate) enum BadRequest {
     HasBody(usize),
     /// The request names no queue to answer to.
     NoReplyTo,
+    /// The queue the request names is not one a client can own.
+    BadReplyTo(String),
     /// The version-2 headers are malformed.
     BadHeader(String),
 }
@@ -207,6 +210,7 @@ impl fmt::Display for BadRequest {
             BadRequest::NoReplyTo => {
                 f.write_str("a connection request needs reply_to naming the client's queue")
             }
+            BadRequest::BadReplyTo(why) => write!(f, "bad connection request reply_to: {why}"),
             BadRequest::BadHeader(why) => write!(f, "bad connection request header: {why}"),
         }
     }
@@ -242,6 +246,7 @@ pub(crate) fn parse_request<'a>(
         return Err(BadRequest::HasBody(body.len()));
     }
     let client_queue = reply_to(properties).ok_or(BadRequest::NoReplyTo)?;
+    check_peer_queue(client_queue).map_err(BadRequest::BadReplyTo)?;
     let offer = read_offer(properties).map_err(BadRequest::BadHeader)?;
     let stream_id = read_stream_id(properties).map_err(BadRequest::BadHeader)?;
     if stream_id.is_some() && offer.is_none_or(|offer| offer.version < 3) {
@@ -319,6 +324,7 @@ pub(crate) fn parse_accept<'a>(
     }
     let server_queue =
         reply_to(properties).ok_or("the listener's answer names no queue in reply_to")?;
+    check_peer_queue(server_queue).map_err(|why| format!("the listener's answer: {why}"))?;
     let offer = read_offer(properties).map_err(|why| format!("the listener's answer: {why}"))?;
     let stream_id =
         read_stream_id(properties).map_err(|why| format!("the listener's answer: {why}"))?;
@@ -331,29 +337,62 @@ pub(crate) fn parse_accept<'a>(
     })
 }
 
-/// The queue of a version-1 listener's SYN-ACK that names no stream, as
-/// a version-1 (Go) listener answers a version-3 SYN: it knows nothing of
-/// stream ids and answers any SYN to its `reply_to`, which for version 3
-/// is the client's connection queue. An empty body, a `reply_to`, no
-/// frame type and no header of ours: `None` for anything else (a frame,
-/// a refusal, a version-2 or -3 answer, a version-1 FIN without
-/// `reply_to`).
-pub(crate) fn version_1_answer<'a>(body: &[u8], properties: &'a AmqpProperties) -> Option<&'a str> {
-    let ours = properties.headers().as_ref().is_some_and(|headers| {
-        [
-            VERSION_HEADER,
-            WINDOW_HEADER,
-            STREAM_ID_HEADER,
-            UPGRADE_HEADER,
-            MESSAGE_COST_HEADER,
-        ]
-        .iter()
-        .any(|name| headers.contains_key(*name))
-    });
-    if !body.is_empty() || properties.type_().is_some() || ours {
+/// A SYN-ACK that names no stream, on a connection's queue: how a
+/// listener that knows nothing of version 3 answers a version-3 SYN. It
+/// answers the SYN's `reply_to`, which for version 3 is the client's
+/// connection queue, and nothing in the answer says which stream's SYN
+/// it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Untied<'a> {
+    /// The queue of the stream the listener set up for the SYN.
+    pub(crate) server_queue: &'a str,
+    /// The version that stream speaks: 1 (a Go listener) or 2 (one of
+    /// this crate's built before version 3, which took the SYN for a
+    /// version-2 one).
+    pub(crate) version: ProtocolVersion,
+}
+
+/// The answer that names no stream in a message on a connection's queue
+/// without `correlation_id`, if it is one: an empty body, a `reply_to`
+/// naming a queue a peer can own, no frame type, and either no header of
+/// ours (version 1) or a version-2 offer without a stream id or upgrade
+/// (version 2 from a listener built before version 3). `None` for
+/// anything else (a frame, a refusal, a version-3 answer, a version-1 FIN
+/// without `reply_to`).
+pub(crate) fn untied_answer<'a>(body: &[u8], properties: &'a AmqpProperties) -> Option<Untied<'a>> {
+    if !body.is_empty() || properties.type_().is_some() {
         return None;
     }
-    reply_to(properties)
+    let has = |name: &str| {
+        properties
+            .headers()
+            .as_ref()
+            .is_some_and(|headers| headers.contains_key(name))
+    };
+    let version = if [
+        VERSION_HEADER,
+        WINDOW_HEADER,
+        STREAM_ID_HEADER,
+        UPGRADE_HEADER,
+        MESSAGE_COST_HEADER,
+    ]
+    .iter()
+    .all(|name| !has(name))
+    {
+        ProtocolVersion::V1
+    } else if has(STREAM_ID_HEADER) || has(UPGRADE_HEADER) || has(MESSAGE_COST_HEADER) {
+        return None;
+    } else {
+        match read_offer(properties) {
+            Ok(Some(offer)) if offer.version == 2 => ProtocolVersion::V2,
+            _ => return None,
+        }
+    };
+    let server_queue = reply_to(properties).filter(|queue| check_peer_queue(queue).is_ok())?;
+    Some(Untied {
+        server_queue,
+        version,
+    })
 }
 
 /// The client's version, given what it offered and what the listener
@@ -467,21 +506,39 @@ mod tests {
     };
 
     #[test]
-    fn a_version_1_answer_is_an_empty_syn_ack_with_reply_to_and_nothing_of_ours() {
+    fn an_untied_answer_is_an_empty_syn_ack_naming_no_stream() {
+        fn queue(props: &AmqpProperties) -> Option<&str> {
+            untied_answer(b"", props).map(|u| u.server_queue)
+        }
+        let version = |props: &AmqpProperties| untied_answer(b"", props).map(|u| u.version);
         let v1 = handshake_properties("s", None, Extra::default());
-        assert_eq!(version_1_answer(b"", &v1), Some("s"));
+        assert_eq!(queue(&v1), Some("s"));
+        assert_eq!(version(&v1), Some(V1));
         // A refusal, a FIN without reply_to, a frame: not an answer.
-        assert_eq!(version_1_answer(b"no", &v1), None);
-        assert_eq!(version_1_answer(b"", &AmqpProperties::default()), None);
+        assert_eq!(untied_answer(b"no", &v1), None);
+        assert_eq!(queue(&AmqpProperties::default()), None);
         let empty = AmqpProperties::default().with_reply_to(String::new());
-        assert_eq!(version_1_answer(b"", &empty), None);
+        assert_eq!(queue(&empty), None);
+        let reserved = AmqpProperties::default().with_reply_to("amq.rabbitmq.reply-to.a".into());
+        assert_eq!(queue(&reserved), None);
         let typed = v1
             .clone()
             .with_type_(crate::protocol::frame::FIN.to_string());
-        assert_eq!(version_1_answer(b"", &typed), None);
-        // Answers of version 2 (offer, upgrade) and 3 (stream id).
+        assert_eq!(queue(&typed), None);
+        // A version-2 answer from a listener built before version 3.
         let v2 = handshake_properties("s", Some(OFFER), Extra::default());
-        assert_eq!(version_1_answer(b"", &v2), None);
+        assert_eq!(queue(&v2), Some("s"));
+        assert_eq!(version(&v2), Some(V2));
+        // Answers of version 2 with an upgrade, or 3 (stream id): ours,
+        // which name their stream.
+        let upgrade = Extra {
+            stream_id: None,
+            upgrade: Some(3),
+        };
+        assert_eq!(
+            queue(&handshake_properties("s", Some(OFFER), upgrade)),
+            None
+        );
         let v3 = Offer {
             version: 3,
             ..OFFER
@@ -490,15 +547,16 @@ mod tests {
             stream_id: Some("id"),
             upgrade: None,
         };
+        assert_eq!(queue(&handshake_properties("s", Some(v3), extra)), None);
         assert_eq!(
-            version_1_answer(b"", &handshake_properties("s", Some(v3), extra)),
+            queue(&handshake_properties("s", Some(v3), Extra::default())),
             None
         );
-        // Foreign headers do not hide a version-1 answer.
+        // Foreign headers do not hide an answer.
         let mut headers = FieldTable::new();
         headers.insert("x-other".to_string(), AmqpValue::Boolean(true));
         let foreign = v1.with_headers(headers);
-        assert_eq!(version_1_answer(b"", &foreign), Some("s"));
+        assert_eq!(queue(&foreign), Some("s"));
     }
 
     #[test]
@@ -529,6 +587,13 @@ mod tests {
         );
         let empty = handshake_properties("", None, Extra::default());
         assert_eq!(parse_request(b"", &empty), Err(BadRequest::NoReplyTo));
+        let reserved = handshake_properties("amq.rabbitmq.reply-to.a.b", None, Extra::default());
+        assert!(matches!(
+            parse_request(b"", &reserved),
+            Err(BadRequest::BadReplyTo(why)) if why.contains("amq.rabbitmq.reply-to.a.b")
+        ));
+        let go_client = handshake_properties("amq.gen-abc", None, Extra::default());
+        assert!(parse_request(b"", &go_client).is_ok());
         assert!(BadRequest::HasBody(3).to_string().contains("3 bytes"));
     }
 
@@ -703,5 +768,17 @@ mod tests {
                 .contains("5 bytes")
         );
         assert!(parse_accept(b"", &AmqpProperties::default()).is_err());
+        let reserved =
+            handshake_properties("amq.rabbitmq.reply-to.x", Some(OFFER), Extra::default());
+        assert!(
+            parse_accept(b"", &reserved)
+                .unwrap_err()
+                .contains("amq.rabbitmq.reply-to.x")
+        );
+        let go_listener = handshake_properties("amq.gen-abc", None, Extra::default());
+        assert_eq!(
+            parse_accept(b"", &go_listener).unwrap().server_queue,
+            "amq.gen-abc"
+        );
     }
 }

@@ -39,6 +39,35 @@ pub(crate) fn check_queue_name(queue: &str, whose: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// The one prefix starting with `amq.` that a peer's queue can have: the
+/// broker names a queue declared without a name `amq.gen-…` (the Go
+/// implementation's queues are named so). A client may not declare any
+/// other `amq.` name.
+const BROKER_NAMED_PREFIX: &str = "amq.gen-";
+
+/// Checks a queue a peer names for us to publish to (a `reply_to`): it
+/// must be one that a peer of the protocol could own, 1 to 255 bytes and
+/// not a name the broker reserves. Publishing to some of those
+/// (`amq.rabbitmq.reply-to.…` with a malformed suffix, say) makes RabbitMQ
+/// close our whole connection with every stream on it, so anyone who can
+/// publish in the virtual host could otherwise kill it with one message.
+/// The error says why, for the caller's error or log.
+pub(crate) fn check_peer_queue(queue: &str) -> Result<(), String> {
+    if queue.is_empty() || queue.len() > MAX_QUEUE_NAME {
+        return Err(format!(
+            "a queue name has 1 to {MAX_QUEUE_NAME} bytes, not {}",
+            queue.len()
+        ));
+    }
+    if queue.starts_with("amq.") && !queue.starts_with(BROKER_NAMED_PREFIX) {
+        return Err(format!(
+            "{queue:?} cannot be a peer's queue: the broker reserves names starting \"amq.\" \
+             (other than the \"{BROKER_NAMED_PREFIX}\" names it gives)"
+        ));
+    }
+    Ok(())
+}
+
 /// How every queue of the protocol is declared: transient, exclusive to the
 /// connection that made it, deleted when its consumer goes.
 pub(crate) fn queue_declare_options() -> QueueDeclareOptions {
@@ -82,6 +111,32 @@ mod tests {
             let err = check_queue_name(&bad, "a listener's").unwrap_err();
             assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
             assert!(err.to_string().contains("255"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_peers_queue_is_one_a_peer_can_own() {
+        for good in [
+            "q",
+            "amqp-stream.conn.x",
+            "amq.gen-JzTY20BRgKO-HjmUJj0wLg",
+            "amq-foo",
+            "AMQ.rabbitmq.x",
+        ] {
+            assert_eq!(check_peer_queue(good), Ok(()), "{good}");
+        }
+        let long = "q".repeat(256);
+        for bad in [
+            "",
+            long.as_str(),
+            "amq.rabbitmq.reply-to",
+            "amq.rabbitmq.reply-to.a.b",
+            "amq.direct",
+            "amq.",
+            "amq.gen",
+        ] {
+            let why = check_peer_queue(bad).unwrap_err();
+            assert!(why.contains("amq.") || why.contains("255"), "{bad}: {why}");
         }
     }
 

@@ -97,6 +97,7 @@ pub(super) fn await_handshake(
             deadline,
             timeout,
             v3,
+            listener_connection,
         } => {
             let timer = deadline.map(crossbeam_channel::at).unwrap_or_else(never);
             // Checked after a keepalive interval, then less and less often
@@ -104,6 +105,10 @@ pub(super) fn await_handshake(
             let interval = options.get_keepalive_interval();
             let mut check_delay = interval;
             let mut check = after(check_delay);
+            // An answer that names no stream, not believed (yet), and when
+            // to ask again whether it stands.
+            let mut doubted = None;
+            let mut recheck = never();
             let answer = loop {
                 select! {
                 recv(check) -> _ => {
@@ -113,9 +118,31 @@ pub(super) fn await_handshake(
                     check_delay = (check_delay * 2).min(MAX_CHECK_DELAY);
                     check = after(check_delay);
                 },
+                recv(recheck) -> _ => {
+                    if !vouched_for(connection, listener_connection, interval)
+                        && let Some(answer) = doubted.take()
+                    {
+                        break answer;
+                    }
+                    recheck = after(interval);
+                },
                 recv(returns) -> _ => return Err(Error::ConnectionRefused { queue: listener_queue.clone() }),
                 recv(deliveries) -> message => match message {
-                    Ok(ConsumerMessage::Delivery(delivery)) => break delivery,
+                    Ok(ConsumerMessage::Delivery(delivery)) => {
+                        let untied = *v3 && delivery.properties.correlation_id().is_none();
+                        if untied && vouched_for(connection, listener_connection, interval) {
+                            debug!(
+                                "connecting to {listener_queue:?}: an answer that names no \
+                                 stream while the version-3 listener's connection queue {:?} \
+                                 is there: not believed",
+                                listener_connection.as_deref().unwrap_or_default()
+                            );
+                            doubted = Some(delivery);
+                            recheck = after(interval);
+                            continue;
+                        }
+                        break delivery;
+                    }
                     Ok(other) => return Err(consumer_ended(listener_queue, other)),
                     Err(_) => return Err(Error::broker(
                         format!("connecting to {listener_queue:?}"),
@@ -254,6 +281,26 @@ fn queue_is_gone(connection: &BrokerConnection, queue: &str, period: Duration) -
     connection
         .queue_checks()
         .is_gone(queue, period, || declare_finds_gone(connection, queue))
+}
+
+/// Whether a version-3 connect that gets an answer naming no stream (as a
+/// version-1 listener, or one built before version 3, answers) must not
+/// believe it. Anyone who can publish to the connection's queue can send
+/// such an answer, and nothing ties it to our SYN (a version-3 answer
+/// names our stream id, which only the listener learned). So when the
+/// connection has had a version-3 answer from this listener, from
+/// `listener_connection`, and that queue is still there, the listener
+/// that answered then is (most likely) the one we asked: its own answer
+/// is on its way, and the connect waits for it. Once that queue is gone
+/// (the listener restarted, as an older one say), the answer stands.
+fn vouched_for(
+    connection: &BrokerConnection,
+    listener_connection: &Option<String>,
+    period: Duration,
+) -> bool {
+    listener_connection
+        .as_deref()
+        .is_some_and(|queue| !queue_is_gone(connection, queue, period))
 }
 
 /// Whether `queue` no longer exists, by a passive declare on a channel of

@@ -96,6 +96,10 @@ pub(crate) enum Role {
         timeout: Option<Duration>,
         /// Send a version-3 SYN (the listener is known to take one).
         v3: bool,
+        /// The connection queue the listener last answered a version-3
+        /// SYN from: while it is there, an answer that names no stream is
+        /// not believed (see `handshake::await_handshake`).
+        listener_connection: Option<String>,
     },
     /// Answer a connection request.
     Server {
@@ -136,6 +140,8 @@ pub(crate) struct Established {
     pub(crate) shared: Arc<Shared>,
     /// The listener said it takes version-3 requests.
     pub(crate) upgrade: bool,
+    /// The queue of the peer's connection (version 3).
+    pub(crate) peer_connection: Option<String>,
 }
 
 /// Sets up a stream and waits for its handshake: a version-3 one in the
@@ -289,6 +295,7 @@ impl Pending {
             inbox: handshake.inbox,
             message_limit: handshake.message_limit,
             upgrade: handshake.upgrade,
+            peer_connection: handshake.peer_connection,
             outbound: self.outbound,
             control: self.control,
             alive: self.alive,
@@ -355,6 +362,7 @@ pub(crate) struct Handshake {
     inbox: Arc<Inbox>,
     message_limit: usize,
     upgrade: bool,
+    peer_connection: Option<String>,
 }
 
 /// What the handshake settled.
@@ -554,6 +562,7 @@ impl<T: Transport> Connected<T> {
             Some(id) => format!("{peer_queue}#{id}"),
             None => peer_queue.clone(),
         };
+        let peer_connection = peer_stream.is_some().then(|| peer_queue.clone());
         if let Some(id) = peer_stream {
             publisher.set_peer(id);
         }
@@ -583,6 +592,7 @@ impl<T: Transport> Connected<T> {
             inbox: Arc::clone(&inbox),
             message_limit,
             upgrade,
+            peer_connection,
         }));
         if handed_over.is_err() {
             return None;

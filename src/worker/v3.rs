@@ -34,8 +34,9 @@ pub(super) fn run(connection: Arc<BrokerConnection>, assignment: Box<Assignment>
     };
     let window = options.get_window() as u64;
     // A client that was not pinned to version 3 (it remembered that the
-    // listener took it) asks again as version 2 when refused: it takes a
-    // version-1 listener's answer, which names no stream, as that refusal.
+    // listener took it) asks again as version 2 when refused: it takes an
+    // older listener's answer (version 1, or 2 from before version 3),
+    // which names no stream, as that refusal.
     let awaits_answer =
         matches!(role, super::Role::Client { .. }) && options.get_protocol_version().is_none();
     let registered = connection.mux().and_then(|mux| {

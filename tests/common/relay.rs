@@ -206,7 +206,8 @@ impl Shared {
     /// Copies `from` to `to` until either ends, then closes both. While
     /// frozen it forwards nothing: the client's side (`from_client`) is
     /// read and dropped, the broker's is left unread. While choked the
-    /// client's side is left unread.
+    /// client's side is left unread (and what a read blocked at the time
+    /// of the choke returns is held until the unchoke).
     fn pump(&self, mut from: TcpStream, mut to: TcpStream, from_client: bool) {
         let mut buf = vec![0; 64 * 1024];
         loop {
@@ -226,6 +227,13 @@ impl Shared {
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
+            // Read while the choke came: held back too, until unchoked.
+            while from_client
+                && self.choked.load(Ordering::SeqCst)
+                && !self.closing.load(Ordering::SeqCst)
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
             if self.frozen.load(Ordering::SeqCst)
                 || (!from_client && self.deaf.load(Ordering::SeqCst))
             {

@@ -1,0 +1,402 @@
+//! Addresses a peer names (a SYN's or SYN-ACK's `reply_to`, a stray
+//! frame's) that no peer of the protocol can own. RabbitMQ fails the whole
+//! connection (internal error 541) that publishes to a malformed direct
+//! reply-to name such as `amq.rabbitmq.reply-to.a.b`: one message from
+//! anyone who may publish in the virtual host must not be a lever that
+//! kills every stream on our connection. A raw amiquip peer sends the
+//! messages.
+
+mod common;
+
+use amiquip::{AmqpProperties, AmqpValue, ConsumerOptions, FieldTable};
+use amqp_stream::{Connector, Listener, ProtocolVersion, Stream, StreamOptions};
+use common::raw::{exclusive_auto_delete, next, publish_with};
+use common::{queue, raw_connection, url};
+use std::io::{ErrorKind, Read, Write};
+use std::time::{Duration, Instant};
+
+/// The name that makes RabbitMQ close the connection that publishes to it.
+const HOSTILE: &str = "amq.rabbitmq.reply-to.a.b";
+
+/// A window as the raw peer offers it.
+const WINDOW: i64 = 1 << 20;
+
+fn pinned(version: ProtocolVersion) -> StreamOptions {
+    StreamOptions::new()
+        .protocol_version(Some(version))
+        .handshake_timeout(Some(Duration::from_secs(20)))
+}
+
+/// One message each way between `a` and `b`, flushed: both ends' broker
+/// connections still carry their streams.
+fn round_trip(a: &Stream, b: &Stream, what: &str) {
+    for (from, to) in [(a, b), (b, a)] {
+        to.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let said = format!("{what}: {}", from.local_addr().unwrap());
+        (&*from)
+            .write_all(said.as_bytes())
+            .unwrap_or_else(|err| panic!("{what}: write: {err}"));
+        (&*from)
+            .flush()
+            .unwrap_or_else(|err| panic!("{what}: flush: {err}"));
+        let mut heard = vec![0; said.len()];
+        (&*to)
+            .read_exact(&mut heard)
+            .unwrap_or_else(|err| panic!("{what}: read: {err}"));
+        assert_eq!(heard, said.as_bytes(), "{what}");
+    }
+}
+
+/// Handshake headers: `version`, a window, a stream id if given.
+fn headers(version: i64, stream_id: Option<&str>) -> FieldTable {
+    let mut headers = FieldTable::new();
+    headers.insert(
+        "x-amqp-stream-version".to_string(),
+        AmqpValue::LongLongInt(version),
+    );
+    headers.insert(
+        "x-amqp-stream-window".to_string(),
+        AmqpValue::LongLongInt(WINDOW),
+    );
+    if let Some(id) = stream_id {
+        headers.insert(
+            "x-amqp-stream-id".to_string(),
+            AmqpValue::LongString(id.to_string()),
+        );
+    }
+    headers
+}
+
+/// SYNs of every version whose `reply_to` is `HOSTILE`.
+fn hostile_syns() -> Vec<AmqpProperties> {
+    let base = AmqpProperties::default().with_reply_to(HOSTILE.to_string());
+    vec![
+        base.clone(),
+        base.clone().with_headers(headers(2, None)),
+        base.with_headers(headers(3, Some("0123456789abcdef0123456789abcdef"))),
+    ]
+}
+
+/// A listener pinned to `version` with an accepted stream gets SYNs of
+/// every version naming `HOSTILE` (each either answered or refused, both
+/// to its `reply_to`): it keeps accepting, and the stream it accepted
+/// before keeps working.
+fn hostile_syns_leave_the_listener_running(version: ProtocolVersion) {
+    let q = queue("hostile-syn");
+    let listener = Listener::bind_with(&url(), &q, pinned(version)).unwrap();
+    let connector = Connector::open_with(&url(), pinned(version)).unwrap();
+    let client = connector.connect(&q).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    assert_eq!(server.protocol_version(), version);
+    round_trip(&client, &server, "before");
+    let mut raw = raw_connection();
+    let channel = raw.open_channel(None).unwrap();
+    common::capture_logs();
+    let syns = hostile_syns();
+    for syn in &syns {
+        publish_with(&channel, &q, b"", syn.clone());
+    }
+    // The listener says so when it rejects a request. Its queue is
+    // exclusive to its connection: gone, the connection is.
+    common::eventually(
+        Duration::from_secs(20),
+        "the listener rejects the hostile requests",
+        || {
+            assert!(
+                common::queue_depth(&q).is_some(),
+                "the listener's queue is gone: a hostile SYN killed its connection"
+            );
+            let rejected = common::logs()
+                .iter()
+                .filter(|line| line.contains(&format!("{q:?}: rejected")) && line.contains(HOSTILE))
+                .count();
+            match rejected {
+                n if n == syns.len() => Ok(()),
+                n => Err(format!("{n} of {} rejected", syns.len())),
+            }
+        },
+    );
+    for n in 0..2 {
+        let next_client = connector
+            .connect(&q)
+            .unwrap_or_else(|err| panic!("connect {n} after the hostile SYNs: {err}"));
+        let (next_server, _) = listener.accept().unwrap();
+        round_trip(&next_client, &next_server, "a stream accepted after");
+        round_trip(&client, &server, "the stream accepted before");
+    }
+    raw.close().unwrap();
+}
+
+#[test]
+fn hostile_syn_reply_to_leaves_a_v1_listener_running() {
+    hostile_syns_leave_the_listener_running(ProtocolVersion::V1);
+}
+
+#[test]
+fn hostile_syn_reply_to_leaves_a_v2_listener_running() {
+    hostile_syns_leave_the_listener_running(ProtocolVersion::V2);
+}
+
+#[test]
+fn hostile_syn_reply_to_leaves_a_v3_listener_running() {
+    hostile_syns_leave_the_listener_running(ProtocolVersion::V3);
+}
+
+/// A version-3 stream pair on two connections (listener's, client's).
+fn v3_pair(tag: &str) -> (Listener, Connector, Stream, Stream) {
+    let q = queue(tag);
+    let options = pinned(ProtocolVersion::V3);
+    let listener = Listener::bind_with(&url(), &q, options.clone()).unwrap();
+    let connector = Connector::open_with(&url(), options).unwrap();
+    let client = connector.connect(&q).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    round_trip(&client, &server, "before");
+    (listener, connector, client, server)
+}
+
+/// The connection queue a version-3 stream receives on.
+fn connection_queue(stream: &Stream) -> String {
+    let addr = stream.local_addr().unwrap();
+    let (queue, _id) = addr.queue().split_once('#').expect("QUEUE#ID");
+    assert!(queue.starts_with("amqp-stream.conn."), "{queue}");
+    queue.to_string()
+}
+
+/// Publishes each of `messages` to both ends' connection queues, waits
+/// for the broker's confirms (so whatever either end publishes next is
+/// queued behind them), then checks that the stream pair still works.
+fn both_ends_carry_on_after(tag: &str, messages: &[(Vec<u8>, AmqpProperties)]) {
+    let (_listener, _connector, client, server) = v3_pair(tag);
+    let mut raw = raw_connection();
+    let channel = raw.open_channel(None).unwrap();
+    let confirms = channel.listen_for_publisher_confirms().unwrap();
+    channel.enable_publisher_confirms().unwrap();
+    let mut published = 0;
+    for end in [&client, &server] {
+        let conn_queue = connection_queue(end);
+        for (body, properties) in messages {
+            publish_with(&channel, &conn_queue, body, properties.clone());
+            published += 1;
+        }
+    }
+    let mut confirmed = 0;
+    while confirmed < published {
+        match confirms.recv_timeout(Duration::from_secs(10)).unwrap() {
+            amiquip::Confirm::Ack(payload) => {
+                confirmed = if payload.multiple {
+                    payload.delivery_tag
+                } else {
+                    confirmed + 1
+                }
+            }
+            nack => panic!("the broker refused a message: {nack:?}"),
+        }
+    }
+    // Each connection's consumer has handled the messages before it hands
+    // over what the round trips send; each answer it publishes goes
+    // before the round trip's frames on its publishing channel.
+    for n in 0..2 {
+        round_trip(&client, &server, &format!("round trip {n} after"));
+    }
+    raw.close().unwrap();
+}
+
+/// A data frame for a stream id nobody holds, from a `reply_to` no peer
+/// can own, to each end's connection queue: not answered there.
+#[test]
+fn a_stray_frame_naming_an_amq_reply_to_leaves_a_v3_connection_running() {
+    let stray = AmqpProperties::default()
+        .with_type_("data".to_string())
+        .with_message_id("1".to_string())
+        .with_correlation_id("0123456789abcdef0123456789abcdef".to_string())
+        .with_app_id("fedcba9876543210fedcba9876543210".to_string())
+        .with_reply_to(HOSTILE.to_string());
+    both_ends_carry_on_after("hostile-stray", &[(b"x".to_vec(), stray)]);
+}
+
+/// An empty "version-1 answer" (empty body, `reply_to`, nothing else)
+/// naming a queue no peer can own, to each end's connection queue: its
+/// queue is not sent a FIN.
+#[test]
+fn an_empty_v1_answer_naming_an_amq_queue_leaves_a_v3_connection_running() {
+    let answer = AmqpProperties::default().with_reply_to(HOSTILE.to_string());
+    both_ends_carry_on_after("hostile-v1-answer", &[(Vec::new(), answer)]);
+}
+
+/// Stray frames are answered (a reset to their sender's connection queue)
+/// at a bounded rate, at most 100 a second after a burst of 100, and only
+/// to a queue named like a version-3 connection's: a flood of them makes
+/// a connection publish neither a flood nor anything to a queue of
+/// another kind.
+#[test]
+fn stray_frames_are_answered_at_a_bounded_rate_and_only_to_connection_queues() {
+    const FLOOD: u64 = 2000;
+    let (_listener, _connector, client, server) = v3_pair("stray-rate");
+    let conn_queue = connection_queue(&client);
+    let mut raw = raw_connection();
+    let channel = raw.open_channel(None).unwrap();
+    let confirms = channel.listen_for_publisher_confirms().unwrap();
+    channel.enable_publisher_confirms().unwrap();
+    // Where the answers go: a queue named like a connection's, and one not.
+    let like_a_connection = format!("amqp-stream.conn.{}", uuid::Uuid::new_v4());
+    let other = queue("stray-rate-other");
+    for name in [&like_a_connection, &other] {
+        channel
+            .queue_declare(name.clone(), exclusive_auto_delete())
+            .unwrap();
+    }
+    let stray = |reply_to: &str| {
+        AmqpProperties::default()
+            .with_type_("keepalive".to_string())
+            .with_correlation_id("0123456789abcdef0123456789abcdef".to_string())
+            .with_app_id("fedcba9876543210fedcba9876543210".to_string())
+            .with_reply_to(reply_to.to_string())
+    };
+    let started = Instant::now();
+    publish_with(&channel, &conn_queue, b"", stray(&other));
+    for _ in 0..FLOOD {
+        publish_with(&channel, &conn_queue, b"", stray(&like_a_connection));
+    }
+    let mut confirmed = 0;
+    while confirmed < FLOOD + 1 {
+        match confirms.recv_timeout(Duration::from_secs(30)).unwrap() {
+            amiquip::Confirm::Ack(payload) if payload.multiple => confirmed = payload.delivery_tag,
+            amiquip::Confirm::Ack(_) => confirmed += 1,
+            nack => panic!("the broker refused a message: {nack:?}"),
+        }
+    }
+    // The client's connection has handled the flood once it hands over
+    // the server's next frame; its answers are published before the
+    // client's reply, so they are queued once that is confirmed.
+    round_trip(&server, &client, "after the flood");
+    let elapsed = started.elapsed().as_secs_f64();
+    let answered = common::queue_depth(&like_a_connection).unwrap().0;
+    let bound = 100 + (100.0 * elapsed).ceil() as u64;
+    eprintln!("{answered} of {FLOOD} stray frames answered in {elapsed:.2} s (bound {bound})");
+    assert!(answered >= 1, "stray frames are answered");
+    assert!(
+        answered <= bound,
+        "{answered} of {FLOOD} stray frames answered in {elapsed:.2} s: more than {bound}"
+    );
+    assert_eq!(
+        common::queue_depth(&other).unwrap().0,
+        0,
+        "a stray frame's answer went to a queue not named like a connection's"
+    );
+    raw.close().unwrap();
+}
+
+/// A SYN-ACK's properties for a SYN.
+type AnswerTo = dyn FnOnce(&amiquip::Delivery) -> AmqpProperties;
+
+/// A hostile "listener": a raw peer on its own control queue that answers
+/// the next SYN with `answer(syn)` as the SYN-ACK's properties.
+fn hostile_listener_answers(
+    connector: &Connector,
+    answer: impl FnOnce(&amiquip::Delivery) -> AmqpProperties,
+) -> std::io::Error {
+    let q = queue("hostile-listener");
+    let mut raw = raw_connection();
+    let channel = raw.open_channel(None).unwrap();
+    let requests = channel
+        .queue_declare(q.clone(), exclusive_auto_delete())
+        .unwrap()
+        .consume(ConsumerOptions::default())
+        .unwrap();
+    let connecting = std::thread::spawn({
+        let (connector, q) = (connector.clone(), q.clone());
+        move || {
+            connector
+                .connect(&q)
+                .map(|stream| stream.protocol_version())
+        }
+    });
+    let syn = next(requests.receiver());
+    let client = syn.properties.reply_to().clone().expect("reply_to");
+    let properties = answer(&syn);
+    requests.ack(syn).unwrap();
+    publish_with(&channel, &client, b"", properties);
+    let outcome = connecting.join().unwrap();
+    raw.close().unwrap();
+    match outcome {
+        Ok(version) => panic!("connected (version {version}) to a listener naming {HOSTILE:?}"),
+        Err(err) => err,
+    }
+}
+
+/// A connector with streams of version 2 and 3 to a real listener
+/// connects to a hostile one whose SYN-ACK names `HOSTILE` as its queue:
+/// the connect fails saying so, and the connector's other streams carry
+/// on.
+#[test]
+fn a_hostile_listeners_syn_ack_naming_an_amq_queue_fails_only_that_connect() {
+    let q = queue("hostile-listener-real");
+    let listener = Listener::bind(&url(), &q).unwrap();
+    let connector = Connector::open_with(
+        &url(),
+        StreamOptions::new().handshake_timeout(Some(Duration::from_secs(20))),
+    )
+    .unwrap();
+    let mut pairs = Vec::new();
+    for expected in [ProtocolVersion::V2, ProtocolVersion::V3] {
+        let client = connector.connect(&q).unwrap();
+        assert_eq!(client.protocol_version(), expected);
+        let (server, _) = listener.accept().unwrap();
+        round_trip(&client, &server, "before");
+        pairs.push((client, server));
+    }
+    let v3 = Connector::open_with(&url(), pinned(ProtocolVersion::V3)).unwrap();
+    let v3_client = v3.connect(&q).unwrap();
+    let (v3_server, _) = listener.accept().unwrap();
+    pairs.push((v3_client, v3_server));
+    let answers: Vec<(&Connector, &str, Box<AnswerTo>)> = vec![
+        (
+            &connector,
+            "a version-1 answer",
+            Box::new(|_| AmqpProperties::default().with_reply_to(HOSTILE.to_string())),
+        ),
+        (
+            &connector,
+            "a version-2 answer",
+            Box::new(|_| {
+                AmqpProperties::default()
+                    .with_reply_to(HOSTILE.to_string())
+                    .with_headers(headers(2, None))
+            }),
+        ),
+        (
+            &v3,
+            "a version-3 answer",
+            Box::new(|syn: &amiquip::Delivery| {
+                let id = match syn
+                    .properties
+                    .headers()
+                    .as_ref()
+                    .unwrap()
+                    .get("x-amqp-stream-id")
+                {
+                    Some(AmqpValue::LongString(id)) => id.clone(),
+                    other => panic!("a version-3 SYN names its stream: {other:?}"),
+                };
+                AmqpProperties::default()
+                    .with_reply_to(HOSTILE.to_string())
+                    .with_correlation_id(id)
+                    .with_headers(headers(3, Some("fedcba9876543210fedcba9876543210")))
+            }),
+        ),
+    ];
+    for (connector, what, answer) in answers {
+        let err = hostile_listener_answers(connector, answer);
+        assert_eq!(err.kind(), ErrorKind::InvalidData, "{what}: {err}");
+        assert!(err.to_string().contains(HOSTILE), "{what}: {err}");
+        for (n, (client, server)) in pairs.iter().enumerate() {
+            round_trip(client, server, &format!("stream {n} after {what}"));
+        }
+    }
+    // Both connectors still connect.
+    for connector in [&connector, &v3] {
+        let client = connector.connect(&q).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        round_trip(&client, &server, "a new stream after");
+    }
+}
