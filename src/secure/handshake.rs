@@ -371,11 +371,20 @@ impl<S: Channel> Deadlined<S> {
                     ));
                 }
                 Ok(n) => buf = &mut buf[n..],
+                // A channel that says itself why time ran out says more
+                // than we would.
+                Err(err) if says_why_it_timed_out(&err) && self.expired() => return Err(err),
                 Err(err) if retry(&err) => {}
                 Err(err) => return Err(err),
             }
         }
         Ok(())
+    }
+
+    /// Whether the handshake's deadline has passed.
+    fn expired(&self) -> bool {
+        self.deadline
+            .is_some_and(|deadline| Instant::now() >= deadline)
     }
 
     fn write_all(&mut self, mut data: &[u8]) -> io::Result<()> {
@@ -422,6 +431,12 @@ impl<S: Channel> Deadlined<S> {
         self.io.set_write_timeout(None)?;
         Ok(SecureStream::new(self.io, session))
     }
+}
+
+/// A timeout with a message of its own (not the bare one of a socket or
+/// a stream's read timeout, which are `WouldBlock`).
+fn says_why_it_timed_out(err: &io::Error) -> bool {
+    err.kind() == ErrorKind::TimedOut && err.get_ref().is_some()
 }
 
 /// A read or write that ran out of its slice of time (the deadline is

@@ -93,13 +93,22 @@ where
         if self.pending.load(Ordering::SeqCst) == CHECK {
             let mut notice = [0u8; NOTICE.len()];
             (&self.inner).read_exact(&mut notice).map_err(|err| {
-                if err.kind() == ErrorKind::UnexpectedEof {
-                    io::Error::new(
+                match err.kind() {
+                    ErrorKind::UnexpectedEof => io::Error::new(
                         ErrorKind::PermissionDenied,
                         "the serve ended the stream before its secure handshake",
-                    )
-                } else {
-                    err
+                    ),
+                    // A serve without keys connects the stream to its
+                    // target at once and hands it our handshake: a target
+                    // that waits for its client to speak first says
+                    // nothing back.
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut => io::Error::new(
+                        ErrorKind::TimedOut,
+                        "the serve did not start a secure handshake in time: it probably \
+                         runs without key options (--key/--psk-file) and passed ours to its \
+                         target, which waits for something else",
+                    ),
+                    _ => err,
                 }
             })?;
             if !is_notice(&notice) {
@@ -231,6 +240,18 @@ mod tests {
         assert!(is_notice(&first[..n]), "{:?}", &first[..n]);
         drop(client);
         served.join().unwrap();
+    }
+
+    #[test]
+    fn a_client_with_keys_at_a_serve_without_whose_target_stays_silent_says_why() {
+        let (client, _server) = pair();
+        let config = ClientConfig::psk(PresharedKey::generate().unwrap())
+            .handshake_timeout(Duration::from_millis(200));
+        let err = secure::client(Noticed::client(client), &config)
+            .map(drop)
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+        assert!(err.to_string().contains("without key options"), "{err}");
     }
 
     #[test]
