@@ -312,3 +312,96 @@ fn shared_serves_spread_streams_and_one_stops_while_the_other_serves() {
     let status = two.wait_exit();
     assert!(status.success(), "{status}; log:\n{}", two.log());
 }
+
+/// What [`flooding_target`] reports.
+enum Flood {
+    /// Its writes stalled: nothing takes what it sends any more.
+    Stalled,
+    /// Its connection ended, with this error.
+    Ended(io::Error),
+}
+
+/// A TCP service for one connection: it reads its client's request to
+/// the end, then sends until it cannot, reporting when its writes first
+/// stall (a write blocked 300 ms) and how the connection ends.
+fn flooding_target() -> (std::net::SocketAddr, crossbeam_channel::Receiver<Flood>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || {
+        let (mut client, _) = listener.accept().unwrap();
+        client.set_read_timeout(Some(BOUND)).unwrap();
+        let mut request = Vec::new();
+        client.read_to_end(&mut request).unwrap();
+        assert_eq!(request, b"request");
+        client
+            .set_write_timeout(Some(std::time::Duration::from_millis(300)))
+            .unwrap();
+        let chunk = vec![5u8; 64 << 10];
+        let mut stalled = false;
+        loop {
+            match client.write(&chunk) {
+                Ok(_) => {}
+                Err(err) if matches!(err.kind(), io::ErrorKind::WouldBlock) => {
+                    if !stalled {
+                        stalled = true;
+                        let _ = tx.send(Flood::Stalled);
+                    }
+                }
+                Err(err) => {
+                    let _ = tx.send(Flood::Ended(err));
+                    return;
+                }
+            }
+        }
+    });
+    (addr, rx)
+}
+
+/// A client half-closes (its request is complete) and does not read the
+/// answer; once `serve`'s writes towards it wait for credit, its
+/// `forward` is killed. `serve` must notice the dead peer (its stream's
+/// keepalives go on after the peer's FIN while `serve` still writes)
+/// and reset the target, rather than hold its connection and two
+/// threads for ever.
+#[test]
+fn serve_resets_the_target_when_a_half_closed_forward_dies() {
+    let url = common::url();
+    let (target, flood) = flooding_target();
+    let (server, queue) = serve(&url, target);
+    let (forwarder, port) = forward(&url, &queue);
+    let mut client = TcpStream::connect(port).unwrap();
+    client.write_all(b"request").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    // The client reads nothing: every buffer towards it fills, then the
+    // stream's window, then serve's writes wait for credit.
+    match flood.recv_timeout(BOUND) {
+        Ok(Flood::Stalled) => {}
+        Ok(Flood::Ended(err)) => panic!("the target's connection ended early: {err}"),
+        Err(_) => panic!("the target's writes never stalled"),
+    }
+    forwarder.signal("KILL");
+    forwarder.wait_exit();
+    let killed_at = std::time::Instant::now();
+    // The default keepalive interval is 2 s: a few of them.
+    let limit = std::time::Duration::from_secs(20);
+    let err = match flood.recv_timeout(limit) {
+        Ok(Flood::Ended(err)) => err,
+        Ok(Flood::Stalled) => unreachable!("reported once"),
+        Err(_) => panic!(
+            "serve still holds the target's connection {limit:?} after the forward died; log:\n{}",
+            server.log()
+        ),
+    };
+    let noticed_after = killed_at.elapsed();
+    assert!(
+        matches!(
+            err.kind(),
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+        ),
+        "{err}"
+    );
+    server.wait_for(" closed: ");
+    eprintln!("serve reset the target {noticed_after:?} after the half-closed forward died");
+    drop(client);
+}
