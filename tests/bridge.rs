@@ -405,3 +405,55 @@ fn serve_resets_the_target_when_a_half_closed_forward_dies() {
     eprintln!("serve reset the target {noticed_after:?} after the half-closed forward died");
     drop(client);
 }
+
+/// The same with a target that sends nothing after the request: `serve`
+/// writes nothing that could fail, and must still notice the dead peer
+/// (the stream knows from its keepalives) and reset the target.
+#[test]
+fn serve_resets_a_silent_target_when_a_half_closed_forward_dies() {
+    let url = common::url();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = listener.local_addr().unwrap();
+    let (accepted_tx, accepted) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let (mut client, _) = listener.accept().unwrap();
+        // Only the connection holds the port now.
+        drop(listener);
+        let mut request = Vec::new();
+        let read = client.read_to_end(&mut request).map(|_| request);
+        let _ = accepted_tx.send((client, read));
+    });
+    let (server, queue) = serve(&url, target);
+    let (forwarder, port) = forward(&url, &queue);
+    let mut client = TcpStream::connect(port).unwrap();
+    client.write_all(b"request").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let (mut held, request) = accepted.recv_timeout(BOUND).expect("the request ends");
+    assert_eq!(request.unwrap(), b"request");
+    forwarder.signal("KILL");
+    forwarder.wait_exit();
+    let killed_at = std::time::Instant::now();
+    // The target's socket is in CLOSE_WAIT (serve's FIN came) until
+    // serve resets the connection: only a reset takes it out of the
+    // kernel's table while the target holds it.
+    common::eventually(
+        std::time::Duration::from_secs(20),
+        "serve resets the silent target after the forward died",
+        || match common::holds_tcp_socket_from(target.port()) {
+            true => Err("the target's connection is still open".to_string()),
+            false => Ok(()),
+        },
+    );
+    let noticed_after = killed_at.elapsed();
+    let err = held.write_all(b"anyone?").unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+        ),
+        "{err}"
+    );
+    server.wait_for(" closed: ");
+    eprintln!("serve reset the silent target {noticed_after:?} after the half-closed forward died");
+    drop(client);
+}
