@@ -131,7 +131,10 @@ impl StreamOptions {
     /// protocol version 2 it sends a keepalive frame (which the broker
     /// returns if the peer's queue is gone), with version 1 it asks the
     /// broker whether the peer's queue exists. A peer that died is noticed
-    /// within about this interval, even by a stream that only reads.
+    /// within about this interval, even by a stream that only reads, or
+    /// one waiting to write after the peer shut down its own writing (a
+    /// write blocked for credit then fails with `BrokenPipe` or
+    /// `ConnectionReset`).
     ///
     /// RabbitMQ answers a question about a queue exclusive to another
     /// connection with a channel error, which it logs at `error` level:

@@ -312,3 +312,148 @@ fn shared_serves_spread_streams_and_one_stops_while_the_other_serves() {
     let status = two.wait_exit();
     assert!(status.success(), "{status}; log:\n{}", two.log());
 }
+
+/// What [`flooding_target`] reports.
+enum Flood {
+    /// Its writes stalled: nothing takes what it sends any more.
+    Stalled,
+    /// Its connection ended, with this error.
+    Ended(io::Error),
+}
+
+/// A TCP service for one connection: it reads its client's request to
+/// the end, then sends until it cannot, reporting when its writes first
+/// stall (a write blocked 300 ms) and how the connection ends.
+fn flooding_target() -> (std::net::SocketAddr, crossbeam_channel::Receiver<Flood>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || {
+        let (mut client, _) = listener.accept().unwrap();
+        client.set_read_timeout(Some(BOUND)).unwrap();
+        let mut request = Vec::new();
+        client.read_to_end(&mut request).unwrap();
+        assert_eq!(request, b"request");
+        client
+            .set_write_timeout(Some(std::time::Duration::from_millis(300)))
+            .unwrap();
+        let chunk = vec![5u8; 64 << 10];
+        let mut stalled = false;
+        loop {
+            match client.write(&chunk) {
+                Ok(_) => {}
+                Err(err) if matches!(err.kind(), io::ErrorKind::WouldBlock) => {
+                    if !stalled {
+                        stalled = true;
+                        let _ = tx.send(Flood::Stalled);
+                    }
+                }
+                Err(err) => {
+                    let _ = tx.send(Flood::Ended(err));
+                    return;
+                }
+            }
+        }
+    });
+    (addr, rx)
+}
+
+/// A client half-closes (its request is complete) and does not read the
+/// answer; once `serve`'s writes towards it wait for credit, its
+/// `forward` is killed. `serve` must notice the dead peer (its stream's
+/// keepalives go on after the peer's FIN while `serve` still writes)
+/// and reset the target, rather than hold its connection and two
+/// threads for ever.
+#[test]
+fn serve_resets_the_target_when_a_half_closed_forward_dies() {
+    let url = common::url();
+    let (target, flood) = flooding_target();
+    let (server, queue) = serve(&url, target);
+    let (forwarder, port) = forward(&url, &queue);
+    let mut client = TcpStream::connect(port).unwrap();
+    client.write_all(b"request").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    // The client reads nothing: every buffer towards it fills, then the
+    // stream's window, then serve's writes wait for credit.
+    match flood.recv_timeout(BOUND) {
+        Ok(Flood::Stalled) => {}
+        Ok(Flood::Ended(err)) => panic!("the target's connection ended early: {err}"),
+        Err(_) => panic!("the target's writes never stalled"),
+    }
+    forwarder.signal("KILL");
+    forwarder.wait_exit();
+    let killed_at = std::time::Instant::now();
+    // The default keepalive interval is 2 s: a few of them.
+    let limit = std::time::Duration::from_secs(20);
+    let err = match flood.recv_timeout(limit) {
+        Ok(Flood::Ended(err)) => err,
+        Ok(Flood::Stalled) => unreachable!("reported once"),
+        Err(_) => panic!(
+            "serve still holds the target's connection {limit:?} after the forward died; log:\n{}",
+            server.log()
+        ),
+    };
+    let noticed_after = killed_at.elapsed();
+    assert!(
+        matches!(
+            err.kind(),
+            io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+        ),
+        "{err}"
+    );
+    server.wait_for(" closed: ");
+    eprintln!("serve reset the target {noticed_after:?} after the half-closed forward died");
+    drop(client);
+}
+
+/// The same with a target that sends nothing after the request: `serve`
+/// writes nothing that could fail, and must still notice the dead peer
+/// (the stream knows from its keepalives) and reset the target.
+#[test]
+fn serve_resets_a_silent_target_when_a_half_closed_forward_dies() {
+    let url = common::url();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = listener.local_addr().unwrap();
+    let (accepted_tx, accepted) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let (mut client, _) = listener.accept().unwrap();
+        // Only the connection holds the port now.
+        drop(listener);
+        let mut request = Vec::new();
+        let read = client.read_to_end(&mut request).map(|_| request);
+        let _ = accepted_tx.send((client, read));
+    });
+    let (server, queue) = serve(&url, target);
+    let (forwarder, port) = forward(&url, &queue);
+    let mut client = TcpStream::connect(port).unwrap();
+    client.write_all(b"request").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let (mut held, request) = accepted.recv_timeout(BOUND).expect("the request ends");
+    assert_eq!(request.unwrap(), b"request");
+    forwarder.signal("KILL");
+    forwarder.wait_exit();
+    let killed_at = std::time::Instant::now();
+    // The target's socket is in CLOSE_WAIT (serve's FIN came) until
+    // serve resets the connection: only a reset takes it out of the
+    // kernel's table while the target holds it.
+    common::eventually(
+        std::time::Duration::from_secs(20),
+        "serve resets the silent target after the forward died",
+        || match common::holds_tcp_socket_from(target.port()) {
+            true => Err("the target's connection is still open".to_string()),
+            false => Ok(()),
+        },
+    );
+    let noticed_after = killed_at.elapsed();
+    let err = held.write_all(b"anyone?").unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+        ),
+        "{err}"
+    );
+    server.wait_for(" closed: ");
+    eprintln!("serve reset the silent target {noticed_after:?} after the half-closed forward died");
+    drop(client);
+}

@@ -1,6 +1,6 @@
 //! Stress: random, seeded schedules of `write` / `flush` / `shutdown` /
 //! drop / read, run concurrently from several threads on both ends of a
-//! stream, protocol versions 1 and 2, with small windows, messages and
+//! stream, protocol versions 1, 2 and 3, with small windows, messages and
 //! write queues and short linger and keepalive times to reach the edge
 //! paths. Each schedule checks, for both directions:
 //!
@@ -16,7 +16,11 @@
 //!   end shuts down writing is woken, and no schedule runs past a
 //!   watchdog limit;
 //! * on a healthy stream (the peer read everything and a clean EOF),
-//!   `flush` and `shutdown` succeed.
+//!   `flush` and `shutdown` succeed;
+//! * when an end dies (a client whose broker connection is cut, as when
+//!   its process is killed, after its FIN), every call of the other end
+//!   returns within a few keepalive intervals: a writer waiting for the
+//!   dead end's credit fails.
 //!
 //! `STRESS_SCHEDULES=N` sets how many schedules run (default 240),
 //! `STRESS_SEED=S` replays one schedule (`STRESS_SCHEDULES` times, default
@@ -69,6 +73,10 @@ const WRITER_DEADLINE: Duration = Duration::from_secs(6);
 const READER_DEADLINE: Duration = Duration::from_secs(16);
 /// A reader must see the end this long after its peer shut down or closed.
 const END_GRACE: Duration = Duration::from_secs(5);
+/// Every call of an end must return this long after its peer died (or
+/// after it started, if later): a few keepalive intervals (500 ms at
+/// most in the profiles), plus slack.
+const PEER_DEATH_NOTICE: Duration = Duration::from_secs(2).saturating_add(SLACK);
 
 const KIB: u64 = 1024;
 
@@ -106,7 +114,19 @@ fn run_schedule(
         violations: Vec::new(),
         abandoned: false,
     };
-    let client = match side.client.connect(queue) {
+    // A client that dies has a broker connection of its own, through a
+    // relay that cuts it.
+    let mortal = plan.client.dies().then(|| {
+        let relay = Arc::new(common::relay::Relay::to_broker());
+        let connector = Connector::open_with(&relay.url(), profile.options.clone());
+        (relay, connector)
+    });
+    let connected = match &mortal {
+        Some((_, Ok(connector))) => connector.connect(queue),
+        Some((_, Err(err))) => Err(io::Error::new(err.kind(), err.to_string())),
+        None => side.client.connect(queue),
+    };
+    let client = match connected {
         Ok(s) => s,
         Err(err) => {
             result.violations.push(Violation {
@@ -143,6 +163,10 @@ fn run_schedule(
         Arc::new(End::new("client", start, violations.clone())),
         Arc::new(End::new("server", start, violations.clone())),
     ];
+    if let Some((relay, _)) = &mortal {
+        let relay = Arc::clone(relay);
+        *lock(&ends[0].death) = Some(Box::new(move || relay.cut()));
+    }
     let c2s = mix(plan.seed ^ 0xc2c2_c2c2);
     let s2c = mix(plan.seed ^ 0x5c5c_5c5c);
     let (done_tx, done_rx) = std::sync::mpsc::channel();

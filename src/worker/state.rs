@@ -355,13 +355,20 @@ impl StreamState {
     }
 
     /// Version 2 and later: whether a keepalive frame goes at `now`. Not
-    /// when the peer's FIN came (taken by the reader or waiting for it,
-    /// `inbox_fin_seen`: the peer sends nothing more and may be gone,
-    /// cleanly), the peer is gone or the stream failed; nor when
-    /// something else went to the peer within half an interval (the tick
-    /// comes every interval: this allows for its jitter).
+    /// when both FINs went (ours, and the peer's, taken by the reader or
+    /// waiting for it, `inbox_fin_seen`): the peer sends nothing more,
+    /// we send nothing more, and it may be gone, cleanly. Nor when the
+    /// peer is gone or the stream failed, nor when something else went
+    /// to the peer within half an interval (the tick comes every
+    /// interval: this allows for its jitter).
+    ///
+    /// After the peer's FIN alone they still go: our direction is open,
+    /// and a writer waiting for credit from a peer that died after its
+    /// FIN would otherwise wait for ever (nothing else goes that could
+    /// come back to say the peer is gone).
     pub(super) fn keepalive_goes(&self, now: Instant, inbox_fin_seen: bool, failed: bool) -> bool {
-        if self.peer_gone || self.fin_received || inbox_fin_seen || failed {
+        let peer_finished = self.fin_received || inbox_fin_seen;
+        if self.peer_gone || (peer_finished && self.fin_sent) || failed {
             return false;
         }
         now.saturating_duration_since(self.last_sent) >= self.keepalive_interval / 2
@@ -651,17 +658,40 @@ mod tests {
     }
 
     #[test]
-    fn no_keepalive_after_the_peers_fin_its_departure_or_a_failure() {
+    fn no_keepalive_after_both_fins_the_peers_departure_or_a_failure() {
         let later = |now: Instant| now + 2 * INTERVAL;
-        let (s, now) = state(ProtocolVersion::V2);
-        assert!(!s.keepalive_goes(later(now), true, false), "FIN waiting");
-        assert!(!s.keepalive_goes(later(now), false, true), "failed");
         let (mut s, now) = state(ProtocolVersion::V2);
+        s.fin_published();
+        assert!(!s.keepalive_goes(later(now), true, false), "FIN waiting");
+        let (s, now) = state(ProtocolVersion::V2);
+        assert!(!s.keepalive_goes(later(now), false, true), "failed");
+        let (mut s, now) = state(ProtocolVersion::V3);
+        s.fin_published();
         s.fin_received();
         assert!(!s.keepalive_goes(later(now), false, false), "FIN read");
         let (mut s, now) = state(ProtocolVersion::V2);
         s.peer_reset();
         assert!(!s.keepalive_goes(later(now), false, false), "peer gone");
+    }
+
+    #[test]
+    fn keepalives_go_on_after_the_peers_fin_while_our_direction_is_open() {
+        let later = |now: Instant| now + 2 * INTERVAL;
+        for version in [ProtocolVersion::V2, ProtocolVersion::V3] {
+            let (s, now) = state(version);
+            assert!(s.keepalive_goes(later(now), true, false), "FIN waiting");
+            let (mut s, now) = state(version);
+            s.fin_received();
+            assert!(s.keepalive_goes(later(now), false, false), "FIN read");
+            s.fin_published();
+            assert!(!s.keepalive_goes(later(now), false, false), "both FINs");
+        }
+        let (mut s, now) = state(ProtocolVersion::V2);
+        s.fin_published();
+        assert!(
+            s.keepalive_goes(later(now), false, false),
+            "our FIN alone: reading, the peer is checked"
+        );
     }
 
     #[test]

@@ -115,6 +115,19 @@ pub(crate) fn controller(end: &End, stream: &Stream, plan: &EndPlan) {
         }
         let bound = Some(plan.write.timeout.unwrap_or(QUICK) + SLACK);
         match action {
+            Action::Die => {
+                let Some(die) = lock(&end.death).take() else {
+                    end.violate("test-panic", "this end cannot die".into());
+                    continue;
+                };
+                die();
+                let now = Instant::now();
+                end.event(
+                    Slot::Controller,
+                    "died: its broker connection is cut".into(),
+                );
+                end.update(|s| s.died = Some(now));
+            }
             Action::Flush => {
                 flush(end, Slot::Controller, stream, plan.write.timeout);
             }
@@ -365,15 +378,17 @@ pub(crate) fn run_end(
 }
 
 /// Watches both ends' calls until `finished`, flagging calls past their
-/// bound and writes left blocked by their own end's shutdown.
+/// bound, writes left blocked by their own end's shutdown and calls left
+/// blocked by the peer's death.
 pub(crate) fn monitor(ends: &[Arc<End>; 2], finished: &AtomicBool) {
     while !finished.load(Ordering::SeqCst) {
         let now = Instant::now();
-        for end in ends {
+        for (e, end) in ends.iter().enumerate() {
             let (shut_returned, read_shut) = {
                 let s = lock(&end.state);
                 (s.write_shut_returned, s.local_read_shut)
             };
+            let peer_died = lock(&ends[1 - e].state).died;
             for (i, slot) in end.calls.iter().enumerate() {
                 let mut slot = lock(slot);
                 let Some(call) = slot.as_mut() else { continue };
@@ -404,6 +419,19 @@ pub(crate) fn monitor(ends: &[Arc<End>; 2], finished: &AtomicBool) {
                             end.at(call.started).as_secs_f64(),
                             now - shut,
                             end.at(shut).as_secs_f64()
+                        ),
+                    ));
+                } else if let Some(died) = peer_died
+                    && now > died.max(call.started) + PEER_DEATH_NOTICE
+                {
+                    why = Some((
+                        "not-woken-by-peer-death",
+                        format!(
+                            "{} (since {:.3}s) still running {:.1?} after the peer died at {:.3}s",
+                            call.what,
+                            end.at(call.started).as_secs_f64(),
+                            now - died.max(call.started),
+                            end.at(died).as_secs_f64()
                         ),
                     ));
                 } else if i == Slot::Reader as usize

@@ -3,8 +3,8 @@
 use super::*;
 
 /// Why `end` may have failed its peer's reads: its errors (not timeouts,
-/// not writes refused after its own shutdown) and whether its close was
-/// abortive (it left data unread).
+/// not writes refused after its own shutdown), whether its close was
+/// abortive (it left data unread) and whether it died.
 pub(crate) fn failure_evidence(end: &EndState, peer: &EndState) -> Vec<String> {
     let mut why: Vec<String> = end
         .errors
@@ -24,6 +24,9 @@ pub(crate) fn failure_evidence(end: &EndState, peer: &EndState) -> Vec<String> {
         .collect();
     if end.abortive {
         why.push("closed abortively (linger 0)".to_string());
+    }
+    if end.died.is_some() {
+        why.push("died (its broker connection was cut)".to_string());
     }
     if let Some((_, read)) = end.dropped
         && read < peer.accepted
@@ -86,7 +89,8 @@ pub(crate) fn check_direction(from: &End, to: &End, violations: &mut Vec<Violati
                 ),
             });
         }
-        ReadEnd::Error(kind, text) if evidence.is_empty() => {
+        // A reader whose own end died fails for that reason.
+        ReadEnd::Error(kind, text) if evidence.is_empty() && t.died.is_none() => {
             violations.push(Violation {
                 category: "spurious-error",
                 text: format!(
@@ -101,6 +105,7 @@ pub(crate) fn check_direction(from: &End, to: &End, violations: &mut Vec<Violati
                 .min();
             if let Some(closed) = closed
                 && ended > closed + END_GRACE
+                && t.died.is_none()
             {
                 violations.push(Violation {
                     category: "no-end",

@@ -67,6 +67,8 @@ pub(crate) struct EndState {
     pub(crate) dropped: Option<(Instant, u64)>,
     /// Closed with `set_linger(Some(ZERO))`.
     pub(crate) abortive: bool,
+    /// When this end died (its broker connection was cut).
+    pub(crate) died: Option<Instant>,
 }
 
 pub(crate) struct End {
@@ -77,6 +79,8 @@ pub(crate) struct End {
     pub(crate) calls: [Mutex<Option<Call>>; 4],
     pub(crate) events: Mutex<Vec<String>>,
     pub(crate) violations: Arc<Mutex<Vec<Violation>>>,
+    /// Kills this end (cuts its broker connection), for [`Action::Die`].
+    pub(crate) death: Mutex<Option<Box<dyn FnOnce() + Send>>>,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -97,6 +101,7 @@ impl End {
             calls: Default::default(),
             events: Mutex::new(Vec::new()),
             violations,
+            death: Mutex::new(None),
         }
     }
 

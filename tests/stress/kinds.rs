@@ -345,3 +345,48 @@ pub(crate) fn chaos_end(rng: &mut Rng, window: u64, big: u64) -> EndPlan {
         },
     }
 }
+
+/// A writes a little, shuts down writing and reads little or nothing,
+/// while B writes far more than A's window (without a write timeout, most
+/// often); then A dies, its broker connection cut. B's writer, waiting
+/// for credit from a peer whose FIN it may have read, must fail within a
+/// few keepalive intervals.
+pub(crate) fn die_after_fin(rng: &mut Rng, s: &Scale) -> (EndPlan, EndPlan) {
+    let (window, big, long) = (s.window, s.big, s.long);
+    let a_total = rng.size(1, 64 * KIB);
+    let mut ar = ReadPlan::to_end(rng);
+    ar.stop_after = Some(rng.range(0, window / 2));
+    let b_total = window * rng.range(3, 6) + rng.range(0, window);
+    let mut bw = random_write(rng, b_total.min(4 * big));
+    bw.timeout = rng.chance(0.3).then(|| rng.millis(100, 1000));
+    bw.retry_timeouts = true;
+    bw.flush_every = None;
+    bw.pause_every = None;
+    (
+        EndPlan {
+            write: random_write(rng, a_total),
+            control: vec![
+                (Trigger::WriterDone, Action::ShutdownWrite),
+                (Trigger::Delay(rng.millis(0, 1500)), Action::Die),
+            ],
+            read: ar,
+            hold: Duration::ZERO,
+            patience: long,
+            nodelay: rng.chance(0.3),
+            linger: None,
+        },
+        EndPlan {
+            write: bw,
+            control: if rng.chance(0.5) {
+                vec![(Trigger::WriterDoneAndReaderEnded, Action::ShutdownWrite)]
+            } else {
+                vec![]
+            },
+            read: ReadPlan::to_end(rng),
+            hold: Duration::ZERO,
+            patience: long,
+            nodelay: rng.chance(0.3),
+            linger: None,
+        },
+    )
+}

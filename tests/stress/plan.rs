@@ -115,9 +115,13 @@ pub(crate) enum Kind {
     AbortiveClose,
     /// Everything random on both ends.
     Chaos,
+    /// A (the client) writes a little, shuts down writing and reads
+    /// little; B writes far more than A's window; then A dies (its broker
+    /// connection is cut, as when its process is killed).
+    DieAfterFin,
 }
 
-pub(crate) const KINDS: [Kind; 9] = [
+pub(crate) const KINDS: [Kind; 10] = [
     Kind::RaceShutdownWrite,
     Kind::RaceShutdownBoth,
     Kind::ShutdownWhileBlocked,
@@ -127,6 +131,7 @@ pub(crate) const KINDS: [Kind; 9] = [
     Kind::FlushRace,
     Kind::AbortiveClose,
     Kind::Chaos,
+    Kind::DieAfterFin,
 ];
 
 impl Kind {
@@ -141,6 +146,7 @@ impl Kind {
             Kind::FlushRace => "flush_race",
             Kind::AbortiveClose => "abortive_close",
             Kind::Chaos => "chaos",
+            Kind::DieAfterFin => "die_after_fin",
         }
     }
 }
@@ -188,6 +194,9 @@ pub(crate) enum Action {
     ShutdownBoth,
     ShutdownRead,
     Flush,
+    /// The end's broker connection is cut, as when its process dies
+    /// (only for the client, whose connection is its own).
+    Die,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -245,6 +254,11 @@ impl EndPlan {
         self.control
             .iter()
             .any(|(_, a)| matches!(a, Action::ShutdownWrite | Action::ShutdownBoth))
+    }
+
+    /// Whether this end dies (its broker connection is cut).
+    pub(crate) fn dies(&self) -> bool {
+        self.control.iter().any(|(_, a)| *a == Action::Die)
     }
 }
 
@@ -309,6 +323,7 @@ pub(crate) fn plan(seed: u64, profiles: &[Profile]) -> Plan {
         Kind::FlushRace => flush_race(&mut rng, &scale),
         Kind::AbortiveClose => abortive_close(&mut rng, &scale),
         Kind::Chaos => chaos(&mut rng, &scale),
+        Kind::DieAfterFin => die_after_fin(&mut rng, &scale),
     };
     let (mut a, mut b) = (a, b);
     // A reader that waits a long time only makes sense if its peer will
@@ -330,7 +345,8 @@ pub(crate) fn plan(seed: u64, profiles: &[Profile]) -> Plan {
             end.write.timeout = Some(Duration::from_millis(500));
         }
     }
-    let a_is_client = rng.chance(0.5);
+    // An end that dies is the client: its connection is its own.
+    let a_is_client = kind == Kind::DieAfterFin || rng.chance(0.5);
     let (client, server) = if a_is_client { (a, b) } else { (b, a) };
     Plan {
         seed,

@@ -6,7 +6,7 @@
 
 use crate::carry::abort::abort_stream;
 use crate::carry::keys_notice::{self, Noticed};
-use crate::carry::splice::Duplex;
+use crate::carry::splice::{Duplex, Health, stream_health};
 use amqp_stream::Stream;
 use amqp_stream::secure::{self, Channel, ClientConfig, PublicKey, SecureStream, ServerConfig};
 use std::io::{self, Read, Write};
@@ -170,5 +170,9 @@ impl Duplex for BrokerStream {
     }
     fn settle(&self) {
         // A stream closes in order unless it was reset.
+    }
+    fn health(&self) -> Health {
+        // The stream under the secure layer knows.
+        stream_health(self.stream())
     }
 }

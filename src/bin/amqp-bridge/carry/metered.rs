@@ -72,6 +72,9 @@ impl<D: Duplex> Duplex for Metered<D> {
     fn settle(&self) {
         self.inner.settle();
     }
+    fn health(&self) -> crate::carry::splice::Health {
+        self.inner.health()
+    }
 }
 
 #[cfg(test)]

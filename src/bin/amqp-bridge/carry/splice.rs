@@ -1,12 +1,17 @@
 //! Copying both ways between two connections. An end of data on one side
 //! is passed on as a half-close (FIN); an abortive end (a reset, a lost
 //! broker connection, a failed write) ends the other side abortively
-//! too, as a TCP RST or a stream reset: never as a FIN.
+//! too, as a TCP RST or a stream reset: never as a FIN. A connection whose
+//! data ended is still watched while the other direction goes on: a
+//! stream whose peer dies after its FIN fails (its keepalives find the
+//! peer gone), and the splice resets both sides then, even if the other
+//! side sends nothing that could fail.
 
 use crate::carry::abort::{abort_stream, abort_tcp, settle_tcp};
 use amqp_stream::Stream;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpStream};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -20,6 +25,40 @@ const CHUNK: usize = 64 * 1024;
 /// How long one write may block before it looks whether the splice was
 /// aborted meanwhile (then it gives up, and lets go of its handle).
 const WRITE_POLL: Duration = Duration::from_millis(200);
+
+/// How often a connection whose data ended is asked whether it broke,
+/// while the other direction goes on.
+const WATCH: Duration = Duration::from_millis(500);
+
+/// What a connection says when asked whether it broke (see
+/// [`Duplex::health`]).
+pub enum Health {
+    /// Nothing to ask without writing (TCP).
+    Unknown,
+    /// Not broken, as far as it knows.
+    Fine,
+    /// Broken: its peer is gone or reset it, or the broker is lost.
+    Broken(io::Error),
+}
+
+/// A stream's [`Health`]: a flush fails once the stream has (its
+/// keepalives found the peer gone, the peer reset it, the broker
+/// connection was lost); one that waits for the broker's confirms past
+/// the write limit is no news.
+pub fn stream_health(stream: &Stream) -> Health {
+    match (&mut &*stream).flush() {
+        Ok(()) => Health::Fine,
+        Err(err)
+            if matches!(
+                err.kind(),
+                ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+            ) =>
+        {
+            Health::Fine
+        }
+        Err(err) => Health::Broken(err),
+    }
+}
 
 /// A connection that can be split into handles for two threads, closed
 /// one direction at a time, or reset.
@@ -42,6 +81,9 @@ pub trait Duplex: Read + Write + Send + Sync + Sized + 'static {
     /// connection is abortive until then, see
     /// [`abort`](crate::carry::abort)).
     fn settle(&self);
+    /// Whether the connection broke, asked without reading or writing
+    /// data, while only the other direction is in use.
+    fn health(&self) -> Health;
 }
 
 impl Duplex for TcpStream {
@@ -70,6 +112,10 @@ impl Duplex for TcpStream {
     fn settle(&self) {
         settle_tcp(self);
     }
+    fn health(&self) -> Health {
+        // A peer that died after its FIN shows only when written to.
+        Health::Unknown
+    }
 }
 
 impl Duplex for Stream {
@@ -96,6 +142,9 @@ impl Duplex for Stream {
     }
     fn settle(&self) {
         // A stream closes in order unless it was reset.
+    }
+    fn health(&self) -> Health {
+        stream_health(self)
     }
 }
 
@@ -179,10 +228,22 @@ pub fn splice<A: Duplex, B: Duplex>(a: A, b: B, on_abort: impl FnOnce(Aborter)) 
             };
         }
     };
+    // Each direction's end disconnects the other's watch.
+    let (forth_done, forth_ended) = mpsc::channel();
+    let (back_done, back_ended) = mpsc::channel();
     let back_state = Arc::clone(&state);
     let back = std::thread::Builder::new()
         .name("splice".to_string())
-        .spawn(move || Pump::new(b_reader, a, Side::Second, back_state).run());
+        .spawn(move || {
+            Pump::new(
+                b_reader,
+                a,
+                Side::Second,
+                back_state,
+                (back_done, forth_ended),
+            )
+            .run()
+        });
     let back = match back {
         Ok(thread) => Some(thread),
         Err(error) => {
@@ -193,7 +254,14 @@ pub fn splice<A: Duplex, B: Duplex>(a: A, b: B, on_abort: impl FnOnce(Aborter)) 
             None
         }
     };
-    let forth = Pump::new(a_reader, b, Side::First, Arc::clone(&state)).run();
+    let forth = Pump::new(
+        a_reader,
+        b,
+        Side::First,
+        Arc::clone(&state),
+        (forth_done, back_ended),
+    )
+    .run();
     let back = back.map_or(0, |thread| {
         thread.join().unwrap_or_else(|_| {
             lock(&state).fail(
@@ -277,21 +345,34 @@ struct Pump<R, W> {
     side: Side,
     state: Arc<Mutex<State>>,
     copied: u64,
+    /// Dropped when this direction ends, which ends the other's watch.
+    _done: Sender<()>,
+    /// Disconnected when the other direction has ended.
+    other_ended: Receiver<()>,
 }
 
 impl<R: Duplex, W: Duplex> Pump<R, W> {
-    fn new(from: R, to: W, side: Side, state: Arc<Mutex<State>>) -> Self {
+    fn new(
+        from: R,
+        to: W,
+        side: Side,
+        state: Arc<Mutex<State>>,
+        (done, other_ended): (Sender<()>, Receiver<()>),
+    ) -> Self {
         Pump {
             from,
             to,
             side,
             state,
             copied: 0,
+            _done: done,
+            other_ended,
         }
     }
 
-    /// Copies until the end of data, which it passes on, or a failure,
-    /// which resets both connections; returns the bytes copied. Its two
+    /// Copies until the end of data, which it passes on (then watches
+    /// `from` until the other direction ends), or a failure, which
+    /// resets both connections; returns the bytes copied. Its two
     /// handles are dropped when it returns: the last handle of an aborted
     /// connection sends the reset.
     fn run(mut self) -> u64 {
@@ -300,6 +381,7 @@ impl<R: Duplex, W: Duplex> Pump<R, W> {
             let n = match self.from.read(&mut buf) {
                 Ok(0) => {
                     self.pass_fin_on();
+                    self.watch();
                     break;
                 }
                 Ok(n) => n,
@@ -359,6 +441,32 @@ impl<R: Duplex, W: Duplex> Pump<R, W> {
         if let Err(err) = self.to.finish() {
             drop(state);
             self.abort(other(self.side), err);
+        }
+    }
+
+    /// After `from`'s end of data, while the other direction goes on:
+    /// asks `from` now and then whether it broke, and if so resets both
+    /// connections. A stream's peer that dies after its FIN is otherwise
+    /// noticed only by a write to it, which a silent other side never
+    /// makes. Returns once the other direction has ended, the splice was
+    /// aborted, or `from` cannot tell.
+    fn watch(&self) {
+        loop {
+            if lock(&self.state).aborted() {
+                return;
+            }
+            match self.from.health() {
+                Health::Unknown => return,
+                Health::Fine => {}
+                Health::Broken(err) => {
+                    self.abort(self.side, err);
+                    return;
+                }
+            }
+            match self.other_ended.recv_timeout(WATCH) {
+                Err(RecvTimeoutError::Timeout) => {}
+                Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+            }
         }
     }
 
@@ -491,5 +599,102 @@ mod tests {
             let err = read_to_end(side).1.unwrap_err();
             assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
         }
+    }
+
+    /// A TCP connection that says it broke once `broken` is set, as a
+    /// stream does once its keepalives find the peer gone.
+    struct Mortal {
+        tcp: TcpStream,
+        broken: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl Read for Mortal {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.tcp.read(buf)
+        }
+    }
+
+    impl Write for Mortal {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.tcp.write(buf)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.tcp.flush()
+        }
+    }
+
+    impl Duplex for Mortal {
+        fn duplicate(&self) -> io::Result<Self> {
+            Ok(Mortal {
+                tcp: self.tcp.try_clone()?,
+                broken: Arc::clone(&self.broken),
+            })
+        }
+        fn finish(&self) -> io::Result<()> {
+            self.tcp.finish()
+        }
+        fn stop_reading(&self) {
+            self.tcp.stop_reading();
+        }
+        fn abort(&self) {
+            self.tcp.abort();
+        }
+        fn drain(&self) {}
+        fn set_write_limit(&self, limit: Option<Duration>) -> io::Result<()> {
+            self.tcp.set_write_limit(limit)
+        }
+        fn settle(&self) {
+            self.tcp.settle();
+        }
+        fn health(&self) -> Health {
+            if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+                Health::Broken(io::Error::new(ErrorKind::BrokenPipe, "the peer is gone"))
+            } else {
+                Health::Fine
+            }
+        }
+    }
+
+    #[test]
+    fn a_connection_that_breaks_after_its_end_of_data_resets_a_silent_other_side() {
+        let ((one, a), (two, b)) = (pair(), pair());
+        let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let a = Mortal {
+            tcp: a,
+            broken: Arc::clone(&broken),
+        };
+        let (done_tx, done) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done_tx.send(splice(a, b, |_| {}));
+        });
+        // `one` half-closes; `two` gets the end of data and stays silent.
+        (&one).write_all(b"request").unwrap();
+        one.shutdown(Shutdown::Write).unwrap();
+        let mut request = [0u8; 7];
+        (&two).read_exact(&mut request).unwrap();
+        assert_eq!((&two).read(&mut [0; 1]).unwrap(), 0, "the end of data");
+        // Then `one`'s side breaks, which only asking it shows.
+        broken.store(true, std::sync::atomic::Ordering::SeqCst);
+        let transfer = done.recv_timeout(BOUND).expect("the splice ends");
+        let failure = transfer.failure.expect("an abortive end");
+        assert_eq!(failure.side, Side::First);
+        assert_eq!(failure.error.kind(), ErrorKind::BrokenPipe);
+        assert!(failure.after_fin);
+        // `two` is reset, not left open (a first write may go before the
+        // reset is in).
+        let deadline = std::time::Instant::now() + BOUND;
+        let err = loop {
+            match (&two).write_all(b"anyone?") {
+                Ok(()) => assert!(std::time::Instant::now() < deadline, "never reset"),
+                Err(err) => break err,
+            }
+        };
+        assert!(
+            matches!(
+                err.kind(),
+                ErrorKind::BrokenPipe | ErrorKind::ConnectionReset
+            ),
+            "{err}"
+        );
     }
 }

@@ -485,6 +485,9 @@ impl<D: crate::carry::splice::Duplex> crate::carry::splice::Duplex for RefuseTar
     fn settle(&self) {
         self.inner.settle();
     }
+    fn health(&self) -> crate::carry::splice::Health {
+        self.inner.health()
+    }
 }
 
 #[cfg(test)]
