@@ -155,7 +155,7 @@ impl Stream {
         check_queue_name(queue, "the listener's")?;
         let deadline = deadline_after(timeout);
         let connector = Connector::open_for_one(url, StreamOptions::default(), Some(timeout))?;
-        connector.connect_until(queue, deadline, Some(timeout))
+        connector.connect_own(queue, deadline, Some(timeout))
     }
 
     /// Like [`connect`](Stream::connect), with the given options.
@@ -168,7 +168,9 @@ impl Stream {
     /// ```
     pub fn connect_with(url: &str, queue: &str, options: StreamOptions) -> io::Result<Stream> {
         check_queue_name(queue, "the listener's")?;
-        Connector::open_for_one(url, options, None)?.connect(queue)
+        let timeout = options.get_handshake_timeout();
+        let connector = Connector::open_for_one(url, options, None)?;
+        connector.connect_own(queue, timeout.and_then(deadline_after), timeout)
     }
 
     pub(crate) fn from_established(

@@ -3,6 +3,7 @@
 
 use super::publisher::{Publisher, Transport};
 use super::{Agreed, Role};
+use crate::bounded_wait;
 use crate::connection::BrokerConnection;
 use crate::error::Error;
 use crate::options::StreamOptions;
@@ -11,6 +12,7 @@ use crate::version::ProtocolVersion;
 use amiquip::{ConsumerMessage, Return};
 use crossbeam_channel::{Receiver, after, never, select, tick};
 use log::debug;
+use std::sync::Arc;
 
 /// Publishes our handshake message: the SYN to the listener or the
 /// SYN-ACK to the client. Returns the version-2 offer it carried.
@@ -66,9 +68,15 @@ pub(super) fn send_handshake(
 /// A SYN published just as the listener's queue is deleted can be routed
 /// and then lost with the queue, with no return: so a client still
 /// waiting after a keepalive interval checks that the queue exists, and
-/// is refused at once when it does not.
+/// is refused at once when it does not. The check is a broker round trip
+/// with no deadline of its own (for ever on a link that stalled): it runs
+/// on a helper thread, and the wait goes on meanwhile, deadline included.
+///
+/// Feeds that end (the returns, the deliveries) mean the connection was
+/// lost: `ConnectionAborted`, never a refusal, which would say that
+/// nothing listens.
 pub(super) fn await_handshake(
-    connection: &BrokerConnection,
+    connection: &Arc<BrokerConnection>,
     role: &Role,
     sent: Option<Offer>,
     options: &StreamOptions,
@@ -89,19 +97,36 @@ pub(super) fn await_handshake(
         } => {
             let timer = deadline.map(crossbeam_channel::at).unwrap_or_else(never);
             let check = tick(options.get_keepalive_interval());
+            // The check under way, if one is: it answers whether the
+            // listener's queue is gone.
+            let mut checking: Option<Receiver<bool>> = None;
+            let nothing = never();
+            let no_listener = || Error::ConnectionRefused {
+                queue: listener_queue.clone(),
+            };
+            let connection_lost = || lost(&format!("connecting to {listener_queue:?}"));
             let answer = loop {
                 select! {
-                recv(check) -> _ => if queue_is_gone(connection, listener_queue) {
-                    return Err(Error::ConnectionRefused { queue: listener_queue.clone() });
+                recv(check) -> _ => if checking.is_none() {
+                    let (connection, queue) = (Arc::clone(connection), listener_queue.clone());
+                    checking = Some(bounded_wait::spawn("amqp-stream-check", move || {
+                        queue_is_gone(&connection, &queue)
+                    }));
                 },
-                recv(returns) -> _ => return Err(Error::ConnectionRefused { queue: listener_queue.clone() }),
+                recv(checking.as_ref().unwrap_or(&nothing)) -> gone => {
+                    checking = None;
+                    if gone == Ok(true) {
+                        return Err(no_listener());
+                    }
+                },
+                recv(returns) -> returned => return Err(match returned {
+                    Ok(_) => no_listener(),
+                    Err(_) => connection_lost(),
+                }),
                 recv(deliveries) -> message => match message {
                     Ok(ConsumerMessage::Delivery(delivery)) => break delivery,
                     Ok(other) => return Err(consumer_ended(listener_queue, other)),
-                    Err(_) => return Err(Error::broker(
-                        format!("connecting to {listener_queue:?}"),
-                        amiquip::Error::EventLoopDropped,
-                    )),
+                    Err(_) => return Err(connection_lost()),
                 },
                 recv(timer) -> _ => return Err(Error::TimedOut {
                     what: format!("connecting to {listener_queue:?}"),
@@ -148,16 +173,16 @@ pub(super) fn await_handshake(
             let timer = timeout.map(after).unwrap_or_else(never);
             loop {
                 select! {
-                    recv(returns) -> _ => return Err(Error::ConnectionRefused { queue: client_queue.clone() }),
+                    recv(returns) -> returned => return Err(match returned {
+                        Ok(_) => Error::ConnectionRefused { queue: client_queue.clone() },
+                        Err(_) => lost(&format!("answering {client_queue:?}")),
+                    }),
                     recv(timer) -> _ => return Err(Error::TimedOut {
                         what: format!("answering {client_queue:?}"),
                         after: timeout.unwrap_or_default(),
                     }),
                     recv(publisher.confirms) -> confirm => {
-                        let confirm = confirm.map_err(|_| Error::broker(
-                            format!("answering {client_queue:?}"),
-                            amiquip::Error::EventLoopDropped,
-                        ))?;
+                        let confirm = confirm.map_err(|_| lost(&format!("answering {client_queue:?}")))?;
                         publisher.absorb(confirm);
                         if publisher.nacked {
                             return Err(Error::Protocol {
@@ -182,8 +207,6 @@ pub(super) fn await_handshake(
     }
 }
 
-/// The error for a listener's answer that is not a valid SYN-ACK: a
-/// listener refuses by answering with a body that says why.
 /// What the handshake receives: the stream's deliveries (with the
 /// consumer to acknowledge them on, versions 1 and 2) and its returns.
 pub(super) struct Inbound<'a, 'c> {
@@ -192,6 +215,8 @@ pub(super) struct Inbound<'a, 'c> {
     pub(super) returns: &'a Receiver<Return>,
 }
 
+/// The error for a listener's answer that is not a valid SYN-ACK: a
+/// listener refuses by answering with a body that says why.
 fn refused(queue: &str, body: &[u8], reason: String) -> Error {
     if body.is_empty() {
         Error::Protocol {
@@ -205,6 +230,12 @@ fn refused(queue: &str, body: &[u8], reason: String) -> Error {
             queue: queue.to_string(),
         }
     }
+}
+
+/// The error for a connection lost while `doing` something (one of the
+/// handshake's feeds ended): `ConnectionAborted`.
+fn lost(doing: &str) -> Error {
+    Error::broker(doing, amiquip::Error::EventLoopDropped)
 }
 
 /// The error for a consumer that ended during the handshake.
