@@ -147,7 +147,8 @@ impl Connector {
     }
 
     /// Connects the one stream of a connector made for it
-    /// ([`open_for_one`](Self::open_for_one)), within `deadline`. A
+    /// ([`open_for_one`](Self::open_for_one)), within `deadline`; the
+    /// stream owns the connection (dropping it closes it). A
     /// connect that timed out may leave broker calls waiting on the
     /// connection (on a link that stalled): the connection is closed in
     /// the background, the broker given a short while to answer, so that
@@ -164,7 +165,7 @@ impl Connector {
         {
             Arc::clone(&self.connection).close_in_background();
         }
-        connected
+        connected.map(Stream::owning_its_connection)
     }
 
     pub(crate) fn connect_until(

@@ -1,15 +1,17 @@
 //! A broker link that stalls without closing (through a test relay that
 //! stops forwarding either way, every socket left open, AMQP heartbeats
 //! off so that nothing notices): connecting gives up within its timeout,
-//! a lost connection is not taken for a refusal, and closing a
-//! connection gives up after its timeout.
+//! a lost connection is not taken for a refusal, closing a connection
+//! gives up after its timeout, and dropping a stream returns within about
+//! its linger.
 
 mod common;
 
 use amqp_stream::{Connector, Listener, ProtocolVersion, Stream, StreamOptions};
 use common::relay::Relay;
 use common::summary::record;
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Read, Write};
+use std::net::Shutdown;
 use std::time::{Duration, Instant};
 
 /// The timeout the stalled connects are given.
@@ -18,6 +20,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a stalled connect may take in all: its timeout and slack for
 /// a loaded machine.
 const CONNECT_BOUND: Duration = Duration::from_secs(10);
+
+/// The linger of the streams dropped on a stalled link.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// How long dropping such a stream may take: its linger, the short wait
+/// for the broker to answer the connection's close, and slack.
+const DROP_BOUND: Duration = Duration::from_secs(6);
 
 /// What a close given up on may take beyond its timeout.
 const CLOSE_SLACK: Duration = Duration::from_secs(3);
@@ -263,6 +272,68 @@ fn a_connection_lost_during_connect_is_aborted_not_refused() {
         "versions 2 and 3, 6 connects each",
         "relay cuts the client's connection while it waits for the answer",
         "ConnectionAborted, never ConnectionRefused",
+        0,
+    );
+}
+
+/// Drops a stream (over a connection of its own) once its link stalls:
+/// with its FIN unconfirmed, or `finished` both ways first (its worker
+/// is then done, and the dropping thread is left to close the
+/// connection).
+fn drop_on_a_stalled_link(version: ProtocolVersion, finished: bool) -> Duration {
+    let queue = common::queue("stalled-drop");
+    let listener = Listener::bind(&common::url(), &queue).unwrap();
+    let relay = Relay::to_broker();
+    let options = pinned(version).linger(LINGER);
+    let mut stream =
+        Stream::connect_with(&relay.url_without_heartbeats(), &queue, options).unwrap();
+    let (mut accepted, _) = listener.accept().unwrap();
+    stream.write_all(b"ping").unwrap();
+    stream.flush().unwrap();
+    let mut buf = [0u8; 4];
+    accepted.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+    if finished {
+        stream.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(accepted.read(&mut buf).unwrap(), 0);
+        accepted.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(stream.read(&mut buf).unwrap(), 0);
+    }
+
+    let ports = relay.client_ports();
+    assert_eq!(ports.len(), 1);
+
+    relay.stall();
+    let ((), took) = timed("dropping a stream on a stalled link", move || drop(stream));
+    assert!(
+        took < DROP_BOUND,
+        "version {version}, finished {finished}: dropping a stream with a {LINGER:?} linger \
+         took {took:?}"
+    );
+    // Its connection is closed, not left to threads stuck on it.
+    assert!(
+        !common::holds_tcp_socket_from(ports[0]),
+        "version {version}, finished {finished}: the stream's connection outlives it"
+    );
+    took
+}
+
+#[test]
+fn dropping_a_stream_on_a_stalled_link_returns_within_its_linger() {
+    let mut longest = Duration::ZERO;
+    for version in [ProtocolVersion::V2, ProtocolVersion::V3] {
+        for finished in [false, true] {
+            let took = drop_on_a_stalled_link(version, finished);
+            println!("version {version}, finished {finished}: drop took {took:?}");
+            longest = longest.max(took);
+        }
+    }
+    println!("longest drop: {longest:?}");
+    record(
+        "stream dropped on a stalled broker link",
+        "versions 2 and 3, with its FIN unconfirmed and finished, linger 1 s",
+        "relay stops forwarding, sockets open, heartbeats off",
+        "drop returns within its linger and the close's short wait",
         0,
     );
 }
