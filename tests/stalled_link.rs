@@ -151,7 +151,7 @@ fn own_connection_stalls_after_login(version: ProtocolVersion) {
     let ports = relay.client_ports();
     assert_eq!(ports.len(), 1);
     common::eventually(CONNECT_BOUND, "the stream's own connection closes", || {
-        match common::holds_tcp_socket_from(ports[0]) {
+        match common::holds_tcp_socket_between(ports[0], relay.addr().port()) {
             true => Err(format!("a socket from port {} is still open", ports[0])),
             false => Ok(()),
         }
@@ -205,7 +205,7 @@ fn closing_a_connection_on_a_stalled_link_gives_up_after_its_timeout() {
     );
     for port in ports {
         assert!(
-            !common::holds_tcp_socket_from(port),
+            !common::holds_tcp_socket_between(port, relay.addr().port()),
             "the socket from port {port} outlives the close"
         );
     }
@@ -312,7 +312,7 @@ fn drop_on_a_stalled_link(version: ProtocolVersion, finished: bool) -> Duration 
     );
     // Its connection is closed, not left to threads stuck on it.
     assert!(
-        !common::holds_tcp_socket_from(ports[0]),
+        !common::holds_tcp_socket_between(ports[0], relay.addr().port()),
         "version {version}, finished {finished}: the stream's connection outlives it"
     );
     took
