@@ -17,6 +17,7 @@
 //! without it, every small message waits for Nagle's algorithm and the
 //! peer's delayed ACK, about 40 ms on Linux.
 
+use crate::bounded_wait::{self, Watchdog};
 use crate::broker_socket::BrokerSocket;
 use crate::broker_url::BrokerUrl;
 use crate::broker_urls::{BrokerUrls, attempt_time};
@@ -24,6 +25,7 @@ use crate::error::Error;
 use crate::mux::Mux;
 use crate::password_swap::{PasswordSwap, mask};
 use crate::queue_check::QueueChecks;
+use crate::shared::lock;
 use crate::tls;
 use amiquip::{
     Auth, Channel, Connection, ConnectionBlockedNotification, ConnectionOptions, ConnectionTuning,
@@ -38,6 +40,11 @@ use std::time::{Duration, Instant};
 /// How long opening a connection may take when the URL does not say.
 pub(crate) const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The least time closing waits for the broker's answer when a caller is
+/// out of time already (a stream dropped after its linger ran out): a
+/// broker that answers at all answers within milliseconds.
+pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// A live connection to the broker: the first AMQP connection and any
 /// extra ones opened when channels ran out. Channels are opened under its
 /// lock and then moved to the thread that uses them.
@@ -48,8 +55,15 @@ pub(crate) struct BrokerConnection {
     url: BrokerUrl,
     local_addr: SocketAddr,
     /// The first connection, then the extra ones, in the order opened;
-    /// empty once dropped.
+    /// empty once closed.
     connections: Mutex<Vec<Connection>>,
+    /// A handle on the socket of each of `connections`, in the same order
+    /// (both change only under `connections`' lock), to shut them when
+    /// the broker does not answer in time: every amiquip call still
+    /// waiting on them fails then. Never locked across a broker call.
+    sockets: Arc<Mutex<Vec<TcpStream>>>,
+    /// How long closing waits for the broker: as long as opening may.
+    close_timeout: Duration,
     /// amiquip's connection-blocked notifications of the first connection;
     /// its sender lives in amiquip's I/O thread, so it disconnects when
     /// that connection ends.
@@ -89,15 +103,25 @@ impl BrokerConnection {
         last: Option<&BrokerUrl>,
         timeout: Option<Duration>,
     ) -> Result<BrokerConnection, Error> {
-        let (mut connection, local_addr, url) = log_in_any(brokers, last, timeout)?;
+        let (logged_in, url) = log_in_any(brokers, last, timeout)?;
+        let LoggedIn {
+            mut connection,
+            local_addr,
+            socket,
+        } = logged_in;
         let events = connection
             .listen_for_connection_blocked()
             .map_err(|err| Error::broker(format!("logging in to {url}"), err))?;
+        let close_timeout = timeout
+            .or(url.connection_timeout())
+            .unwrap_or(DEFAULT_CONNECTION_TIMEOUT);
         Ok(BrokerConnection {
             brokers: brokers.clone(),
             url,
             local_addr,
             connections: Mutex::new(vec![connection]),
+            sockets: Arc::new(Mutex::new(vec![socket])),
+            close_timeout,
             events,
             mux: Mutex::new(None),
             v3_listeners: Mutex::new(HashMap::new()),
@@ -169,10 +193,15 @@ impl BrokerConnection {
                     // failed with it; it takes no new ones.
                     debug!("extra connection to {} ended: {err}", self.url);
                     drop(connections.remove(index));
+                    drop(lock(&self.sockets).remove(index));
                 }
             }
         }
-        let (mut extra, local_addr) = log_in(&self.url, None)?;
+        let LoggedIn {
+            connection: mut extra,
+            local_addr,
+            socket,
+        } = log_in(&self.url, None)?;
         let channel = extra.open_channel(None).map_err(failed)?;
         info!(
             "all {} connection(s) to {} have every channel in use: opened another from {local_addr}",
@@ -180,14 +209,10 @@ impl BrokerConnection {
             self.url
         );
         connections.push(extra);
+        lock(&self.sockets).push(socket);
         Ok(channel)
     }
 
-    /// Closes every connection now (AMQP `connection.close`, answered by
-    /// the broker), whoever still holds this one: their channels fail
-    /// from then on, and so does [`open_channel`](Self::open_channel).
-    /// Fails when the first connection had already ended otherwise (lost,
-    /// or closed by the broker); closing twice does nothing more.
     /// Whether the listener on `queue` said it takes version-3 requests.
     pub(crate) fn knows_v3(&self, queue: &str) -> bool {
         self.v3_listeners
@@ -232,7 +257,7 @@ impl BrokerConnection {
 
     /// The connection's version-3 transport, set up on first use.
     pub(crate) fn mux(&self) -> Result<Arc<Mux>, Error> {
-        let mut mux = self.mux.lock().unwrap_or_else(|e| e.into_inner());
+        let mut mux = lock(&self.mux);
         if let Some(mux) = mux.as_ref().filter(|mux| mux.is_alive()) {
             return Ok(Arc::clone(mux));
         }
@@ -241,20 +266,71 @@ impl BrokerConnection {
         Ok(started)
     }
 
+    /// [`mux`](Self::mux), waiting for its setup (broker round trips, the
+    /// first time) until `deadline` only: `None` after it.
+    pub(crate) fn mux_until(
+        self: &Arc<Self>,
+        deadline: Option<Instant>,
+    ) -> Option<Result<Arc<Mux>, Error>> {
+        if let Some(mux) = lock(&self.mux).as_ref().filter(|mux| mux.is_alive()) {
+            return Some(Ok(Arc::clone(mux)));
+        }
+        let connection = Arc::clone(self);
+        bounded_wait::until(deadline, "amqp-stream-setup", move || connection.mux())
+    }
+
+    /// Closes every connection now (AMQP `connection.close`, answered by
+    /// the broker), whoever still holds this one: their channels fail
+    /// from then on, and so does [`open_channel`](Self::open_channel).
+    /// Waits for the broker as long as opening the connection may take;
+    /// see [`close_within`](Self::close_within).
     pub(crate) fn close(&self) -> Result<(), Error> {
-        let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
-        close_all(&self.url, std::mem::take(&mut *connections))
+        self.close_within(self.close_timeout)
+    }
+
+    /// [`close`](Self::close), waiting for the broker's answer `timeout`
+    /// at most: then the sockets are shut (the broker sees the connection
+    /// cut) and it fails with `TimedOut`. Fails when the first connection
+    /// had already ended otherwise (lost, or closed by the broker);
+    /// closing twice does nothing more.
+    pub(crate) fn close_within(&self, timeout: Duration) -> Result<(), Error> {
+        if self.connections.try_lock().is_ok_and(|c| c.is_empty()) {
+            return Ok(()); // closed already: no watchdog to start
+        }
+        let watchdog = crate::options::deadline_after(timeout).map(|deadline| {
+            let what = format!("closing the connection to {}", self.url);
+            Watchdog::arm(Arc::clone(&self.sockets), deadline, what)
+        });
+        // A channel being opened holds the lock until the broker answers:
+        // the watchdog ends that wait too.
+        let mut connections = lock(&self.connections);
+        let closed = close_all(&self.url, std::mem::take(&mut *connections));
+        lock(&self.sockets).clear();
+        drop(connections);
+        let forced = watchdog.is_some_and(Watchdog::disarm);
+        match closed {
+            Err(_) if forced => Err(Error::TimedOut {
+                what: format!("closing the connection to {}", self.url),
+                after: timeout,
+            }),
+            closed => closed,
+        }
+    }
+
+    /// Closes the connection on a thread of its own, waiting for the
+    /// broker [`CLOSE_GRACE`] at most: for a connection the caller owns
+    /// and gives up on, whose link may have stalled, while threads it
+    /// started may still be waiting on it.
+    pub(crate) fn close_in_background(self: Arc<Self>) {
+        drop(bounded_wait::spawn("amqp-stream-close", move || {
+            let _ = self.close_within(CLOSE_GRACE);
+        }));
     }
 }
 
 impl Drop for BrokerConnection {
     fn drop(&mut self) {
-        let connections = std::mem::take(
-            self.connections
-                .get_mut()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
-        let _ = close_all(&self.url, connections);
+        let _ = self.close_within(self.close_timeout);
     }
 }
 
@@ -296,11 +372,10 @@ fn log_in_any(
     brokers: &BrokerUrls,
     last: Option<&BrokerUrl>,
     timeout: Option<Duration>,
-) -> Result<(Connection, SocketAddr, BrokerUrl), Error> {
+) -> Result<(LoggedIn, BrokerUrl), Error> {
     let order = brokers.connect_order(last);
     if let [url] = order.as_slice() {
-        let (connection, local_addr) = log_in(url, timeout)?;
-        return Ok((connection, local_addr, (*url).clone()));
+        return Ok((log_in(url, timeout)?, (*url).clone()));
     }
     let budget = timeout
         .or(brokers.connection_timeout())
@@ -323,7 +398,7 @@ fn log_in_any(
             attempt = attempt.min(own);
         }
         match log_in(url, Some(attempt)) {
-            Ok((connection, local_addr)) => return Ok((connection, local_addr, (*url).clone())),
+            Ok(logged_in) => return Ok((logged_in, (*url).clone())),
             Err(err) => {
                 info!("could not connect to {url}: {err}");
                 failures.push(err);
@@ -333,9 +408,18 @@ fn log_in_any(
     Err(Error::AllBrokersFailed { failures })
 }
 
+/// An AMQP connection, logged in.
+struct LoggedIn {
+    connection: Connection,
+    /// Our end of its TCP connection.
+    local_addr: SocketAddr,
+    /// A handle on its socket, to shut it.
+    socket: TcpStream,
+}
+
 /// Opens one AMQP connection and logs in, within `timeout` if given
 /// (else the URL's `connection_timeout`, else 10 s).
-fn log_in(url: &BrokerUrl, timeout: Option<Duration>) -> Result<(Connection, SocketAddr), Error> {
+fn log_in(url: &BrokerUrl, timeout: Option<Duration>) -> Result<LoggedIn, Error> {
     if url.is_tls() {
         tls::ensure_supported(url)?;
     }
@@ -346,6 +430,9 @@ fn log_in(url: &BrokerUrl, timeout: Option<Duration>) -> Result<(Connection, Soc
     let socket = connect_socket(url, timeout)?;
     let local_addr = socket
         .local_addr()
+        .map_err(|source| unreachable(url, source))?;
+    let handle = socket
+        .try_clone()
         .map_err(|source| unreachable(url, source))?;
     // amiquip logs the login at `debug`: it gets a mask of the password,
     // which the socket swaps for the password on the way out.
@@ -373,7 +460,11 @@ fn log_in(url: &BrokerUrl, timeout: Option<Duration>) -> Result<(Connection, Soc
         .map_err(|err| login_error(url, err, timeout));
     let connection = opened?;
     info!("connected to {url} from {local_addr}");
-    Ok((connection, local_addr))
+    Ok(LoggedIn {
+        connection,
+        local_addr,
+        socket: handle,
+    })
 }
 
 /// Tries each address the host resolves to, with no-delay set.

@@ -131,7 +131,9 @@ impl Connector {
 
     /// Like [`connect`](Connector::connect), failing with `TimedOut` when
     /// the listener has not answered within `timeout` (`Duration::MAX`:
-    /// no limit).
+    /// no limit), whatever held it up: a listener slow to answer, or a
+    /// broker that does not answer the stream's setup (a link that
+    /// stalled).
     ///
     /// ```no_run
     /// # use std::time::Duration;
@@ -142,6 +144,28 @@ impl Connector {
     pub fn connect_timeout(&self, queue: &str, timeout: Duration) -> io::Result<Stream> {
         check_timeout(Some(timeout))?;
         self.connect_until(queue, deadline_after(timeout), Some(timeout))
+    }
+
+    /// Connects the one stream of a connector made for it
+    /// ([`open_for_one`](Self::open_for_one)), within `deadline`; the
+    /// stream owns the connection (dropping it closes it). A
+    /// connect that timed out may leave broker calls waiting on the
+    /// connection (on a link that stalled): the connection is closed in
+    /// the background, the broker given a short while to answer, so that
+    /// nothing waits on it for ever.
+    pub(crate) fn connect_own(
+        self,
+        queue: &str,
+        deadline: Option<Instant>,
+        timeout: Option<Duration>,
+    ) -> io::Result<Stream> {
+        let connected = self.connect_until(queue, deadline, timeout);
+        if let Err(err) = &connected
+            && err.kind() == io::ErrorKind::TimedOut
+        {
+            Arc::clone(&self.connection).close_in_background();
+        }
+        connected.map(Stream::owning_its_connection)
     }
 
     pub(crate) fn connect_until(
@@ -321,8 +345,12 @@ impl Connector {
     /// with it. A program that exits (its other threads end with it) calls
     /// this last, so that the broker never sees its connection cut.
     ///
-    /// Fails when the connection had already ended otherwise: lost, or
-    /// closed by the broker. Closing twice does nothing more.
+    /// It waits for the broker's answer as long as opening the connection
+    /// may take (the URL's `connection_timeout`, else 10 s); a broker that
+    /// has not answered by then (a link that stalled) has the socket shut
+    /// under it, and `close` fails with `TimedOut`. Fails when the
+    /// connection had already ended otherwise: lost, or closed by the
+    /// broker. Closing twice does nothing more.
     ///
     /// ```no_run
     /// # let connector = amqp_stream::Connector::open("amqp://127.0.0.1")?;

@@ -163,6 +163,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod addr;
+mod bounded_wait;
 mod broker_socket;
 mod broker_url;
 mod broker_urls;

@@ -1,7 +1,7 @@
 //! `Stream`: one end of a connected byte stream, used like a `TcpStream`.
 
 use crate::addr::Addr;
-use crate::connection::BrokerConnection;
+use crate::connection::{BrokerConnection, CLOSE_GRACE};
 use crate::connector::Connector;
 use crate::credit::ReceiveWindow;
 use crate::inbox::{Inbox, Pump, Received};
@@ -36,7 +36,11 @@ use std::time::{Duration, Instant};
 /// Dropping the last handle closes the stream: it sends the FIN if
 /// `shutdown` did not, waits (up to the [linger](StreamOptions::linger)
 /// time) until the broker has confirmed everything written, and deletes
-/// the stream's queue.
+/// the stream's queue. A stream from [`Stream::connect`] then closes the
+/// broker connection it owns (so does the last user of a shared one),
+/// waiting for the broker's answer until the linger's end, and at least
+/// a second: on a link that stalled without closing, a drop returns
+/// within about the linger and that second.
 ///
 /// # Differences from `TcpStream`
 ///
@@ -77,8 +81,12 @@ pub struct Stream {
 
 /// What all handles of one stream share.
 struct Inner {
-    /// Keeps the broker connection open while a handle exists.
-    _connection: Arc<BrokerConnection>,
+    /// Keeps the broker connection open while a handle exists; taken
+    /// when the last one goes (see [`Inner::release_connection`]).
+    connection: Option<Arc<BrokerConnection>>,
+    /// The connection was opened for this stream alone
+    /// ([`Stream::connect`]): nothing else uses it.
+    owns_connection: bool,
     local: Addr,
     peer: Addr,
     options: StreamOptions,
@@ -155,7 +163,7 @@ impl Stream {
         check_queue_name(queue, "the listener's")?;
         let deadline = deadline_after(timeout);
         let connector = Connector::open_for_one(url, StreamOptions::default(), Some(timeout))?;
-        connector.connect_until(queue, deadline, Some(timeout))
+        connector.connect_own(queue, deadline, Some(timeout))
     }
 
     /// Like [`connect`](Stream::connect), with the given options.
@@ -168,7 +176,9 @@ impl Stream {
     /// ```
     pub fn connect_with(url: &str, queue: &str, options: StreamOptions) -> io::Result<Stream> {
         check_queue_name(queue, "the listener's")?;
-        Connector::open_for_one(url, options, None)?.connect(queue)
+        let timeout = options.get_handshake_timeout();
+        let connector = Connector::open_for_one(url, options, None)?;
+        connector.connect_own(queue, timeout.and_then(deadline_after), timeout)
     }
 
     pub(crate) fn from_established(
@@ -191,7 +201,8 @@ impl Stream {
             inner: Arc::new(Inner {
                 local: Addr::new(broker.clone(), established.local_queue),
                 peer: Addr::new(broker, established.peer_queue),
-                _connection: connection,
+                connection: Some(connection),
+                owns_connection: false,
                 options,
                 outbound: established.outbound,
                 control: established.control,
@@ -210,6 +221,16 @@ impl Stream {
                 linger: Mutex::new(None),
             }),
         }
+    }
+
+    /// Marks the stream as the only user of its connection, opened for it
+    /// alone: dropping it closes the connection whoever else (the
+    /// stream's worker) still holds it.
+    pub(crate) fn owning_its_connection(mut self) -> Stream {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.owns_connection = true;
+        }
+        self
     }
 
     /// The address of the peer: the broker and the queue this stream
@@ -922,11 +943,48 @@ impl Drop for Inner {
             Ending::Close { .. } => Outbound::Close,
             Ending::Reset(why) => Outbound::Reset(why),
         };
-        let sent = self.outbound.send_timeout(last, linger);
+        // One deadline for all of it (none: no limit).
+        let deadline = deadline_after(linger);
+        let sent = match deadline {
+            Some(deadline) => self.outbound.send_deadline(last, deadline).is_ok(),
+            None => self.outbound.send(last).is_ok(),
+        };
         self.shared.ring();
-        if sent.is_ok() {
+        if sent {
             // Disconnects when the worker has finished.
-            let _ = self.alive.recv_timeout(linger);
+            let _ = match deadline {
+                Some(deadline) => self.alive.recv_deadline(deadline).map_err(drop),
+                None => self.alive.recv().map_err(drop),
+            };
+        }
+        self.release_connection(deadline);
+    }
+}
+
+impl Inner {
+    /// Lets go of the broker connection once the worker is done or the
+    /// linger is over. The stream closes it if it owns it, or holds it
+    /// last: waiting for the broker until the linger's `deadline`, and
+    /// at least [`CLOSE_GRACE`] (else its own close timeout), so that a
+    /// link that stalled holds the drop about that long, no longer.
+    fn release_connection(&mut self, deadline: Option<Instant>) {
+        let Some(connection) = self.connection.take() else {
+            return;
+        };
+        let close = |connection: &BrokerConnection| {
+            let _ = match deadline {
+                Some(deadline) => connection.close_within(
+                    deadline
+                        .saturating_duration_since(Instant::now())
+                        .max(CLOSE_GRACE),
+                ),
+                None => connection.close(),
+            };
+        };
+        if self.owns_connection {
+            close(&connection);
+        } else if let Some(last) = Arc::into_inner(connection) {
+            close(&last);
         }
     }
 }

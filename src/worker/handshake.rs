@@ -3,6 +3,7 @@
 
 use super::publisher::{Publisher, Transport};
 use super::{Agreed, Role};
+use crate::bounded_wait;
 use crate::connection::BrokerConnection;
 use crate::error::Error;
 use crate::options::StreamOptions;
@@ -11,6 +12,7 @@ use crate::version::ProtocolVersion;
 use amiquip::{ConsumerMessage, Return};
 use crossbeam_channel::{Receiver, after, never, select};
 use log::debug;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Publishes our handshake message: the SYN to the listener or the
@@ -77,9 +79,15 @@ pub(super) fn send_handshake(
 /// A SYN published just as the listener's queue is deleted can be routed
 /// and then lost with the queue, with no return: so a client still
 /// waiting after a keepalive interval checks that the queue exists, and
-/// is refused at once when it does not.
+/// is refused at once when it does not. The check is a broker round trip
+/// with no deadline of its own (for ever on a link that stalled): it runs
+/// on a helper thread, and the wait goes on meanwhile, deadline included.
+///
+/// Feeds that end (the returns, the deliveries) mean the connection was
+/// lost: `ConnectionAborted`, never a refusal, which would say that
+/// nothing listens.
 pub(super) fn await_handshake(
-    connection: &BrokerConnection,
+    connection: &Arc<BrokerConnection>,
     role: &Role,
     sent: Option<Offer>,
     options: &StreamOptions,
@@ -100,22 +108,38 @@ pub(super) fn await_handshake(
             listener_connection,
         } => {
             let timer = deadline.map(crossbeam_channel::at).unwrap_or_else(never);
-            // Checked after a keepalive interval, then less and less often
-            // (each check is an error line in the broker's log).
+            // Checked after a keepalive interval, then less often, up to
+            // every few intervals (each check is an error line in the
+            // broker's log), on a thread of its own so that the deadline
+            // holds on a stalled link; the check under way, if one is,
+            // answers whether the listener's queue is gone.
             let interval = options.get_keepalive_interval();
             let mut check_delay = interval;
             let mut check = after(check_delay);
+            let mut checking: Option<Receiver<bool>> = None;
+            let nothing = never();
+            let no_listener = || Error::ConnectionRefused {
+                queue: listener_queue.clone(),
+            };
+            let connection_lost = || lost(&format!("connecting to {listener_queue:?}"));
             // An answer that names no stream, not believed (yet), and when
             // to ask again whether it stands.
             let mut doubted = None;
             let mut recheck = never();
             let answer = loop {
                 select! {
-                recv(check) -> _ => {
-                    if queue_is_gone(connection, listener_queue, interval) {
-                        return Err(Error::ConnectionRefused { queue: listener_queue.clone() });
+                recv(check) -> _ => if checking.is_none() {
+                    let (connection, queue) = (Arc::clone(connection), listener_queue.clone());
+                    checking = Some(bounded_wait::spawn("amqp-stream-check", move || {
+                        queue_is_gone(&connection, &queue, interval)
+                    }));
+                },
+                recv(checking.as_ref().unwrap_or(&nothing)) -> gone => {
+                    checking = None;
+                    if gone == Ok(true) {
+                        return Err(no_listener());
                     }
-                    check_delay = (check_delay * 2).min(MAX_CHECK_DELAY);
+                    check_delay = (check_delay * 2).min(interval * MAX_CHECK_INTERVALS);
                     check = after(check_delay);
                 },
                 recv(recheck) -> _ => {
@@ -126,7 +150,16 @@ pub(super) fn await_handshake(
                     }
                     recheck = after(interval);
                 },
-                recv(returns) -> _ => return Err(Error::ConnectionRefused { queue: listener_queue.clone() }),
+                recv(checking.as_ref().unwrap_or(&nothing)) -> gone => {
+                    checking = None;
+                    if gone == Ok(true) {
+                        return Err(no_listener());
+                    }
+                },
+                recv(returns) -> returned => return Err(match returned {
+                    Ok(_) => no_listener(),
+                    Err(_) => connection_lost(),
+                }),
                 recv(deliveries) -> message => match message {
                     Ok(ConsumerMessage::Delivery(delivery)) => {
                         let untied = *v3 && delivery.properties.correlation_id().is_none();
@@ -144,10 +177,7 @@ pub(super) fn await_handshake(
                         break delivery;
                     }
                     Ok(other) => return Err(consumer_ended(listener_queue, other)),
-                    Err(_) => return Err(Error::broker(
-                        format!("connecting to {listener_queue:?}"),
-                        amiquip::Error::EventLoopDropped,
-                    )),
+                    Err(_) => return Err(connection_lost()),
                 },
                 recv(timer) -> _ => return Err(Error::TimedOut {
                     what: format!("connecting to {listener_queue:?}"),
@@ -198,16 +228,16 @@ pub(super) fn await_handshake(
             let timer = timeout.map(after).unwrap_or_else(never);
             loop {
                 select! {
-                    recv(returns) -> _ => return Err(Error::ConnectionRefused { queue: client_queue.clone() }),
+                    recv(returns) -> returned => return Err(match returned {
+                        Ok(_) => Error::ConnectionRefused { queue: client_queue.clone() },
+                        Err(_) => lost(&format!("answering {client_queue:?}")),
+                    }),
                     recv(timer) -> _ => return Err(Error::TimedOut {
                         what: format!("answering {client_queue:?}"),
                         after: timeout.unwrap_or_default(),
                     }),
                     recv(publisher.confirms) -> confirm => {
-                        let confirm = confirm.map_err(|_| Error::broker(
-                            format!("answering {client_queue:?}"),
-                            amiquip::Error::EventLoopDropped,
-                        ))?;
+                        let confirm = confirm.map_err(|_| lost(&format!("answering {client_queue:?}")))?;
                         publisher.absorb(confirm);
                         if publisher.nacked {
                             return Err(Error::Protocol {
@@ -234,8 +264,6 @@ pub(super) fn await_handshake(
     }
 }
 
-/// The error for a listener's answer that is not a valid SYN-ACK: a
-/// listener refuses by answering with a body that says why.
 /// What the handshake receives: the stream's deliveries (with the
 /// consumer to acknowledge them on, versions 1 and 2) and its returns.
 pub(super) struct Inbound<'a, 'c> {
@@ -244,6 +272,8 @@ pub(super) struct Inbound<'a, 'c> {
     pub(super) returns: &'a Receiver<Return>,
 }
 
+/// The error for a listener's answer that is not a valid SYN-ACK: a
+/// listener refuses by answering with a body that says why.
 fn refused(queue: &str, body: &[u8], reason: String) -> Error {
     if body.is_empty() {
         Error::Protocol {
@@ -259,6 +289,12 @@ fn refused(queue: &str, body: &[u8], reason: String) -> Error {
     }
 }
 
+/// The error for a connection lost while `doing` something (one of the
+/// handshake's feeds ended): `ConnectionAborted`.
+fn lost(doing: &str) -> Error {
+    Error::broker(doing, amiquip::Error::EventLoopDropped)
+}
+
 /// The error for a consumer that ended during the handshake.
 fn consumer_ended(queue: &str, message: ConsumerMessage) -> Error {
     let context = format!("connecting to {queue:?}");
@@ -270,8 +306,9 @@ fn consumer_ended(queue: &str, message: ConsumerMessage) -> Error {
 }
 
 /// The longest wait between two checks that a listener's queue exists,
-/// while a client waits for its answer.
-const MAX_CHECK_DELAY: Duration = Duration::from_secs(30);
+/// while a client waits for its answer, in keepalive intervals: a
+/// listener that dies mid-handshake is noticed within about this many.
+const MAX_CHECK_INTERVALS: u32 = 4;
 
 /// Whether `queue` no longer exists: the answer of the connection's
 /// latest check of it if younger than `period` (see

@@ -43,7 +43,7 @@ use crate::spare::{SpareLife, SparePool, SpareSlot};
 use crate::version::ProtocolVersion;
 use amiquip::{Channel, Confirm, ConsumerMessage, ConsumerOptions, Delivery, Return};
 use connected::Worker;
-use crossbeam_channel::{Receiver, Sender, after, bounded, select, unbounded};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, after, bounded, select, unbounded};
 use handshake::{Inbound, await_handshake, send_handshake};
 use log::debug;
 use publisher::{OwnChannel, Publisher, Transport};
@@ -117,11 +117,48 @@ pub(crate) enum Role {
 }
 
 impl Role {
+    /// When a client gives up, as its caller waits for the handshake
+    /// (none for a listener's end: its handshake timeout is counted in
+    /// [`await_handshake`]).
+    fn give_up(&self) -> Option<GiveUp> {
+        match self {
+            Role::Client {
+                listener_queue,
+                deadline: Some(at),
+                timeout,
+                ..
+            } => Some(GiveUp {
+                at: *at,
+                what: format!("connecting to {listener_queue:?}"),
+                after: timeout.unwrap_or_default(),
+            }),
+            _ => None,
+        }
+    }
+
     /// Whether the stream speaks version 3 (no queue of its own).
     fn is_v3(&self) -> bool {
         match self {
             Role::Client { v3, .. } => *v3,
             Role::Server { version, .. } => *version >= ProtocolVersion::V3,
+        }
+    }
+}
+
+/// When and how a client waiting for its handshake gives up.
+struct GiveUp {
+    at: Instant,
+    /// What timed out, for the error.
+    what: String,
+    /// The timeout, for the error.
+    after: Duration,
+}
+
+impl GiveUp {
+    fn error(&self) -> Error {
+        Error::TimedOut {
+            what: self.what.clone(),
+            after: self.after,
         }
     }
 }
@@ -189,6 +226,7 @@ fn set_up(
     let write_limit = options.get_write_queue() * options.get_max_message_size();
     let shared = Arc::new(Shared::new(write_limit));
     shared.set_nodelay(options.get_nodelay());
+    let give_up = role.give_up();
     let assignment = Box::new(Assignment {
         role,
         options,
@@ -219,6 +257,7 @@ fn set_up(
         }
     }
     Ok(Pending {
+        give_up,
         setup: setup_rx,
         outbound: outbound_tx,
         control: control_tx,
@@ -259,6 +298,10 @@ fn spawn_worker(work: impl FnOnce() + Send + 'static) -> Result<(), Error> {
 /// A stream being set up: the user's ends, and where the worker reports
 /// the handshake's outcome.
 pub(crate) struct Pending {
+    /// A client's deadline: the worker may be stuck in a broker call
+    /// (opening its channel, say, on a link that stalled), so
+    /// [`wait`](Self::wait) stops waiting for it then.
+    give_up: Option<GiveUp>,
     setup: Receiver<SetupOutcome>,
     outbound: Sender<Outbound>,
     control: Sender<Control>,
@@ -275,9 +318,18 @@ impl Pending {
         &self.setup
     }
 
-    /// Waits for the handshake.
+    /// Waits for the handshake, until a client's deadline. A worker
+    /// given up on finds nobody waiting (see
+    /// [`Assignment::abandoned`]) and cleans up.
     pub(crate) fn wait(self) -> Result<Established, Error> {
-        let outcome = self.setup.recv();
+        let outcome = match &self.give_up {
+            None => self.setup.recv(),
+            Some(give_up) => match self.setup.recv_deadline(give_up.at) {
+                Ok(outcome) => Ok(outcome),
+                Err(RecvTimeoutError::Disconnected) => Err(crossbeam_channel::RecvError),
+                Err(RecvTimeoutError::Timeout) => return Err(give_up.error()),
+            },
+        };
         self.finish(outcome)
     }
 
@@ -314,6 +366,17 @@ pub(crate) struct Assignment {
     options: StreamOptions,
     setup: Sender<SetupOutcome>,
     ends: WorkerEnds,
+}
+
+impl Assignment {
+    /// Whether the caller gave up waiting for this stream (its
+    /// [`Pending`] is gone): nothing more is to be sent for it.
+    fn abandoned(&self) -> bool {
+        matches!(
+            self.ends.outbound.try_recv(),
+            Err(crossbeam_channel::TryRecvError::Disconnected)
+        )
+    }
 }
 
 /// A prepared worker waiting for its stream.
@@ -447,6 +510,13 @@ fn run(
             (assignment, consumer)
         }
     };
+    if assignment.abandoned() {
+        // Too late (a broker call above took longer than the caller
+        // waits): no request the listener would answer for nobody.
+        debug!("stream {local_queue}: the caller gave up before its request went");
+        cancel_consumer(&consumer);
+        return;
+    }
     let sent = match send_handshake(
         &assignment.role,
         &local_queue,

@@ -39,7 +39,14 @@ pub(super) fn run(connection: Arc<BrokerConnection>, assignment: Box<Assignment>
     // which names no stream, as that refusal.
     let awaits_answer =
         matches!(role, super::Role::Client { .. }) && options.get_protocol_version().is_none();
-    let registered = connection.mux().and_then(|mux| {
+    // Setting the transport up (the connection's first version-3
+    // stream) takes broker round trips: a client waits for them until
+    // its deadline only.
+    let give_up = role.give_up();
+    let mux = connection
+        .mux_until(give_up.as_ref().map(|give_up| give_up.at))
+        .unwrap_or_else(|| Err(give_up.as_ref().expect("a deadline passed").error()));
+    let registered = mux.and_then(|mux| {
         mux.register(window, abort, awaits_answer)
             .map(|registration| (mux, registration))
     });

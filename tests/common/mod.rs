@@ -100,6 +100,18 @@ pub fn threads_of_this_process() -> usize {
 /// `port` (Linux: its open files against `/proc/net/tcp` and `tcp6`): a
 /// broker connection is closed for good once this is `false`.
 pub fn holds_tcp_socket_from(port: u16) -> bool {
+    holds_tcp_socket(port, None)
+}
+
+/// Whether this process still holds a TCP socket from local port `port`
+/// to remote port `to` (Linux): [`holds_tcp_socket_from`] for one
+/// connection, not fooled by another that the kernel gave the same local
+/// port (it may, for a different destination).
+pub fn holds_tcp_socket_between(port: u16, to: u16) -> bool {
+    holds_tcp_socket(port, Some(to))
+}
+
+fn holds_tcp_socket(port: u16, to: Option<u16>) -> bool {
     let inodes: Vec<String> = std::fs::read_dir("/proc/self/fd")
         .expect("Linux /proc")
         .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
@@ -110,6 +122,7 @@ pub fn holds_tcp_socket_from(port: u16) -> bool {
         })
         .collect();
     let local_port = format!(":{port:04X}");
+    let remote_port = to.map(|to| format!(":{to:04X}"));
     ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
         std::fs::read_to_string(table)
             .unwrap_or_default()
@@ -119,6 +132,7 @@ pub fn holds_tcp_socket_from(port: u16) -> bool {
                 let cols: Vec<&str> = line.split_whitespace().collect();
                 cols.len() > 9
                     && cols[1].ends_with(&local_port)
+                    && remote_port.as_ref().is_none_or(|to| cols[2].ends_with(to))
                     && inodes.iter().any(|i| i == cols[9])
             })
     })

@@ -17,7 +17,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// A relay on a local port in front of `target`.
@@ -34,6 +34,8 @@ struct Shared {
     frozen: AtomicBool,
     /// What the client sends is left unread while set.
     choked: AtomicBool,
+    /// Bytes clients sent that were dropped while frozen.
+    discarded: AtomicU64,
     /// Once the broker sends this, the client hears nothing more.
     deaf_after: Mutex<Option<Vec<u8>>>,
     /// Set when `deaf_after` was seen.
@@ -54,6 +56,7 @@ impl Relay {
             closing: AtomicBool::new(false),
             frozen: AtomicBool::new(false),
             choked: AtomicBool::new(false),
+            discarded: AtomicU64::new(0),
             deaf_after: Mutex::new(None),
             deaf: AtomicBool::new(false),
             sockets: Mutex::new(Vec::new()),
@@ -120,6 +123,13 @@ impl Relay {
         self.shared.frozen.store(true, Ordering::SeqCst);
     }
 
+    /// How many bytes clients sent while the relay was stalled (or
+    /// half-open), dropped instead of forwarded: a test waits for a
+    /// client to try something on a stalled link by watching this grow.
+    pub fn discarded(&self) -> u64 {
+        self.shared.discarded.load(Ordering::SeqCst)
+    }
+
     /// Closes the broker's side of every relayed connection; the client's
     /// side stays open, and what the client sends is read and dropped.
     pub fn half_open(&self) {
@@ -168,6 +178,17 @@ impl Relay {
             .unwrap()
             .iter()
             .filter_map(|(_, broker)| broker.local_addr().ok().map(|a| a.port()))
+            .collect()
+    }
+
+    /// The ports the relayed clients connected from: their local ports.
+    pub fn client_ports(&self) -> Vec<u16> {
+        self.shared
+            .sockets
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|(client, _)| client.peer_addr().ok().map(|a| a.port()))
             .collect()
     }
 
@@ -234,9 +255,13 @@ impl Shared {
             {
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
-            if self.frozen.load(Ordering::SeqCst)
-                || (!from_client && self.deaf.load(Ordering::SeqCst))
-            {
+            if self.frozen.load(Ordering::SeqCst) {
+                if from_client {
+                    self.discarded.fetch_add(n as u64, Ordering::SeqCst);
+                }
+                continue;
+            }
+            if !from_client && self.deaf.load(Ordering::SeqCst) {
                 continue;
             }
             if to.write_all(&buf[..n]).is_err() {
