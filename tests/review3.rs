@@ -376,7 +376,6 @@ fn a_frame_whose_correlation_id_is_not_utf8_does_not_kill_a_connection() {
 /// into the client's wait: the client is refused within a few keepalive
 /// intervals, not at the end of its handshake timeout.
 #[test]
-#[ignore = "fails: the check backs off to 30 s (e99807f); see the issue 20 review report"]
 fn a_listener_that_dies_late_in_a_handshake_is_noticed_within_a_few_intervals() {
     use amiquip::{ConsumerOptions, QueueDeclareOptions};
     let interval = Duration::from_millis(200);
@@ -423,7 +422,9 @@ fn a_listener_that_dies_late_in_a_handshake_is_noticed_within_a_few_intervals() 
         died - start
     );
     assert!(
-        late < interval * 5,
+        // Checks back off to at most 4 intervals apart; the rest is slack
+        // for a busy machine (it took 28 intervals with a 30 s backoff).
+        late < interval * 10,
         "refused only {late:?} after the listener died (keepalive interval {interval:?})"
     );
 }

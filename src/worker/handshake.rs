@@ -150,12 +150,6 @@ pub(super) fn await_handshake(
                     }
                     recheck = after(interval);
                 },
-                recv(checking.as_ref().unwrap_or(&nothing)) -> gone => {
-                    checking = None;
-                    if gone == Ok(true) {
-                        return Err(no_listener());
-                    }
-                },
                 recv(returns) -> returned => return Err(match returned {
                     Ok(_) => no_listener(),
                     Err(_) => connection_lost(),
