@@ -18,10 +18,13 @@ pub(crate) const MAX_WINDOW: u64 = 64 << 20;
 /// What one message costs a version-3 receiver beyond its body, in bytes
 /// of its window: about what it holds for a delivery (properties, routing
 /// and the delivery itself). Counted by both ends when both say so in the
-/// handshake, so that a window of one-byte messages takes about twice the
+/// handshake, so that a window of one-byte messages takes a few times the
 /// window in memory and not some five hundred times.
 ///
-/// The receiver counts each data message it has read to the end as this
+/// The sender keeps its bytes in flight within the window, as without the
+/// cost (a writer may fill the whole window before it reads), and its
+/// bytes plus its messages' cost within twice the window. The receiver
+/// counts each data message it has read to the end as this
 /// much consumed on top of its bytes when it decides to report (its
 /// reports still give body bytes); the sender counts each message it sent
 /// as this much in flight until a report covers the message's last byte.
@@ -81,9 +84,15 @@ impl SendWindow {
     pub(crate) fn available(&self) -> u64 {
         match self.window {
             None => u64::MAX,
+            // The bytes stay within the window, as without a cost (a
+            // writer may still fill the whole window before it reads);
+            // with the messages' cost, within twice the window.
             Some(window) => {
-                let messages = self.message_cost * self.in_flight.len() as u64;
-                window.saturating_sub(self.reserved - self.consumed + messages)
+                let bytes = self.reserved - self.consumed;
+                let weighed = bytes + self.message_cost * self.in_flight.len() as u64;
+                window
+                    .saturating_sub(bytes)
+                    .min((2 * window).saturating_sub(weighed))
             }
         }
     }
@@ -251,18 +260,25 @@ mod tests {
     #[test]
     fn a_message_cost_counts_on_both_ends() {
         let mut send = SendWindow::limited(1000).with_message_cost(100);
-        for _ in 0..9 {
+        for _ in 0..15 {
             assert!(send.try_reserve(1));
             send.sent_message(1);
         }
-        // 9 bytes and 9 messages of 100: 91 left.
-        assert_eq!(send.available(), 91);
+        // 15 bytes and 15 messages of 100 weigh 1515 of twice the window.
+        assert_eq!(send.available(), 485);
         let mut receive = ReceiveWindow::new(1000).with_message_cost(100);
-        let reports: Vec<_> = (0..9).filter_map(|_| receive.consume(1, true)).collect();
-        // 5 bytes and 5 messages make half the window.
-        assert_eq!(reports, vec![5]);
+        let reports: Vec<_> = (0..15).filter_map(|_| receive.consume(1, true)).collect();
+        // 5 bytes and 5 messages make half the window, three times.
+        assert_eq!(reports, vec![5, 10, 15]);
         send.grant(5).unwrap();
-        assert_eq!(send.available(), 1000 - 4 - 400);
+        assert_eq!(send.available(), 990);
+        // Large messages: the window's bytes, whatever their cost.
+        let mut big = SendWindow::limited(1000).with_message_cost(100);
+        assert!(big.try_reserve(500));
+        big.sent_message(500);
+        assert!(big.try_reserve(500));
+        big.sent_message(500);
+        assert_eq!(big.available(), 0);
     }
 
     /// The property the protocol relies on: with messages of at most half

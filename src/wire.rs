@@ -227,8 +227,8 @@
 //!   consumed in no-ack mode and each stream's credit window bounds what
 //!   the broker and the receiver hold for it (a peer that sends beyond it
 //!   is `InvalidData` and reset, as in version 2; the connection's
-//!   consumer counts what each stream has not taken yet, and past twice
-//!   the window drops the peer's frames and aborts the stream there, so
+//!   consumer counts what each stream has not taken yet, and past three
+//!   times the window drops the peer's frames and aborts the stream there, so
 //!   even a stream nobody reads holds no more). Publisher confirms are
 //!   kept per stream, so `flush` still means "the broker has it".
 //! * **Message cost.** A delivery costs the receiver a few hundred bytes
@@ -240,7 +240,10 @@
 //!   decides to send a window report (reports still give the body bytes
 //!   consumed), and asks the peer to do the same. A sender whose peer
 //!   said so counts each message it has sent as that many bytes in
-//!   flight, on top of its body, until a report covers its last byte; a
+//!   flight, on top of its body, until a report covers its last byte, and
+//!   keeps its bytes within the window and its bytes with that cost within
+//!   twice the window (so a writer may still fill the window before it
+//!   reads); a
 //!   receiver whose peer said so counts it in what the peer may have
 //!   handed it unread. Without the header (a peer built before it) both
 //!   count body bytes only, as before; a side that counts the cost only

@@ -81,3 +81,28 @@ fn a_reader_that_stops_holds_little_more_than_its_window_of_one_byte_messages() 
     assert_eq!(got.len(), written);
     assert!(got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
 }
+
+/// The messages' cost leaves a writer the whole window's bytes: one that
+/// writes a full window before it reads (in large messages) does not
+/// wait for credit.
+#[test]
+fn a_writer_may_fill_the_whole_window_before_it_reads() {
+    let options = StreamOptions::new()
+        .protocol_version(Some(ProtocolVersion::V3))
+        .window(WINDOW);
+    let client = Connector::open_with(&url(), options.clone()).unwrap();
+    let server = Connector::open_with(&url(), options).unwrap();
+    let q = queue("full-window");
+    let listener = server.bind(&q).unwrap();
+    let mut writer = client.connect(&q).unwrap();
+    let (mut reader, _) = listener.accept().unwrap();
+    writer
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let data = common::random_bytes(WINDOW, 5);
+    writer.write_all(&data).unwrap();
+    writer.flush().unwrap();
+    let mut got = vec![0; WINDOW];
+    reader.read_exact(&mut got).unwrap();
+    assert!(got == data);
+}

@@ -93,7 +93,10 @@ struct Route {
 /// over and not yet taken: the window's data, and room for the control
 /// frames that may come with it.
 fn hold_limit(window: u64) -> u64 {
-    window.saturating_mul(2).saturating_add(64 * 1024)
+    // Twice the window is what a peer that counts the messages' cost may
+    // have in flight with it (see `MESSAGE_COST`); the rest is room for
+    // control frames, which weigh a message each.
+    window.saturating_mul(3).saturating_add(64 * 1024)
 }
 
 /// What a registered stream receives.
