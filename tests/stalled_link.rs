@@ -337,3 +337,72 @@ fn dropping_a_stream_on_a_stalled_link_returns_within_its_linger() {
         0,
     );
 }
+
+/// A version-3 connect whose connection has had a version-3 answer from
+/// its listener doubts an answer that names no stream (anyone can
+/// publish one to the connection's queue) and asks the broker whether
+/// that listener's connection queue is still there. On a link that
+/// stalls right after such an answer came (the relay forwards nothing
+/// more to the client; heartbeats off), that question never gets its
+/// answer: the connect must still give up at its timeout. It used to ask
+/// in the connect's own thread and wait for ever.
+#[test]
+fn a_doubted_answer_on_a_stalled_link_does_not_outlast_the_connect_timeout() {
+    use amiquip::AmqpProperties;
+    let queue = common::queue("stalled-doubt");
+    // The listener's answers wait in its relay once it is choked.
+    let listener_relay = Relay::to_broker();
+    let listener = Listener::bind_with(
+        &listener_relay.url_without_heartbeats(),
+        &queue,
+        StreamOptions::new(),
+    )
+    .unwrap();
+    let relay = Relay::to_broker();
+    let options = StreamOptions::new().handshake_timeout(Some(CONNECT_TIMEOUT));
+    let connector = Connector::open_with(&relay.url_without_heartbeats(), options).unwrap();
+    // Learns that the listener takes version 3, from its connection.
+    for _ in 0..2 {
+        let _ = connector.connect(&queue).unwrap();
+        let _ = listener.accept().unwrap();
+    }
+    let conn_queue = common::queues_owned_by(&relay.broker_side_ports())
+        .into_iter()
+        .find(|name| name.starts_with("amqp-stream.conn."))
+        .expect("the connection's queue");
+    listener_relay.choke();
+    let marker = common::queue("stalled-doubt-marker");
+    relay.deaf_after(marker.as_bytes());
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    {
+        let queue = queue.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let result = connector.connect(&queue).map(drop);
+            let _ = done_tx.send((result, started.elapsed()));
+            std::mem::forget(connector);
+        });
+    }
+    // A version-1 answer naming the marker, once the connect has waited a
+    // little: the client hears it, then nothing more.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut raw = common::raw_connection();
+    let channel = raw.open_channel(None).unwrap();
+    let properties = AmqpProperties::default().with_reply_to(marker);
+    common::raw::publish_with(&channel, &conn_queue, b"", properties);
+    let (result, took) = done_rx
+        .recv_timeout(HANG)
+        .unwrap_or_else(|_| panic!("the connect still blocks after {HANG:?}"));
+    let _ = raw.close();
+    assert!(
+        relay.is_deaf(),
+        "the doubted answer never reached the client"
+    );
+    let err = result.expect_err("connected although the listener's answer was held back");
+    assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+    assert!(
+        took < CONNECT_BOUND,
+        "a {CONNECT_TIMEOUT:?} connect took {took:?}"
+    );
+    std::mem::forget(listener);
+}

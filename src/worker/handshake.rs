@@ -13,7 +13,7 @@ use amiquip::{ConsumerMessage, Return};
 use crossbeam_channel::{Receiver, after, never, select};
 use log::debug;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Publishes our handshake message: the SYN to the listener or the
 /// SYN-ACK to the client. Returns the version-2 offer it carried.
@@ -143,7 +143,7 @@ pub(super) fn await_handshake(
                     check = after(check_delay);
                 },
                 recv(recheck) -> _ => {
-                    if !vouched_for(connection, listener_connection, interval)
+                    if !vouched_for(connection, listener_connection, interval, *deadline)
                         && let Some(answer) = doubted.take()
                     {
                         break answer;
@@ -157,7 +157,9 @@ pub(super) fn await_handshake(
                 recv(deliveries) -> message => match message {
                     Ok(ConsumerMessage::Delivery(delivery)) => {
                         let untied = *v3 && delivery.properties.correlation_id().is_none();
-                        if untied && vouched_for(connection, listener_connection, interval) {
+                        if untied
+                            && vouched_for(connection, listener_connection, interval, *deadline)
+                        {
                             debug!(
                                 "connecting to {listener_queue:?}: an answer that names no \
                                  stream while the version-3 listener's connection queue {:?} \
@@ -324,14 +326,25 @@ fn queue_is_gone(connection: &BrokerConnection, queue: &str, period: Duration) -
 /// that answered then is (most likely) the one we asked: its own answer
 /// is on its way, and the connect waits for it. Once that queue is gone
 /// (the listener restarted, as an older one say), the answer stands.
+///
+/// The check is a broker round trip: with a `deadline` it runs on a
+/// helper thread and counts as "there" (the answer stays doubted) once
+/// the deadline has passed, so that the connect's own timer ends it on a
+/// stalled link.
 fn vouched_for(
-    connection: &BrokerConnection,
+    connection: &Arc<BrokerConnection>,
     listener_connection: &Option<String>,
     period: Duration,
+    deadline: Option<Instant>,
 ) -> bool {
-    listener_connection
-        .as_deref()
-        .is_some_and(|queue| !queue_is_gone(connection, queue, period))
+    let Some(queue) = listener_connection.clone() else {
+        return false;
+    };
+    let connection = Arc::clone(connection);
+    let there = bounded_wait::until(deadline, "amqp-stream-check", move || {
+        Ok(!queue_is_gone(&connection, &queue, period))
+    });
+    !matches!(there, Some(Ok(false)))
 }
 
 /// Whether `queue` no longer exists, by a passive declare on a channel of
