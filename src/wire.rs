@@ -207,6 +207,12 @@
 //!   still waiting for an answer to a version-3 SYN it was not pinned to
 //!   (nothing tells which one it answers), and the stream that listener
 //!   set up for it ends at once: a version-1 FIN, or a version-2 reset.
+//!   That end is sent only while a stream of the connection waits for
+//!   such an answer, at most 100 a second, and only to a queue named like
+//!   a version-1 or version-2 stream's (`amq.gen-…`, or `amqp-stream.`
+//!   and a UUID): never to a listener's queue, where the FIN's empty body
+//!   would be a version-1 SYN, nor to any other queue a stranger names.
+//!   (Name a listener `amqp-stream.` and a UUID and it could get one.)
 //!   A stream pinned to version 3 gets no answer from such a listener and
 //!   times out. Anyone who can publish to the connection's queue (its
 //!   name is in every stream's `peer_addr`) can send such an answer too,
@@ -243,11 +249,13 @@
 //!   flight, on top of its body, until a report covers its last byte, and
 //!   keeps its bytes within the window and its bytes with that cost within
 //!   twice the window (so a writer may still fill the window before it
-//!   reads); a
-//!   receiver whose peer said so counts it in what the peer may have
-//!   handed it unread. Without the header (a peer built before it) both
-//!   count body bytes only, as before; a side that counts the cost only
-//!   reports sooner, which every version takes.
+//!   reads). A receiver counts it in what the peer may have handed it
+//!   unread whether or not the peer said so: a peer without the header
+//!   (built before it; none was released) sends as before, counting body
+//!   bytes only, and a stream that does not read while such a peer writes
+//!   a window of messages of a few bytes each fails (`InvalidData`, the
+//!   peer ignored flow control) rather than hold them all. A side that
+//!   counts the cost only reports sooner, which every version takes.
 //! * **Setup and close.** Setup is the SYN and the SYN-ACK; close is the
 //!   FIN (or reset). Nothing is declared or deleted per stream.
 //!

@@ -400,3 +400,70 @@ fn a_hostile_listeners_syn_ack_naming_an_amq_queue_fails_only_that_connect() {
         round_trip(&client, &server, "a new stream after");
     }
 }
+
+/// Answers that name no stream (an empty "version-1 SYN-ACK", or a
+/// version-2 one) published by a stranger to a connection's queue while
+/// no connect of it waits for an answer, or naming a queue no version-1
+/// or version-2 stream has (a listener's, any application's): the
+/// connection sends nothing there. Its "end that stream" would be a FIN
+/// (an empty body, which a listener takes for a version-1 SYN from the
+/// connection) or a reset, aimed wherever the stranger chose.
+#[test]
+fn an_answer_naming_no_stream_ends_nothing_a_stranger_picks() {
+    let (_listener, _connector, client, server) = v3_pair("untied-target");
+    let mut raw = raw_connection();
+    let channel = raw.open_channel(None).unwrap();
+    let confirms = channel.listen_for_publisher_confirms().unwrap();
+    channel.enable_publisher_confirms().unwrap();
+    // A bystander's listener queue, and a queue named like a version-1
+    // stream's that no connect of the victim is waiting on.
+    let bystander = queue("untied-bystander");
+    let stream_like = format!("amqp-stream.{}", uuid::Uuid::new_v4());
+    for name in [&bystander, &stream_like] {
+        channel
+            .queue_declare(name.clone(), exclusive_auto_delete())
+            .unwrap();
+    }
+    let v1_answer = |to: &str| AmqpProperties::default().with_reply_to(to.to_string());
+    let v2_answer = |to: &str| {
+        let mut headers = FieldTable::new();
+        headers.insert(
+            "x-amqp-stream-version".to_string(),
+            AmqpValue::LongLongInt(2),
+        );
+        headers.insert(
+            "x-amqp-stream-window".to_string(),
+            AmqpValue::LongLongInt(WINDOW),
+        );
+        v1_answer(to).with_headers(headers)
+    };
+    let mut published = 0;
+    for end in [&client, &server] {
+        let conn_queue = connection_queue(end);
+        for to in [&bystander, &stream_like] {
+            publish_with(&channel, &conn_queue, b"", v1_answer(to));
+            publish_with(&channel, &conn_queue, b"", v2_answer(to));
+            published += 2;
+        }
+    }
+    let mut confirmed = 0;
+    while confirmed < published {
+        match confirms.recv_timeout(Duration::from_secs(10)).unwrap() {
+            amiquip::Confirm::Ack(payload) if payload.multiple => confirmed = payload.delivery_tag,
+            amiquip::Confirm::Ack(_) => confirmed += 1,
+            nack => panic!("the broker refused a message: {nack:?}"),
+        }
+    }
+    // Each connection has handled the answers once it hands over the
+    // round trip's frames, and anything it published for them went out
+    // before its own frames and is queued once those are confirmed.
+    round_trip(&client, &server, "after the answers");
+    for name in [&bystander, &stream_like] {
+        assert_eq!(
+            common::queue_depth(name).unwrap().0,
+            0,
+            "an answer naming no stream made a connection publish to {name:?}"
+        );
+    }
+    raw.close().unwrap();
+}

@@ -60,7 +60,7 @@ pub(super) fn run(
                                     feeds.queue, answer.version, answer.server_queue
                                 );
                                 if let Some(mux) = mux.upgrade() {
-                                    mux.end_untied_stream(answer, &mut answers);
+                                    mux.end_untied_stream(answer, waiting, &mut answers);
                                 }
                             }
                             None => debug!("{:?}: dropped a message that names no stream", feeds.queue),

@@ -16,7 +16,7 @@ mod demux;
 
 use crate::error::Error;
 use crate::protocol::handshake::Untied;
-use crate::protocol::{check_peer_queue, frame};
+use crate::protocol::{check_peer_queue, frame, is_stream_queue_name};
 use crate::shared::lock;
 use crate::version::ProtocolVersion;
 use crate::worker::engine::{Bell, Engine};
@@ -118,14 +118,14 @@ pub(crate) struct Registration {
 }
 
 /// What a stream's deliveries hold that it has not taken yet, and what
-/// that weighs against its window: the bodies' bytes and, once the peer
-/// counts it too, each message's cost
+/// that weighs against its window: the bodies' bytes and, once the stream
+/// is set up, each message's cost
 /// ([`MESSAGE_COST`](crate::credit::MESSAGE_COST)).
 #[derive(Debug, Default)]
 pub(crate) struct Held {
     bytes: AtomicU64,
     messages: AtomicU64,
-    /// The cost of one message: 0 until the peer is known to count it.
+    /// The cost of one message: 0 until the stream is set up.
     message_cost: AtomicU64,
 }
 
@@ -144,7 +144,7 @@ impl Held {
         self.messages.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// From now on each message weighs `cost` more: the peer counts it.
+    /// From now on each message weighs `cost` more.
     pub(crate) fn count_messages_at(&self, cost: u64) {
         self.message_cost.store(cost, Ordering::SeqCst);
     }
@@ -385,14 +385,38 @@ impl Mux {
     /// from a client that connected and closed without writing; a
     /// version-2 one a reset, so that what its end writes fails rather
     /// than vanish (its frames would name no stream here).
+    ///
     /// Anyone who can publish to this connection's queue can send such an
-    /// answer, so it is ended only within `budget` (and the answer names a
-    /// queue a peer can own: see `handshake::untied_answer`).
-    fn end_untied_stream(&self, answer: Untied<'_>, budget: &mut Budget) {
+    /// answer and pick the queue it names, and an empty body is also a
+    /// version-1 SYN: sent to a listener's queue it would open a stream
+    /// there in this connection's name. So the stream is ended only while
+    /// `waiting` (streams of this connection waiting for the answer to a
+    /// version-3 SYN) is not 0, only when the queue is named like a
+    /// version-1 or version-2 stream's (`protocol::is_stream_queue_name`:
+    /// never a listener's or a connection's queue), and only within
+    /// `budget`. A listener whose answer comes after its client gave up
+    /// keeps its stream as it would for a version-1 client that went away.
+    fn end_untied_stream(&self, answer: Untied<'_>, waiting: usize, budget: &mut Budget) {
         let Untied {
             server_queue,
             version,
         } = answer;
+        if waiting == 0 {
+            debug!(
+                "{:?}: a version-{version} answer naming {server_queue:?} while no connect \
+                 waits for one: its stream not ended",
+                self.queue
+            );
+            return;
+        }
+        if !is_stream_queue_name(server_queue) {
+            debug!(
+                "{:?}: a version-{version} answer naming {server_queue:?}, which is no \
+                 version-1 or version-2 stream's queue: not ended",
+                self.queue
+            );
+            return;
+        }
         if !budget.take(Instant::now()) {
             debug!(
                 "{:?}: more than {ANSWERS_PER_SECOND} a second: a version-{version} \

@@ -39,6 +39,22 @@ pub(crate) fn check_queue_name(queue: &str, whose: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Whether `queue` is named the way a version-1 or version-2 stream's own
+/// queue is: by the broker (`amq.gen-…`, as the Go implementation's are)
+/// or by this crate ([`new_queue_name`]: `amqp-stream.` and a UUID). A
+/// listener's queue (named by its user: "ssh", "db") and a version-3
+/// connection's queue (`amqp-stream.conn.…`) are not, so a message meant
+/// to end such a stream (an empty body: a version-1 FIN, which a listener
+/// takes for a SYN) never reaches either.
+pub(crate) fn is_stream_queue_name(queue: &str) -> bool {
+    if let Some(rest) = queue.strip_prefix(BROKER_NAMED_PREFIX) {
+        return !rest.is_empty() && check_peer_queue(queue).is_ok();
+    }
+    queue
+        .strip_prefix(QUEUE_PREFIX)
+        .is_some_and(|rest| uuid::Uuid::try_parse(rest).is_ok())
+}
+
 /// The one prefix starting with `amq.` that a peer's queue can have: the
 /// broker names a queue declared without a name `amq.gen-…` (the Go
 /// implementation's queues are named so). A client may not declare any
@@ -111,6 +127,28 @@ mod tests {
             let err = check_queue_name(&bad, "a listener's").unwrap_err();
             assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
             assert!(err.to_string().contains("255"), "{err}");
+        }
+    }
+
+    #[test]
+    fn stream_queues_are_broker_named_or_ours() {
+        for stream in [
+            new_queue_name().as_str(),
+            "amq.gen-JzTY20BRgKO-HjmUJj0wLg",
+            "amqp-stream.0b6e6b9e-0a4e-4a4f-9d1e-2f0c3a5b7d11",
+        ] {
+            assert!(is_stream_queue_name(stream), "{stream}");
+        }
+        for other in [
+            "ssh",
+            "amqp-stream.",
+            "amqp-stream.ssh",
+            "amqp-stream.conn.0b6e6b9e-0a4e-4a4f-9d1e-2f0c3a5b7d11",
+            "amq.gen-",
+            "amq.rabbitmq.reply-to.a.b",
+            "",
+        ] {
+            assert!(!is_stream_queue_name(other), "{other}");
         }
     }
 

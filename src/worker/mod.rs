@@ -641,8 +641,11 @@ impl<T: Transport> Connected<T> {
             *ends.shared.send_window() =
                 SendWindow::limited(window).with_message_cost(peer_message_cost.unwrap_or(0));
         }
-        // A peer that counts our messages' cost holds us to it (and we it).
-        if let (Some(_), Some(held)) = (peer_message_cost, &held) {
+        // Whatever held for a version-3 stream is weighed with each
+        // message's cost, whether or not the peer said it counts it: one
+        // that leaves the header out must not make the stream hold
+        // hundreds of times its window in tiny messages.
+        if let Some(held) = &held {
             held.count_messages_at(crate::credit::MESSAGE_COST);
         }
         let message_limit = message_limit(options.get_max_message_size(), peer_window);
