@@ -207,8 +207,9 @@
 //!   still waiting for an answer to a version-3 SYN it was not pinned to
 //!   (nothing tells which one it answers), and the stream that listener
 //!   set up for it ends at once: a version-1 FIN, or a version-2 reset.
-//!   That end is sent only while a stream of the connection waits for
-//!   such an answer, at most 100 a second, and only to a queue named like
+//!   That end is sent only for an answer the connection expects (one for
+//!   each of its version-3 SYNs that such an answer counted as refused,
+//!   for a minute after), at most 100 a second, and only to a queue named like
 //!   a version-1 or version-2 stream's (`amq.gen-…`, or `amqp-stream.`
 //!   and a UUID): never to a listener's queue, where the FIN's empty body
 //!   would be a version-1 SYN, nor to any other queue a stranger names.

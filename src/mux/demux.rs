@@ -3,6 +3,7 @@
 //! channel, and hands each to the stream it belongs to.
 
 use super::budget::Budget;
+use super::untied::ExpectedAnswers;
 use super::{ANSWERS_PER_SECOND, Mux, Route, Routes};
 use crate::error::Error;
 use crate::protocol::handshake;
@@ -44,6 +45,8 @@ pub(super) fn run(
     let mut deliveries = Some(consumer.receiver().clone());
     // What the connection answers that nobody on it asked for.
     let mut answers = Budget::new(ANSWERS_PER_SECOND, Instant::now());
+    // Older listeners' answers to this connection's version-3 SYNs.
+    let mut expected = ExpectedAnswers::default();
     let nothing = never();
     loop {
         select! {
@@ -60,7 +63,8 @@ pub(super) fn run(
                                     feeds.queue, answer.version, answer.server_queue
                                 );
                                 if let Some(mux) = mux.upgrade() {
-                                    mux.end_untied_stream(answer, waiting, &mut answers);
+                                    let expected = expected.answer_came(waiting, Instant::now());
+                                    mux.end_untied_stream(answer, expected, &mut answers);
                                 }
                             }
                             None => debug!("{:?}: dropped a message that names no stream", feeds.queue),

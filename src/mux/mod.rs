@@ -13,6 +13,7 @@
 mod budget;
 mod confirms;
 mod demux;
+mod untied;
 
 use crate::error::Error;
 use crate::protocol::handshake::Untied;
@@ -389,22 +390,23 @@ impl Mux {
     /// Anyone who can publish to this connection's queue can send such an
     /// answer and pick the queue it names, and an empty body is also a
     /// version-1 SYN: sent to a listener's queue it would open a stream
-    /// there in this connection's name. So the stream is ended only while
-    /// `waiting` (streams of this connection waiting for the answer to a
-    /// version-3 SYN) is not 0, only when the queue is named like a
+    /// there in this connection's name. So the stream is ended only when
+    /// the answer was `expected` (see `untied::ExpectedAnswers`: it
+    /// answers a version-3 SYN of this connection's, as far as anything
+    /// tells), only when the queue is named like a
     /// version-1 or version-2 stream's (`protocol::is_stream_queue_name`:
     /// never a listener's or a connection's queue), and only within
     /// `budget`. A listener whose answer comes after its client gave up
     /// keeps its stream as it would for a version-1 client that went away.
-    fn end_untied_stream(&self, answer: Untied<'_>, waiting: usize, budget: &mut Budget) {
+    fn end_untied_stream(&self, answer: Untied<'_>, expected: bool, budget: &mut Budget) {
         let Untied {
             server_queue,
             version,
         } = answer;
-        if waiting == 0 {
+        if !expected {
             debug!(
-                "{:?}: a version-{version} answer naming {server_queue:?} while no connect \
-                 waits for one: its stream not ended",
+                "{:?}: a version-{version} answer naming {server_queue:?} that no SYN of \
+                 this connection waits for: its stream not ended",
                 self.queue
             );
             return;
