@@ -20,7 +20,11 @@
 //! * when an end dies (a client whose broker connection is cut, as when
 //!   its process is killed, after its FIN), every call of the other end
 //!   returns within a few keepalive intervals: a writer waiting for the
-//!   dead end's credit fails.
+//!   dead end's credit fails;
+//! * memory stays bounded: the process's resident memory, sampled all
+//!   through the run, never grows by more than [`MEMORY_BOUND`] over
+//!   what it was once the connectors were open, tiny-message schedules
+//!   (a peer writing a message per byte to a reader that stops) included.
 //!
 //! `STRESS_SCHEDULES=N` sets how many schedules run (default 240),
 //! `STRESS_SEED=S` replays one schedule (`STRESS_SCHEDULES` times, default
@@ -48,7 +52,7 @@ use common::schedule::{Rng, fill_pattern, first_mismatch, locate, mix};
 use end::*;
 use kinds::*;
 use plan::*;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -79,6 +83,13 @@ const END_GRACE: Duration = Duration::from_secs(5);
 const PEER_DEATH_NOTICE: Duration = Duration::from_secs(2).saturating_add(SLACK);
 
 const KIB: u64 = 1024;
+
+/// How far the process's resident memory may grow during a run: a few
+/// windows and bulk transfers per lane (2 MiB each at most), with room
+/// for the allocator. A stream that held a delivery of some hundred
+/// bytes per byte of window (version 3 before message costs) grew by
+/// far more in one tiny-message schedule.
+const MEMORY_BOUND: u64 = 256 * KIB * KIB;
 
 // ---------------------------------------------------------------------
 // Running schedules.
@@ -263,13 +274,17 @@ fn run_schedule(
                     .collect::<Vec<_>>()
             );
         }
-        let mut events: Vec<String> = ends.iter().flat_map(|e| lock(&e.events).clone()).collect();
+        let let_go: usize = ends.iter().map(|e| lock(&e.events).1).sum();
+        let mut events: Vec<String> = ends
+            .iter()
+            .flat_map(|e| lock(&e.events).0.clone())
+            .collect();
         events.sort();
-        let skip = events.len().saturating_sub(60);
+        let skip = events.len().saturating_sub(60) + let_go;
         if skip > 0 {
             let _ = writeln!(dump, "  ... {skip} earlier events");
         }
-        for e in &events[skip..] {
+        for e in &events[skip - let_go..] {
             let _ = writeln!(dump, "  {e}");
         }
     }
@@ -336,6 +351,7 @@ fn random_schedules_keep_the_stream_guarantees() {
             .collect(),
     );
     let seeds = Arc::new(seeds);
+    let memory = common::MemoryPeak::start();
     let next = Arc::new(AtomicUsize::new(0));
     let results = Arc::new(Mutex::new(Vec::new()));
     let started = Instant::now();
@@ -390,11 +406,12 @@ fn random_schedules_keep_the_stream_guarantees() {
         lane.join().expect("a lane panicked");
     }
     let took = started.elapsed();
+    let grown = memory.stop();
     let results = std::mem::take(&mut *lock(&results));
-    report(&results, &profiles, took, base);
+    report(&results, &profiles, took, base, grown);
 }
 
-fn report(results: &[ScheduleResult], profiles: &[Profile], took: Duration, base: u64) {
+fn report(results: &[ScheduleResult], profiles: &[Profile], took: Duration, base: u64, grown: u64) {
     let version_of = |name: &str| {
         profiles
             .iter()
@@ -422,8 +439,10 @@ fn report(results: &[ScheduleResult], profiles: &[Profile], took: Duration, base
     }
     let failed = results.iter().filter(|r| !r.violations.is_empty()).count();
     let mut text = format!(
-        "stress: {} schedules in {took:.1?} (STRESS_BASE={base}), {failed} failed\n  kind                     proto  runs failed\n",
-        results.len()
+        "stress: {} schedules in {took:.1?} (STRESS_BASE={base}), {failed} failed, resident memory +{} MiB at most (bound {} MiB)\n  kind                     proto  runs failed\n",
+        results.len(),
+        grown / KIB / KIB,
+        MEMORY_BOUND / KIB / KIB
     );
     for ((kind, v), (n, f)) in &runs {
         let _ = writeln!(text, "  {:<24} v{v}   {n:>5} {f:>6}", kind.name());
@@ -450,6 +469,12 @@ fn report(results: &[ScheduleResult], profiles: &[Profile], took: Duration, base
     }
     eprintln!("{text}");
     assert_eq!(failed, 0, "{text}");
+    assert!(
+        grown <= MEMORY_BOUND,
+        "resident memory grew by {} MiB, more than {} MiB\n{text}",
+        grown / KIB / KIB,
+        MEMORY_BOUND / KIB / KIB
+    );
     common::summary::record(
         "stress: random concurrent schedules",
         &format!(
@@ -458,7 +483,10 @@ fn report(results: &[ScheduleResult], profiles: &[Profile], took: Duration, base
             profiles.len()
         ),
         "races of write/flush/shutdown/drop/read",
-        &format!("no violation, {took:.0?}"),
+        &format!(
+            "no violation, {took:.0?}, resident +{} MiB at most",
+            grown / KIB / KIB
+        ),
         0,
     );
 }

@@ -270,6 +270,37 @@ pub fn resident_bytes() -> u64 {
     kib * 1024
 }
 
+/// The highest resident memory of this process, sampled every 20 ms on a
+/// thread of its own from [`start`](MemoryPeak::start) to
+/// [`stop`](MemoryPeak::stop), over what it was at the start.
+pub struct MemoryPeak {
+    stop: std::sync::mpsc::Sender<()>,
+    sampler: std::thread::JoinHandle<u64>,
+}
+
+impl MemoryPeak {
+    pub fn start() -> MemoryPeak {
+        let base = resident_bytes();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let sampler = std::thread::spawn(move || {
+            let mut peak = base;
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(std::time::Duration::from_millis(20))
+            {
+                peak = peak.max(resident_bytes());
+            }
+            peak.max(resident_bytes()).saturating_sub(base)
+        });
+        MemoryPeak { stop, sampler }
+    }
+
+    /// The highest growth seen, in bytes.
+    pub fn stop(self) -> u64 {
+        drop(self.stop);
+        self.sampler.join().expect("the memory sampler")
+    }
+}
+
 /// `rabbitmqctl list_connections peer_port channels`: the channel count of
 /// our connection whose local port is `port`; `None` when it is not
 /// listed (or rabbitmqctl cannot run).

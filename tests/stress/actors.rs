@@ -40,7 +40,7 @@ pub(crate) fn writer(end: &End, stream: &Stream, plan: &WritePlan, salt: u64, rn
                 );
                 let t1 = end.start.elapsed();
                 end.update(|s| {
-                    s.accepted_writes.push((t0, t1, offset, n as u64));
+                    s.accepted_writes.push(t0, t1, offset, n as u64);
                     s.accepted = offset + n as u64;
                 });
                 offset += n as u64;

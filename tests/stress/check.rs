@@ -68,19 +68,7 @@ pub(crate) fn check_direction(from: &End, to: &End, violations: &mut Vec<Violati
                 .dropped
                 .map(|(d, _)| format!("{:.3}s", from.at(d).as_secs_f64()))
                 .unwrap_or_else(|| "never".into());
-            let lost_write = f
-                .accepted_writes
-                .iter()
-                .find(|(_, _, at, n)| *at <= got && got < at + n)
-                .map(|(t0, t1, at, n)| {
-                    format!(
-                        "write [{at}..{}) called at {:.3}s, returned Ok at {:.3}s",
-                        at + n,
-                        t0.as_secs_f64(),
-                        t1.as_secs_f64()
-                    )
-                })
-                .unwrap_or_default();
+            let lost_write = f.accepted_writes.describe(got).unwrap_or_default();
             violations.push(Violation {
                 category: "clean-eof-after-prefix",
                 text: format!(

@@ -60,8 +60,8 @@ pub(crate) struct EndState {
     pub(crate) write_shut_returned: Option<Instant>,
     pub(crate) write_shut_ok: Option<Instant>,
     pub(crate) errors: Vec<CallError>,
-    /// Accepted writes: (called, returned, offset, bytes).
-    pub(crate) accepted_writes: Vec<(Duration, Duration, u64, u64)>,
+    /// The writes that returned Ok.
+    pub(crate) accepted_writes: AcceptedWrites,
     pub(crate) flushes_failed: Vec<CallError>,
     pub(crate) shutdowns_failed: Vec<CallError>,
     pub(crate) dropped: Option<(Instant, u64)>,
@@ -71,13 +71,67 @@ pub(crate) struct EndState {
     pub(crate) died: Option<Instant>,
 }
 
+/// How many runs of accepted writes an end keeps at most.
+const WRITES_KEPT: usize = 4096;
+
+/// The writes an end's `write` returned Ok for, as runs of neighbouring
+/// writes: (first called, last returned, offset, bytes). Each write is a
+/// run of its own until there are [`WRITES_KEPT`]; then neighbouring runs
+/// are merged in pairs, so a schedule of millions of one-byte writes
+/// keeps a bounded record (as it was, it grew the process by 100 MiB in
+/// 20 tiny-message schedules) that still says roughly when the write of
+/// any byte was called.
+#[derive(Debug, Default)]
+pub(crate) struct AcceptedWrites {
+    runs: Vec<(Duration, Duration, u64, u64)>,
+}
+
+impl AcceptedWrites {
+    /// A write of `bytes` at `offset`, called at `called`, returned Ok at
+    /// `returned` (both since the schedule's start).
+    pub(crate) fn push(&mut self, called: Duration, returned: Duration, offset: u64, bytes: u64) {
+        if self.runs.len() >= WRITES_KEPT {
+            self.runs = self
+                .runs
+                .chunks(2)
+                .map(|pair| match pair {
+                    [a, b] => (a.0, b.1, a.2, a.3 + b.3),
+                    [a] => *a,
+                    _ => unreachable!("chunks of 2"),
+                })
+                .collect();
+        }
+        self.runs.push((called, returned, offset, bytes));
+    }
+
+    /// Says which writes carried byte `at`, and when.
+    pub(crate) fn describe(&self, at: u64) -> Option<String> {
+        self.runs
+            .iter()
+            .find(|(_, _, offset, n)| *offset <= at && at < offset + n)
+            .map(|(t0, t1, offset, n)| {
+                format!(
+                    "the write(s) of [{offset}..{}) called from {:.3}s, returned Ok by {:.3}s",
+                    offset + n,
+                    t0.as_secs_f64(),
+                    t1.as_secs_f64()
+                )
+            })
+    }
+}
+
+/// How many of its latest events an end keeps for the dump.
+pub(crate) const EVENTS_KEPT: usize = 500;
+
 pub(crate) struct End {
     pub(crate) name: &'static str,
     pub(crate) start: Instant,
     pub(crate) state: Mutex<EndState>,
     pub(crate) changed: Condvar,
     pub(crate) calls: [Mutex<Option<Call>>; 4],
-    pub(crate) events: Mutex<Vec<String>>,
+    /// The latest [`EVENTS_KEPT`] events, and how many earlier ones were
+    /// let go (a tiny-message schedule makes hundreds of thousands).
+    pub(crate) events: Mutex<(VecDeque<String>, usize)>,
     pub(crate) violations: Arc<Mutex<Vec<Violation>>>,
     /// Kills this end (cuts its broker connection), for [`Action::Die`].
     pub(crate) death: Mutex<Option<Box<dyn FnOnce() + Send>>>,
@@ -99,7 +153,7 @@ impl End {
             state: Mutex::new(EndState::default()),
             changed: Condvar::new(),
             calls: Default::default(),
-            events: Mutex::new(Vec::new()),
+            events: Mutex::new((VecDeque::new(), 0)),
             violations,
             death: Mutex::new(None),
         }
@@ -111,7 +165,12 @@ impl End {
 
     pub(crate) fn event(&self, slot: Slot, text: String) {
         let t = self.start.elapsed();
-        lock(&self.events).push(format!(
+        let mut events = lock(&self.events);
+        if events.0.len() == EVENTS_KEPT {
+            events.0.pop_front();
+            events.1 += 1;
+        }
+        events.0.push_back(format!(
             "{:>8.3}s {} {}: {text}",
             t.as_secs_f64(),
             self.name,

@@ -390,3 +390,43 @@ pub(crate) fn die_after_fin(rng: &mut Rng, s: &Scale) -> (EndPlan, EndPlan) {
         },
     )
 }
+
+/// A writes one to a few bytes per write, each its own message
+/// (`nodelay`), as fast as credit lets it, while B stops reading for
+/// seconds and then reads to the end: a peer that keeps to the window
+/// with tiny messages. B's process must hold little more than the window
+/// for it (version 3 counts each message's cost in credit); the run's
+/// memory bound checks it.
+pub(crate) fn tiny_messages(rng: &mut Rng, s: &Scale) -> (EndPlan, EndPlan) {
+    let (window, long) = (s.window, s.long);
+    let a_total = window * rng.range(2, 8);
+    let mut aw = random_write(rng, a_total);
+    aw.max_write = rng.range(1, 8);
+    aw.timeout = rng.chance(0.5).then(|| rng.millis(50, 1000));
+    aw.retry_timeouts = true;
+    aw.flush_every = rng.chance(0.1).then(|| rng.range(64, 4096) as u32);
+    aw.pause_every = None;
+    let mut br = ReadPlan::to_end(rng);
+    br.pause = Some((rng.range(0, window / 4), rng.millis(2000, 5000)));
+    let b_total = rng.size(0, 16 * KIB);
+    (
+        EndPlan {
+            write: aw,
+            control: vec![(Trigger::WriterDone, Action::ShutdownWrite)],
+            read: ReadPlan::to_end(rng),
+            hold: Duration::ZERO,
+            patience: long,
+            nodelay: true,
+            linger: None,
+        },
+        EndPlan {
+            write: random_write(rng, b_total),
+            control: vec![(Trigger::WriterDoneAndReaderEnded, Action::ShutdownWrite)],
+            read: br,
+            hold: Duration::ZERO,
+            patience: long,
+            nodelay: rng.chance(0.3),
+            linger: None,
+        },
+    )
+}

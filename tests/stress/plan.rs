@@ -119,9 +119,13 @@ pub(crate) enum Kind {
     /// little; B writes far more than A's window; then A dies (its broker
     /// connection is cut, as when its process is killed).
     DieAfterFin,
+    /// A writes one to a few bytes per write with `nodelay` (a message
+    /// each) while B stops reading for seconds: what B's process holds
+    /// must stay within the run's memory bound.
+    TinyMessages,
 }
 
-pub(crate) const KINDS: [Kind; 10] = [
+pub(crate) const KINDS: [Kind; 11] = [
     Kind::RaceShutdownWrite,
     Kind::RaceShutdownBoth,
     Kind::ShutdownWhileBlocked,
@@ -132,6 +136,7 @@ pub(crate) const KINDS: [Kind; 10] = [
     Kind::AbortiveClose,
     Kind::Chaos,
     Kind::DieAfterFin,
+    Kind::TinyMessages,
 ];
 
 impl Kind {
@@ -147,6 +152,7 @@ impl Kind {
             Kind::AbortiveClose => "abortive_close",
             Kind::Chaos => "chaos",
             Kind::DieAfterFin => "die_after_fin",
+            Kind::TinyMessages => "tiny_messages",
         }
     }
 }
@@ -324,6 +330,7 @@ pub(crate) fn plan(seed: u64, profiles: &[Profile]) -> Plan {
         Kind::AbortiveClose => abortive_close(&mut rng, &scale),
         Kind::Chaos => chaos(&mut rng, &scale),
         Kind::DieAfterFin => die_after_fin(&mut rng, &scale),
+        Kind::TinyMessages => tiny_messages(&mut rng, &scale),
     };
     let (mut a, mut b) = (a, b);
     // A reader that waits a long time only makes sense if its peer will
