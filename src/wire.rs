@@ -171,10 +171,15 @@
 //!   an id is dropped. Anyone who can publish to a connection's queue can
 //!   send such a frame, so it is answered only when its `reply_to` is
 //!   named like a connection's queue (`amqp-stream.conn.`), and a
-//!   connection sends at most 100 such answers a second (as many at once
-//!   after a quiet second, counting the FINs below): past that, the frame
-//!   is dropped (its sender's next keepalive is answered later). A stream stops sending keepalives once the peer's
-//!   FIN has arrived. Publishes are mandatory as in
+//!   connection sends at most 100 such answers a second to strangers (as
+//!   many at once after a quiet second, counting the FINs below): past
+//!   that, the frame is dropped (its sender's next keepalive is answered
+//!   later). A frame for a stream id the connection held in the last ten
+//!   minutes (the last 16,384 of them) comes from a peer that was told
+//!   that id, and is answered from a budget of its own (1,000 a second),
+//!   so that a flood of frames for made-up ids does not hide a gone
+//!   stream from its peer. A stream stops sending keepalives once the
+//!   peer's FIN has arrived. Publishes are mandatory as in
 //!   version 2: a frame to a connection that is gone comes back, which is
 //!   how a keepalive finds a dead peer. [`Stream::peer_addr`] and
 //!   [`Stream::local_addr`] show `QUEUE#ID`.
@@ -207,9 +212,14 @@
 //!   still waiting for an answer to a version-3 SYN it was not pinned to
 //!   (nothing tells which one it answers), and the stream that listener
 //!   set up for it ends at once: a version-1 FIN, or a version-2 reset.
-//!   That end is sent only for an answer the connection expects (one for
-//!   each of its version-3 SYNs that such an answer counted as refused,
-//!   for a minute after), at most 100 a second, and only to a queue named like
+//!   That end is sent only for an answer a stream of the connection
+//!   vouches for: a stream that took an answer as its refusal ends that
+//!   answer's stream, or, when another stream already ended it, the next
+//!   such answer to come within a minute (the one to its own SYN); a
+//!   stream that does not believe the answer (below), or whose own
+//!   version-3 answer comes after all, vouches for nothing. Those that
+//!   come with nobody waiting for them are sent at most 100 a second, and
+//!   only to a queue named like
 //!   a version-1 or version-2 stream's (`amq.gen-…`, or `amqp-stream.`
 //!   and a UUID): never to a listener's queue, where the FIN's empty body
 //!   would be a version-1 SYN, nor to any other queue a stranger names.

@@ -467,3 +467,192 @@ fn an_answer_naming_no_stream_ends_nothing_a_stranger_picks() {
     }
     raw.close().unwrap();
 }
+
+/// Forged answers naming no stream, published to a connection's queue
+/// while (and after) many of its version-3 connects wait for their
+/// listener's answers. The listener is known to take version 3 (the
+/// connector remembered it), so every waiting connect doubts the forged
+/// answers and none falls back: nothing is sent to the queue they name,
+/// a stream-shaped one a stranger picked, neither then nor later.
+#[test]
+fn forged_answers_while_connects_wait_for_a_version_3_listener_end_nothing() {
+    const CONNECTS: usize = 40;
+    const FORGED: usize = 20;
+    let q = queue("untied-vouched");
+    let listener = Listener::bind(&url(), &q).unwrap();
+    let connector = Connector::open_with(
+        &url(),
+        StreamOptions::new().handshake_timeout(Some(Duration::from_secs(20))),
+    )
+    .unwrap();
+    // The first stream is version 2 and learns that the listener takes
+    // version 3; the connector asks for version 3 from then on.
+    let first = connector.connect(&q).unwrap();
+    let (first_server, _) = listener.accept().unwrap();
+    round_trip(&first, &first_server, "first");
+    let probe = connector.connect(&q).unwrap();
+    assert_eq!(probe.protocol_version(), ProtocolVersion::V3);
+    let (probe_server, _) = listener.accept().unwrap();
+    let conn_queue = connection_queue(&probe);
+
+    let mut raw = raw_connection();
+    let channel = raw.open_channel(None).unwrap();
+    let target = format!("amqp-stream.{}", uuid::Uuid::new_v4());
+    channel
+        .queue_declare(target.clone(), exclusive_auto_delete())
+        .unwrap();
+    let forged = AmqpProperties::default().with_reply_to(target.clone());
+    let (clients, servers): (Vec<Stream>, Vec<Stream>) = std::thread::scope(|scope| {
+        let accepting = scope.spawn(|| {
+            (0..CONNECTS)
+                .map(|_| listener.accept().unwrap().0)
+                .collect::<Vec<_>>()
+        });
+        let connecting: Vec<_> = (0..CONNECTS)
+            .map(|_| scope.spawn(|| connector.connect(&q)))
+            .collect();
+        // While they wait, and after.
+        for _ in 0..FORGED {
+            publish_with(&channel, &conn_queue, b"", forged.clone());
+        }
+        let clients = connecting
+            .into_iter()
+            .map(|connecting| connecting.join().unwrap().unwrap())
+            .collect();
+        (clients, accepting.join().unwrap())
+    });
+    for client in &clients {
+        assert_eq!(client.protocol_version(), ProtocolVersion::V3);
+    }
+    for _ in 0..FORGED {
+        publish_with(&channel, &conn_queue, b"", forged.clone());
+    }
+    // The connection has handled them all once it hands over the round
+    // trip's frames; anything it published for them went out before its
+    // own frames, which are confirmed by then.
+    round_trip(&probe, &probe_server, "after the forged answers");
+    let peer = servers
+        .iter()
+        .find(|server| server.peer_addr().unwrap() == clients[0].local_addr().unwrap())
+        .expect("the first client's stream was accepted");
+    round_trip(&clients[0], peer, "a new stream after");
+    assert_eq!(
+        common::queue_depth(&target).unwrap().0,
+        0,
+        "forged answers made the connection end a stream on the queue they named"
+    );
+    raw.close().unwrap();
+}
+
+/// A flood of stray frames for made-up stream ids, from made-up
+/// connection queues, spends the answers a connection gives strangers;
+/// the peer of a stream the connection held is still told at once that
+/// its stream is gone. A raw version-3 client connects to a listener,
+/// resets its stream, and then sends keepalives to it, as a peer that
+/// missed the stream's end would: each is answered with a reset within
+/// the flood.
+#[test]
+fn a_flood_of_stray_frames_does_not_hide_a_gone_stream_from_its_peer() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let q = queue("stray-flood-peer");
+    let listener = Listener::bind_with(&url(), &q, pinned(ProtocolVersion::V3)).unwrap();
+
+    let mut raw = raw_connection();
+    let channel = raw.open_channel(None).unwrap();
+    let own = format!("amqp-stream.conn.{}", uuid::Uuid::new_v4());
+    let deliveries = channel
+        .queue_declare(own.clone(), exclusive_auto_delete())
+        .unwrap()
+        .consume(ConsumerOptions {
+            no_ack: true,
+            ..Default::default()
+        })
+        .unwrap();
+    let raw_id = uuid::Uuid::new_v4().simple().to_string();
+    publish_with(
+        &channel,
+        &q,
+        b"",
+        AmqpProperties::default()
+            .with_reply_to(own.clone())
+            .with_headers(headers(3, Some(&raw_id))),
+    );
+    let (mut accepted, _) = listener.accept().unwrap();
+    let answer = next(deliveries.receiver());
+    let server_queue = answer.properties.reply_to().clone().expect("reply_to");
+    let server_id = match answer
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.get("x-amqp-stream-id"))
+    {
+        Some(AmqpValue::LongString(id)) => id.clone(),
+        other => panic!("a version-3 answer names its stream: {other:?}"),
+    };
+    let frame = |kind: &str| {
+        AmqpProperties::default()
+            .with_type_(kind.to_string())
+            .with_correlation_id(server_id.clone())
+            .with_app_id(raw_id.clone())
+            .with_reply_to(own.clone())
+    };
+    publish_with(&channel, &server_queue, b"bye", frame("reset"));
+    let err = accepted.read(&mut [0; 8]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+    drop(accepted);
+
+    let flooding = AtomicBool::new(true);
+    let flooded = AtomicU64::new(0);
+    let answered_after = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut raw = raw_connection();
+            let channel = raw.open_channel(None).unwrap();
+            while flooding.load(Ordering::Relaxed) {
+                let stray = AmqpProperties::default()
+                    .with_type_("keepalive".to_string())
+                    .with_correlation_id(uuid::Uuid::new_v4().simple().to_string())
+                    .with_app_id(uuid::Uuid::new_v4().simple().to_string())
+                    .with_reply_to(format!("amqp-stream.conn.{}", uuid::Uuid::new_v4()));
+                publish_with(&channel, &server_queue, b"", stray);
+                flooded.fetch_add(1, Ordering::Relaxed);
+            }
+            raw.close().unwrap();
+        });
+        // The flood under way: the strangers' answers are spent.
+        while flooded.load(Ordering::Relaxed) < 5_000 {
+            std::thread::yield_now();
+        }
+        let started = Instant::now();
+        let answered = loop {
+            if started.elapsed() > Duration::from_secs(10) {
+                break None;
+            }
+            publish_with(&channel, &server_queue, b"", frame("keepalive"));
+            match deliveries
+                .receiver()
+                .recv_timeout(Duration::from_millis(200))
+            {
+                Ok(amiquip::ConsumerMessage::Delivery(delivery))
+                    if delivery.properties.type_().as_deref() == Some("reset") =>
+                {
+                    assert_eq!(
+                        delivery.properties.correlation_id().as_deref(),
+                        Some(raw_id.as_str())
+                    );
+                    break Some(started.elapsed());
+                }
+                _ => {}
+            }
+        };
+        flooding.store(false, Ordering::Relaxed);
+        answered
+    });
+    let flooded = flooded.load(Ordering::Relaxed);
+    eprintln!("{flooded} stray frames; the gone stream's peer answered after {answered_after:?}");
+    assert!(
+        answered_after.is_some(),
+        "a peer's keepalives to a gone stream went unanswered for 10 s in a flood of {flooded} \
+         stray frames"
+    );
+    raw.close().unwrap();
+}

@@ -7,6 +7,14 @@
 
 use std::time::Instant;
 
+/// What a connection's demultiplexer answers from: frames and answers
+/// from strangers, and frames from the peers of streams it held recently
+/// (see `gone`), each with a budget of its own.
+pub(super) struct AnswerBudgets {
+    pub(super) strangers: Budget,
+    pub(super) former_peers: Budget,
+}
+
 /// A token bucket: `per_second` answers a second, and as many at once
 /// after a quiet second.
 pub(super) struct Budget {

@@ -2,9 +2,8 @@
 //! deliveries of its queue and the confirms and returns of its publishing
 //! channel, and hands each to the stream it belongs to.
 
-use super::budget::Budget;
-use super::untied::ExpectedAnswers;
-use super::{ANSWERS_PER_SECOND, Mux, Route, Routes};
+use super::budget::{AnswerBudgets, Budget};
+use super::{ANSWERS_PER_SECOND, FORMER_PEER_ANSWERS_PER_SECOND, Mux, Route, Routes};
 use crate::error::Error;
 use crate::protocol::handshake;
 use crate::shared::lock;
@@ -44,9 +43,10 @@ pub(super) fn run(
     let _ = ready.send(Ok(()));
     let mut deliveries = Some(consumer.receiver().clone());
     // What the connection answers that nobody on it asked for.
-    let mut answers = Budget::new(ANSWERS_PER_SECOND, Instant::now());
-    // Older listeners' answers to this connection's version-3 SYNs.
-    let mut expected = ExpectedAnswers::default();
+    let mut answers = AnswerBudgets {
+        strangers: Budget::new(ANSWERS_PER_SECOND, Instant::now()),
+        former_peers: Budget::new(FORMER_PEER_ANSWERS_PER_SECOND, Instant::now()),
+    };
     let nothing = never();
     loop {
         select! {
@@ -55,17 +55,17 @@ pub(super) fn run(
                     let Some(to) = delivery.properties.correlation_id().clone() else {
                         match handshake::untied_answer(&delivery.body, &delivery.properties) {
                             Some(answer) => {
+                                // Recorded before any stream can vouch for it.
+                                if let Some(mux) = mux.upgrade() {
+                                    mux.untied_answer_came(answer, &mut answers.strangers);
+                                }
                                 let waiting = hand_untied_answer(&feeds.routes, &delivery);
                                 debug!(
                                     "{:?}: a version-{} answer naming no stream (stream queue \
                                      {:?}) to a version-3 SYN, handed to {waiting} waiting \
-                                     streams; ending it",
+                                     streams",
                                     feeds.queue, answer.version, answer.server_queue
                                 );
-                                if let Some(mux) = mux.upgrade() {
-                                    let expected = expected.answer_came(waiting, Instant::now());
-                                    mux.end_untied_stream(answer, expected, &mut answers);
-                                }
                             }
                             None => debug!("{:?}: dropped a message that names no stream", feeds.queue),
                         }
@@ -157,12 +157,13 @@ fn hand_over(route: &mut Route, delivery: amiquip::Delivery) {
 /// version-2 one built before version 3: see `handshake::untied_answer`)
 /// to every stream waiting for the answer to its version-3 SYN that can
 /// ask again as version 2; returns how many. It answers one of them, and
-/// nothing tells which: each waiting stream takes it as a refusal of
-/// version 3 (see `client_version`) and asks again as version 2 at once,
-/// rather than wait out its handshake timeout. A stream whose own
-/// (version-3) answer was still on its way then leaves that answer
-/// unclaimed, and the listener's stream is reset as stray; the connect
-/// itself succeeds.
+/// nothing tells which: each waiting stream that believes it (see
+/// `vouched_for`) takes it as a refusal of version 3 and asks again as
+/// version 2 at once, rather than wait out its handshake timeout, and
+/// says so (`Mux::untied_answer_believed`), so that the older listener's
+/// stream for its SYN is ended. A stream whose own (version-3) answer was
+/// still on its way then leaves that answer unclaimed, and the listener's
+/// stream is reset as stray; the connect itself succeeds.
 fn hand_untied_answer(routes: &Routes, delivery: &amiquip::Delivery) -> usize {
     let mut streams = lock(&routes.streams);
     let mut handed = 0;

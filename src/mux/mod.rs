@@ -13,6 +13,7 @@
 mod budget;
 mod confirms;
 mod demux;
+mod gone;
 mod untied;
 
 use crate::error::Error;
@@ -22,14 +23,16 @@ use crate::shared::lock;
 use crate::version::ProtocolVersion;
 use crate::worker::engine::{Bell, Engine};
 use amiquip::{AmqpProperties, Channel, Confirm, ConsumerMessage, Publish, Return};
-use budget::Budget;
+use budget::{AnswerBudgets, Budget};
 use confirms::ConfirmBook;
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use gone::GoneStreams;
 use log::debug;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
+use untied::{ToEnd, UntiedAnswers};
 
 /// The sender id of what the connection itself publishes (the answer
 /// to a stray frame): no stream ever has it (ids are 32 hex digits).
@@ -43,6 +46,10 @@ const QUEUE_PREFIX: &str = "amqp-stream.conn.";
 /// a quiet second.
 const ANSWERS_PER_SECOND: u32 = 100;
 
+/// How many frames for streams it held recently (see `gone`) a
+/// connection answers a second, at most: a budget apart from strangers'.
+const FORMER_PEER_ANSWERS_PER_SECOND: u32 = 1000;
+
 /// One AMQP connection's version-3 transport.
 pub(crate) struct Mux {
     queue: String,
@@ -53,6 +60,10 @@ pub(crate) struct Mux {
     routes: Arc<Routes>,
     /// The engine that runs this connection's streams once connected.
     engine: Engine,
+    /// The stream ids this connection held recently.
+    gone: Mutex<GoneStreams>,
+    /// Older listeners' answers naming no stream, and who vouches for them.
+    untied: Mutex<UntiedAnswers>,
 }
 
 /// The publishing channel and what it published.
@@ -192,6 +203,8 @@ impl Mux {
                 book: ConfirmBook::default(),
             }),
             routes,
+            gone: Mutex::default(),
+            untied: Mutex::default(),
         });
         let book_owner = Arc::downgrade(&mux);
         std::thread::Builder::new()
@@ -276,9 +289,13 @@ impl Mux {
         })
     }
 
-    /// Forgets a stream end: frames still arriving for it are dropped.
+    /// Forgets a stream end: frames still arriving for it are answered as
+    /// a stream's that left recently (see `gone`).
     pub(crate) fn unregister(&self, id: &str) {
-        lock(&self.routes.streams).remove(id);
+        let removed = lock(&self.routes.streams).remove_entry(id);
+        if let Some((id, _)) = removed {
+            lock(&self.gone).left(id, Instant::now());
+        }
     }
 
     /// Publishes a frame from stream `from` (its `tag`-th message) to the
@@ -333,10 +350,18 @@ impl Mux {
     /// Whoever can publish to this connection's queue can send such a
     /// frame and pick its `reply_to`, so only a `reply_to` named like a
     /// version-3 connection's queue (the only sender of frames that name
-    /// a stream) is answered, and only within `budget`: past it the frame
-    /// is dropped.
-    fn answer_stray(&self, delivery: &amiquip::Delivery, budget: &mut Budget) {
+    /// a stream) is answered, and only within `budgets`: past it the frame
+    /// is dropped. A frame for a stream this connection held recently
+    /// (see `gone`) is its peer's, and is answered from a budget of its
+    /// own, which no flood of frames for made-up ids spends.
+    fn answer_stray(&self, delivery: &amiquip::Delivery, budgets: &mut AnswerBudgets) {
         let properties = &delivery.properties;
+        let Some(stream) = properties.correlation_id() else {
+            return;
+        };
+        // Whatever came for a stream that fell back to version 2 was its
+        // own listener's: no older listener's answer is due for it.
+        lock(&self.untied).own_answer_came(stream);
         let answered = match properties.type_().as_deref() {
             None => true,
             Some(kind) => matches!(kind, frame::DATA | frame::FIN | frame::KEEPALIVE),
@@ -357,9 +382,15 @@ impl Mux {
             );
             return;
         }
-        if !budget.take(Instant::now()) {
+        let now = Instant::now();
+        let (budget, per_second) = if lock(&self.gone).held(stream, now) {
+            (&mut budgets.former_peers, FORMER_PEER_ANSWERS_PER_SECOND)
+        } else {
+            (&mut budgets.strangers, ANSWERS_PER_SECOND)
+        };
+        if !budget.take(now) {
             debug!(
-                "{:?}: more than {ANSWERS_PER_SECOND} a second: a stray frame from {queue:?} \
+                "{:?}: more than {per_second} a second: a stray frame from {queue:?} \
                  not answered",
                 self.queue
             );
@@ -378,51 +409,68 @@ impl Mux {
         }
     }
 
-    /// Ends the stream a listener that knows nothing of version 3 set up
-    /// for one of our version-3 SYNs (its SYN-ACK named
-    /// `answer.server_queue` and no stream): no stream of ours can take it
-    /// (its frames would name none either), so it ends at once rather than
-    /// wait for ever. A version-1 stream gets a FIN (an empty body), as
-    /// from a client that connected and closed without writing; a
-    /// version-2 one a reset, so that what its end writes fails rather
-    /// than vanish (its frames would name no stream here).
-    ///
-    /// Anyone who can publish to this connection's queue can send such an
-    /// answer and pick the queue it names, and an empty body is also a
-    /// version-1 SYN: sent to a listener's queue it would open a stream
-    /// there in this connection's name. So the stream is ended only when
-    /// the answer was `expected` (see `untied::ExpectedAnswers`: it
-    /// answers a version-3 SYN of this connection's, as far as anything
-    /// tells), only when the queue is named like a
-    /// version-1 or version-2 stream's (`protocol::is_stream_queue_name`:
-    /// never a listener's or a connection's queue), and only within
-    /// `budget`. A listener whose answer comes after its client gave up
-    /// keeps its stream as it would for a version-1 client that went away.
-    fn end_untied_stream(&self, answer: Untied<'_>, expected: bool, budget: &mut Budget) {
-        let Untied {
-            server_queue,
-            version,
-        } = answer;
-        if !expected {
+    /// An answer naming no stream came (see `untied`): its stream is ended
+    /// at once, within `budget`, when one of this connection's streams
+    /// that fell back expects it; otherwise only if a stream vouches for
+    /// it later ([`untied_answer_believed`](Self::untied_answer_believed)).
+    fn untied_answer_came(&self, answer: Untied<'_>, budget: &mut Budget) {
+        let to_end = ToEnd {
+            queue: answer.server_queue.to_string(),
+            version: answer.version,
+        };
+        if !lock(&self.untied).arrived(to_end.clone(), Instant::now()) {
             debug!(
-                "{:?}: a version-{version} answer naming {server_queue:?} that no SYN of \
-                 this connection waits for: its stream not ended",
-                self.queue
-            );
-            return;
-        }
-        if !is_stream_queue_name(server_queue) {
-            debug!(
-                "{:?}: a version-{version} answer naming {server_queue:?}, which is no \
-                 version-1 or version-2 stream's queue: not ended",
-                self.queue
+                "{:?}: a version-{} answer naming {:?} that no stream of this connection \
+                 vouches for (yet): its stream not ended",
+                self.queue, to_end.version, to_end.queue
             );
             return;
         }
         if !budget.take(Instant::now()) {
             debug!(
-                "{:?}: more than {ANSWERS_PER_SECOND} a second: a version-{version} \
-                 listener's stream on {server_queue:?} not ended",
+                "{:?}: more than {ANSWERS_PER_SECOND} a second: a version-{} listener's \
+                 stream on {:?} not ended",
+                self.queue, to_end.version, to_end.queue
+            );
+            return;
+        }
+        self.end_untied_stream(&to_end);
+    }
+
+    /// The version-3 client `stream` took an answer naming no stream, which
+    /// named `queue`, as the refusal of its SYN and asks again as version
+    /// 2: the answer it took, or the next one for its own SYN, is ended.
+    pub(crate) fn untied_answer_believed(&self, stream: &Arc<str>, queue: &str) {
+        let to_end = lock(&self.untied).believed(stream, queue, Instant::now());
+        if let Some(to_end) = to_end {
+            self.end_untied_stream(&to_end);
+        }
+    }
+
+    /// Ends the stream a listener that knows nothing of version 3 set up
+    /// for one of our version-3 SYNs (its SYN-ACK named the queue and no
+    /// stream): no stream of ours can take it (its frames would name none
+    /// either), so it ends at once rather than wait for ever. A version-1
+    /// stream gets a FIN (an empty body), as from a client that connected
+    /// and closed without writing; a version-2 one a reset, so that what
+    /// its end writes fails rather than vanish (its frames would name no
+    /// stream here).
+    ///
+    /// Anyone who can publish to this connection's queue can send such an
+    /// answer and pick the queue it names, and an empty body is also a
+    /// version-1 SYN: sent to a listener's queue it would open a stream
+    /// there in this connection's name. So only a queue named like a
+    /// version-1 or version-2 stream's is ended
+    /// (`protocol::is_stream_queue_name`: never a listener's or a
+    /// connection's queue), and only one a stream of ours vouched for (see
+    /// `untied`). A listener whose answer comes after its client gave up
+    /// keeps its stream as it would for a version-1 client that went away.
+    fn end_untied_stream(&self, to_end: &ToEnd) {
+        let ToEnd { queue, version } = to_end;
+        if !is_stream_queue_name(queue) {
+            debug!(
+                "{:?}: a version-{version} answer naming {queue:?}, which is no \
+                 version-1 or version-2 stream's queue: not ended",
                 self.queue
             );
             return;
@@ -435,10 +483,9 @@ impl Mux {
             ),
         };
         let from: Arc<str> = Arc::from(NOBODY);
-        if let Err(err) = self.publish(&from, 0, server_queue, "", body, properties) {
+        if let Err(err) = self.publish(&from, 0, queue, "", body, properties) {
             debug!(
-                "{:?}: could not end a version-{version} listener's stream on \
-                 {server_queue:?}: {err}",
+                "{:?}: could not end a version-{version} listener's stream on {queue:?}: {err}",
                 self.queue
             );
         }

@@ -98,6 +98,7 @@ pub(super) fn await_handshake(
         deliveries,
         consumer,
         returns,
+        believed_untied,
     } = inbound;
     match role {
         Role::Client {
@@ -181,6 +182,15 @@ pub(super) fn await_handshake(
                 }),
                 }
             };
+            if *v3
+                && answer.properties.correlation_id().is_none()
+                && let (Some(believed), Some(untied)) = (
+                    believed_untied,
+                    handshake::untied_answer(&answer.body, &answer.properties),
+                )
+            {
+                believed(untied.server_queue);
+            }
             let agreed = handshake::parse_accept(&answer.body, &answer.properties)
                 .map_err(|reason| refused(listener_queue, &answer.body, reason))
                 .and_then(|accept| {
@@ -266,6 +276,9 @@ pub(super) struct Inbound<'a, 'c> {
     pub(super) deliveries: &'a Receiver<ConsumerMessage>,
     pub(super) consumer: Option<&'a amiquip::Consumer<'c>>,
     pub(super) returns: &'a Receiver<Return>,
+    /// Told the queue an answer naming no stream named, when a version-3
+    /// client takes it as its refusal (see `Mux::untied_answer_believed`).
+    pub(super) believed_untied: Option<&'a dyn Fn(&str)>,
 }
 
 /// The error for a listener's answer that is not a valid SYN-ACK: a

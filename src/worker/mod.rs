@@ -545,6 +545,7 @@ fn run(
             deliveries: consumer.receiver(),
             consumer: Some(&consumer),
             returns: &returns,
+            believed_untied: None,
         },
         &mut publisher,
     ) {

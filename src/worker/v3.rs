@@ -85,6 +85,7 @@ pub(super) fn run(connection: Arc<BrokerConnection>, assignment: Box<Assignment>
                 deliveries: &deliveries,
                 consumer: None,
                 returns: &returns,
+                believed_untied: Some(&|queue| mux.untied_answer_believed(&id, queue)),
             },
             &mut publisher,
         )
