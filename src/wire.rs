@@ -176,9 +176,10 @@
 //!   that, the frame is dropped (its sender's next keepalive is answered
 //!   later). A frame for a stream id the connection held in the last ten
 //!   minutes (the last 16,384 of them) comes from a peer that was told
-//!   that id, and is answered from a budget of its own (1,000 a second),
-//!   so that a flood of frames for made-up ids does not hide a gone
-//!   stream from its peer. A stream stops sending keepalives once the
+//!   that id, and is answered from a budget of its own (1,000 a second,
+//!   and at most once every 50 ms for each id), so that neither a flood
+//!   of frames for made-up ids nor one former peer's flood for its own
+//!   id hides a gone stream from its peer. A stream stops sending keepalives once the
 //!   peer's FIN has arrived. Publishes are mandatory as in
 //!   version 2: a frame to a connection that is gone comes back, which is
 //!   how a keepalive finds a dead peer. [`Stream::peer_addr`] and
@@ -239,7 +240,16 @@
 //!   above. (A connection that has had no version-3 answer from the
 //!   listener yet believes it; a version-3 listener that closed while its
 //!   connection stays open, followed on its queue by an older one, costs
-//!   one connect its handshake timeout.)
+//!   one connect its handshake timeout.) One gap is left: when several
+//!   connects wait on an older listener at once, a stranger's answer that
+//!   arrives between that listener's answers can take the place of the
+//!   last one, so that the stranger's chosen stream-shaped queue gets the
+//!   FIN (or reset) and the listener's stream for our SYN stays open, as
+//!   for a client that went away. Nothing ties a version-1 answer to its
+//!   SYN, so nothing tells the two apart; and that stranger could have
+//!   published the same FIN or reset to that queue itself, since versions
+//!   1 and 2 take control frames from anyone who can publish to a
+//!   stream's queue.
 //! * **Delivery.** Nothing is acknowledged: the connection's queue is
 //!   consumed in no-ack mode and each stream's credit window bounds what
 //!   the broker and the receiver hold for it (a peer that sends beyond it

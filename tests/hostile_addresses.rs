@@ -656,3 +656,284 @@ fn a_flood_of_stray_frames_does_not_hide_a_gone_stream_from_its_peer() {
     );
     raw.close().unwrap();
 }
+
+/// The version a handshake message names, and the stream id it carries.
+fn handshake_of(delivery: &amiquip::Delivery) -> (Option<i64>, Option<String>) {
+    let headers = delivery.properties.headers().clone().unwrap_or_default();
+    let version = match headers.get("x-amqp-stream-version") {
+        Some(AmqpValue::LongLongInt(version)) => Some(*version),
+        Some(AmqpValue::LongInt(version)) => Some(i64::from(*version)),
+        _ => None,
+    };
+    let id = match headers.get("x-amqp-stream-id") {
+        Some(AmqpValue::LongString(id)) => Some(id.clone()),
+        _ => None,
+    };
+    (version, id)
+}
+
+/// Two version-3 connects wait on one connection; a forged answer naming
+/// no stream comes first, then each connect's own version-3 answer. Both
+/// take the forged one (the listener they knew is gone, so nothing
+/// vouches against it) and fall back, the first ending the forged answer's
+/// stream and the second expecting one more older listener's answer: but
+/// its own answer came, so none is due, and a stranger's answer naming no
+/// stream a little later ends nothing.
+#[test]
+fn an_own_answer_after_a_believed_forged_one_leaves_no_answer_due() {
+    let [q, primer_q, sync_q] =
+        ["untied-own-after", "untied-own-primer", "untied-own-sync"].map(queue);
+    // Checks of a listener's connection queue are shared for a keepalive
+    // interval: one connect's check (below) is every later connect's.
+    let connector = Connector::open_with(
+        &url(),
+        StreamOptions::new()
+            .handshake_timeout(Some(Duration::from_secs(5)))
+            .keepalive_interval(Duration::from_secs(60)),
+    )
+    .unwrap();
+    // A pair on the same connection, to know when it has handled what
+    // came before: a version-2 stream first, then a version-3 one.
+    let sync_listener = Listener::bind(&url(), &sync_q).unwrap();
+    let _learn = connector.connect(&sync_q).unwrap();
+    let _learned = sync_listener.accept().unwrap();
+    let probe = connector.connect(&sync_q).unwrap();
+    assert_eq!(probe.protocol_version(), ProtocolVersion::V3);
+    let (probe_server, _) = sync_listener.accept().unwrap();
+    // The connector learns that version-3 listeners on one connection
+    // serve `q` and `primer_q`; then that connection goes.
+    let listener_conn_queue = {
+        let server_side = Connector::open(&url()).unwrap();
+        let mut conn_queue = String::new();
+        for name in [&q, &primer_q] {
+            let listener = server_side.bind(name).unwrap();
+            let first = connector.connect(name).unwrap();
+            let _first_server = listener.accept().unwrap();
+            let second = connector.connect(name).unwrap();
+            assert_eq!(second.protocol_version(), ProtocolVersion::V3);
+            let (second_server, _) = listener.accept().unwrap();
+            drop(first);
+            conn_queue = connection_queue(&second_server);
+        }
+        conn_queue
+    };
+    common::eventually(
+        Duration::from_secs(20),
+        "the listeners' connection queue is gone",
+        || match common::queue_depth(&listener_conn_queue) {
+            None => Ok(()),
+            Some(_) => Err("still there".to_string()),
+        },
+    );
+
+    let mut raw = raw_connection();
+    let channel = raw.open_channel(None).unwrap();
+    let consume = |name: &str| {
+        channel
+            .queue_declare(name.to_string(), exclusive_auto_delete())
+            .unwrap()
+            .consume(ConsumerOptions {
+                no_ack: true,
+                ..Default::default()
+            })
+            .unwrap()
+    };
+    let (requests, primer_requests) = (consume(&q), consume(&primer_q));
+    let [forged_target, primer_target, strangers_target] =
+        [(); 3].map(|_| format!("amqp-stream.{}", uuid::Uuid::new_v4()));
+    let raw_conn_queue = format!("amqp-stream.conn.{}", uuid::Uuid::new_v4());
+    for name in [
+        &forged_target,
+        &primer_target,
+        &strangers_target,
+        &raw_conn_queue,
+    ] {
+        channel
+            .queue_declare(name.clone(), exclusive_auto_delete())
+            .unwrap();
+    }
+    let untied = |to: &str| AmqpProperties::default().with_reply_to(to.to_string());
+    std::thread::scope(|scope| {
+        // A connect to `primer_q` believes an answer naming no stream:
+        // it found the listeners' connection queue gone, and every connect
+        // below takes that answer of the check at once.
+        let primer = scope.spawn(|| connector.connect(&primer_q));
+        let syn = next(primer_requests.receiver());
+        let client_queue = syn.properties.reply_to().clone().expect("reply_to");
+        publish_with(&channel, &client_queue, b"", untied(&primer_target));
+        let (_, id) = handshake_of(&next(primer_requests.receiver()));
+        assert_eq!(id, None, "the primer asks again with a version-2 SYN");
+
+        let connects: Vec<_> = (0..2)
+            .map(|_| scope.spawn(|| connector.connect(&q)))
+            .collect();
+        let syns: Vec<_> = (0..2).map(|_| next(requests.receiver())).collect();
+        publish_with(&channel, &client_queue, b"", untied(&forged_target));
+        for syn in &syns {
+            let (version, id) = handshake_of(syn);
+            assert_eq!(version, Some(3), "a version-3 SYN");
+            let own_answer = AmqpProperties::default()
+                .with_reply_to(raw_conn_queue.clone())
+                .with_correlation_id(id.expect("a version-3 SYN names its stream"))
+                .with_headers(headers(3, Some(&uuid::Uuid::new_v4().simple().to_string())));
+            publish_with(&channel, &client_queue, b"", own_answer);
+        }
+        // Both took the forged answer and ask again with a version-2 SYN,
+        // which names no stream (left unanswered: they time out).
+        for _ in 0..2 {
+            let (_, id) = handshake_of(&next(requests.receiver()));
+            assert_eq!(id, None, "a connect asks again with a version-2 SYN");
+        }
+        publish_with(&channel, &client_queue, b"", untied(&strangers_target));
+        // The connection handled the stranger's answer before the round
+        // trip's frames, and published whatever it did for it before its
+        // own.
+        round_trip(&probe, &probe_server, "after the stranger's answer");
+        for connect in connects.into_iter().chain([primer]) {
+            assert!(
+                connect.join().unwrap().is_err(),
+                "nobody answered version 2"
+            );
+        }
+    });
+    for (target, ended, what) in [
+        (&primer_target, 1, "the primer ends the answer it believed"),
+        (
+            &forged_target,
+            1,
+            "the first connect that believed the forged answer ends it",
+        ),
+        (
+            &strangers_target,
+            0,
+            "a stranger's answer was ended for a connect whose own answer had come",
+        ),
+    ] {
+        assert_eq!(common::queue_depth(target).unwrap().0, ended, "{what}");
+    }
+    raw.close().unwrap();
+}
+
+/// A version-3 client opens two streams to a listener and resets both;
+/// then it floods frames for the first, as a peer that missed the end
+/// (or a hostile former peer) might. The listener's connection answers
+/// that flood at a bounded rate per stream, and the second stream's
+/// keepalives are still answered, nearly each one.
+#[test]
+fn a_flood_for_one_gone_stream_does_not_hide_another_from_its_peer() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const KEEPALIVES: usize = 20;
+    let q = queue("gone-flood-peer");
+    let listener = Listener::bind_with(&url(), &q, pinned(ProtocolVersion::V3)).unwrap();
+
+    let mut raw = raw_connection();
+    let channel = raw.open_channel(None).unwrap();
+    let own = format!("amqp-stream.conn.{}", uuid::Uuid::new_v4());
+    let flood_replies = format!("amqp-stream.conn.{}", uuid::Uuid::new_v4());
+    for name in [&own, &flood_replies] {
+        channel
+            .queue_declare(name.clone(), exclusive_auto_delete())
+            .unwrap();
+    }
+    let deliveries = channel
+        .queue_declare_passive(own.clone())
+        .unwrap()
+        .consume(ConsumerOptions {
+            no_ack: true,
+            ..Default::default()
+        })
+        .unwrap();
+    // Two streams, (ours, the listener's) ids each, both reset.
+    let mut streams = Vec::new();
+    let mut server_queue = String::new();
+    for _ in 0..2 {
+        let raw_id = uuid::Uuid::new_v4().simple().to_string();
+        publish_with(
+            &channel,
+            &q,
+            b"",
+            AmqpProperties::default()
+                .with_reply_to(own.clone())
+                .with_headers(headers(3, Some(&raw_id))),
+        );
+        let (mut accepted, _) = listener.accept().unwrap();
+        let answer = next(deliveries.receiver());
+        server_queue = answer.properties.reply_to().clone().expect("reply_to");
+        let server_id = handshake_of(&answer)
+            .1
+            .expect("a version-3 answer names its stream");
+        let reset = AmqpProperties::default()
+            .with_type_("reset".to_string())
+            .with_correlation_id(server_id.clone())
+            .with_app_id(raw_id.clone())
+            .with_reply_to(own.clone());
+        publish_with(&channel, &server_queue, b"bye", reset);
+        let err = accepted.read(&mut [0; 8]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+        drop(accepted);
+        streams.push((raw_id, server_id));
+    }
+    let keepalive = |(raw_id, server_id): &(String, String), reply_to: &str| {
+        AmqpProperties::default()
+            .with_type_("keepalive".to_string())
+            .with_correlation_id(server_id.clone())
+            .with_app_id(raw_id.clone())
+            .with_reply_to(reply_to.to_string())
+    };
+    let flooding = AtomicBool::new(true);
+    let answered = std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                let mut raw = raw_connection();
+                let channel = raw.open_channel(None).unwrap();
+                let frame = keepalive(&streams[0], &flood_replies);
+                while flooding.load(Ordering::Relaxed) {
+                    publish_with(&channel, &server_queue, b"", frame.clone());
+                }
+                raw.close().unwrap();
+            });
+        }
+        // The flood under way: a reset for it has come back.
+        common::eventually(Duration::from_secs(20), "the flood is answered", || {
+            match common::queue_depth(&flood_replies) {
+                Some((n, _)) if n > 0 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        });
+        let frame = keepalive(&streams[1], &own);
+        for _ in 0..KEEPALIVES {
+            publish_with(&channel, &server_queue, b"", frame.clone());
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        let mut answered = 0;
+        let until = Instant::now() + Duration::from_secs(10);
+        while answered < KEEPALIVES && Instant::now() < until {
+            match deliveries
+                .receiver()
+                .recv_timeout(Duration::from_millis(200))
+            {
+                Ok(amiquip::ConsumerMessage::Delivery(delivery)) => {
+                    assert_eq!(delivery.properties.type_().as_deref(), Some("reset"));
+                    assert_eq!(
+                        delivery.properties.correlation_id().as_deref(),
+                        Some(streams[1].0.as_str())
+                    );
+                    answered += 1;
+                }
+                _ => continue,
+            }
+        }
+        flooding.store(false, Ordering::Relaxed);
+        answered
+    });
+    let flood_answers = common::queue_depth(&flood_replies).unwrap().0;
+    eprintln!(
+        "{answered} of {KEEPALIVES} keepalives answered; {flood_answers} answers to the flood"
+    );
+    assert!(
+        answered >= KEEPALIVES / 2,
+        "a flood for one gone stream hid another from its peer: {answered} of {KEEPALIVES} \
+         keepalives answered"
+    );
+    raw.close().unwrap();
+}

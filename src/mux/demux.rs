@@ -3,7 +3,7 @@
 //! channel, and hands each to the stream it belongs to.
 
 use super::budget::{AnswerBudgets, Budget};
-use super::{ANSWERS_PER_SECOND, FORMER_PEER_ANSWERS_PER_SECOND, Mux, Route, Routes};
+use super::{ANSWERS_PER_SECOND, AnswerWait, FORMER_PEER_ANSWERS_PER_SECOND, Mux, Route, Routes};
 use crate::error::Error;
 use crate::protocol::handshake;
 use crate::shared::lock;
@@ -75,6 +75,11 @@ pub(super) fn run(
                         let mut streams = lock(&feeds.routes.streams);
                         match streams.get_mut(to.as_str()) {
                             Some(route) => {
+                                route.answer = match route.answer {
+                                    AnswerWait::TookUntied => AnswerWait::OwnCameAfterUntied,
+                                    AnswerWait::Waiting => AnswerWait::Settled,
+                                    settled => settled,
+                                };
                                 hand_over(route, delivery);
                                 None
                             }
@@ -133,8 +138,6 @@ pub(super) fn run(
 /// window allows (a peer that ignores it): then the delivery is dropped
 /// and the stream aborted, once.
 fn hand_over(route: &mut Route, delivery: amiquip::Delivery) {
-    // Its own answer (or anything for it) has come.
-    route.awaits_answer = false;
     if route.overran {
         return;
     }
@@ -167,7 +170,11 @@ fn hand_over(route: &mut Route, delivery: amiquip::Delivery) {
 fn hand_untied_answer(routes: &Routes, delivery: &amiquip::Delivery) -> usize {
     let mut streams = lock(&routes.streams);
     let mut handed = 0;
-    for route in streams.values_mut().filter(|route| route.awaits_answer) {
+    for route in streams
+        .values_mut()
+        .filter(|route| route.answer == AnswerWait::Waiting)
+    {
+        route.answer = AnswerWait::TookUntied;
         hand_over(route, delivery.clone());
         handed += 1;
     }

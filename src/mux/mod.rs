@@ -26,7 +26,7 @@ use amiquip::{AmqpProperties, Channel, Confirm, ConsumerMessage, Publish, Return
 use budget::{AnswerBudgets, Budget};
 use confirms::ConfirmBook;
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
-use gone::GoneStreams;
+use gone::{FormerPeer, GoneStreams};
 use log::debug;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -94,11 +94,27 @@ struct Route {
     abort: Box<dyn Fn(String) + Send>,
     /// The stream was aborted for holding too much: its frames are dropped.
     overran: bool,
-    /// A client waiting for the answer to its version-3 SYN that asks again
-    /// as version 2 when refused: it is handed an answer that names no
-    /// stream (see `demux::hand_untied_answer`), until its first own
-    /// delivery comes.
-    awaits_answer: bool,
+    /// Where a client that asks again as version 2 when its version-3 SYN
+    /// is refused stands with its answer.
+    answer: AnswerWait,
+}
+
+/// Where a stream stands with the answer to its version-3 SYN, as far as
+/// answers naming no stream go (see `demux::hand_untied_answer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AnswerWait {
+    /// A client that can fall back, waiting: it is handed an answer that
+    /// names no stream.
+    Waiting,
+    /// It was handed an answer naming no stream, and nothing of its own.
+    TookUntied,
+    /// Its own frames came after it was handed an answer naming no
+    /// stream: whatever it believed, no older listener's answer is due
+    /// for its SYN, and it says so when it leaves (`Mux::unregister`).
+    OwnCameAfterUntied,
+    /// Nothing to do with answers naming no stream: a listener's stream,
+    /// a pinned client, or one whose own answer came first.
+    Settled,
 }
 
 /// The most body bytes a stream that offered `window` may have handed
@@ -276,7 +292,11 @@ impl Mux {
                 limit: hold_limit(window),
                 abort,
                 overran: false,
-                awaits_answer,
+                answer: if awaits_answer {
+                    AnswerWait::Waiting
+                } else {
+                    AnswerWait::Settled
+                },
             },
         );
         Ok(Registration {
@@ -293,7 +313,12 @@ impl Mux {
     /// a stream's that left recently (see `gone`).
     pub(crate) fn unregister(&self, id: &str) {
         let removed = lock(&self.routes.streams).remove_entry(id);
-        if let Some((id, _)) = removed {
+        if let Some((id, route)) = removed {
+            if route.answer == AnswerWait::OwnCameAfterUntied {
+                // It fell back on an older listener's answer while its own
+                // was on the way: nothing is due for its SYN.
+                lock(&self.untied).own_answer_came(&id);
+            }
             lock(&self.gone).left(id, Instant::now());
         }
     }
@@ -353,7 +378,9 @@ impl Mux {
     /// a stream) is answered, and only within `budgets`: past it the frame
     /// is dropped. A frame for a stream this connection held recently
     /// (see `gone`) is its peer's, and is answered from a budget of its
-    /// own, which no flood of frames for made-up ids spends.
+    /// own, which no flood of frames for made-up ids spends, and at most
+    /// once every `gone::ANSWER_GAP` for each such stream, so that no
+    /// flood for one of them spends the others' answers.
     fn answer_stray(&self, delivery: &amiquip::Delivery, budgets: &mut AnswerBudgets) {
         let properties = &delivery.properties;
         let Some(stream) = properties.correlation_id() else {
@@ -383,10 +410,17 @@ impl Mux {
             return;
         }
         let now = Instant::now();
-        let (budget, per_second) = if lock(&self.gone).held(stream, now) {
-            (&mut budgets.former_peers, FORMER_PEER_ANSWERS_PER_SECOND)
-        } else {
-            (&mut budgets.strangers, ANSWERS_PER_SECOND)
+        let (budget, per_second) = match lock(&self.gone).answer(stream, now) {
+            FormerPeer::Unknown => (&mut budgets.strangers, ANSWERS_PER_SECOND),
+            FormerPeer::Answer => (&mut budgets.former_peers, FORMER_PEER_ANSWERS_PER_SECOND),
+            FormerPeer::AnsweredJustNow => {
+                debug!(
+                    "{:?}: a frame for stream {stream:?}, gone and answered just now: \
+                     not answered again",
+                    self.queue
+                );
+                return;
+            }
         };
         if !budget.take(now) {
             debug!(
