@@ -170,9 +170,9 @@
 //!   as TCP answers a segment for a closed socket; anything else for such
 //!   an id is dropped. Anyone who can publish to a connection's queue can
 //!   send such a frame, so it is answered only when its `reply_to` is
-//!   named like a connection's queue (`amqp-stream.conn.`), and a
-//!   connection sends at most 100 such answers a second to strangers (as
-//!   many at once after a quiet second, counting the FINs below): past
+//!   named like a connection's queue (`amqp-stream.conn.` and a UUID),
+//!   and a connection sends at most 100 such answers a second to
+//!   strangers (as many at once after a quiet second): past
 //!   that, the frame is dropped (its sender's next keepalive is answered
 //!   later). A frame for a stream id the connection held in the last ten
 //!   minutes (the last 16,384 of them) comes from a peer that was told
@@ -212,15 +212,17 @@
 //!   stream: it counts as a refusal for every stream of the connection
 //!   still waiting for an answer to a version-3 SYN it was not pinned to
 //!   (nothing tells which one it answers), and the stream that listener
-//!   set up for it ends at once: a version-1 FIN, or a version-2 reset.
-//!   That end is sent only for an answer a stream of the connection
-//!   vouches for: a stream that took an answer as its refusal ends that
-//!   answer's stream, or, when another stream already ended it, the next
-//!   such answer to come within a minute (the one to its own SYN); a
-//!   stream that does not believe the answer (below), or whose own
-//!   version-3 answer comes after all, vouches for nothing. Those that
-//!   come with nobody waiting for them are sent at most 100 a second, and
-//!   only to a queue named like
+//!   set up for it is ended three seconds later: a version-1 FIN, or a
+//!   version-2 reset. That end is sent only for an answer a stream of the
+//!   connection vouches for: a stream that took an answer as its refusal
+//!   claims that answer, or, when another stream already claimed it, the
+//!   first unclaimed such answer that came after it or comes within a
+//!   minute (the one to its own SYN); a stream that does not believe the
+//!   answer (below) vouches for nothing, and one whose own version-3
+//!   answer comes within those three seconds lets go of what it claimed
+//!   (it was a stranger's) and expects nothing more. Each end is one of
+//!   our own streams' (no stranger's message adds one), and is sent only
+//!   to a queue named like
 //!   a version-1 or version-2 stream's (`amq.gen-…`, or `amqp-stream.`
 //!   and a UUID): never to a listener's queue, where the FIN's empty body
 //!   would be a version-1 SYN, nor to any other queue a stranger names.
@@ -240,7 +242,9 @@
 //!   above. (A connection that has had no version-3 answer from the
 //!   listener yet believes it; a version-3 listener that closed while its
 //!   connection stays open, followed on its queue by an older one, costs
-//!   one connect its handshake timeout.) One gap is left: when several
+//!   one connect its handshake timeout. A version-3 listener that answers
+//!   more than three seconds after a stranger's forged answer was taken
+//!   lets that stranger's chosen queue get one end.) One gap is left: when several
 //!   connects wait on an older listener at once, a stranger's answer that
 //!   arrives between that listener's answers can take the place of the
 //!   last one, so that the stranger's chosen stream-shaped queue gets the

@@ -237,10 +237,12 @@ fn stray_frames_are_answered_at_a_bounded_rate_and_only_to_connection_queues() {
     let channel = raw.open_channel(None).unwrap();
     let confirms = channel.listen_for_publisher_confirms().unwrap();
     channel.enable_publisher_confirms().unwrap();
-    // Where the answers go: a queue named like a connection's, and one not.
+    // Where the answers go: a queue named like a connection's, and ones
+    // not (one only begins like it).
     let like_a_connection = format!("amqp-stream.conn.{}", uuid::Uuid::new_v4());
     let other = queue("stray-rate-other");
-    for name in [&like_a_connection, &other] {
+    let prefix_only = format!("amqp-stream.conn.not-a-uuid-{}", uuid::Uuid::new_v4());
+    for name in [&like_a_connection, &other, &prefix_only] {
         channel
             .queue_declare(name.clone(), exclusive_auto_delete())
             .unwrap();
@@ -254,11 +256,12 @@ fn stray_frames_are_answered_at_a_bounded_rate_and_only_to_connection_queues() {
     };
     let started = Instant::now();
     publish_with(&channel, &conn_queue, b"", stray(&other));
+    publish_with(&channel, &conn_queue, b"", stray(&prefix_only));
     for _ in 0..FLOOD {
         publish_with(&channel, &conn_queue, b"", stray(&like_a_connection));
     }
     let mut confirmed = 0;
-    while confirmed < FLOOD + 1 {
+    while confirmed < FLOOD + 2 {
         match confirms.recv_timeout(Duration::from_secs(30)).unwrap() {
             amiquip::Confirm::Ack(payload) if payload.multiple => confirmed = payload.delivery_tag,
             amiquip::Confirm::Ack(_) => confirmed += 1,
@@ -278,11 +281,13 @@ fn stray_frames_are_answered_at_a_bounded_rate_and_only_to_connection_queues() {
         answered <= bound,
         "{answered} of {FLOOD} stray frames answered in {elapsed:.2} s: more than {bound}"
     );
-    assert_eq!(
-        common::queue_depth(&other).unwrap().0,
-        0,
-        "a stray frame's answer went to a queue not named like a connection's"
-    );
+    for name in [&other, &prefix_only] {
+        assert_eq!(
+            common::queue_depth(name).unwrap().0,
+            0,
+            "a stray frame's answer went to {name:?}, not named like a connection's queue"
+        );
+    }
     raw.close().unwrap();
 }
 
@@ -739,11 +744,16 @@ fn an_own_answer_after_a_believed_forged_one_leaves_no_answer_due() {
             .unwrap()
     };
     let (requests, primer_requests) = (consume(&q), consume(&primer_q));
-    let [forged_target, primer_target, strangers_target] =
-        [(); 3].map(|_| format!("amqp-stream.{}", uuid::Uuid::new_v4()));
+    let [
+        forged_target,
+        second_forged_target,
+        primer_target,
+        strangers_target,
+    ] = [(); 4].map(|_| format!("amqp-stream.{}", uuid::Uuid::new_v4()));
     let raw_conn_queue = format!("amqp-stream.conn.{}", uuid::Uuid::new_v4());
     for name in [
         &forged_target,
+        &second_forged_target,
         &primer_target,
         &strangers_target,
         &raw_conn_queue,
@@ -769,6 +779,7 @@ fn an_own_answer_after_a_believed_forged_one_leaves_no_answer_due() {
             .collect();
         let syns: Vec<_> = (0..2).map(|_| next(requests.receiver())).collect();
         publish_with(&channel, &client_queue, b"", untied(&forged_target));
+        publish_with(&channel, &client_queue, b"", untied(&second_forged_target));
         for syn in &syns {
             let (version, id) = handshake_of(syn);
             assert_eq!(version, Some(3), "a version-3 SYN");
@@ -796,20 +807,30 @@ fn an_own_answer_after_a_believed_forged_one_leaves_no_answer_due() {
             );
         }
     });
-    for (target, ended, what) in [
-        (&primer_target, 1, "the primer ends the answer it believed"),
+    common::eventually(
+        Duration::from_secs(20),
+        "the primer ends the answer it believed",
+        || match common::queue_depth(&primer_target) {
+            Some((1, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    // Ended by now if at all: the primer's claim was made before theirs.
+    for (target, what) in [
         (
             &forged_target,
-            1,
-            "the first connect that believed the forged answer ends it",
+            "a forged answer was ended for connects whose own answers had come",
+        ),
+        (
+            &second_forged_target,
+            "a second forged answer was ended for connects whose own answers had come",
         ),
         (
             &strangers_target,
-            0,
             "a stranger's answer was ended for a connect whose own answer had come",
         ),
     ] {
-        assert_eq!(common::queue_depth(target).unwrap().0, ended, "{what}");
+        assert_eq!(common::queue_depth(target).unwrap().0, 0, "{what}");
     }
     raw.close().unwrap();
 }
@@ -934,6 +955,99 @@ fn a_flood_for_one_gone_stream_does_not_hide_another_from_its_peer() {
         answered >= KEEPALIVES / 2,
         "a flood for one gone stream hid another from its peer: {answered} of {KEEPALIVES} \
          keepalives answered"
+    );
+    raw.close().unwrap();
+}
+
+/// Two connects that remembered version 3 wait on a version-1 listener
+/// (raw, here), which answers each with an answer naming no stream. Both
+/// take the first and fall back; the second expects the next. A flood of
+/// strangers' stray frames comes before that next answer: it spends the
+/// answers strangers get, not the ends our own connects vouch for, and
+/// both of the listener's streams still get their FIN.
+#[test]
+fn a_flood_of_stray_frames_does_not_keep_an_older_listeners_stream_open() {
+    let q = queue("untied-flood-v1");
+    let connector = Connector::open_with(
+        &url(),
+        StreamOptions::new().handshake_timeout(Some(Duration::from_secs(5))),
+    )
+    .unwrap();
+    // The connector learns that the listener takes version 3 (from a
+    // version-2 answer: it knows no connection of the listener's yet, so
+    // it believes answers naming no stream at once); then it goes.
+    {
+        let listener = Listener::bind(&url(), &q).unwrap();
+        let stream = connector.connect(&q).unwrap();
+        assert_eq!(stream.protocol_version(), ProtocolVersion::V2);
+        drop(listener.accept().unwrap());
+    }
+    common::eventually(
+        Duration::from_secs(20),
+        "the listener's queue is gone",
+        || match common::queue_depth(&q) {
+            None => Ok(()),
+            Some(depth) => Err(format!("{depth:?}")),
+        },
+    );
+    let mut raw = raw_connection();
+    let channel = raw.open_channel(None).unwrap();
+    let requests = channel
+        .queue_declare(q.clone(), exclusive_auto_delete())
+        .unwrap()
+        .consume(ConsumerOptions {
+            no_ack: true,
+            ..Default::default()
+        })
+        .unwrap();
+    let streams = [(); 2].map(|_| format!("amqp-stream.{}", uuid::Uuid::new_v4()));
+    for name in &streams {
+        channel
+            .queue_declare(name.clone(), exclusive_auto_delete())
+            .unwrap();
+    }
+    let answer = |to: &str| AmqpProperties::default().with_reply_to(to.to_string());
+    std::thread::scope(|scope| {
+        let connects: Vec<_> = (0..2)
+            .map(|_| scope.spawn(|| connector.connect(&q)))
+            .collect();
+        let syns: Vec<_> = (0..2).map(|_| next(requests.receiver())).collect();
+        let client_queue = syns[0].properties.reply_to().clone().expect("reply_to");
+        publish_with(&channel, &client_queue, b"", answer(&streams[0]));
+        // Both took it and ask again (left unanswered: they time out).
+        for _ in 0..2 {
+            let (_, id) = handshake_of(&next(requests.receiver()));
+            assert_eq!(id, None, "a connect asks again with a version-2 SYN");
+        }
+        for _ in 0..300 {
+            let stray = AmqpProperties::default()
+                .with_type_("keepalive".to_string())
+                .with_correlation_id(uuid::Uuid::new_v4().simple().to_string())
+                .with_app_id(uuid::Uuid::new_v4().simple().to_string())
+                .with_reply_to(format!("amqp-stream.conn.{}", uuid::Uuid::new_v4()));
+            publish_with(&channel, &client_queue, b"", stray);
+        }
+        publish_with(&channel, &client_queue, b"", answer(&streams[1]));
+        for connect in connects {
+            assert!(
+                connect.join().unwrap().is_err(),
+                "nobody answered version 2"
+            );
+        }
+    });
+    common::eventually(
+        Duration::from_secs(20),
+        "both of the listener's streams get their FIN",
+        || {
+            let depths: Vec<_> = streams
+                .iter()
+                .map(|name| common::queue_depth(name))
+                .collect();
+            match depths.iter().all(|depth| matches!(depth, Some((1, _)))) {
+                true => Ok(()),
+                false => Err(format!("{depths:?}")),
+            }
+        },
     );
     raw.close().unwrap();
 }

@@ -20,6 +20,8 @@ pub(super) struct Feeds {
     pub(super) routes: Arc<Routes>,
     pub(super) confirms: Receiver<Confirm>,
     pub(super) returns: Receiver<Return>,
+    /// A stream claimed an answer naming no stream (see `untied`).
+    pub(super) untied_claims: Receiver<()>,
 }
 
 /// Declares and consumes the connection's queue on `channel`, says so on
@@ -48,6 +50,7 @@ pub(super) fn run(
         former_peers: Budget::new(FORMER_PEER_ANSWERS_PER_SECOND, Instant::now()),
     };
     let nothing = never();
+    let mut untied_timer = UntiedTimer::default();
     loop {
         select! {
             recv(deliveries.as_ref().unwrap_or(&nothing)) -> message => match message {
@@ -57,8 +60,9 @@ pub(super) fn run(
                             Some(answer) => {
                                 // Recorded before any stream can vouch for it.
                                 if let Some(mux) = mux.upgrade() {
-                                    mux.untied_answer_came(answer, &mut answers.strangers);
+                                    mux.untied_answer_came(answer);
                                 }
+                                untied_timer.refresh(&mux);
                                 let waiting = hand_untied_answer(&feeds.routes, &delivery);
                                 debug!(
                                     "{:?}: a version-{} answer naming no stream (stream queue \
@@ -103,6 +107,13 @@ pub(super) fn run(
                     end(&feeds.routes);
                 }
             },
+            recv(feeds.untied_claims) -> _ => untied_timer.refresh(&mux),
+            recv(untied_timer.timer) -> _ => {
+                if let Some(mux) = mux.upgrade() {
+                    mux.end_due_untied(Instant::now());
+                }
+                untied_timer.fired(&mux);
+            },
             recv(feeds.returns) -> returned => match returned {
                 Ok(returned) => route_return(&feeds.routes, returned),
                 Err(_) => break,
@@ -132,6 +143,40 @@ pub(super) fn run(
     end(&feeds.routes);
     drop(consumer);
     let _ = channel.close();
+}
+
+/// The demultiplexer's timer for the next claimed answer naming no
+/// stream to end (see `untied`).
+struct UntiedTimer {
+    due: Option<Instant>,
+    timer: Receiver<Instant>,
+}
+
+impl Default for UntiedTimer {
+    fn default() -> UntiedTimer {
+        UntiedTimer {
+            due: None,
+            timer: never(),
+        }
+    }
+}
+
+impl UntiedTimer {
+    /// Sets the timer for the claim due next, if that changed.
+    fn refresh(&mut self, mux: &Weak<Mux>) {
+        let due = mux.upgrade().and_then(|mux| mux.untied_next_due());
+        if due != self.due {
+            self.due = due;
+            self.timer = due.map_or_else(never, crossbeam_channel::at);
+        }
+    }
+
+    /// The timer went off (and goes off no more): set it again.
+    fn fired(&mut self, mux: &Weak<Mux>) {
+        self.due = None;
+        self.timer = never();
+        self.refresh(mux);
+    }
 }
 
 /// Hands a delivery to its stream, unless the stream holds more than its

@@ -23,7 +23,7 @@ use crate::shared::lock;
 use crate::version::ProtocolVersion;
 use crate::worker::engine::{Bell, Engine};
 use amiquip::{AmqpProperties, Channel, Confirm, ConsumerMessage, Publish, Return};
-use budget::{AnswerBudgets, Budget};
+use budget::AnswerBudgets;
 use confirms::ConfirmBook;
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use gone::{FormerPeer, GoneStreams};
@@ -41,14 +41,21 @@ const NOBODY: &str = "-";
 /// The prefix of a connection's queue.
 const QUEUE_PREFIX: &str = "amqp-stream.conn.";
 
-/// How many messages nobody asked for (stray frames, answers naming no
-/// stream) a connection answers a second, at most; as many at once after
-/// a quiet second.
+/// How many stray frames from strangers a connection answers a second,
+/// at most; as many at once after a quiet second.
 const ANSWERS_PER_SECOND: u32 = 100;
 
 /// How many frames for streams it held recently (see `gone`) a
 /// connection answers a second, at most: a budget apart from strangers'.
 const FORMER_PEER_ANSWERS_PER_SECOND: u32 = 1000;
+
+/// Whether `queue` is named as a connection's queue is:
+/// `amqp-stream.conn.` and a UUID.
+fn is_connection_queue_name(queue: &str) -> bool {
+    queue
+        .strip_prefix(QUEUE_PREFIX)
+        .is_some_and(|id| uuid::Uuid::try_parse(id).is_ok())
+}
 
 /// One AMQP connection's version-3 transport.
 pub(crate) struct Mux {
@@ -64,6 +71,9 @@ pub(crate) struct Mux {
     gone: Mutex<GoneStreams>,
     /// Older listeners' answers naming no stream, and who vouches for them.
     untied: Mutex<UntiedAnswers>,
+    /// Tells the demultiplexer that a stream claimed an answer naming no
+    /// stream (its timer for the claim's end is due sooner).
+    untied_claimed: Sender<()>,
 }
 
 /// The publishing channel and what it published.
@@ -204,11 +214,13 @@ impl Mux {
             ended: AtomicBool::new(false),
         });
         let (ready_tx, ready) = bounded(1);
+        let (untied_claimed, claims) = bounded(1);
         let feeds = demux::Feeds {
             queue: queue.clone(),
             routes: Arc::clone(&routes),
             confirms,
             returns,
+            untied_claims: claims,
         };
         let mux = Arc::new(Mux {
             engine: Engine::start()?,
@@ -221,6 +233,7 @@ impl Mux {
             routes,
             gone: Mutex::default(),
             untied: Mutex::default(),
+            untied_claimed,
         });
         let book_owner = Arc::downgrade(&mux);
         std::thread::Builder::new()
@@ -402,7 +415,7 @@ impl Mux {
         if !answered || to.len() > 128 {
             return;
         }
-        if !queue.starts_with(QUEUE_PREFIX) || check_peer_queue(queue).is_err() {
+        if !is_connection_queue_name(queue) || check_peer_queue(queue).is_err() {
             debug!(
                 "{:?}: a stray frame's reply_to {queue:?} is no connection's queue: not answered",
                 self.queue
@@ -443,11 +456,12 @@ impl Mux {
         }
     }
 
-    /// An answer naming no stream came (see `untied`): its stream is ended
-    /// at once, within `budget`, when one of this connection's streams
-    /// that fell back expects it; otherwise only if a stream vouches for
-    /// it later ([`untied_answer_believed`](Self::untied_answer_believed)).
-    fn untied_answer_came(&self, answer: Untied<'_>, budget: &mut Budget) {
+    /// An answer naming no stream came (see `untied`): it is claimed by a
+    /// stream of this connection that expects it, if one does, and its
+    /// stream ended once the claim is due ([`end_due_untied`](Self::end_due_untied));
+    /// otherwise only if a stream vouches for it later
+    /// ([`untied_answer_believed`](Self::untied_answer_believed)).
+    fn untied_answer_came(&self, answer: Untied<'_>) {
         let to_end = ToEnd {
             queue: answer.server_queue.to_string(),
             version: answer.version,
@@ -458,26 +472,32 @@ impl Mux {
                  vouches for (yet): its stream not ended",
                 self.queue, to_end.version, to_end.queue
             );
-            return;
         }
-        if !budget.take(Instant::now()) {
-            debug!(
-                "{:?}: more than {ANSWERS_PER_SECOND} a second: a version-{} listener's \
-                 stream on {:?} not ended",
-                self.queue, to_end.version, to_end.queue
-            );
-            return;
-        }
-        self.end_untied_stream(&to_end);
     }
 
     /// The version-3 client `stream` took an answer naming no stream, which
     /// named `queue`, as the refusal of its SYN and asks again as version
-    /// 2: the answer it took, or the next one for its own SYN, is ended.
+    /// 2: the answer it took, or the next one for its own SYN, is ended
+    /// unless the stream's own version-3 answer comes within
+    /// `untied::GRACE`.
     pub(crate) fn untied_answer_believed(&self, stream: &Arc<str>, queue: &str) {
-        let to_end = lock(&self.untied).believed(stream, queue, Instant::now());
-        if let Some(to_end) = to_end {
-            self.end_untied_stream(&to_end);
+        if lock(&self.untied).believed(stream, queue, Instant::now()) {
+            // The demultiplexer's timer for it.
+            let _ = self.untied_claimed.try_send(());
+        }
+    }
+
+    /// When the next claimed answer naming no stream is due.
+    fn untied_next_due(&self) -> Option<Instant> {
+        lock(&self.untied).next_due()
+    }
+
+    /// Ends the streams of the claimed answers naming no stream that are
+    /// due at `now`.
+    fn end_due_untied(&self, now: Instant) {
+        let due = lock(&self.untied).due(now);
+        for to_end in &due {
+            self.end_untied_stream(to_end);
         }
     }
 
