@@ -181,7 +181,7 @@ fn both_ends_carry_on_after(tag: &str, messages: &[(Vec<u8>, AmqpProperties)]) {
     }
     let mut confirmed = 0;
     while confirmed < published {
-        match confirms.recv_timeout(Duration::from_secs(10)).unwrap() {
+        match confirms.recv_timeout(Duration::from_secs(60)).unwrap() {
             amiquip::Confirm::Ack(payload) => {
                 confirmed = if payload.multiple {
                     payload.delivery_tag
@@ -453,7 +453,7 @@ fn an_answer_naming_no_stream_ends_nothing_a_stranger_picks() {
     }
     let mut confirmed = 0;
     while confirmed < published {
-        match confirms.recv_timeout(Duration::from_secs(10)).unwrap() {
+        match confirms.recv_timeout(Duration::from_secs(60)).unwrap() {
             amiquip::Confirm::Ack(payload) if payload.multiple => confirmed = payload.delivery_tag,
             amiquip::Confirm::Ack(_) => confirmed += 1,
             nack => panic!("the broker refused a message: {nack:?}"),
@@ -549,6 +549,43 @@ fn forged_answers_while_connects_wait_for_a_version_3_listener_end_nothing() {
     raw.close().unwrap();
 }
 
+/// A raw version-3 client's stream to `listener` on `q`: the client
+/// receives on `own` (through `deliveries`) and resets the stream once it
+/// is accepted. Returns the client's stream id, the listener's, and the
+/// listener's connection queue.
+fn raw_stream_reset(
+    listener: &Listener,
+    channel: &amiquip::Channel,
+    q: &str,
+    own: &str,
+    deliveries: &amiquip::Consumer<'_>,
+) -> (String, String, String) {
+    let raw_id = uuid::Uuid::new_v4().simple().to_string();
+    publish_with(
+        channel,
+        q,
+        b"",
+        AmqpProperties::default()
+            .with_reply_to(own.to_string())
+            .with_headers(headers(3, Some(&raw_id))),
+    );
+    let (mut accepted, _) = listener.accept().unwrap();
+    let answer = next(deliveries.receiver());
+    let server_queue = answer.properties.reply_to().clone().expect("reply_to");
+    let server_id = handshake_of(&answer)
+        .1
+        .expect("a version-3 answer names its stream");
+    let reset = AmqpProperties::default()
+        .with_type_("reset".to_string())
+        .with_correlation_id(server_id.clone())
+        .with_app_id(raw_id.clone())
+        .with_reply_to(own.to_string());
+    publish_with(channel, &server_queue, b"bye", reset);
+    let err = accepted.read(&mut [0; 8]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+    (raw_id, server_id, server_queue)
+}
+
 /// A flood of stray frames for made-up stream ids, from made-up
 /// connection queues, spends the answers a connection gives strangers;
 /// the peer of a stream the connection held is still told at once that
@@ -573,27 +610,8 @@ fn a_flood_of_stray_frames_does_not_hide_a_gone_stream_from_its_peer() {
             ..Default::default()
         })
         .unwrap();
-    let raw_id = uuid::Uuid::new_v4().simple().to_string();
-    publish_with(
-        &channel,
-        &q,
-        b"",
-        AmqpProperties::default()
-            .with_reply_to(own.clone())
-            .with_headers(headers(3, Some(&raw_id))),
-    );
-    let (mut accepted, _) = listener.accept().unwrap();
-    let answer = next(deliveries.receiver());
-    let server_queue = answer.properties.reply_to().clone().expect("reply_to");
-    let server_id = match answer
-        .properties
-        .headers()
-        .as_ref()
-        .and_then(|headers| headers.get("x-amqp-stream-id"))
-    {
-        Some(AmqpValue::LongString(id)) => id.clone(),
-        other => panic!("a version-3 answer names its stream: {other:?}"),
-    };
+    let (raw_id, server_id, server_queue) =
+        raw_stream_reset(&listener, &channel, &q, &own, &deliveries);
     let frame = |kind: &str| {
         AmqpProperties::default()
             .with_type_(kind.to_string())
@@ -601,10 +619,6 @@ fn a_flood_of_stray_frames_does_not_hide_a_gone_stream_from_its_peer() {
             .with_app_id(raw_id.clone())
             .with_reply_to(own.clone())
     };
-    publish_with(&channel, &server_queue, b"bye", frame("reset"));
-    let err = accepted.read(&mut [0; 8]).unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
-    drop(accepted);
 
     let flooding = AtomicBool::new(true);
     let flooded = AtomicU64::new(0);
@@ -868,30 +882,9 @@ fn a_flood_for_one_gone_stream_does_not_hide_another_from_its_peer() {
     let mut streams = Vec::new();
     let mut server_queue = String::new();
     for _ in 0..2 {
-        let raw_id = uuid::Uuid::new_v4().simple().to_string();
-        publish_with(
-            &channel,
-            &q,
-            b"",
-            AmqpProperties::default()
-                .with_reply_to(own.clone())
-                .with_headers(headers(3, Some(&raw_id))),
-        );
-        let (mut accepted, _) = listener.accept().unwrap();
-        let answer = next(deliveries.receiver());
-        server_queue = answer.properties.reply_to().clone().expect("reply_to");
-        let server_id = handshake_of(&answer)
-            .1
-            .expect("a version-3 answer names its stream");
-        let reset = AmqpProperties::default()
-            .with_type_("reset".to_string())
-            .with_correlation_id(server_id.clone())
-            .with_app_id(raw_id.clone())
-            .with_reply_to(own.clone());
-        publish_with(&channel, &server_queue, b"bye", reset);
-        let err = accepted.read(&mut [0; 8]).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
-        drop(accepted);
+        let (raw_id, server_id, queue) =
+            raw_stream_reset(&listener, &channel, &q, &own, &deliveries);
+        server_queue = queue;
         streams.push((raw_id, server_id));
     }
     let keepalive = |(raw_id, server_id): &(String, String), reply_to: &str| {
