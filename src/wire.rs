@@ -244,12 +244,16 @@
 //!   connection stays open, followed on its queue by an older one, costs
 //!   one connect its handshake timeout. A version-3 listener that answers
 //!   more than three seconds after a stranger's forged answer was taken
-//!   lets that stranger's chosen queue get one end.) One gap is left: when several
-//!   connects wait on an older listener at once, a stranger's answer that
-//!   arrives between that listener's answers can take the place of the
-//!   last one, so that the stranger's chosen stream-shaped queue gets the
-//!   FIN (or reset) and the listener's stream for our SYN stays open, as
-//!   for a client that went away. Nothing ties a version-1 answer to its
+//!   lets that stranger's chosen queue get one end.) An answer naming a
+//!   queue no older listener's stream has (one not named like a
+//!   version-1 or version-2 stream's) is forged: no connect takes it.
+//!   What a stream lets go goes to a stream that took the same answer and
+//!   expects one more, if one does. One gap is left: when connects wait
+//!   on an older listener, a stranger's stream-shaped answers that arrive
+//!   before or between that listener's answers can take their places (as
+//!   many as the stranger sends), so that the stranger's chosen queues
+//!   get the FINs (or resets) and the listener's streams for our SYNs stay
+//!   open, as for clients that went away. Nothing ties a version-1 answer to its
 //!   SYN, so nothing tells the two apart; and that stranger could have
 //!   published the same FIN or reset to that queue itself, since versions
 //!   1 and 2 take control frames from anyone who can publish to a

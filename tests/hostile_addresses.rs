@@ -952,6 +952,145 @@ fn a_flood_for_one_gone_stream_does_not_hide_another_from_its_peer() {
     raw.close().unwrap();
 }
 
+/// A connector whose connection remembers that the listeners on `queues`
+/// take version 3, from version-2 answers (so it knows no connection of
+/// theirs, and believes answers naming no stream at once), with those
+/// listeners gone; connects time out after 5 s.
+fn connector_remembering_v3(queues: &[&str]) -> Connector {
+    let connector = Connector::open_with(
+        &url(),
+        StreamOptions::new().handshake_timeout(Some(Duration::from_secs(5))),
+    )
+    .unwrap();
+    for q in queues {
+        {
+            let listener = Listener::bind(&url(), q).unwrap();
+            let stream = connector.connect(q).unwrap();
+            assert_eq!(stream.protocol_version(), ProtocolVersion::V2);
+            drop(listener.accept().unwrap());
+        }
+        common::eventually(
+            Duration::from_secs(20),
+            "the listener's queue is gone",
+            || match common::queue_depth(q) {
+                None => Ok(()),
+                Some(depth) => Err(format!("{depth:?}")),
+            },
+        );
+    }
+    connector
+}
+
+/// Waits for a SYN of `version` (3: one naming its stream; 2: a retry
+/// naming none) on `requests`, passing over any other.
+fn next_syn(requests: &amiquip::Consumer<'_>, version: u8) -> amiquip::Delivery {
+    loop {
+        let syn = next(requests.receiver());
+        if handshake_of(&syn).1.is_some() == (version == 3) {
+            return syn;
+        }
+    }
+}
+
+/// Four connects that remembered version 3 wait on a queue that an older
+/// listener and a version-3 one share: the older one answers one SYN
+/// (naming no stream), the version-3 one the others, right after. All
+/// four take the older answer and fall back; whichever claimed it, the
+/// older listener's stream gets its FIN, and a stranger's answer naming
+/// no stream after that ends nothing.
+#[test]
+fn an_older_listeners_answer_claimed_by_a_connect_a_version_3_listener_answered_still_ends() {
+    const CONNECTS: usize = 4;
+    // The shared queue, and another older listener's.
+    let [q, other_q] = ["untied-mixed", "untied-mixed-other"].map(queue);
+    let connector = connector_remembering_v3(&[&q, &other_q]);
+    let mut raw = raw_connection();
+    let channel = raw.open_channel(None).unwrap();
+    let consume = |name: &str| {
+        channel
+            .queue_declare(name.to_string(), exclusive_auto_delete())
+            .unwrap()
+            .consume(ConsumerOptions {
+                no_ack: true,
+                ..Default::default()
+            })
+            .unwrap()
+    };
+    let (requests, other_requests) = (consume(&q), consume(&other_q));
+    // A version-3 pair on the same connection, to know when it has
+    // handled what came before.
+    let sync_q = queue("untied-mixed-sync");
+    let sync_listener = Listener::bind(&url(), &sync_q).unwrap();
+    let _learn = connector.connect(&sync_q).unwrap();
+    let _learned = sync_listener.accept().unwrap();
+    let probe = connector.connect(&sync_q).unwrap();
+    assert_eq!(probe.protocol_version(), ProtocolVersion::V3);
+    let (probe_server, _) = sync_listener.accept().unwrap();
+    let [older_stream, strangers_target, last_stream] =
+        [(); 3].map(|_| format!("amqp-stream.{}", uuid::Uuid::new_v4()));
+    let v3_listener_conn = format!("amqp-stream.conn.{}", uuid::Uuid::new_v4());
+    for name in [
+        &older_stream,
+        &strangers_target,
+        &last_stream,
+        &v3_listener_conn,
+    ] {
+        channel
+            .queue_declare(name.clone(), exclusive_auto_delete())
+            .unwrap();
+    }
+    let untied = |to: &str| AmqpProperties::default().with_reply_to(to.to_string());
+    std::thread::scope(|scope| {
+        let connects: Vec<_> = (0..CONNECTS)
+            .map(|_| scope.spawn(|| connector.connect(&q)))
+            .collect();
+        let syns: Vec<_> = (0..CONNECTS).map(|_| next_syn(&requests, 3)).collect();
+        let client_queue = syns[0].properties.reply_to().clone().expect("reply_to");
+        publish_with(&channel, &client_queue, b"", untied(&older_stream));
+        for syn in &syns[1..] {
+            let (_, id) = handshake_of(syn);
+            let own_answer = AmqpProperties::default()
+                .with_reply_to(v3_listener_conn.clone())
+                .with_correlation_id(id.expect("a version-3 SYN names its stream"))
+                .with_headers(headers(3, Some(&uuid::Uuid::new_v4().simple().to_string())));
+            publish_with(&channel, &client_queue, b"", own_answer);
+        }
+        for _ in 0..CONNECTS {
+            next_syn(&requests, 2);
+        }
+        publish_with(&channel, &client_queue, b"", untied(&strangers_target));
+        round_trip(&probe, &probe_server, "after the stranger's answer");
+        // A connect to another older listener, once the stranger's answer
+        // was handled: its stream is ended after any end due for it.
+        let last = scope.spawn(|| connector.connect(&other_q));
+        next_syn(&other_requests, 3);
+        publish_with(&channel, &client_queue, b"", untied(&last_stream));
+        for connect in connects.into_iter().chain([last]) {
+            assert!(
+                connect.join().unwrap().is_err(),
+                "nobody answered version 2"
+            );
+        }
+    });
+    common::eventually(
+        Duration::from_secs(20),
+        "the older listener's streams get their FINs",
+        || {
+            let depths = [&older_stream, &last_stream].map(|name| common::queue_depth(name));
+            match depths.iter().all(|depth| matches!(depth, Some((1, _)))) {
+                true => Ok(()),
+                false => Err(format!("{depths:?}")),
+            }
+        },
+    );
+    assert_eq!(
+        common::queue_depth(&strangers_target).unwrap().0,
+        0,
+        "a stranger's answer was ended"
+    );
+    raw.close().unwrap();
+}
+
 /// Two connects that remembered version 3 wait on a version-1 listener
 /// (raw, here), which answers each with an answer naming no stream. Both
 /// take the first and fall back; the second expects the next. A flood of
@@ -961,28 +1100,7 @@ fn a_flood_for_one_gone_stream_does_not_hide_another_from_its_peer() {
 #[test]
 fn a_flood_of_stray_frames_does_not_keep_an_older_listeners_stream_open() {
     let q = queue("untied-flood-v1");
-    let connector = Connector::open_with(
-        &url(),
-        StreamOptions::new().handshake_timeout(Some(Duration::from_secs(5))),
-    )
-    .unwrap();
-    // The connector learns that the listener takes version 3 (from a
-    // version-2 answer: it knows no connection of the listener's yet, so
-    // it believes answers naming no stream at once); then it goes.
-    {
-        let listener = Listener::bind(&url(), &q).unwrap();
-        let stream = connector.connect(&q).unwrap();
-        assert_eq!(stream.protocol_version(), ProtocolVersion::V2);
-        drop(listener.accept().unwrap());
-    }
-    common::eventually(
-        Duration::from_secs(20),
-        "the listener's queue is gone",
-        || match common::queue_depth(&q) {
-            None => Ok(()),
-            Some(depth) => Err(format!("{depth:?}")),
-        },
-    );
+    let connector = connector_remembering_v3(&[&q]);
     let mut raw = raw_connection();
     let channel = raw.open_channel(None).unwrap();
     let requests = channel

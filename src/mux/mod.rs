@@ -330,7 +330,7 @@ impl Mux {
             if route.answer == AnswerWait::OwnCameAfterUntied {
                 // It fell back on an older listener's answer while its own
                 // was on the way: nothing is due for its SYN.
-                lock(&self.untied).own_answer_came(&id);
+                lock(&self.untied).own_answer_came(&id, Instant::now());
             }
             lock(&self.gone).left(id, Instant::now());
         }
@@ -401,7 +401,7 @@ impl Mux {
         };
         // Whatever came for a stream that fell back to version 2 was its
         // own listener's: no older listener's answer is due for it.
-        lock(&self.untied).own_answer_came(stream);
+        lock(&self.untied).own_answer_came(stream, Instant::now());
         let answered = match properties.type_().as_deref() {
             None => true,
             Some(kind) => matches!(kind, frame::DATA | frame::FIN | frame::KEEPALIVE),

@@ -106,14 +106,16 @@ impl UntiedAnswers {
         };
         let claimed = claim != Claim::Unclaimed;
         if self.recent.len() >= REMEMBERED {
-            // Claims are few (one per stream of ours that fell back): a
-            // flood pushes out the others.
-            let oldest = self
+            // A flood pushes out the oldest answers no stream claimed;
+            // claims stay (one per stream of ours that fell back, each
+            // for a few seconds).
+            if let Some(oldest) = self
                 .recent
                 .iter()
                 .position(|answer| !matches!(answer.claim, Claim::Claimed { .. }))
-                .unwrap_or(0);
-            self.recent.remove(oldest);
+            {
+                self.recent.remove(oldest);
+            }
         }
         self.recent.push_back(Answer {
             number,
@@ -143,7 +145,9 @@ impl UntiedAnswers {
                 };
                 return true;
             }
-            Some(answer) => answer.number + 1,
+            // Claimed or ended by another stream: the first unclaimed one
+            // from it on (it is let go if its claimer's own answer comes).
+            Some(answer) => answer.number,
             // Pushed out by many newer ones (or not recorded yet): only
             // answers from now on.
             None => self.next,
@@ -170,16 +174,29 @@ impl UntiedAnswers {
         false
     }
 
-    /// A frame for `stream` came (its own version-3 answer, after it took
-    /// an answer naming no stream): what it claimed was not its listener's,
-    /// and it expects nothing more.
-    pub(super) fn own_answer_came(&mut self, stream: &str) {
+    /// A frame for `stream` came at `now` (its own version-3 answer,
+    /// after it took an answer naming no stream): what it claimed was not
+    /// its listener's, and it expects nothing more. What it claimed goes
+    /// to the first stream that expects an answer from that one on (one
+    /// that took the same answer, say), or stays unclaimed.
+    pub(super) fn own_answer_came(&mut self, stream: &str, now: Instant) {
         self.expecting
             .retain(|expectation| &*expectation.stream != stream);
         for answer in &mut self.recent {
-            if matches!(&answer.claim, Claim::Claimed { by, .. } if &**by == stream) {
-                answer.claim = Claim::Unclaimed;
+            if !matches!(&answer.claim, Claim::Claimed { by, .. } if &**by == stream) {
+                continue;
             }
+            let heir = self
+                .expecting
+                .iter()
+                .position(|expectation| expectation.from <= answer.number);
+            answer.claim = match heir.and_then(|heir| self.expecting.remove(heir)) {
+                Some(heir) => Claim::Claimed {
+                    by: heir.stream,
+                    due: now + GRACE,
+                },
+                None => Claim::Unclaimed,
+            };
         }
     }
 
@@ -314,7 +331,7 @@ mod tests {
         untied.arrived(answer("first"), start);
         assert!(untied.believed(&stream(1), "first", start));
         assert!(!untied.believed(&stream(2), "first", start));
-        untied.own_answer_came(&stream(2));
+        untied.own_answer_came(&stream(2), start);
         assert!(!untied.arrived(answer("stranger"), start));
         assert_eq!(due_at(&mut untied, start + GRACE), ["first"]);
     }
@@ -328,10 +345,45 @@ mod tests {
         untied.arrived(answer("forged2"), start);
         assert!(untied.believed(&stream(1), "forged1", start));
         assert!(untied.believed(&stream(2), "forged1", start));
-        untied.own_answer_came(&stream(1));
-        untied.own_answer_came(&stream(2));
+        untied.own_answer_came(&stream(1), start);
+        untied.own_answer_came(&stream(2), start);
         assert!(due_at(&mut untied, start + GRACE).is_empty());
         assert!(!untied.arrived(answer("stranger"), start + GRACE));
+    }
+
+    #[test]
+    fn a_claim_let_go_goes_to_a_stream_that_took_the_same_answer() {
+        let start = Instant::now();
+        let later = start + GRACE / 2;
+        let mut untied = UntiedAnswers::default();
+        untied.arrived(answer("older"), start);
+        // A stream answered by a version-3 listener claims it first; the
+        // older listener's own client expects one more.
+        assert!(untied.believed(&stream(2), "older", start));
+        assert!(!untied.believed(&stream(1), "older", start));
+        untied.own_answer_came(&stream(2), later);
+        assert!(due_at(&mut untied, start + GRACE).is_empty());
+        assert_eq!(due_at(&mut untied, later + GRACE), ["older"]);
+        // Nobody expects a stranger's answer.
+        assert!(!untied.arrived(answer("stranger"), later));
+    }
+
+    #[test]
+    fn claims_outnumbering_the_answers_remembered_all_stay() {
+        let start = Instant::now();
+        let mut untied = UntiedAnswers::default();
+        untied.arrived(answer("first"), start);
+        let believers = REMEMBERED + 50;
+        let streams: Vec<_> = (0..believers)
+            .map(|n| Arc::from(format!("{n:032x}")))
+            .collect();
+        for stream in &streams {
+            untied.believed(stream, "first", start);
+        }
+        for n in 1..believers {
+            assert!(untied.arrived(answer(&format!("q{n}")), start));
+        }
+        assert_eq!(untied.due(start + GRACE).len(), believers);
     }
 
     #[test]

@@ -354,7 +354,10 @@ pub(crate) struct Untied<'a> {
 
 /// The answer that names no stream in a message on a connection's queue
 /// without `correlation_id`, if it is one: an empty body, a `reply_to`
-/// naming a queue a peer can own, no frame type, and either no header of
+/// naming a queue named as a version-1 or version-2 stream's is
+/// ([`is_stream_queue_name`](super::is_stream_queue_name): such a
+/// listener names no other, so anything else is forged and is not
+/// taken for a refusal), no frame type, and either no header of
 /// ours (version 1) or a version-2 offer without a stream id or upgrade
 /// (version 2 from a listener built before version 3). `None` for
 /// anything else (a frame, a refusal, a version-3 answer, a version-1 FIN
@@ -388,7 +391,8 @@ pub(crate) fn untied_answer<'a>(body: &[u8], properties: &'a AmqpProperties) -> 
             _ => return None,
         }
     };
-    let server_queue = reply_to(properties).filter(|queue| check_peer_queue(queue).is_ok())?;
+    let server_queue = reply_to(properties)
+        .filter(|queue| check_peer_queue(queue).is_ok() && super::is_stream_queue_name(queue))?;
     Some(Untied {
         server_queue,
         version,
@@ -511,8 +515,10 @@ mod tests {
             untied_answer(b"", props).map(|u| u.server_queue)
         }
         let version = |props: &AmqpProperties| untied_answer(b"", props).map(|u| u.version);
-        let v1 = handshake_properties("s", None, Extra::default());
-        assert_eq!(queue(&v1), Some("s"));
+        // Named as the broker names a Go listener's stream queue.
+        const S: &str = "amq.gen-abc";
+        let v1 = handshake_properties(S, None, Extra::default());
+        assert_eq!(queue(&v1), Some(S));
         assert_eq!(version(&v1), Some(V1));
         // A refusal, a FIN without reply_to, a frame: not an answer.
         assert_eq!(untied_answer(b"no", &v1), None);
@@ -521,13 +527,20 @@ mod tests {
         assert_eq!(queue(&empty), None);
         let reserved = AmqpProperties::default().with_reply_to("amq.rabbitmq.reply-to.a".into());
         assert_eq!(queue(&reserved), None);
+        // No older listener's stream is named so: a forgery.
+        for not_a_stream in ["ssh", "amqp-stream.conn.0", "amqp-stream.x"] {
+            let forged = AmqpProperties::default().with_reply_to(not_a_stream.into());
+            assert_eq!(queue(&forged), None, "{not_a_stream}");
+        }
+        let ours = AmqpProperties::default().with_reply_to(super::super::new_queue_name());
+        assert!(queue(&ours).is_some());
         let typed = v1
             .clone()
             .with_type_(crate::protocol::frame::FIN.to_string());
         assert_eq!(queue(&typed), None);
         // A version-2 answer from a listener built before version 3.
-        let v2 = handshake_properties("s", Some(OFFER), Extra::default());
-        assert_eq!(queue(&v2), Some("s"));
+        let v2 = handshake_properties(S, Some(OFFER), Extra::default());
+        assert_eq!(queue(&v2), Some(S));
         assert_eq!(version(&v2), Some(V2));
         // Answers of version 2 with an upgrade, or 3 (stream id): ours,
         // which name their stream.
@@ -535,10 +548,7 @@ mod tests {
             stream_id: None,
             upgrade: Some(3),
         };
-        assert_eq!(
-            queue(&handshake_properties("s", Some(OFFER), upgrade)),
-            None
-        );
+        assert_eq!(queue(&handshake_properties(S, Some(OFFER), upgrade)), None);
         let v3 = Offer {
             version: 3,
             ..OFFER
@@ -547,16 +557,16 @@ mod tests {
             stream_id: Some("id"),
             upgrade: None,
         };
-        assert_eq!(queue(&handshake_properties("s", Some(v3), extra)), None);
+        assert_eq!(queue(&handshake_properties(S, Some(v3), extra)), None);
         assert_eq!(
-            queue(&handshake_properties("s", Some(v3), Extra::default())),
+            queue(&handshake_properties(S, Some(v3), Extra::default())),
             None
         );
         // Foreign headers do not hide an answer.
         let mut headers = FieldTable::new();
         headers.insert("x-other".to_string(), AmqpValue::Boolean(true));
         let foreign = v1.with_headers(headers);
-        assert_eq!(queue(&foreign), Some("s"));
+        assert_eq!(queue(&foreign), Some(S));
     }
 
     #[test]
