@@ -1076,8 +1076,12 @@ fn an_older_listeners_answer_claimed_by_a_connect_a_version_3_listener_answered_
         Duration::from_secs(20),
         "the older listener's streams get their FINs",
         || {
-            let depths = [&older_stream, &last_stream].map(|name| common::queue_depth(name));
-            match depths.iter().all(|depth| matches!(depth, Some((1, _)))) {
+            let depths = [&older_stream, &last_stream, &strangers_target]
+                .map(|name| common::queue_depth(name));
+            match depths[..2]
+                .iter()
+                .all(|depth| matches!(depth, Some((1, _))))
+            {
                 true => Ok(()),
                 false => Err(format!("{depths:?}")),
             }

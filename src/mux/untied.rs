@@ -61,7 +61,11 @@ enum Claim {
         by: Arc<str>,
         due: Instant,
     },
-    Ended,
+    /// Its stream was ended for the stream `by` vouched for it (until
+    /// that stream's own answer comes).
+    Ended {
+        by: Option<Arc<str>>,
+    },
 }
 
 #[derive(Debug)]
@@ -183,6 +187,20 @@ impl UntiedAnswers {
         self.expecting
             .retain(|expectation| &*expectation.stream != stream);
         for answer in &mut self.recent {
+            if matches!(&answer.claim, Claim::Ended { by: Some(by) } if &**by == stream) {
+                // Ended already, and not for this stream's SYN: for the
+                // SYN of a stream that took it too and expects one more,
+                // which is therefore due no more.
+                answer.claim = Claim::Ended { by: None };
+                if let Some(met) = self
+                    .expecting
+                    .iter()
+                    .position(|expectation| expectation.from <= answer.number)
+                {
+                    self.expecting.remove(met);
+                }
+                continue;
+            }
             if !matches!(&answer.claim, Claim::Claimed { by, .. } if &**by == stream) {
                 continue;
             }
@@ -205,8 +223,12 @@ impl UntiedAnswers {
     pub(super) fn due(&mut self, now: Instant) -> Vec<ToEnd> {
         let mut ended = Vec::new();
         for answer in &mut self.recent {
-            if matches!(answer.claim, Claim::Claimed { due, .. } if due <= now) {
-                answer.claim = Claim::Ended;
+            if let Claim::Claimed { by, due } = &answer.claim
+                && *due <= now
+            {
+                answer.claim = Claim::Ended {
+                    by: Some(Arc::clone(by)),
+                };
                 ended.push(answer.to_end.clone());
             }
         }
@@ -366,6 +388,21 @@ mod tests {
         assert_eq!(due_at(&mut untied, later + GRACE), ["older"]);
         // Nobody expects a stranger's answer.
         assert!(!untied.arrived(answer("stranger"), later));
+    }
+
+    #[test]
+    fn an_answer_ended_for_a_stream_whose_own_answer_came_late_meets_an_expectation() {
+        let start = Instant::now();
+        let mut untied = UntiedAnswers::default();
+        untied.arrived(answer("older"), start);
+        // A stream a slow version-3 listener answers claims it first.
+        assert!(untied.believed(&stream(2), "older", start));
+        assert!(!untied.believed(&stream(1), "older", start));
+        assert_eq!(due_at(&mut untied, start + GRACE), ["older"]);
+        // Its own answer comes after the end: the end was stream 1's.
+        untied.own_answer_came(&stream(2), start + 2 * GRACE);
+        untied.own_answer_came(&stream(2), start + 2 * GRACE);
+        assert!(!untied.arrived(answer("stranger"), start + 2 * GRACE));
     }
 
     #[test]
