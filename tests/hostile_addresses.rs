@@ -777,6 +777,9 @@ fn an_own_answer_after_a_believed_forged_one_leaves_no_answer_due() {
             .unwrap();
     }
     let untied = |to: &str| AmqpProperties::default().with_reply_to(to.to_string());
+    let confirming = raw.open_channel(None).unwrap();
+    let confirms = confirming.listen_for_publisher_confirms().unwrap();
+    confirming.enable_publisher_confirms().unwrap();
     std::thread::scope(|scope| {
         // A connect to `primer_q` believes an answer naming no stream:
         // it found the listeners' connection queue gone, and every connect
@@ -809,7 +812,12 @@ fn an_own_answer_after_a_believed_forged_one_leaves_no_answer_due() {
             let (_, id) = handshake_of(&next(requests.receiver()));
             assert_eq!(id, None, "a connect asks again with a version-2 SYN");
         }
-        publish_with(&channel, &client_queue, b"", untied(&strangers_target));
+        publish_confirmed(
+            &confirming,
+            &confirms,
+            &client_queue,
+            untied(&strangers_target),
+        );
         // The connection handled the stranger's answer before the round
         // trip's frames, and published whatever it did for it before its
         // own.
@@ -952,6 +960,23 @@ fn a_flood_for_one_gone_stream_does_not_hide_another_from_its_peer() {
     raw.close().unwrap();
 }
 
+/// Publishes `properties` (an empty body) to `queue` on `channel`, whose
+/// publisher confirms `confirms` listens to, and waits for the broker to
+/// confirm it: what anyone publishes to `queue` from now on is queued
+/// behind it.
+fn publish_confirmed(
+    channel: &amiquip::Channel,
+    confirms: &crossbeam_channel::Receiver<amiquip::Confirm>,
+    queue: &str,
+    properties: AmqpProperties,
+) {
+    publish_with(channel, queue, b"", properties);
+    match confirms.recv_timeout(Duration::from_secs(60)).unwrap() {
+        amiquip::Confirm::Ack(_) => {}
+        nack => panic!("the broker refused a message: {nack:?}"),
+    }
+}
+
 /// A connector whose connection remembers that the listeners on `queues`
 /// take version 3, from version-2 answers (so it knows no connection of
 /// theirs, and believes answers naming no stream at once), with those
@@ -1040,6 +1065,9 @@ fn an_older_listeners_answer_claimed_by_a_connect_a_version_3_listener_answered_
             .unwrap();
     }
     let untied = |to: &str| AmqpProperties::default().with_reply_to(to.to_string());
+    let confirming = raw.open_channel(None).unwrap();
+    let confirms = confirming.listen_for_publisher_confirms().unwrap();
+    confirming.enable_publisher_confirms().unwrap();
     std::thread::scope(|scope| {
         let connects: Vec<_> = (0..CONNECTS)
             .map(|_| scope.spawn(|| connector.connect(&q)))
@@ -1058,7 +1086,12 @@ fn an_older_listeners_answer_claimed_by_a_connect_a_version_3_listener_answered_
         for _ in 0..CONNECTS {
             next_syn(&requests, 2);
         }
-        publish_with(&channel, &client_queue, b"", untied(&strangers_target));
+        publish_confirmed(
+            &confirming,
+            &confirms,
+            &client_queue,
+            untied(&strangers_target),
+        );
         round_trip(&probe, &probe_server, "after the stranger's answer");
         // A connect to another older listener, once the stranger's answer
         // was handled: its stream is ended after any end due for it.

@@ -482,8 +482,19 @@ impl Mux {
     /// `untied::GRACE`.
     pub(crate) fn untied_answer_believed(&self, stream: &Arc<str>, queue: &str) {
         if lock(&self.untied).believed(stream, queue, Instant::now()) {
+            debug!(
+                "{:?}: stream {stream} took the answer naming {queue:?} (or one after it) \
+                 as its refusal: claimed",
+                self.queue
+            );
             // The demultiplexer's timer for it.
             let _ = self.untied_claimed.try_send(());
+        } else {
+            debug!(
+                "{:?}: stream {stream} took the answer naming {queue:?}, claimed by \
+                 another: it expects one more",
+                self.queue
+            );
         }
     }
 
@@ -497,6 +508,10 @@ impl Mux {
     fn end_due_untied(&self, now: Instant) {
         let due = lock(&self.untied).due(now);
         for to_end in &due {
+            debug!(
+                "{:?}: ending the older listener's stream on {:?}",
+                self.queue, to_end.queue
+            );
             self.end_untied_stream(to_end);
         }
     }
