@@ -162,6 +162,24 @@ fn connection_queue(stream: &Stream) -> String {
     queue.to_string()
 }
 
+/// Waits until the broker has confirmed the first `published` messages
+/// of a channel, whose confirms `confirms` listens to (in any order, one
+/// by one or several at once).
+fn await_confirms(confirms: &crossbeam_channel::Receiver<amiquip::Confirm>, published: u64) {
+    let mut confirmed = std::collections::BTreeSet::new();
+    while (confirmed.len() as u64) < published {
+        match confirms.recv_timeout(Duration::from_secs(60)).unwrap() {
+            amiquip::Confirm::Ack(payload) if payload.multiple => {
+                confirmed.extend(1..=payload.delivery_tag)
+            }
+            amiquip::Confirm::Ack(payload) => {
+                confirmed.insert(payload.delivery_tag);
+            }
+            nack => panic!("the broker refused a message: {nack:?}"),
+        }
+    }
+}
+
 /// Publishes each of `messages` to both ends' connection queues, waits
 /// for the broker's confirms (so whatever either end publishes next is
 /// queued behind them), then checks that the stream pair still works.
@@ -179,19 +197,7 @@ fn both_ends_carry_on_after(tag: &str, messages: &[(Vec<u8>, AmqpProperties)]) {
             published += 1;
         }
     }
-    let mut confirmed = 0;
-    while confirmed < published {
-        match confirms.recv_timeout(Duration::from_secs(60)).unwrap() {
-            amiquip::Confirm::Ack(payload) => {
-                confirmed = if payload.multiple {
-                    payload.delivery_tag
-                } else {
-                    confirmed + 1
-                }
-            }
-            nack => panic!("the broker refused a message: {nack:?}"),
-        }
-    }
+    await_confirms(&confirms, published);
     // Each connection's consumer has handled the messages before it hands
     // over what the round trips send; each answer it publishes goes
     // before the round trip's frames on its publishing channel.
@@ -260,14 +266,7 @@ fn stray_frames_are_answered_at_a_bounded_rate_and_only_to_connection_queues() {
     for _ in 0..FLOOD {
         publish_with(&channel, &conn_queue, b"", stray(&like_a_connection));
     }
-    let mut confirmed = 0;
-    while confirmed < FLOOD + 2 {
-        match confirms.recv_timeout(Duration::from_secs(30)).unwrap() {
-            amiquip::Confirm::Ack(payload) if payload.multiple => confirmed = payload.delivery_tag,
-            amiquip::Confirm::Ack(_) => confirmed += 1,
-            nack => panic!("the broker refused a message: {nack:?}"),
-        }
-    }
+    await_confirms(&confirms, FLOOD + 2);
     // The client's connection has handled the flood once it hands over
     // the server's next frame; its answers are published before the
     // client's reply, so they are queued once that is confirmed.
@@ -451,14 +450,7 @@ fn an_answer_naming_no_stream_ends_nothing_a_stranger_picks() {
             published += 2;
         }
     }
-    let mut confirmed = 0;
-    while confirmed < published {
-        match confirms.recv_timeout(Duration::from_secs(60)).unwrap() {
-            amiquip::Confirm::Ack(payload) if payload.multiple => confirmed = payload.delivery_tag,
-            amiquip::Confirm::Ack(_) => confirmed += 1,
-            nack => panic!("the broker refused a message: {nack:?}"),
-        }
-    }
+    await_confirms(&confirms, published);
     // Each connection has handled the answers once it hands over the
     // round trip's frames, and anything it published for them went out
     // before its own frames and is queued once those are confirmed.
