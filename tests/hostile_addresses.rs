@@ -683,6 +683,31 @@ fn handshake_of(delivery: &amiquip::Delivery) -> (Option<i64>, Option<String>) {
     (version, id)
 }
 
+/// A version-3 pair on `connector`'s connection, to a listener on `q`
+/// (a version-2 stream first teaches the connection that it takes
+/// version 3): a round trip on it shows that the connection has handled
+/// what its queue held before. Returns the listener and both ends.
+fn probe_pair(connector: &Connector, q: &str) -> (Listener, Stream, Stream) {
+    let listener = Listener::bind(&url(), q).unwrap();
+    drop(connector.connect(q).unwrap());
+    drop(listener.accept().unwrap());
+    let probe = connector.connect(q).unwrap();
+    assert_eq!(probe.protocol_version(), ProtocolVersion::V3);
+    let (probe_server, _) = listener.accept().unwrap();
+    (listener, probe, probe_server)
+}
+
+/// A version-3 listener's answer to the version-3 `syn`, from a
+/// connection whose queue is `reply_to`.
+fn v3_answer_to(syn: &amiquip::Delivery, reply_to: &str) -> AmqpProperties {
+    let (version, id) = handshake_of(syn);
+    assert_eq!(version, Some(3), "a version-3 SYN");
+    AmqpProperties::default()
+        .with_reply_to(reply_to.to_string())
+        .with_correlation_id(id.expect("a version-3 SYN names its stream"))
+        .with_headers(headers(3, Some(&uuid::Uuid::new_v4().simple().to_string())))
+}
+
 /// Two version-3 connects wait on one connection; a forged answer naming
 /// no stream comes first, then each connect's own version-3 answer. Both
 /// take the forged one (the listener they knew is gone, so nothing
@@ -703,14 +728,7 @@ fn an_own_answer_after_a_believed_forged_one_leaves_no_answer_due() {
             .keepalive_interval(Duration::from_secs(60)),
     )
     .unwrap();
-    // A pair on the same connection, to know when it has handled what
-    // came before: a version-2 stream first, then a version-3 one.
-    let sync_listener = Listener::bind(&url(), &sync_q).unwrap();
-    let _learn = connector.connect(&sync_q).unwrap();
-    let _learned = sync_listener.accept().unwrap();
-    let probe = connector.connect(&sync_q).unwrap();
-    assert_eq!(probe.protocol_version(), ProtocolVersion::V3);
-    let (probe_server, _) = sync_listener.accept().unwrap();
+    let (_sync_listener, probe, probe_server) = probe_pair(&connector, &sync_q);
     // The connector learns that version-3 listeners on one connection
     // serve `q` and `primer_q`; then that connection goes.
     let listener_conn_queue = {
@@ -790,12 +808,7 @@ fn an_own_answer_after_a_believed_forged_one_leaves_no_answer_due() {
         publish_with(&channel, &client_queue, b"", untied(&forged_target));
         publish_with(&channel, &client_queue, b"", untied(&second_forged_target));
         for syn in &syns {
-            let (version, id) = handshake_of(syn);
-            assert_eq!(version, Some(3), "a version-3 SYN");
-            let own_answer = AmqpProperties::default()
-                .with_reply_to(raw_conn_queue.clone())
-                .with_correlation_id(id.expect("a version-3 SYN names its stream"))
-                .with_headers(headers(3, Some(&uuid::Uuid::new_v4().simple().to_string())));
+            let own_answer = v3_answer_to(syn, &raw_conn_queue);
             publish_with(&channel, &client_queue, b"", own_answer);
         }
         // Both took the forged answer and ask again with a version-2 SYN,
@@ -1034,15 +1047,8 @@ fn an_older_listeners_answer_claimed_by_a_connect_a_version_3_listener_answered_
             .unwrap()
     };
     let (requests, other_requests) = (consume(&q), consume(&other_q));
-    // A version-3 pair on the same connection, to know when it has
-    // handled what came before.
     let sync_q = queue("untied-mixed-sync");
-    let sync_listener = Listener::bind(&url(), &sync_q).unwrap();
-    let _learn = connector.connect(&sync_q).unwrap();
-    let _learned = sync_listener.accept().unwrap();
-    let probe = connector.connect(&sync_q).unwrap();
-    assert_eq!(probe.protocol_version(), ProtocolVersion::V3);
-    let (probe_server, _) = sync_listener.accept().unwrap();
+    let (_sync_listener, probe, probe_server) = probe_pair(&connector, &sync_q);
     let [older_stream, strangers_target, last_stream] =
         [(); 3].map(|_| format!("amqp-stream.{}", uuid::Uuid::new_v4()));
     let v3_listener_conn = format!("amqp-stream.conn.{}", uuid::Uuid::new_v4());
@@ -1068,11 +1074,7 @@ fn an_older_listeners_answer_claimed_by_a_connect_a_version_3_listener_answered_
         let client_queue = syns[0].properties.reply_to().clone().expect("reply_to");
         publish_with(&channel, &client_queue, b"", untied(&older_stream));
         for syn in &syns[1..] {
-            let (_, id) = handshake_of(syn);
-            let own_answer = AmqpProperties::default()
-                .with_reply_to(v3_listener_conn.clone())
-                .with_correlation_id(id.expect("a version-3 SYN names its stream"))
-                .with_headers(headers(3, Some(&uuid::Uuid::new_v4().simple().to_string())));
+            let own_answer = v3_answer_to(syn, &v3_listener_conn);
             publish_with(&channel, &client_queue, b"", own_answer);
         }
         for _ in 0..CONNECTS {
