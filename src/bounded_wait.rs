@@ -10,7 +10,7 @@
 //! every call still waiting on that connection.
 
 use crate::error::Error;
-use crate::shared::lock;
+use crate::lock::lock;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 use log::{debug, warn};
 use std::net::{Shutdown, TcpStream};

@@ -22,10 +22,10 @@ use crate::broker_socket::BrokerSocket;
 use crate::broker_url::BrokerUrl;
 use crate::broker_urls::{BrokerUrls, attempt_time};
 use crate::error::Error;
+use crate::lock::lock;
 use crate::mux::Mux;
 use crate::password_swap::{PasswordSwap, mask};
 use crate::queue_check::QueueChecks;
-use crate::shared::lock;
 use crate::tls;
 use amiquip::{
     Auth, Channel, Connection, ConnectionBlockedNotification, ConnectionOptions, ConnectionTuning,

@@ -11,9 +11,10 @@
 //! reader empties before it receives anything new. A reader that wants
 //! the token asks for it back.
 
+use crate::lock::lock;
 use crate::mux::Held;
 use crate::protocol::frame::{self, Frame};
-use crate::shared::{Failure, Shared, lock};
+use crate::shared::{Failure, Shared};
 use crate::version::ProtocolVersion;
 use crate::worker::Control;
 use amiquip::{ConsumerMessage, Delivery};

@@ -10,7 +10,7 @@
 //! queue at most once per period, and the streams that ask meanwhile take
 //! the last answer.
 
-use crate::shared::lock;
+use crate::lock::lock;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

@@ -1,8 +1,9 @@
 //! The state a stream's worker and its user-facing handles both see: the
 //! stream's failure, the `nodelay` switch and the send window.
 
+use crate::carrier::Carrier;
 use crate::credit::SendWindow;
-use crate::worker::engine::Bell;
+use crate::lock::lock;
 use crate::write_buffer::WriteBuffer;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use log::debug;
@@ -76,16 +77,16 @@ pub(crate) struct Shared {
     credit_wake: (Sender<()>, Receiver<()>),
     /// What `write` hands to the worker.
     pub(crate) written: WriteBuffer,
-    /// The engine's bell, for a stream an engine runs (version 3); a
-    /// stream with a thread of its own needs none.
-    bell: Arc<OnceLock<Bell>>,
+    /// What runs the stream's worker for its handles (version 3's
+    /// engine); a stream with a thread of its own has none.
+    carrier: Arc<OnceLock<Box<dyn Carrier>>>,
 }
 
 impl Shared {
     /// The state of a new stream whose writes may buffer `write_limit`
     /// bytes ahead of its worker.
     pub(crate) fn new(write_limit: usize) -> Shared {
-        let bell = Arc::new(OnceLock::new());
+        let carrier = Arc::new(OnceLock::new());
         Shared {
             failure: Mutex::new(None),
             ending: Mutex::new(None),
@@ -93,30 +94,30 @@ impl Shared {
             nodelay: AtomicBool::new(false),
             send_window: Mutex::new(SendWindow::unlimited()),
             credit_wake: bounded(1),
-            written: WriteBuffer::new(write_limit, Arc::clone(&bell)),
-            bell,
+            written: WriteBuffer::new(write_limit, Arc::clone(&carrier)),
+            carrier,
         }
     }
 
-    /// From now on the stream is run by the engine `bell` rings.
-    pub(crate) fn set_bell(&self, bell: Bell) {
-        let _ = self.bell.set(bell);
+    /// From now on the stream is run by `carrier`.
+    pub(crate) fn set_carrier(&self, carrier: Box<dyn Carrier>) {
+        let _ = self.carrier.set(carrier);
     }
 
     /// After a handle's message to the worker: a stream an engine runs
     /// (version 3) has its worker run in this thread, or by whoever holds
     /// it; a worker with a thread of its own needs nothing.
     pub(crate) fn ring(&self) {
-        if let Some(bell) = self.bell.get() {
-            bell.run_here();
+        if let Some(carrier) = self.carrier.get() {
+            carrier.run_here();
         }
     }
 
     /// After a message to the worker from a thread that must not run it
     /// (the demultiplexer's): wakes the stream's engine, if it has one.
     pub(crate) fn wake_engine(&self) {
-        if let Some(bell) = self.bell.get() {
-            bell.ring();
+        if let Some(carrier) = self.carrier.get() {
+            carrier.ring();
         }
     }
 
@@ -198,9 +199,4 @@ impl Shared {
     pub(crate) fn credit_wake(&self) -> &Receiver<()> {
         &self.credit_wake.1
     }
-}
-
-/// Locks a mutex, taking the data even if a panicking thread held it.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -10,15 +10,15 @@
 //! publishes them first) or is refused. No byte a `write` accepted can
 //! land behind the FIN.
 
-use crate::shared::lock;
-use crate::worker::engine::Bell;
+use crate::carrier::Carrier;
+use crate::lock::lock;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Written bytes on their way to the worker, up to a limit.
 pub(crate) struct WriteBuffer {
-    /// The stream's bell (version 3), rung with `filled`.
-    bell: Arc<OnceLock<Bell>>,
+    /// The stream's carrier (version 3), run with `filled`.
+    carrier: Arc<OnceLock<Box<dyn Carrier>>>,
     state: Mutex<Buffered>,
     /// `write` waits while the buffer holds this much.
     limit: usize,
@@ -49,9 +49,9 @@ pub(crate) enum Appended {
 
 impl WriteBuffer {
     /// An empty buffer that takes up to about `limit` bytes.
-    pub(crate) fn new(limit: usize, bell: Arc<OnceLock<Bell>>) -> WriteBuffer {
+    pub(crate) fn new(limit: usize, carrier: Arc<OnceLock<Box<dyn Carrier>>>) -> WriteBuffer {
         WriteBuffer {
-            bell,
+            carrier,
             state: Mutex::new(Buffered::default()),
             limit: limit.max(1),
             filled: bounded(1),
@@ -77,8 +77,8 @@ impl WriteBuffer {
         if was_empty {
             let _ = self.filled.0.try_send(());
             // The writer's own thread publishes (version 3).
-            if let Some(bell) = self.bell.get() {
-                bell.run_here();
+            if let Some(carrier) = self.carrier.get() {
+                carrier.run_here();
             }
         }
         if room_left {

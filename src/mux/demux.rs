@@ -5,8 +5,8 @@
 use super::budget::{AnswerBudgets, Budget};
 use super::{ANSWERS_PER_SECOND, AnswerWait, FORMER_PEER_ANSWERS_PER_SECOND, Mux, Route, Routes};
 use crate::error::Error;
+use crate::lock::lock;
 use crate::protocol::handshake;
-use crate::shared::lock;
 use amiquip::{Channel, Confirm, ConsumerMessage, ConsumerOptions, QueueDeclareOptions, Return};
 use crossbeam_channel::{Receiver, Sender, never, select};
 use log::debug;

@@ -17,9 +17,9 @@ mod gone;
 mod untied;
 
 use crate::error::Error;
+use crate::lock::lock;
 use crate::protocol::handshake::Untied;
 use crate::protocol::{check_peer_queue, frame, is_stream_queue_name};
-use crate::shared::lock;
 use crate::version::ProtocolVersion;
 use crate::worker::engine::{Bell, Engine};
 use amiquip::{AmqpProperties, Channel, Confirm, ConsumerMessage, Publish, Return};

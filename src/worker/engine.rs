@@ -17,9 +17,10 @@
 
 use super::connected::{Step, Worker};
 use super::publisher::SharedChannel;
+use crate::carrier::Carrier;
 use crate::error::Error;
+use crate::lock::lock;
 use crate::mux::Mux;
-use crate::shared::lock;
 use crossbeam_channel::{Receiver, Sender, select, tick, unbounded};
 use log::debug;
 use std::collections::HashMap;
@@ -249,6 +250,16 @@ impl Bell {
                 }
             }
         }
+    }
+}
+
+impl Carrier for Bell {
+    fn run_here(&self) {
+        Bell::run_here(self);
+    }
+
+    fn ring(&self) {
+        Bell::ring(self);
     }
 }
 

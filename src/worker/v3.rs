@@ -66,7 +66,7 @@ pub(super) fn run(connection: Arc<BrokerConnection>, assignment: Box<Assignment>
         held,
     } = registration;
     // From now on the handles ring the engine after every message.
-    ends.shared.set_bell(bell.clone());
+    ends.shared.set_carrier(Box::new(bell.clone()));
     let queue = mux.queue().to_string();
     let transport = SharedChannel {
         mux: Arc::clone(&mux),
