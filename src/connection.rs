@@ -23,7 +23,6 @@ use crate::broker_url::BrokerUrl;
 use crate::broker_urls::{BrokerUrls, attempt_time};
 use crate::error::Error;
 use crate::lock::lock;
-use crate::mux::Mux;
 use crate::password_swap::{PasswordSwap, mask};
 use crate::queue_check::QueueChecks;
 use crate::tls;
@@ -32,6 +31,7 @@ use amiquip::{
 };
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::{debug, info, warn};
+use std::any::Any;
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
@@ -68,9 +68,10 @@ pub(crate) struct BrokerConnection {
     /// its sender lives in amiquip's I/O thread, so it disconnects when
     /// that connection ends.
     events: Receiver<ConnectionBlockedNotification>,
-    /// The version-3 transport, set up when the first version-3 stream
-    /// needs it.
-    mux: Mutex<Option<Arc<Mux>>>,
+    /// What the layer above keeps on this connection while it lives
+    /// (version 3's shared transport, set up when the first version-3
+    /// stream needs it); this layer does not know its type.
+    kept: Mutex<Option<Arc<dyn Any + Send + Sync>>>,
     /// Listener queues that said they take version-3 requests, each with
     /// the connection queue its last version-3 answer came from (once one
     /// came).
@@ -123,7 +124,7 @@ impl BrokerConnection {
             sockets: Arc::new(Mutex::new(vec![socket])),
             close_timeout,
             events,
-            mux: Mutex::new(None),
+            kept: Mutex::new(None),
             v3_listeners: Mutex::new(HashMap::new()),
             queue_checks: QueueChecks::default(),
         })
@@ -255,28 +256,32 @@ impl BrokerConnection {
         known.insert(queue.to_string(), Some(from.to_string()));
     }
 
-    /// The connection's version-3 transport, set up on first use.
-    pub(crate) fn mux(&self) -> Result<Arc<Mux>, Error> {
-        let mut mux = lock(&self.mux);
-        if let Some(mux) = mux.as_ref().filter(|mux| mux.is_alive()) {
-            return Ok(Arc::clone(mux));
-        }
-        let started = Mux::start(|| self.open_channel("version-3 streams"))?;
-        *mux = Some(Arc::clone(&started));
-        Ok(started)
+    /// What the layer above keeps on this connection, if it is a `T`
+    /// that is still `alive`.
+    pub(crate) fn kept<T: Any + Send + Sync>(&self, alive: impl Fn(&T) -> bool) -> Option<Arc<T>> {
+        let kept = Arc::clone(lock(&self.kept).as_ref()?);
+        kept.downcast::<T>().ok().filter(|kept| alive(kept))
     }
 
-    /// [`mux`](Self::mux), waiting for its setup (broker round trips, the
-    /// first time) until `deadline` only: `None` after it.
-    pub(crate) fn mux_until(
-        self: &Arc<Self>,
-        deadline: Option<Instant>,
-    ) -> Option<Result<Arc<Mux>, Error>> {
-        if let Some(mux) = lock(&self.mux).as_ref().filter(|mux| mux.is_alive()) {
-            return Some(Ok(Arc::clone(mux)));
+    /// [`kept`](Self::kept), or else what `start` sets up on this
+    /// connection, kept from then on. Callers for the same `T` take turns
+    /// (one `start` at a time).
+    pub(crate) fn keep<T: Any + Send + Sync>(
+        &self,
+        alive: impl Fn(&T) -> bool,
+        start: impl FnOnce(&Self) -> Result<Arc<T>, Error>,
+    ) -> Result<Arc<T>, Error> {
+        let mut kept = lock(&self.kept);
+        if let Some(alive) = kept
+            .as_ref()
+            .and_then(|kept| Arc::clone(kept).downcast::<T>().ok())
+            .filter(|kept| alive(kept))
+        {
+            return Ok(alive);
         }
-        let connection = Arc::clone(self);
-        bounded_wait::until(deadline, "amqp-stream-setup", move || connection.mux())
+        let started = start(self)?;
+        *kept = Some(Arc::clone(&started) as Arc<dyn Any + Send + Sync>);
+        Ok(started)
     }
 
     /// Closes every connection now (AMQP `connection.close`, answered by

@@ -21,7 +21,6 @@ use crate::lock::lock;
 use crate::protocol::handshake::Untied;
 use crate::protocol::{check_peer_queue, frame, is_stream_queue_name};
 use crate::version::ProtocolVersion;
-use crate::worker::engine::{Bell, Engine};
 use amiquip::{AmqpProperties, Channel, Confirm, ConsumerMessage, Publish, Return};
 use budget::AnswerBudgets;
 use confirms::ConfirmBook;
@@ -65,8 +64,6 @@ pub(crate) struct Mux {
     /// counts them; read without its lock.
     unconfirmed: Arc<AtomicU64>,
     routes: Arc<Routes>,
-    /// The engine that runs this connection's streams once connected.
-    engine: Engine,
     /// The stream ids this connection held recently.
     gone: Mutex<GoneStreams>,
     /// Older listeners' answers naming no stream, and who vouches for them.
@@ -89,13 +86,24 @@ pub(crate) struct Routes {
     ended: AtomicBool,
 }
 
+/// How the demultiplexer wakes whatever runs a stream (version 3's
+/// engine): it never runs a stream's work in its own thread.
+pub(crate) trait StreamWake: Send {
+    /// Something for the stream is waiting: a frame, its end, a failure.
+    fn ring(&self);
+
+    /// A broker's confirm (or, if `refused`, its nack) of one of the
+    /// stream's messages reached the stream.
+    fn confirmed(&self, refused: bool);
+}
+
 /// One stream's ends of what the demultiplexer feeds.
 struct Route {
     deliveries: Sender<ConsumerMessage>,
     confirms: Sender<Confirm>,
     returns: Sender<Return>,
     /// Rung after a confirm or return for the stream.
-    bell: Bell,
+    bell: Box<dyn StreamWake>,
     /// What was handed to `deliveries` and not yet taken by the stream.
     held: Arc<Held>,
     /// The most `held` may weigh: beyond it the peer ignores the window.
@@ -148,8 +156,6 @@ pub(crate) struct Registration {
     pub(crate) confirms: Receiver<Confirm>,
     /// The stream's messages the broker could not route.
     pub(crate) returns: Receiver<Return>,
-    /// The engine's bell for the stream.
-    pub(crate) bell: Bell,
     /// What `deliveries` holds: whoever takes a delivery says so with
     /// [`Held::taken`].
     pub(crate) held: Arc<Held>,
@@ -223,7 +229,6 @@ impl Mux {
             untied_claims: claims,
         };
         let mux = Arc::new(Mux {
-            engine: Engine::start()?,
             queue,
             unconfirmed: Arc::default(),
             publishing: Mutex::new(Publishing {
@@ -249,9 +254,16 @@ impl Mux {
         Ok(mux)
     }
 
-    /// The engine that runs the connection's streams.
-    pub(crate) fn engine(&self) -> &Engine {
-        &self.engine
+    /// A new stream id: 32 hex digits, never the connection's own
+    /// sender id.
+    pub(crate) fn new_stream_id() -> Arc<str> {
+        uuid::Uuid::new_v4().simple().to_string().into()
+    }
+
+    /// The publishing channel's body bytes not yet confirmed, as its
+    /// confirms' book counts them.
+    pub(crate) fn unconfirmed(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.unconfirmed)
     }
 
     /// The connection's queue, which every stream on it receives on.
@@ -264,8 +276,9 @@ impl Mux {
         !self.routes.ended.load(Ordering::SeqCst)
     }
 
-    /// Registers a new stream end under a new id, which offers its peer a
-    /// receive `window`: a peer that sends far beyond it has its frames
+    /// Registers a new stream end under `id` (from
+    /// [`new_stream_id`](Self::new_stream_id)), woken by `bell`, which
+    /// offers its peer a receive `window`: a peer that sends far beyond it has its frames
     /// dropped and the stream aborted by `abort`, so that it cannot grow
     /// this process's memory while nobody takes the stream's deliveries.
     ///
@@ -274,17 +287,15 @@ impl Mux {
     /// that names no stream is handed to it until its own answer comes.
     pub(crate) fn register(
         &self,
+        id: Arc<str>,
+        bell: Box<dyn StreamWake>,
         window: u64,
         abort: Box<dyn Fn(String) + Send>,
         awaits_answer: bool,
     ) -> Result<Registration, Error> {
-        let id: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
         let (deliveries_tx, deliveries) = unbounded();
         let (confirms_tx, confirms) = unbounded();
         let (returns_tx, returns) = unbounded();
-        let bell = self
-            .engine
-            .bell(Arc::clone(&id), Arc::clone(&self.unconfirmed));
         let held = Arc::new(Held::default());
         let mut streams = lock(&self.routes.streams);
         // Checked under the lock the demultiplexer empties the map under.
@@ -300,7 +311,7 @@ impl Mux {
                 deliveries: deliveries_tx,
                 confirms: confirms_tx,
                 returns: returns_tx,
-                bell: bell.clone(),
+                bell,
                 held: Arc::clone(&held),
                 limit: hold_limit(window),
                 abort,
@@ -317,7 +328,6 @@ impl Mux {
             deliveries,
             confirms,
             returns,
-            bell,
             held,
         })
     }

@@ -20,7 +20,7 @@ use super::publisher::SharedChannel;
 use crate::carrier::Carrier;
 use crate::error::Error;
 use crate::lock::lock;
-use crate::mux::Mux;
+use crate::mux::{Mux, StreamWake};
 use crossbeam_channel::{Receiver, Sender, select, tick, unbounded};
 use log::debug;
 use std::collections::HashMap;
@@ -260,6 +260,16 @@ impl Carrier for Bell {
 
     fn ring(&self) {
         Bell::ring(self);
+    }
+}
+
+impl StreamWake for Bell {
+    fn ring(&self) {
+        Bell::ring(self);
+    }
+
+    fn confirmed(&self, refused: bool) {
+        Bell::confirmed(self, refused);
     }
 }
 

@@ -26,6 +26,7 @@ mod connected;
 pub(crate) mod engine;
 mod handshake;
 mod publisher;
+mod shared_transport;
 mod state;
 mod v1;
 mod v3;

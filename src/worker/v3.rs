@@ -5,9 +5,10 @@
 
 use super::handshake::{Inbound, await_handshake, send_handshake};
 use super::publisher::{Publisher, SharedChannel};
+use super::shared_transport::SharedTransport;
 use super::{Assignment, Connected, Control};
 use crate::connection::BrokerConnection;
-use crate::mux::Registration;
+use crate::mux::{Mux, Registration};
 use crate::shared::Failure;
 use std::sync::Arc;
 
@@ -43,14 +44,26 @@ pub(super) fn run(connection: Arc<BrokerConnection>, assignment: Box<Assignment>
     // stream) takes broker round trips: a client waits for them until
     // its deadline only.
     let give_up = role.give_up();
-    let mux = connection
-        .mux_until(give_up.as_ref().map(|give_up| give_up.at))
-        .unwrap_or_else(|| Err(give_up.as_ref().expect("a deadline passed").error()));
-    let registered = mux.and_then(|mux| {
-        mux.register(window, abort, awaits_answer)
-            .map(|registration| (mux, registration))
+    let transport =
+        SharedTransport::of_until(&connection, give_up.as_ref().map(|give_up| give_up.at))
+            .unwrap_or_else(|| Err(give_up.as_ref().expect("a deadline passed").error()));
+    let id = Mux::new_stream_id();
+    let registered = transport.and_then(|transport| {
+        let bell = transport
+            .engine
+            .bell(Arc::clone(&id), transport.mux.unconfirmed());
+        transport
+            .mux
+            .register(
+                Arc::clone(&id),
+                Box::new(bell.clone()),
+                window,
+                abort,
+                awaits_answer,
+            )
+            .map(|registration| (transport, bell, registration))
     });
-    let (mux, registration) = match registered {
+    let (transport, bell, registration) = match registered {
         Ok(registered) => registered,
         Err(err) => {
             let _ = setup.send(Err(err));
@@ -62,18 +75,18 @@ pub(super) fn run(connection: Arc<BrokerConnection>, assignment: Box<Assignment>
         deliveries,
         confirms,
         returns,
-        bell,
         held,
     } = registration;
+    let mux = &transport.mux;
     // From now on the handles ring the engine after every message.
     ends.shared.set_carrier(Box::new(bell.clone()));
     let queue = mux.queue().to_string();
-    let transport = SharedChannel {
-        mux: Arc::clone(&mux),
+    let channel = SharedChannel {
+        mux: Arc::clone(mux),
         own: Arc::clone(&id),
         peer: None,
     };
-    let mut publisher = Publisher::new(transport, confirms);
+    let mut publisher = Publisher::new(channel, confirms);
     log::debug!("stream {queue}#{id}: handshake starts");
     let agreed = send_handshake(&role, &queue, &options, &mut publisher).and_then(|sent| {
         await_handshake(
@@ -113,7 +126,7 @@ pub(super) fn run(connection: Arc<BrokerConnection>, assignment: Box<Assignment>
     };
     // The engine runs the stream from here.
     match connected.into_worker() {
-        Some((worker, name)) => mux.engine().adopt(worker, &bell, name, &mux),
+        Some((worker, name)) => transport.engine.adopt(worker, &bell, name, mux),
         None => mux.unregister(&id),
     }
 }
