@@ -10,7 +10,7 @@ use crate::protocol;
 use crate::spare::SparePool;
 use crate::stream::Stream;
 use crate::version::ProtocolVersion;
-use crate::worker::{self, Role};
+use crate::worker::{self, Role, Spares};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
@@ -192,7 +192,7 @@ impl Connector {
                 &self.connection,
                 role,
                 self.options.clone(),
-                self.spares.as_deref(),
+                self.spares.as_deref().map(|spares| spares as &dyn Spares),
             )
         };
         let established = match start(v3) {

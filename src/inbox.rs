@@ -16,7 +16,7 @@ use crate::mux::Held;
 use crate::protocol::frame::{self, Frame};
 use crate::shared::{Failure, Shared};
 use crate::version::ProtocolVersion;
-use crate::worker::Control;
+use crate::worker::commands::Control;
 use amiquip::{ConsumerMessage, Delivery};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use std::collections::VecDeque;

@@ -5,7 +5,7 @@
 use crate::connection::BrokerConnection;
 use crate::options::StreamOptions;
 use crate::version::ProtocolVersion;
-use crate::worker::{self, Assignment, Spare};
+use crate::worker::{self, Assignment, Spare, Spares};
 use crossbeam_channel::{Receiver, Sender, after, bounded, select, unbounded};
 use log::debug;
 use std::sync::Arc;
@@ -83,14 +83,20 @@ impl SparePool {
                 Arc::clone(&self.connection),
                 self.options.clone(),
                 self.offer.clone(),
-                slot,
-                life,
+                Box::new(slot),
+                Box::new(life),
             );
             if let Err(err) = started {
                 debug!("not preparing streams: {err}");
                 return;
             }
         }
+    }
+}
+
+impl Spares for SparePool {
+    fn hand_over(&self, assignment: Box<Assignment>) -> Result<(), Box<Assignment>> {
+        SparePool::hand_over(self, assignment)
     }
 }
 

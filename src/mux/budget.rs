@@ -7,6 +7,14 @@
 
 use std::time::Instant;
 
+/// How many stray frames from strangers a connection answers a second,
+/// at most; as many at once after a quiet second.
+pub(super) const ANSWERS_PER_SECOND: u32 = 100;
+
+/// How many frames for streams it held recently (see `gone`) a
+/// connection answers a second, at most: a budget apart from strangers'.
+pub(super) const FORMER_PEER_ANSWERS_PER_SECOND: u32 = 1000;
+
 /// What a connection's demultiplexer answers from: frames and answers
 /// from strangers, and frames from the peers of streams it held recently
 /// (see `gone`), each with a budget of its own.

@@ -2,8 +2,8 @@
 //! deliveries of its queue and the confirms and returns of its publishing
 //! channel, and hands each to the stream it belongs to.
 
-use super::budget::{AnswerBudgets, Budget};
-use super::{ANSWERS_PER_SECOND, AnswerWait, FORMER_PEER_ANSWERS_PER_SECOND, Mux, Route, Routes};
+use super::budget::{ANSWERS_PER_SECOND, AnswerBudgets, Budget, FORMER_PEER_ANSWERS_PER_SECOND};
+use super::routes::{AnswerWait, Route, Routes};
 use crate::error::Error;
 use crate::lock::lock;
 use crate::protocol::handshake;
@@ -13,6 +13,26 @@ use log::debug;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Instant;
+
+/// What the demultiplexer asks of the transport it runs for
+/// ([`Mux`](super::Mux)), which it holds weakly: its confirms' book and
+/// its answers to what nobody on the connection asked for.
+pub(super) trait Owner: Send + Sync + 'static {
+    /// A broker's confirm, as the confirms of each stream it covers.
+    fn confirmed(&self, confirm: Confirm) -> Vec<(Arc<str>, Confirm)>;
+
+    /// Answers a frame for a stream nobody here holds, within `budgets`.
+    fn answer_stray(&self, delivery: &amiquip::Delivery, budgets: &mut AnswerBudgets);
+
+    /// An older listener's answer that names no stream came.
+    fn untied_answer_came(&self, answer: handshake::Untied<'_>);
+
+    /// When the next claimed answer naming no stream is due to be ended.
+    fn untied_next_due(&self) -> Option<Instant>;
+
+    /// Ends the claimed answers naming no stream that are due by `now`.
+    fn end_due_untied(&self, now: Instant);
+}
 
 /// What the demultiplexer reads besides its consumer.
 pub(super) struct Feeds {
@@ -31,7 +51,7 @@ pub(super) struct Feeds {
 pub(super) fn run(
     channel: Channel,
     feeds: Feeds,
-    mux: Weak<Mux>,
+    mux: Weak<impl Owner>,
     ready: Sender<Result<(), Error>>,
 ) {
     let consumer = match consume(&channel, &feeds.queue) {
@@ -163,7 +183,7 @@ impl Default for UntiedTimer {
 
 impl UntiedTimer {
     /// Sets the timer for the claim due next, if that changed.
-    fn refresh(&mut self, mux: &Weak<Mux>) {
+    fn refresh(&mut self, mux: &Weak<impl Owner>) {
         let due = mux.upgrade().and_then(|mux| mux.untied_next_due());
         if due != self.due {
             self.due = due;
@@ -172,7 +192,7 @@ impl UntiedTimer {
     }
 
     /// The timer went off (and goes off no more): set it again.
-    fn fired(&mut self, mux: &Weak<Mux>) {
+    fn fired(&mut self, mux: &Weak<impl Owner>) {
         self.due = None;
         self.timer = never();
         self.refresh(mux);

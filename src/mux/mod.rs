@@ -14,6 +14,7 @@ mod budget;
 mod confirms;
 mod demux;
 mod gone;
+mod routes;
 mod untied;
 
 use crate::error::Error;
@@ -22,11 +23,13 @@ use crate::protocol::handshake::Untied;
 use crate::protocol::{check_peer_queue, frame, is_stream_queue_name};
 use crate::version::ProtocolVersion;
 use amiquip::{AmqpProperties, Channel, Confirm, ConsumerMessage, Publish, Return};
-use budget::AnswerBudgets;
+use budget::{ANSWERS_PER_SECOND, AnswerBudgets, FORMER_PEER_ANSWERS_PER_SECOND};
 use confirms::ConfirmBook;
 use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 use gone::{FormerPeer, GoneStreams};
 use log::debug;
+use routes::{AnswerWait, Route, Routes};
+pub(crate) use routes::{Held, StreamWake};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,14 +42,6 @@ const NOBODY: &str = "-";
 
 /// The prefix of a connection's queue.
 const QUEUE_PREFIX: &str = "amqp-stream.conn.";
-
-/// How many stray frames from strangers a connection answers a second,
-/// at most; as many at once after a quiet second.
-const ANSWERS_PER_SECOND: u32 = 100;
-
-/// How many frames for streams it held recently (see `gone`) a
-/// connection answers a second, at most: a budget apart from strangers'.
-const FORMER_PEER_ANSWERS_PER_SECOND: u32 = 1000;
 
 /// Whether `queue` is named as a connection's queue is:
 /// `amqp-stream.conn.` and a UUID.
@@ -79,62 +74,6 @@ struct Publishing {
     book: ConfirmBook,
 }
 
-/// Where the demultiplexer delivers, by stream id.
-pub(crate) struct Routes {
-    streams: Mutex<HashMap<Arc<str>, Route>>,
-    /// The connection's consumer has ended: nothing registers any more.
-    ended: AtomicBool,
-}
-
-/// How the demultiplexer wakes whatever runs a stream (version 3's
-/// engine): it never runs a stream's work in its own thread.
-pub(crate) trait StreamWake: Send {
-    /// Something for the stream is waiting: a frame, its end, a failure.
-    fn ring(&self);
-
-    /// A broker's confirm (or, if `refused`, its nack) of one of the
-    /// stream's messages reached the stream.
-    fn confirmed(&self, refused: bool);
-}
-
-/// One stream's ends of what the demultiplexer feeds.
-struct Route {
-    deliveries: Sender<ConsumerMessage>,
-    confirms: Sender<Confirm>,
-    returns: Sender<Return>,
-    /// Rung after a confirm or return for the stream.
-    bell: Box<dyn StreamWake>,
-    /// What was handed to `deliveries` and not yet taken by the stream.
-    held: Arc<Held>,
-    /// The most `held` may weigh: beyond it the peer ignores the window.
-    limit: u64,
-    /// Fails the stream for a protocol violation (and resets its peer).
-    abort: Box<dyn Fn(String) + Send>,
-    /// The stream was aborted for holding too much: its frames are dropped.
-    overran: bool,
-    /// Where a client that asks again as version 2 when its version-3 SYN
-    /// is refused stands with its answer.
-    answer: AnswerWait,
-}
-
-/// Where a stream stands with the answer to its version-3 SYN, as far as
-/// answers naming no stream go (see `demux::hand_untied_answer`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum AnswerWait {
-    /// A client that can fall back, waiting: it is handed an answer that
-    /// names no stream.
-    Waiting,
-    /// It was handed an answer naming no stream, and nothing of its own.
-    TookUntied,
-    /// Its own frames came after it was handed an answer naming no
-    /// stream: whatever it believed, no older listener's answer is due
-    /// for its SYN, and it says so when it leaves (`Mux::unregister`).
-    OwnCameAfterUntied,
-    /// Nothing to do with answers naming no stream: a listener's stream,
-    /// a pinned client, or one whose own answer came first.
-    Settled,
-}
-
 /// The most body bytes a stream that offered `window` may have handed
 /// over and not yet taken: the window's data, and room for the control
 /// frames that may come with it.
@@ -161,36 +100,25 @@ pub(crate) struct Registration {
     pub(crate) held: Arc<Held>,
 }
 
-/// What a stream's deliveries hold that it has not taken yet, and what
-/// that weighs against its window: the bodies' bytes and, once the stream
-/// is set up, each message's cost
-/// ([`MESSAGE_COST`](crate::credit::MESSAGE_COST)).
-#[derive(Debug, Default)]
-pub(crate) struct Held {
-    bytes: AtomicU64,
-    messages: AtomicU64,
-    /// The cost of one message: 0 until the stream is set up.
-    message_cost: AtomicU64,
-}
-
-impl Held {
-    /// A delivery of `size` body bytes was handed over; returns what
-    /// everything held weighs now.
-    fn handed(&self, size: u64) -> u64 {
-        let bytes = self.bytes.fetch_add(size, Ordering::SeqCst) + size;
-        let messages = self.messages.fetch_add(1, Ordering::SeqCst) + 1;
-        bytes.saturating_add(messages.saturating_mul(self.message_cost.load(Ordering::SeqCst)))
+impl demux::Owner for Mux {
+    fn confirmed(&self, confirm: Confirm) -> Vec<(Arc<str>, Confirm)> {
+        Mux::confirmed(self, confirm)
     }
 
-    /// A delivery of `size` body bytes was taken (or dropped).
-    pub(crate) fn taken(&self, size: u64) {
-        self.bytes.fetch_sub(size, Ordering::SeqCst);
-        self.messages.fetch_sub(1, Ordering::SeqCst);
+    fn answer_stray(&self, delivery: &amiquip::Delivery, budgets: &mut AnswerBudgets) {
+        Mux::answer_stray(self, delivery, budgets);
     }
 
-    /// From now on each message weighs `cost` more.
-    pub(crate) fn count_messages_at(&self, cost: u64) {
-        self.message_cost.store(cost, Ordering::SeqCst);
+    fn untied_answer_came(&self, answer: Untied<'_>) {
+        Mux::untied_answer_came(self, answer);
+    }
+
+    fn untied_next_due(&self) -> Option<Instant> {
+        Mux::untied_next_due(self)
+    }
+
+    fn end_due_untied(&self, now: Instant) {
+        Mux::end_due_untied(self, now);
     }
 }
 

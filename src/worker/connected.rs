@@ -11,24 +11,26 @@
 //! in between until an input is ready or a deadline comes. What only
 //! version 1 does is in [`v1`](super::v1).
 
-use super::WorkerEnds;
+use super::assignment::{Agreed, Handshake, SetupOutcome, WorkerEnds};
+use super::peer_probe::Probe;
 use super::publisher::{Publisher, Transport};
 use super::state::{self, FinStep, Phase, ResetStep, StreamState};
-use super::v1::Probe;
 use crate::connection::BrokerConnection;
+use crate::credit::{SendWindow, message_limit};
 use crate::inbox::Inbox;
+use crate::options::StreamOptions;
 use crate::protocol::frame;
 use crate::shared::{Ending, Failure};
 use crate::version::ProtocolVersion;
-use amiquip::Return;
-use crossbeam_channel::{Receiver, Select};
+use amiquip::{ConsumerMessage, Return};
+use crossbeam_channel::{Receiver, Select, Sender};
 use log::{debug, warn};
 use std::io;
 use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{Control, Outbound};
+use super::commands::{Control, Outbound};
 
 /// A connected stream's worker.
 pub(super) struct Worker<T> {
@@ -656,5 +658,125 @@ impl<T: Transport> Worker<T> {
         if unread {
             self.send_reset("the stream was closed: data that came after is not read");
         }
+    }
+}
+
+/// A stream whose handshake succeeded, before its worker's loop.
+pub(super) struct Connected<T> {
+    pub(super) connection: Arc<BrokerConnection>,
+    pub(super) options: StreamOptions,
+    pub(super) setup: Sender<SetupOutcome>,
+    pub(super) ends: WorkerEnds,
+    pub(super) agreed: Agreed,
+    /// The queue the stream receives on.
+    pub(super) local_queue: String,
+    /// The stream's address for the user (version 3: the queue and the
+    /// stream id).
+    pub(super) local_name: String,
+    pub(super) publisher: Publisher<T>,
+    pub(super) returns: Receiver<Return>,
+    pub(super) deliveries: Receiver<ConsumerMessage>,
+    /// Version 3: the bytes waiting in `deliveries`.
+    pub(super) held: Option<Arc<crate::mux::Held>>,
+}
+
+impl<T: Transport> Connected<T> {
+    /// Hands the stream to the user and runs its worker on this thread
+    /// until it is over.
+    pub(super) fn run(self) {
+        if let Some((mut worker, name)) = self.into_worker() {
+            worker.run();
+            drop(worker);
+            debug!("stream {name} closed");
+        }
+    }
+
+    /// Hands the stream to the user; the worker to run it, and the
+    /// stream's name for the log (`None` if the user no longer waits).
+    pub(super) fn into_worker(self) -> Option<(Worker<T>, String)> {
+        let Connected {
+            connection,
+            options,
+            setup,
+            ends,
+            agreed,
+            local_queue,
+            local_name,
+            mut publisher,
+            returns,
+            deliveries,
+            held,
+        } = self;
+        let Agreed {
+            peer_queue,
+            version,
+            peer_window,
+            peer_stream,
+            upgrade,
+            peer_message_cost,
+        } = agreed;
+        let peer_name = match &peer_stream {
+            Some(id) => format!("{peer_queue}#{id}"),
+            None => peer_queue.clone(),
+        };
+        let peer_connection = peer_stream.is_some().then(|| peer_queue.clone());
+        if let Some(id) = peer_stream {
+            publisher.set_peer(id);
+        }
+        debug!("stream {local_name} connected to {peer_name}, protocol version {version}");
+        if let Some(window) = peer_window {
+            *ends.shared.send_window() =
+                SendWindow::limited(window).with_message_cost(peer_message_cost.unwrap_or(0));
+        }
+        // Whatever held for a version-3 stream is weighed with each
+        // message's cost, whether or not the peer said it counts it: one
+        // that leaves the header out must not make the stream hold
+        // hundreds of times its window in tiny messages.
+        if let Some(held) = &held {
+            held.count_messages_at(crate::credit::MESSAGE_COST);
+        }
+        let message_limit = message_limit(options.get_max_message_size(), peer_window);
+        let marker = frame::new_marker();
+        let inbox = Arc::new(Inbox::new(
+            version,
+            deliveries,
+            Arc::clone(&ends.shared),
+            ends.control_sender.clone(),
+            marker.clone(),
+            options.get_window() as u64,
+            held,
+        ));
+        let handed_over = setup.send(Ok(Handshake {
+            local_queue: local_name.clone(),
+            peer_queue: peer_name,
+            inbox: Arc::clone(&inbox),
+            message_limit,
+            upgrade,
+            peer_connection,
+        }));
+        if handed_over.is_err() {
+            return None;
+        }
+        let state = StreamState::new(
+            version,
+            options.get_keepalive_interval(),
+            options.get_linger(),
+            Instant::now(),
+        );
+        let worker = Worker {
+            connection,
+            marker,
+            publisher,
+            returns,
+            ends,
+            peer_queue,
+            local_queue,
+            inbox,
+            message_limit,
+            unsent: Vec::new(),
+            state,
+            probe: Probe::default(),
+        };
+        Some((worker, local_name))
     }
 }

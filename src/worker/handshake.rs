@@ -1,8 +1,9 @@
 //! The handshake as the worker runs it: publishing our SYN or SYN-ACK and
 //! waiting for the answer (client) or the broker's confirm (listener).
 
+use super::assignment::Agreed;
 use super::publisher::{Publisher, Transport};
-use super::{Agreed, Role};
+use super::role::Role;
 use crate::bounded_wait;
 use crate::connection::BrokerConnection;
 use crate::error::Error;

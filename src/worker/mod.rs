@@ -22,147 +22,38 @@
 //! * [`v3`] sets up a version-3 stream on its connection's shared
 //!   transport.
 
+mod assignment;
+pub(crate) mod commands;
 mod connected;
 pub(crate) mod engine;
 mod handshake;
+mod peer_probe;
 mod publisher;
+mod role;
 mod shared_transport;
 mod state;
 mod v1;
 mod v3;
 
 use crate::connection::BrokerConnection;
-use crate::credit::{SendWindow, message_limit};
 use crate::error::Error;
 use crate::inbox::Inbox;
 use crate::options::StreamOptions;
-use crate::protocol::frame;
-use crate::protocol::handshake::Offer;
 use crate::protocol::{new_queue_name, queue_declare_options};
 use crate::shared::Shared;
-use crate::spare::{SpareLife, SparePool, SpareSlot};
-use crate::version::ProtocolVersion;
 use amiquip::{Channel, Confirm, ConsumerMessage, ConsumerOptions, Delivery, Return};
-use connected::Worker;
+use assignment::WorkerEnds;
+pub(crate) use assignment::{Assignment, SetupOutcome};
+pub(crate) use commands::{Control, Outbound};
+use connected::Connected;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, after, bounded, select, unbounded};
 use handshake::{Inbound, await_handshake, send_handshake};
 use log::debug;
-use publisher::{OwnChannel, Publisher, Transport};
-use state::StreamState;
-use std::io;
+use publisher::{OwnChannel, Publisher};
+use role::GiveUp;
+pub(crate) use role::Role;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use v1::Probe;
-
-/// What the user's side sends the worker, in stream order.
-pub(crate) enum Outbound {
-    /// Publish the FIN; answer once it is published.
-    Fin(Sender<io::Result<()>>),
-    /// Answer once everything before this is confirmed by the broker.
-    Flush(Sender<io::Result<()>>),
-    /// Publish what small writes are waiting (after `set_nodelay(true)`).
-    Push,
-    /// The last handle is gone: finish and clean up.
-    Close,
-    /// The last handle is gone with data unread: reset the stream (version
-    /// 2; version 1 closes) and clean up.
-    Reset(String),
-}
-
-/// What the receiving side tells the worker, out of stream order.
-pub(crate) enum Control {
-    /// Acknowledge this delivery and every one before it.
-    Ack(Box<Delivery>),
-    /// The reader has taken the peer's FIN.
-    FinReceived,
-    /// The reader has taken the peer-gone marker.
-    PeerGoneSeen,
-    /// Report to the peer that our reader has consumed this many bytes.
-    Window(u64),
-    /// The peer reset the stream.
-    PeerReset,
-    /// The peer broke the protocol: reset the stream, saying why.
-    Abort(String),
-}
-
-/// Which end of the handshake the worker plays.
-pub(crate) enum Role {
-    /// Connect to a listener's control queue.
-    Client {
-        /// The listener's queue.
-        listener_queue: String,
-        /// When to give up waiting for the answer.
-        deadline: Option<Instant>,
-        /// The timeout, for the error message.
-        timeout: Option<Duration>,
-        /// Send a version-3 SYN (the listener is known to take one).
-        v3: bool,
-        /// The connection queue the listener last answered a version-3
-        /// SYN from: while it is there, an answer that names no stream is
-        /// not believed (see `handshake::await_handshake`).
-        listener_connection: Option<String>,
-    },
-    /// Answer a connection request.
-    Server {
-        /// The client's queue, from the request's `reply_to`.
-        client_queue: String,
-        /// The version the listener chose for it.
-        version: ProtocolVersion,
-        /// The client's version-2 offer, if it made one.
-        offer: Option<Offer>,
-        /// The client's stream id (version 3).
-        client_stream: Option<String>,
-        /// The per-message cost the client counts (version 3).
-        client_message_cost: Option<u64>,
-    },
-}
-
-impl Role {
-    /// When a client gives up, as its caller waits for the handshake
-    /// (none for a listener's end: its handshake timeout is counted in
-    /// [`await_handshake`]).
-    fn give_up(&self) -> Option<GiveUp> {
-        match self {
-            Role::Client {
-                listener_queue,
-                deadline: Some(at),
-                timeout,
-                ..
-            } => Some(GiveUp {
-                at: *at,
-                what: format!("connecting to {listener_queue:?}"),
-                after: timeout.unwrap_or_default(),
-            }),
-            _ => None,
-        }
-    }
-
-    /// Whether the stream speaks version 3 (no queue of its own).
-    fn is_v3(&self) -> bool {
-        match self {
-            Role::Client { v3, .. } => *v3,
-            Role::Server { version, .. } => *version >= ProtocolVersion::V3,
-        }
-    }
-}
-
-/// When and how a client waiting for its handshake gives up.
-struct GiveUp {
-    at: Instant,
-    /// What timed out, for the error.
-    what: String,
-    /// The timeout, for the error.
-    after: Duration,
-}
-
-impl GiveUp {
-    fn error(&self) -> Error {
-        Error::TimedOut {
-            what: self.what.clone(),
-            after: self.after,
-        }
-    }
-}
+use std::time::Duration;
 
 /// A stream whose handshake succeeded: the ends the user's handles hold.
 pub(crate) struct Established {
@@ -182,6 +73,18 @@ pub(crate) struct Established {
     pub(crate) peer_connection: Option<String>,
 }
 
+/// Where a version-1 or 2 stream's setup goes first: a worker prepared
+/// ahead of need (the connection's [`SparePool`](crate::spare::SparePool)).
+pub(crate) trait Spares {
+    /// Gives `assignment` to a prepared worker, or hands it back when none
+    /// is ready.
+    fn hand_over(&self, assignment: Box<Assignment>) -> Result<(), Box<Assignment>>;
+}
+
+/// What a pool counts a prepared worker by (see [`spawn_spare`]): the
+/// worker drops it when it is taken or gives up.
+pub(crate) type PoolToken = Box<dyn Send>;
+
 /// Sets up a stream and waits for its handshake: a version-3 one in the
 /// caller's thread (it has no thread of its own to start), else on a
 /// prepared worker from `spares` when one is ready, else on a new thread.
@@ -189,7 +92,7 @@ pub(crate) fn start(
     connection: &Arc<BrokerConnection>,
     role: Role,
     options: StreamOptions,
-    spares: Option<&SparePool>,
+    spares: Option<&dyn Spares>,
 ) -> Result<Established, Error> {
     set_up(connection, role, options, spares, Handshaker::Caller)?.wait()
 }
@@ -200,7 +103,7 @@ pub(crate) fn begin(
     connection: &Arc<BrokerConnection>,
     role: Role,
     options: StreamOptions,
-    spares: Option<&SparePool>,
+    spares: Option<&dyn Spares>,
 ) -> Result<Pending, Error> {
     set_up(connection, role, options, spares, Handshaker::Thread)
 }
@@ -217,7 +120,7 @@ fn set_up(
     connection: &Arc<BrokerConnection>,
     role: Role,
     options: StreamOptions,
-    spares: Option<&SparePool>,
+    spares: Option<&dyn Spares>,
     handshaker: Handshaker,
 ) -> Result<Pending, Error> {
     let (setup_tx, setup_rx) = bounded(1);
@@ -275,8 +178,8 @@ pub(crate) fn spawn_spare(
     connection: Arc<BrokerConnection>,
     options: StreamOptions,
     ready: Sender<Spare>,
-    slot: SpareSlot,
-    life: SpareLife,
+    slot: PoolToken,
+    life: PoolToken,
 ) -> Result<(), Error> {
     spawn_worker(move || {
         run(
@@ -309,9 +212,6 @@ pub(crate) struct Pending {
     alive: Receiver<()>,
     shared: Arc<Shared>,
 }
-
-/// What a worker reports when its handshake is over.
-pub(crate) type SetupOutcome = Result<Handshake, Error>;
 
 impl Pending {
     /// Receives the handshake's outcome, for a `Select` over many.
@@ -361,30 +261,11 @@ fn worker_gone() -> Error {
     Error::broker("setting up a stream", amiquip::Error::EventLoopDropped)
 }
 
-/// Everything a worker thread needs to set up one particular stream.
-pub(crate) struct Assignment {
-    role: Role,
-    options: StreamOptions,
-    setup: Sender<SetupOutcome>,
-    ends: WorkerEnds,
-}
-
-impl Assignment {
-    /// Whether the caller gave up waiting for this stream (its
-    /// [`Pending`] is gone): nothing more is to be sent for it.
-    fn abandoned(&self) -> bool {
-        matches!(
-            self.ends.outbound.try_recv(),
-            Err(crossbeam_channel::TryRecvError::Disconnected)
-        )
-    }
-}
-
 /// A prepared worker waiting for its stream.
 pub(crate) struct Spare {
     /// Takes the stream; disconnected if the worker gave up.
     assign: Sender<Box<Assignment>>,
-    _slot: SpareSlot,
+    _slot: PoolToken,
 }
 
 impl Spare {
@@ -404,44 +285,8 @@ enum Start {
     /// Prepare, offer the prepared worker on `ready`, then wait.
     Spare {
         ready: Sender<Spare>,
-        slot: SpareSlot,
+        slot: PoolToken,
     },
-}
-
-/// The worker's ends of the channels to the user's side.
-struct WorkerEnds {
-    outbound: Receiver<Outbound>,
-    control: Receiver<Control>,
-    /// For the inbox, which the worker makes once the version is known.
-    control_sender: Sender<Control>,
-    shared: Arc<Shared>,
-    /// Dropped when the thread ends, which wakes a blocked reader.
-    _alive: Sender<()>,
-}
-
-/// What the handshake hands back to the thread that asked for the stream.
-pub(crate) struct Handshake {
-    local_queue: String,
-    peer_queue: String,
-    inbox: Arc<Inbox>,
-    message_limit: usize,
-    upgrade: bool,
-    peer_connection: Option<String>,
-}
-
-/// What the handshake settled.
-struct Agreed {
-    peer_queue: String,
-    version: ProtocolVersion,
-    /// The peer's receive window (version 2).
-    peer_window: Option<u64>,
-    /// The peer's stream id (version 3).
-    peer_stream: Option<String>,
-    /// The listener said it takes version-3 requests.
-    upgrade: bool,
-    /// Version 3: the per-message cost the peer counts, if it does (see
-    /// [`MESSAGE_COST`](crate::credit::MESSAGE_COST)).
-    peer_message_cost: Option<u64>,
 }
 
 /// A stream's channel with the receivers amiquip feeds for it.
@@ -460,7 +305,7 @@ struct StreamChannel {
 /// the body's locals, in reverse order, so after the channel has closed
 /// and `connection` has been let go.
 fn run(
-    life: Option<SpareLife>,
+    life: Option<PoolToken>,
     connection: Arc<BrokerConnection>,
     options: StreamOptions,
     start: Start,
@@ -576,126 +421,6 @@ fn run(
     drop(owned);
 }
 
-/// A stream whose handshake succeeded, before its worker's loop.
-struct Connected<T> {
-    connection: Arc<BrokerConnection>,
-    options: StreamOptions,
-    setup: Sender<SetupOutcome>,
-    ends: WorkerEnds,
-    agreed: Agreed,
-    /// The queue the stream receives on.
-    local_queue: String,
-    /// The stream's address for the user (version 3: the queue and the
-    /// stream id).
-    local_name: String,
-    publisher: Publisher<T>,
-    returns: Receiver<Return>,
-    deliveries: Receiver<ConsumerMessage>,
-    /// Version 3: the bytes waiting in `deliveries`.
-    held: Option<Arc<crate::mux::Held>>,
-}
-
-impl<T: Transport> Connected<T> {
-    /// Hands the stream to the user and runs its worker on this thread
-    /// until it is over.
-    fn run(self) {
-        if let Some((mut worker, name)) = self.into_worker() {
-            worker.run();
-            drop(worker);
-            debug!("stream {name} closed");
-        }
-    }
-
-    /// Hands the stream to the user; the worker to run it, and the
-    /// stream's name for the log (`None` if the user no longer waits).
-    fn into_worker(self) -> Option<(Worker<T>, String)> {
-        let Connected {
-            connection,
-            options,
-            setup,
-            ends,
-            agreed,
-            local_queue,
-            local_name,
-            mut publisher,
-            returns,
-            deliveries,
-            held,
-        } = self;
-        let Agreed {
-            peer_queue,
-            version,
-            peer_window,
-            peer_stream,
-            upgrade,
-            peer_message_cost,
-        } = agreed;
-        let peer_name = match &peer_stream {
-            Some(id) => format!("{peer_queue}#{id}"),
-            None => peer_queue.clone(),
-        };
-        let peer_connection = peer_stream.is_some().then(|| peer_queue.clone());
-        if let Some(id) = peer_stream {
-            publisher.set_peer(id);
-        }
-        debug!("stream {local_name} connected to {peer_name}, protocol version {version}");
-        if let Some(window) = peer_window {
-            *ends.shared.send_window() =
-                SendWindow::limited(window).with_message_cost(peer_message_cost.unwrap_or(0));
-        }
-        // Whatever held for a version-3 stream is weighed with each
-        // message's cost, whether or not the peer said it counts it: one
-        // that leaves the header out must not make the stream hold
-        // hundreds of times its window in tiny messages.
-        if let Some(held) = &held {
-            held.count_messages_at(crate::credit::MESSAGE_COST);
-        }
-        let message_limit = message_limit(options.get_max_message_size(), peer_window);
-        let marker = frame::new_marker();
-        let inbox = Arc::new(Inbox::new(
-            version,
-            deliveries,
-            Arc::clone(&ends.shared),
-            ends.control_sender.clone(),
-            marker.clone(),
-            options.get_window() as u64,
-            held,
-        ));
-        let handed_over = setup.send(Ok(Handshake {
-            local_queue: local_name.clone(),
-            peer_queue: peer_name,
-            inbox: Arc::clone(&inbox),
-            message_limit,
-            upgrade,
-            peer_connection,
-        }));
-        if handed_over.is_err() {
-            return None;
-        }
-        let state = StreamState::new(
-            version,
-            options.get_keepalive_interval(),
-            options.get_linger(),
-            Instant::now(),
-        );
-        let worker = Worker {
-            connection,
-            marker,
-            publisher,
-            returns,
-            ends,
-            peer_queue,
-            local_queue,
-            inbox,
-            message_limit,
-            unsent: Vec::new(),
-            state,
-            probe: Probe::default(),
-        };
-        Some((worker, local_name))
-    }
-}
-
 /// Cancels a consumer and returns the deliveries it still held.
 ///
 /// amiquip answers the cancel before it sends `ClientCancelled` to the
@@ -757,7 +482,7 @@ fn consume<'a>(
 fn wait_for_assignment(
     consumer: &amiquip::Consumer<'_>,
     ready: Sender<Spare>,
-    slot: SpareSlot,
+    slot: PoolToken,
 ) -> Option<Box<Assignment>> {
     let (assign, assigned) = bounded(1);
     ready

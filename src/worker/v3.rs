@@ -3,10 +3,12 @@
 //! ([`Mux`](crate::mux::Mux)). The worker's loop after the handshake is
 //! the one every version runs.
 
+use super::assignment::Assignment;
+use super::commands::Control;
+use super::connected::Connected;
 use super::handshake::{Inbound, await_handshake, send_handshake};
 use super::publisher::{Publisher, SharedChannel};
 use super::shared_transport::SharedTransport;
-use super::{Assignment, Connected, Control};
 use crate::connection::BrokerConnection;
 use crate::mux::{Mux, Registration};
 use crate::shared::Failure;
@@ -38,8 +40,8 @@ pub(super) fn run(connection: Arc<BrokerConnection>, assignment: Box<Assignment>
     // listener took it) asks again as version 2 when refused: it takes an
     // older listener's answer (version 1, or 2 from before version 3),
     // which names no stream, as that refusal.
-    let awaits_answer =
-        matches!(role, super::Role::Client { .. }) && options.get_protocol_version().is_none();
+    let awaits_answer = matches!(role, super::role::Role::Client { .. })
+        && options.get_protocol_version().is_none();
     // Setting the transport up (the connection's first version-3
     // stream) takes broker round trips: a client waits for them until
     // its deadline only.
