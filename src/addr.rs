@@ -1,7 +1,7 @@
 //! `Addr`: where a stream end lives (a broker and a queue on it).
 
-use crate::broker_url::BrokerUrl;
 use crate::error::Error;
+use crate::transport::connection::url::BrokerUrl;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use std::fmt;
 use std::str::FromStr;
@@ -95,7 +95,7 @@ impl FromStr for Addr {
         match queue {
             Some(queue) if !queue.is_empty() => Ok(Addr { broker, queue }),
             _ => Err(Error::InvalidUrl {
-                url: crate::broker_url::redact(s),
+                url: crate::transport::connection::url::redact(s),
                 reason: "a stream address needs ?server_queue=NAME".to_string(),
             }),
         }

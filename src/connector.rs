@@ -1,16 +1,16 @@
 //! `Connector`: one broker connection shared by many streams and listeners.
 
-use crate::broker_url::BrokerUrl;
-use crate::broker_urls::BrokerUrls;
-use crate::connection::BrokerConnection;
 use crate::error::Error;
 use crate::listener::Listener;
 use crate::options::{StreamOptions, check_timeout, deadline_after};
 use crate::protocol;
-use crate::spare::SparePool;
 use crate::stream::Stream;
+use crate::transport::connection::BrokerConnection;
+use crate::transport::connection::url::BrokerUrl;
+use crate::transport::connection::urls::BrokerUrls;
+use crate::transport::worker::spare::SparePool;
+use crate::transport::worker::{self, Role, Spares};
 use crate::version::ProtocolVersion;
-use crate::worker::{self, Role, Spares};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;

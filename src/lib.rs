@@ -162,46 +162,35 @@
 #![deny(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+// The front doors (`std::net`'s shapes) and what users configure.
 mod addr;
-mod bounded_wait;
-mod broker_socket;
-mod broker_url;
-mod broker_urls;
-mod carrier;
-mod connection;
 mod connector;
-mod credit;
 mod error;
-mod inbox;
 mod listener;
 mod lock;
-mod mux;
 mod options;
-mod password_swap;
+mod stream;
+mod version;
+pub mod wire;
+// The wire's frames and handshakes, as pure functions.
 mod protocol;
-mod queue_check;
+// A stream's own state, whatever carries it: no I/O.
+mod session;
+// What carries streams: broker connections, the demultiplexer, workers.
 #[cfg(feature = "noise")]
 #[cfg_attr(docsrs, doc(cfg(feature = "noise")))]
 pub mod secure;
-mod shared;
-mod spare;
-mod stream;
-mod tls;
-mod tls_settings;
-mod version;
-pub mod wire;
-mod worker;
-mod write_buffer;
+mod transport;
 
 pub use addr::Addr;
-pub use broker_url::BrokerUrl;
-pub use broker_urls::BrokerUrls;
 pub use connector::Connector;
 pub use error::Error;
 pub use listener::{Incoming, Listener};
 pub use options::StreamOptions;
 pub use stream::Stream;
-pub use tls_settings::TlsSettings;
+pub use transport::connection::tls_settings::TlsSettings;
+pub use transport::connection::url::BrokerUrl;
+pub use transport::connection::urls::BrokerUrls;
 pub use version::ProtocolVersion;
 
 /// The README's code blocks, run as doc tests.

@@ -2,15 +2,15 @@
 //! `TcpListener`.
 
 use crate::addr::Addr;
-use crate::connection::BrokerConnection;
 use crate::connector::Connector;
 use crate::error::Error;
 use crate::options::StreamOptions;
 use crate::protocol::{self, handshake};
-use crate::shared::Ending;
-use crate::spare::SparePool;
+use crate::session::shared::Ending;
 use crate::stream::Stream;
-use crate::worker::{self, Established, Outbound, Pending, Role, SetupOutcome};
+use crate::transport::connection::BrokerConnection;
+use crate::transport::worker::spare::SparePool;
+use crate::transport::worker::{self, Established, Outbound, Pending, Role, SetupOutcome};
 use amiquip::{Channel, ConsumerMessage, ConsumerOptions, Delivery};
 use crossbeam_channel::{Receiver, Select, Sender, after, bounded, select, unbounded};
 use log::{debug, warn};

@@ -213,7 +213,7 @@ impl StreamOptions {
     /// assert_eq!(o.get_window(), 4 * 1024 * 1024);
     /// ```
     pub fn window(mut self, bytes: usize) -> StreamOptions {
-        self.window = bytes.clamp(2, crate::credit::MAX_WINDOW as usize);
+        self.window = bytes.clamp(2, crate::session::credit::MAX_WINDOW as usize);
         self
     }
 

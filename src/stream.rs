@@ -1,18 +1,18 @@
 //! `Stream`: one end of a connected byte stream, used like a `TcpStream`.
 
 use crate::addr::Addr;
-use crate::connection::{BrokerConnection, CLOSE_GRACE};
 use crate::connector::Connector;
-use crate::credit::ReceiveWindow;
-use crate::inbox::{Inbox, Pump, Received};
 use crate::lock::lock;
 use crate::options::{StreamOptions, check_timeout, deadline_after};
 use crate::protocol::check_queue_name;
 use crate::protocol::frame::{Frame, SequenceCheck};
-use crate::shared::{Ending, Shared};
+use crate::session::credit::ReceiveWindow;
+use crate::session::shared::{Ending, Shared};
+use crate::session::write_buffer::Appended;
+use crate::transport::connection::{BrokerConnection, CLOSE_GRACE};
+use crate::transport::worker::inbox::{Inbox, Pump, Received};
+use crate::transport::worker::{Control, Established, Outbound};
 use crate::version::ProtocolVersion;
-use crate::worker::{Control, Established, Outbound};
-use crate::write_buffer::Appended;
 use amiquip::{ConsumerMessage, Delivery};
 use crossbeam_channel::{Receiver, Sender, TryRecvError, at, bounded, never, select};
 use std::fmt;
@@ -192,7 +192,7 @@ impl Stream {
         // Version 3 counts each message it reads at its cost too, whoever
         // the peer is: it reports no later than before, only sooner.
         let message_cost = if version >= ProtocolVersion::V3 {
-            crate::credit::MESSAGE_COST
+            crate::session::credit::MESSAGE_COST
         } else {
             0
         };

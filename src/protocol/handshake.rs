@@ -16,6 +16,23 @@ use crate::version::ProtocolVersion;
 use amiquip::{AmqpProperties, AmqpValue, FieldTable};
 use std::fmt;
 
+/// What one message costs a version-3 receiver beyond its body, in bytes
+/// of its window: about what it holds for a delivery (properties, routing
+/// and the delivery itself). Counted by both ends when both say so in the
+/// handshake, so that a window of one-byte messages takes a few times the
+/// window in memory and not some five hundred times.
+///
+/// The sender keeps its bytes in flight within the window, as without the
+/// cost (a writer may fill the whole window before it reads), and its
+/// bytes plus its messages' cost within twice the window. The receiver
+/// counts each data message it has read to the end as this
+/// much consumed on top of its bytes when it decides to report (its
+/// reports still give body bytes); the sender counts each message it sent
+/// as this much in flight until a report covers the message's last byte.
+/// A reader that has read everything has therefore reported enough for
+/// the next message, as without the cost.
+pub(crate) const MESSAGE_COST: u64 = 512;
+
 /// Header with the highest protocol version the sender speaks.
 pub(crate) const VERSION_HEADER: &str = "x-amqp-stream-version";
 /// Header with the sender's receive window in bytes.
@@ -28,7 +45,7 @@ pub(crate) const STREAM_ID_HEADER: &str = "x-amqp-stream-id";
 pub(crate) const UPGRADE_HEADER: &str = "x-amqp-stream-upgrade";
 /// Header of a version-3 SYN or SYN-ACK from a side that counts each
 /// message as this many bytes of credit on top of its body (see
-/// [`MESSAGE_COST`](crate::credit::MESSAGE_COST)): the peer may count its
+/// [`MESSAGE_COST`]): the peer may count its
 /// own messages the same way against the sender's window.
 pub(crate) const MESSAGE_COST_HEADER: &str = "x-amqp-stream-message-cost";
 /// The largest message cost taken from a peer.
@@ -88,10 +105,7 @@ pub(crate) fn handshake_properties(
                 headers.insert(UPGRADE_HEADER.to_string(), wire_integer(version));
             }
             if offer.version >= 3 {
-                headers.insert(
-                    MESSAGE_COST_HEADER.to_string(),
-                    wire_integer(crate::credit::MESSAGE_COST),
-                );
+                headers.insert(MESSAGE_COST_HEADER.to_string(), wire_integer(MESSAGE_COST));
             }
             properties.with_headers(headers)
         }
@@ -472,10 +486,7 @@ mod tests {
     fn version_3_offers_say_what_a_message_costs() {
         use crate::version::ProtocolVersion::{V2, V3};
         let v3 = handshake_properties("q", Some(Offer::ours(V3, 100)), Extra::default());
-        assert_eq!(
-            super::read_message_cost(&v3),
-            Some(crate::credit::MESSAGE_COST)
-        );
+        assert_eq!(super::read_message_cost(&v3), Some(MESSAGE_COST));
         assert_eq!(parse_request(b"", &v3).unwrap().message_cost, Some(512));
         assert_eq!(parse_accept(b"", &v3).unwrap().message_cost, Some(512));
         let v2 = handshake_properties("q", Some(Offer::ours(V2, 100)), Extra::default());

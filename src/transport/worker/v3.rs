@@ -1,6 +1,6 @@
 //! Setting up a version-3 stream: no channel, queue or consumer of its
 //! own, only a stream id on its connection's shared transport
-//! ([`Mux`](crate::mux::Mux)). The worker's loop after the handshake is
+//! ([`Mux`](crate::transport::mux::Mux)). The worker's loop after the handshake is
 //! the one every version runs.
 
 use super::assignment::Assignment;
@@ -9,9 +9,9 @@ use super::connected::Connected;
 use super::handshake::{Inbound, await_handshake, send_handshake};
 use super::publisher::{Publisher, SharedChannel};
 use super::shared_transport::SharedTransport;
-use crate::connection::BrokerConnection;
-use crate::mux::{Mux, Registration};
-use crate::shared::Failure;
+use crate::session::shared::Failure;
+use crate::transport::connection::BrokerConnection;
+use crate::transport::mux::{Mux, Registration};
 use std::sync::Arc;
 
 /// A version-3 stream's handshake (in a thread of its own, or the

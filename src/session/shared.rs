@@ -1,10 +1,10 @@
 //! The state a stream's worker and its user-facing handles both see: the
 //! stream's failure, the `nodelay` switch and the send window.
 
-use crate::carrier::Carrier;
-use crate::credit::SendWindow;
+use super::carrier::Carrier;
+use super::credit::SendWindow;
+use super::write_buffer::WriteBuffer;
 use crate::lock::lock;
-use crate::write_buffer::WriteBuffer;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use log::debug;
 use std::io;

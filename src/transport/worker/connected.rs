@@ -12,15 +12,15 @@
 //! version 1 does is in [`v1`](super::v1).
 
 use super::assignment::{Agreed, Handshake, SetupOutcome, WorkerEnds};
+use super::inbox::Inbox;
 use super::peer_probe::Probe;
 use super::publisher::{Publisher, Transport};
-use super::state::{self, FinStep, Phase, ResetStep, StreamState};
-use crate::connection::BrokerConnection;
-use crate::credit::{SendWindow, message_limit};
-use crate::inbox::Inbox;
 use crate::options::StreamOptions;
 use crate::protocol::frame;
-use crate::shared::{Ending, Failure};
+use crate::session::credit::{SendWindow, message_limit};
+use crate::session::shared::{Ending, Failure};
+use crate::session::state::{self, FinStep, Phase, ResetStep, StreamState};
+use crate::transport::connection::BrokerConnection;
 use crate::version::ProtocolVersion;
 use amiquip::{ConsumerMessage, Return};
 use crossbeam_channel::{Receiver, Select, Sender};
@@ -677,7 +677,7 @@ pub(super) struct Connected<T> {
     pub(super) returns: Receiver<Return>,
     pub(super) deliveries: Receiver<ConsumerMessage>,
     /// Version 3: the bytes waiting in `deliveries`.
-    pub(super) held: Option<Arc<crate::mux::Held>>,
+    pub(super) held: Option<Arc<crate::transport::mux::Held>>,
 }
 
 impl<T: Transport> Connected<T> {
@@ -733,7 +733,7 @@ impl<T: Transport> Connected<T> {
         // that leaves the header out must not make the stream hold
         // hundreds of times its window in tiny messages.
         if let Some(held) = &held {
-            held.count_messages_at(crate::credit::MESSAGE_COST);
+            held.count_messages_at(crate::session::credit::MESSAGE_COST);
         }
         let message_limit = message_limit(options.get_max_message_size(), peer_window);
         let marker = frame::new_marker();

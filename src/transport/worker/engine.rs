@@ -17,10 +17,10 @@
 
 use super::connected::{Step, Worker};
 use super::publisher::SharedChannel;
-use crate::carrier::Carrier;
 use crate::error::Error;
 use crate::lock::lock;
-use crate::mux::{Mux, StreamWake};
+use crate::session::carrier::Carrier;
+use crate::transport::mux::{Mux, StreamWake};
 use crossbeam_channel::{Receiver, Sender, select, tick, unbounded};
 use log::debug;
 use std::collections::HashMap;

@@ -2,10 +2,10 @@
 //! channel, declared their queue and started consuming before anyone asks
 //! for a stream, so that a new stream's setup is only its handshake.
 
-use crate::connection::BrokerConnection;
+use super::{Assignment, Spare, Spares};
 use crate::options::StreamOptions;
+use crate::transport::connection::BrokerConnection;
 use crate::version::ProtocolVersion;
-use crate::worker::{self, Assignment, Spare, Spares};
 use crossbeam_channel::{Receiver, Sender, after, bounded, select, unbounded};
 use log::debug;
 use std::sync::Arc;
@@ -79,7 +79,7 @@ impl SparePool {
             let life = SpareLife {
                 _alive: life.clone(),
             };
-            let started = worker::spawn_spare(
+            let started = super::spawn_spare(
                 Arc::clone(&self.connection),
                 self.options.clone(),
                 self.offer.clone(),

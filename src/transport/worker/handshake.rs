@@ -4,11 +4,11 @@
 use super::assignment::Agreed;
 use super::publisher::{Publisher, Transport};
 use super::role::Role;
-use crate::bounded_wait;
-use crate::connection::BrokerConnection;
 use crate::error::Error;
 use crate::options::StreamOptions;
 use crate::protocol::handshake::{self, Extra, Offer};
+use crate::transport::bounded_wait;
+use crate::transport::connection::BrokerConnection;
 use crate::version::ProtocolVersion;
 use amiquip::{ConsumerMessage, Return};
 use crossbeam_channel::{Receiver, after, never, select};
@@ -322,7 +322,7 @@ const MAX_CHECK_INTERVALS: u32 = 4;
 
 /// Whether `queue` no longer exists: the answer of the connection's
 /// latest check of it if younger than `period` (see
-/// [`QueueChecks`](crate::queue_check::QueueChecks)), else a passive
+/// [`QueueChecks`](crate::transport::connection::queue_check::QueueChecks)), else a passive
 /// declare's.
 fn queue_is_gone(connection: &BrokerConnection, queue: &str, period: Duration) -> bool {
     connection

@@ -1,7 +1,7 @@
 //! Version 1's check that the peer's queue still exists: a passive
 //! declare on a channel of its own (see [`v1`](super::v1)).
 
-use crate::connection::BrokerConnection;
+use crate::transport::connection::BrokerConnection;
 use amiquip::Channel;
 
 /// The channel version 1 checks the peer's queue on, kept open between

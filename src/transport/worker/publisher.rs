@@ -5,7 +5,7 @@
 //! connection's shared one ([`Mux`]), whose confirms come back numbered as
 //! if the stream had a channel of its own.
 
-use crate::mux::Mux;
+use crate::transport::mux::Mux;
 use amiquip::{AmqpProperties, Channel, Confirm, ConfirmSmoother, Publish};
 use crossbeam_channel::{Receiver, Sender};
 use std::collections::VecDeque;

@@ -27,20 +27,20 @@ pub(crate) mod commands;
 mod connected;
 pub(crate) mod engine;
 mod handshake;
+pub(crate) mod inbox;
 mod peer_probe;
 mod publisher;
 mod role;
 mod shared_transport;
-mod state;
+pub(crate) mod spare;
 mod v1;
 mod v3;
 
-use crate::connection::BrokerConnection;
 use crate::error::Error;
-use crate::inbox::Inbox;
 use crate::options::StreamOptions;
 use crate::protocol::{new_queue_name, queue_declare_options};
-use crate::shared::Shared;
+use crate::session::shared::Shared;
+use crate::transport::connection::BrokerConnection;
 use amiquip::{Channel, Confirm, ConsumerMessage, ConsumerOptions, Delivery, Return};
 use assignment::WorkerEnds;
 pub(crate) use assignment::{Assignment, SetupOutcome};
@@ -48,6 +48,7 @@ pub(crate) use commands::{Control, Outbound};
 use connected::Connected;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, after, bounded, select, unbounded};
 use handshake::{Inbound, await_handshake, send_handshake};
+use inbox::Inbox;
 use log::debug;
 use publisher::{OwnChannel, Publisher};
 use role::GiveUp;
@@ -74,7 +75,7 @@ pub(crate) struct Established {
 }
 
 /// Where a version-1 or 2 stream's setup goes first: a worker prepared
-/// ahead of need (the connection's [`SparePool`](crate::spare::SparePool)).
+/// ahead of need (the connection's [`SparePool`](crate::transport::worker::spare::SparePool)).
 pub(crate) trait Spares {
     /// Gives `assignment` to a prepared worker, or hands it back when none
     /// is ready.

@@ -1,7 +1,7 @@
 //! The addresses of one broker or of a cluster's nodes, and the order in
 //! which a connection tries them.
 
-use crate::broker_url::BrokerUrl;
+use super::url::BrokerUrl;
 use crate::error::Error;
 use std::fmt;
 use std::str::FromStr;

@@ -6,7 +6,7 @@
 //! the TLS handshake is done before that, blocking, within the login's
 //! deadline, so amiquip only ever sees an established stream.
 
-use crate::password_swap::PasswordSwap;
+use super::password_swap::PasswordSwap;
 use mio::{Evented, Poll, PollOpt, Ready, Token};
 use std::io::{self, Read, Write};
 

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 /// Where a connected stream is in its life (the worker ends once
 /// finished: there is no state for it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Phase {
+pub(crate) enum Phase {
     /// Carrying data; keepalives are due every interval.
     Running,
     /// Closing, waiting for the broker's confirms.
@@ -41,7 +41,7 @@ pub(super) enum Phase {
 
 /// What to do about a FIN the user asked for (a shutdown or a close).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum FinStep {
+pub(crate) enum FinStep {
     /// Publish it now.
     Send,
     /// It went already: nothing to do, and that is fine.
@@ -56,7 +56,7 @@ pub(super) enum FinStep {
 /// What to do about a reset (an abortive close, a refused message, a
 /// protocol violation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum ResetStep {
+pub(crate) enum ResetStep {
     /// Publish a reset frame to the peer.
     Send,
     /// Version 1 has no reset frame, and a FIN in its place would be a
@@ -70,13 +70,13 @@ pub(super) enum ResetStep {
 
 /// What follows from the peer leaving (see [`StreamState::peer_left`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct PeerLeft {
+pub(crate) struct PeerLeft {
     /// The stream fails: something of ours did not, or will not, reach
     /// the peer.
-    pub(super) fails: bool,
+    pub(crate) fails: bool,
     /// The reader needs a "peer gone" marker behind the data already
     /// queued for it, to know where the stream ends.
-    pub(super) marks: bool,
+    pub(crate) marks: bool,
 }
 
 /// `now + interval`, or far enough in the future when that cannot be
@@ -90,7 +90,7 @@ fn later(now: Instant, interval: Duration) -> Instant {
 /// The state of a connected stream: its sequence numbers, what went and
 /// came, and its phase.
 #[derive(Debug)]
-pub(super) struct StreamState {
+pub(crate) struct StreamState {
     version: ProtocolVersion,
     keepalive_interval: Duration,
     /// How long finishing waits for confirms once the last handle is
@@ -125,7 +125,7 @@ pub(super) struct StreamState {
 
 impl StreamState {
     /// A stream connected at `now`.
-    pub(super) fn new(
+    pub(crate) fn new(
         version: ProtocolVersion,
         keepalive_interval: Duration,
         linger: Duration,
@@ -150,25 +150,25 @@ impl StreamState {
     }
 
     /// The protocol version the stream speaks.
-    pub(super) fn version(&self) -> ProtocolVersion {
+    pub(crate) fn version(&self) -> ProtocolVersion {
         self.version
     }
 
     /// The phase the stream is in.
-    pub(super) fn phase(&self) -> Phase {
+    pub(crate) fn phase(&self) -> Phase {
         self.phase
     }
 
     /// Whether a broker's confirm could move the stream on by itself (a
     /// held-back FIN, closing), besides held-back data and flushes, which
     /// the worker knows of.
-    pub(super) fn waits_for_confirms(&self) -> bool {
+    pub(crate) fn waits_for_confirms(&self) -> bool {
         self.fin_waiting || self.closing || self.phase != Phase::Running
     }
 
     /// The stream is over in both directions, or the peer is gone and the
     /// reader knows: running is over.
-    pub(super) fn done(&self) -> bool {
+    pub(crate) fn done(&self) -> bool {
         (self.fin_sent && self.fin_received) || (self.peer_gone && self.reader_done)
     }
 
@@ -178,7 +178,7 @@ impl StreamState {
     /// the stream failed): wait for the confirms, at most the linger time
     /// if the last handle is gone, else until it goes and then the linger
     /// time.
-    pub(super) fn start_finishing(&mut self, now: Instant) {
+    pub(crate) fn start_finishing(&mut self, now: Instant) {
         self.phase = Phase::Finishing {
             deadline: self.closing.then(|| now.checked_add(self.linger)).flatten(),
             handles_left: !self.closing,
@@ -188,7 +188,7 @@ impl StreamState {
     /// The user's last handle is gone, with the linger it set (`None`:
     /// the options' linger holds). From now on finishing waits at most
     /// that long; if it was finishing already, that long from `now`.
-    pub(super) fn last_handle_gone(&mut self, linger: Option<Duration>, now: Instant) {
+    pub(crate) fn last_handle_gone(&mut self, linger: Option<Duration>, now: Instant) {
         self.closing = true;
         if let Some(linger) = linger {
             self.linger = linger;
@@ -202,7 +202,7 @@ impl StreamState {
     }
 
     /// Finishing: whether the user's handles may still ask something.
-    pub(super) fn handles_left(&self) -> bool {
+    pub(crate) fn handles_left(&self) -> bool {
         matches!(
             self.phase,
             Phase::Finishing {
@@ -213,13 +213,13 @@ impl StreamState {
     }
 
     /// Finishing: whether the linger ran out.
-    pub(super) fn out_of_time(&self, now: Instant) -> bool {
+    pub(crate) fn out_of_time(&self, now: Instant) -> bool {
         matches!(self.phase, Phase::Finishing { deadline: Some(deadline), .. } if now >= deadline)
     }
 
     /// When the worker must look again with nothing else to wake it: the
     /// next keepalive while running, the linger's end while finishing.
-    pub(super) fn next_wake(&self) -> Option<Instant> {
+    pub(crate) fn next_wake(&self) -> Option<Instant> {
         match self.phase {
             Phase::Running => Some(self.next_keepalive),
             Phase::Finishing { deadline, .. } => deadline,
@@ -228,36 +228,36 @@ impl StreamState {
 
     /// Finishing is over once everything is confirmed, or the stream
     /// failed (nothing more will be confirmed that matters).
-    pub(super) fn nothing_to_wait_for(all_confirmed: bool, failed: bool) -> bool {
+    pub(crate) fn nothing_to_wait_for(all_confirmed: bool, failed: bool) -> bool {
         all_confirmed || failed
     }
 
     /// A finished stream closed cleanly if everything was confirmed and
     /// it did not fail: a later flush has nothing to wait for.
-    pub(super) fn closed_cleanly(all_confirmed: bool, failed: bool) -> bool {
+    pub(crate) fn closed_cleanly(all_confirmed: bool, failed: bool) -> bool {
         all_confirmed && !failed
     }
 
     // Sending.
 
     /// The sequence number of the next data or FIN frame.
-    pub(super) fn next_sequence(&self) -> u64 {
+    pub(crate) fn next_sequence(&self) -> u64 {
         self.sequence + 1
     }
 
     /// A data frame went, numbered [`next_sequence`](Self::next_sequence).
-    pub(super) fn data_sent(&mut self) {
+    pub(crate) fn data_sent(&mut self) {
         self.sequence += 1;
     }
 
     /// The FIN went, numbered [`next_sequence`](Self::next_sequence).
-    pub(super) fn fin_published(&mut self) {
+    pub(crate) fn fin_published(&mut self) {
         self.sequence += 1;
         self.fin_sent = true;
     }
 
     /// Something (any frame) was published to the peer at `now`.
-    pub(super) fn sent(&mut self, now: Instant) {
+    pub(crate) fn sent(&mut self, now: Instant) {
         self.last_sent = now;
     }
 
@@ -265,7 +265,7 @@ impl StreamState {
     /// version 1 holds it back while anything is unconfirmed (version 2's
     /// sequence numbers expose any refused message before it; version 1
     /// has none).
-    pub(super) fn fin_after_data(&mut self, all_confirmed: bool, failed: bool) -> FinStep {
+    pub(crate) fn fin_after_data(&mut self, all_confirmed: bool, failed: bool) -> FinStep {
         if self.version == ProtocolVersion::V1 && !all_confirmed {
             if failed {
                 return FinStep::Refuse;
@@ -277,7 +277,7 @@ impl StreamState {
     }
 
     /// Whether the FIN goes when asked for now.
-    pub(super) fn fin_now(&self, failed: bool) -> FinStep {
+    pub(crate) fn fin_now(&self, failed: bool) -> FinStep {
         if self.fin_sent {
             FinStep::AlreadySent
         } else if failed {
@@ -290,7 +290,7 @@ impl StreamState {
     /// Version 1: whether a held-back FIN goes now (everything before it
     /// is confirmed). A failed stream never sends it; either way it is
     /// held back no longer.
-    pub(super) fn settle_fin(&mut self, all_confirmed: bool, failed: bool) -> bool {
+    pub(crate) fn settle_fin(&mut self, all_confirmed: bool, failed: bool) -> bool {
         if !self.fin_waiting || !all_confirmed {
             return false;
         }
@@ -302,7 +302,7 @@ impl StreamState {
     /// with data unconfirmed: it goes behind the data, as it would have
     /// without holding it back (dropping it would turn a clean close into
     /// a reset only because the broker confirmed slowly).
-    pub(super) fn fin_on_timeout(&mut self, failed: bool) -> bool {
+    pub(crate) fn fin_on_timeout(&mut self, failed: bool) -> bool {
         if !self.fin_waiting || failed {
             return false;
         }
@@ -312,12 +312,12 @@ impl StreamState {
 
     /// Whether a close sends the FIN (after what is unsent): not if it
     /// went or is held back already.
-    pub(super) fn close_sends_fin(&self) -> bool {
+    pub(crate) fn close_sends_fin(&self) -> bool {
         !self.fin_sent && !self.fin_waiting
     }
 
     /// Whether a reset goes to the peer.
-    pub(super) fn reset_step(&self, broker_lost: bool) -> ResetStep {
+    pub(crate) fn reset_step(&self, broker_lost: bool) -> ResetStep {
         if self.peer_gone || broker_lost {
             ResetStep::Skip
         } else if self.version == ProtocolVersion::V1 {
@@ -328,13 +328,13 @@ impl StreamState {
     }
 
     /// Whether a report of what our reader consumed goes to the peer.
-    pub(super) fn window_goes(&self, failed: bool) -> bool {
+    pub(crate) fn window_goes(&self, failed: bool) -> bool {
         !self.peer_gone && !failed
     }
 
     /// Whether a delivery needs acknowledging (acks are cumulative: one
     /// for a later delivery covered it); if so, it is taken as acked.
-    pub(super) fn ack(&mut self, delivery_tag: u64) -> bool {
+    pub(crate) fn ack(&mut self, delivery_tag: u64) -> bool {
         if delivery_tag <= self.acked {
             return false;
         }
@@ -346,7 +346,7 @@ impl StreamState {
 
     /// Whether a keepalive round is due at `now` (only while running);
     /// if so, the next one is due an interval later.
-    pub(super) fn keepalive_due(&mut self, now: Instant) -> bool {
+    pub(crate) fn keepalive_due(&mut self, now: Instant) -> bool {
         if self.phase != Phase::Running || now < self.next_keepalive {
             return false;
         }
@@ -366,7 +366,7 @@ impl StreamState {
     /// and a writer waiting for credit from a peer that died after its
     /// FIN would otherwise wait for ever (nothing else goes that could
     /// come back to say the peer is gone).
-    pub(super) fn keepalive_goes(&self, now: Instant, inbox_fin_seen: bool, failed: bool) -> bool {
+    pub(crate) fn keepalive_goes(&self, now: Instant, inbox_fin_seen: bool, failed: bool) -> bool {
         let peer_finished = self.fin_received || inbox_fin_seen;
         if self.peer_gone || (peer_finished && self.fin_sent) || failed {
             return false;
@@ -376,25 +376,25 @@ impl StreamState {
 
     /// Version 1: whether to check that the peer's queue still exists:
     /// not once the peer is known gone or its FIN came.
-    pub(super) fn probe_wanted(&self) -> bool {
+    pub(crate) fn probe_wanted(&self) -> bool {
         !self.peer_gone && !self.fin_received
     }
 
     // What the reader and the broker report.
 
     /// The reader has taken the peer's FIN.
-    pub(super) fn fin_received(&mut self) {
+    pub(crate) fn fin_received(&mut self) {
         self.fin_received = true;
         self.reader_done = true;
     }
 
     /// The reader has taken the "peer gone" marker.
-    pub(super) fn peer_gone_seen(&mut self) {
+    pub(crate) fn peer_gone_seen(&mut self) {
         self.reader_done = true;
     }
 
     /// The peer reset the stream.
-    pub(super) fn peer_reset(&mut self) {
+    pub(crate) fn peer_reset(&mut self) {
         self.peer_gone = true;
     }
 
@@ -407,7 +407,7 @@ impl StreamState {
     /// never came). Data it sent before going stays readable: unless the
     /// reader has its FIN already, a marker behind that data tells it
     /// where the stream ends.
-    pub(super) fn peer_left(&mut self, ours_lost: bool) -> Option<PeerLeft> {
+    pub(crate) fn peer_left(&mut self, ours_lost: bool) -> Option<PeerLeft> {
         if self.peer_gone {
             return None;
         }
@@ -427,7 +427,7 @@ impl StreamState {
     /// still writing to a stream closed with nothing unread at the time),
     /// as TCP answers data for a closed socket. Not while a handle is
     /// left, nor when the peer is gone or the stream failed.
-    pub(super) fn late_data_resets(&self, failed: bool) -> bool {
+    pub(crate) fn late_data_resets(&self, failed: bool) -> bool {
         self.closing && self.version >= ProtocolVersion::V2 && !self.peer_gone && !failed
     }
 }
@@ -437,7 +437,7 @@ impl StreamState {
 /// (`max` bytes) always go; the partial rest only when `all` is asked
 /// (a flush, a FIN, a close), `nodelay` is on, or nothing published is
 /// still waiting for its confirm (whose arrival asks again).
-pub(super) fn next_message(
+pub(crate) fn next_message(
     unsent: usize,
     max: usize,
     all: bool,
@@ -455,7 +455,7 @@ pub(super) fn next_message(
 /// is gone) cost a byte of the stream: data, a FIN or a reset does; a
 /// keepalive or window report does not, nor the "peer gone" marker on our
 /// own queue.
-pub(super) fn returned_costs_data(
+pub(crate) fn returned_costs_data(
     kind: Option<&str>,
     routing_key: &str,
     local_queue: &str,

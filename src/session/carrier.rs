@@ -5,7 +5,7 @@
 /// The thread or engine that runs a stream's worker, as the stream's
 /// handles see it. A stream with a thread of its own (versions 1 and 2)
 /// has no carrier: its thread waits on the stream's channels itself.
-/// Version 3's engine is one ([`Bell`](crate::worker::engine::Bell)).
+/// Version 3's engine is one ([`Bell`](crate::transport::worker::engine::Bell)).
 pub(crate) trait Carrier: Send + Sync {
     /// After a handle's message to the worker: runs the stream's pending
     /// work in the caller's thread, or leaves it to the thread that holds

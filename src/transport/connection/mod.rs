@@ -17,25 +17,32 @@
 //! without it, every small message waits for Nagle's algorithm and the
 //! peer's delayed ACK, about 40 ms on Linux.
 
-use crate::bounded_wait::{self, Watchdog};
-use crate::broker_socket::BrokerSocket;
-use crate::broker_url::BrokerUrl;
-use crate::broker_urls::{BrokerUrls, attempt_time};
+pub(crate) mod password_swap;
+pub(crate) mod queue_check;
+pub(crate) mod socket;
+pub(crate) mod tls;
+pub(crate) mod tls_settings;
+pub(crate) mod url;
+pub(crate) mod urls;
+
 use crate::error::Error;
 use crate::lock::lock;
-use crate::password_swap::{PasswordSwap, mask};
-use crate::queue_check::QueueChecks;
-use crate::tls;
+use crate::transport::bounded_wait::{self, Watchdog};
 use amiquip::{
     Auth, Channel, Connection, ConnectionBlockedNotification, ConnectionOptions, ConnectionTuning,
 };
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use log::{debug, info, warn};
+use password_swap::{PasswordSwap, mask};
+use queue_check::QueueChecks;
+use socket::BrokerSocket;
 use std::any::Any;
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use url::BrokerUrl;
+use urls::{BrokerUrls, attempt_time};
 
 /// How long opening a connection may take when the URL does not say.
 pub(crate) const DEFAULT_CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);

@@ -66,7 +66,7 @@ pub(super) enum AnswerWait {
 /// What a stream's deliveries hold that it has not taken yet, and what
 /// that weighs against its window: the bodies' bytes and, once the stream
 /// is set up, each message's cost
-/// ([`MESSAGE_COST`](crate::credit::MESSAGE_COST)).
+/// ([`MESSAGE_COST`](crate::session::credit::MESSAGE_COST)).
 #[derive(Debug, Default)]
 pub(crate) struct Held {
     bytes: AtomicU64,

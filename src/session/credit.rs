@@ -15,22 +15,9 @@
 /// bounded whatever the peer says.
 pub(crate) const MAX_WINDOW: u64 = 64 << 20;
 
-/// What one message costs a version-3 receiver beyond its body, in bytes
-/// of its window: about what it holds for a delivery (properties, routing
-/// and the delivery itself). Counted by both ends when both say so in the
-/// handshake, so that a window of one-byte messages takes a few times the
-/// window in memory and not some five hundred times.
-///
-/// The sender keeps its bytes in flight within the window, as without the
-/// cost (a writer may fill the whole window before it reads), and its
-/// bytes plus its messages' cost within twice the window. The receiver
-/// counts each data message it has read to the end as this
-/// much consumed on top of its bytes when it decides to report (its
-/// reports still give body bytes); the sender counts each message it sent
-/// as this much in flight until a report covers the message's last byte.
-/// A reader that has read everything has therefore reported enough for
-/// the next message, as without the cost.
-pub(crate) const MESSAGE_COST: u64 = 512;
+/// What one message costs a version-3 receiver beyond its body (the
+/// protocol's figure, which the handshake advertises).
+pub(crate) use crate::protocol::handshake::MESSAGE_COST;
 
 /// The sending side's view of the peer's window.
 #[derive(Debug, Clone, PartialEq, Eq)]

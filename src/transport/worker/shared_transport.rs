@@ -4,10 +4,10 @@
 //! (untyped) for as long as it lives.
 
 use super::engine::Engine;
-use crate::bounded_wait;
-use crate::connection::BrokerConnection;
 use crate::error::Error;
-use crate::mux::Mux;
+use crate::transport::bounded_wait;
+use crate::transport::connection::BrokerConnection;
+use crate::transport::mux::Mux;
 use std::sync::Arc;
 use std::time::Instant;
 

@@ -10,7 +10,7 @@
 //! publishes them first) or is refused. No byte a `write` accepted can
 //! land behind the FIN.
 
-use crate::carrier::Carrier;
+use super::carrier::Carrier;
 use crate::lock::lock;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use std::sync::{Arc, Mutex, OnceLock};

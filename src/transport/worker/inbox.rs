@@ -11,12 +11,12 @@
 //! reader empties before it receives anything new. A reader that wants
 //! the token asks for it back.
 
+use super::commands::Control;
 use crate::lock::lock;
-use crate::mux::Held;
 use crate::protocol::frame::{self, Frame};
-use crate::shared::{Failure, Shared};
+use crate::session::shared::{Failure, Shared};
+use crate::transport::mux::Held;
 use crate::version::ProtocolVersion;
-use crate::worker::commands::Control;
 use amiquip::{ConsumerMessage, Delivery};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use std::collections::VecDeque;
@@ -62,7 +62,7 @@ pub(crate) struct Inbox {
     /// Version 2: the peer's FIN has arrived; nothing numbered may follow.
     fin_seen: AtomicBool,
     /// Version 3: the body bytes handed to `deliveries` and not yet taken,
-    /// which taking a delivery lowers (see [`Mux`](crate::mux::Mux)).
+    /// which taking a delivery lowers (see [`Mux`](crate::transport::mux::Mux)).
     held: Option<Arc<Held>>,
 }
 

@@ -3,8 +3,8 @@
 //! The credentials live in a [`BrokerUrl`] but never leave it through
 //! `Display` or `Debug`: both print the URL with the password removed.
 
+use super::tls_settings::TlsSettings;
 use crate::error::Error;
-use crate::tls_settings::TlsSettings;
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
 use std::fmt;
 use std::str::FromStr;

@@ -4,13 +4,13 @@
 //! `connection.rs`, with the handshake done here before amiquip takes the
 //! socket. Without the feature, `amqps://` is `Unsupported`.
 
-use crate::broker_socket::BrokerSocket;
 #[cfg(feature = "tls")]
-use crate::broker_socket::SocketIo;
-use crate::broker_url::BrokerUrl;
+use super::password_swap::PasswordSwap;
+use super::socket::BrokerSocket;
+#[cfg(feature = "tls")]
+use super::socket::SocketIo;
+use super::url::BrokerUrl;
 use crate::error::Error;
-#[cfg(feature = "tls")]
-use crate::password_swap::PasswordSwap;
 use std::net::TcpStream;
 #[cfg(feature = "tls")]
 use std::time::Duration;

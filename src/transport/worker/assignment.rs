@@ -2,11 +2,11 @@
 //! once the handshake is over.
 
 use super::commands::{Control, Outbound};
+use super::inbox::Inbox;
 use super::role::Role;
 use crate::error::Error;
-use crate::inbox::Inbox;
 use crate::options::StreamOptions;
-use crate::shared::Shared;
+use crate::session::shared::Shared;
 use crate::version::ProtocolVersion;
 use crossbeam_channel::{Receiver, Sender};
 use std::sync::Arc;
@@ -62,7 +62,7 @@ pub(super) struct Agreed {
     /// The listener said it takes version-3 requests.
     pub(super) upgrade: bool,
     /// Version 3: the per-message cost the peer counts, if it does (see
-    /// [`MESSAGE_COST`](crate::credit::MESSAGE_COST)).
+    /// [`MESSAGE_COST`](crate::session::credit::MESSAGE_COST)).
     pub(super) peer_message_cost: Option<u64>,
 }
 

@@ -3,7 +3,7 @@
 //! the peer's queue still exists (a passive declare, on a channel of its
 //! own); no sequence numbers, so the FIN is held back until the broker
 //! has confirmed everything before it (the rule is the state machine's,
-//! [`StreamState::fin_after_data`](super::state::StreamState::fin_after_data));
+//! [`StreamState::fin_after_data`](crate::session::state::StreamState::fin_after_data));
 //! no reset frame, so an abort sends nothing.
 
 use super::connected::Worker;
