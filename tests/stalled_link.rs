@@ -91,6 +91,61 @@ fn stalled_connect_times_out(version: ProtocolVersion, warm: bool) {
     drop(connector);
 }
 
+/// Whether a thread of this process named `name` runs now (Linux keeps
+/// a thread's first 15 bytes of name).
+fn thread_named(name: &str) -> bool {
+    let kept = &name[..name.len().min(15)];
+    std::fs::read_dir("/proc/self/task").unwrap().any(|task| {
+        let comm = task.unwrap().path().join("comm");
+        std::fs::read_to_string(comm).is_ok_and(|comm| comm.trim_end() == kept)
+    })
+}
+
+#[test]
+fn a_second_version_3_connect_waiting_for_a_stalled_setup_times_out() {
+    // The first connect on a cold connector sets up its shared transport
+    // (broker round trips that the stall holds); a second one meanwhile
+    // must wait for that within its own timeout, not for ever.
+    let queue = common::queue("stalled-setup");
+    let _listener = Listener::bind(&common::url(), &queue).unwrap();
+    let relay = Relay::to_broker();
+    let connector =
+        Connector::open_with(&relay.url_without_heartbeats(), pinned(ProtocolVersion::V3)).unwrap();
+    relay.stall();
+    let (first, second) = (connector.clone(), connector.clone());
+    let (first_queue, second_queue) = (queue.clone(), queue.clone());
+    let first = std::thread::spawn(move || {
+        let result = first
+            .connect_timeout(&first_queue, CONNECT_TIMEOUT)
+            .map(drop);
+        (result, first)
+    });
+    // The setup is under way (on its helper thread) before the second
+    // connect asks for the transport.
+    let began = Instant::now();
+    while !thread_named("amqp-stream-setup") {
+        assert!(began.elapsed() < HANG, "the first connect set nothing up");
+        std::thread::yield_now();
+    }
+    let ((result, second), took) = timed("a second connect on a stalled link", move || {
+        let result = second
+            .connect_timeout(&second_queue, CONNECT_TIMEOUT)
+            .map(drop);
+        (result, second)
+    });
+    let err = result.expect_err("connected over a stalled link");
+    assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
+    assert!(
+        took < CONNECT_BOUND,
+        "a {CONNECT_TIMEOUT:?} connect took {took:?}"
+    );
+    println!("the second connect: TimedOut after {took:?}");
+    let (result, first) = first.join().unwrap();
+    assert_eq!(result.unwrap_err().kind(), ErrorKind::TimedOut);
+    drop(relay);
+    drop((first, second, connector));
+}
+
 #[test]
 fn a_version_2_connect_on_a_stalled_link_times_out() {
     stalled_connect_times_out(ProtocolVersion::V2, false);

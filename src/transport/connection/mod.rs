@@ -264,9 +264,18 @@ impl BrokerConnection {
     }
 
     /// What the layer above keeps on this connection, if it is a `T`
-    /// that is still `alive`.
+    /// that is still `alive`. Never waits: `None` too while another
+    /// caller is setting it up in [`keep`](Self::keep) (broker round
+    /// trips, which a stalled link can make last), so that a caller with
+    /// a deadline waits for that within its deadline only.
     pub(crate) fn kept<T: Any + Send + Sync>(&self, alive: impl Fn(&T) -> bool) -> Option<Arc<T>> {
-        let kept = Arc::clone(lock(&self.kept).as_ref()?);
+        let kept = match self.kept.try_lock() {
+            Ok(kept) => Arc::clone(kept.as_ref()?),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+                Arc::clone(poisoned.into_inner().as_ref()?)
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
         kept.downcast::<T>().ok().filter(|kept| alive(kept))
     }
 
