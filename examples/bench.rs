@@ -305,6 +305,29 @@ fn echo_listener(tag: &str) -> String {
     queue
 }
 
+/// Connect, one byte there and back, close, through a shared listener
+/// (`replicated`: on a quorum queue) on a connection of its own.
+fn shared_listener_setup(replicated: bool) -> f64 {
+    let queue = format!("bench-shared-{replicated}-{}", std::process::id());
+    let pin = PROTOCOL.get().copied().flatten();
+    let options = StreamOptions::new()
+        .protocol_version(pin)
+        .shared(true)
+        .replicated(replicated);
+    let listener = Connector::open_with(&url(), options)
+        .unwrap()
+        .bind(&queue)
+        .unwrap();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let stream = stream.unwrap();
+            thread::spawn(move || echo_all(stream));
+        }
+    });
+    let connector = connector().unwrap();
+    time_setups(|| connector.connect(&queue).unwrap())
+}
+
 /// Connect, one byte there and back, close: over a shared connection.
 fn stream_setup() -> f64 {
     let queue = echo_listener("setup");
@@ -650,7 +673,7 @@ struct Scenario {
 }
 
 /// The scenarios, each giving its rows of the table.
-const SCENARIOS: [Scenario; 6] = [
+const SCENARIOS: [Scenario; 7] = [
     Scenario {
         name: "bulk",
         run: || {
@@ -708,6 +731,28 @@ const SCENARIOS: [Scenario; 6] = [
                 raw: Some(raw_setup()),
                 tcp: tcp_setup(),
             }]
+        },
+    },
+    Scenario {
+        name: "shared-setup",
+        run: || {
+            let tcp = tcp_setup();
+            vec![
+                Row {
+                    name: "setup via shared listener, median ms",
+                    key: "shared_setup_median_ms",
+                    stream: shared_listener_setup(false),
+                    raw: None,
+                    tcp,
+                },
+                Row {
+                    name: "setup via replicated listener, median ms",
+                    key: "replicated_setup_median_ms",
+                    stream: shared_listener_setup(true),
+                    raw: None,
+                    tcp,
+                },
+            ]
         },
     },
     Scenario {

@@ -11,7 +11,7 @@ use crate::stream::Stream;
 use crate::transport::connection::BrokerConnection;
 use crate::transport::worker::spare::SparePool;
 use crate::transport::worker::{self, Established, Outbound, Pending, Role, SetupOutcome};
-use amiquip::{Channel, ConsumerMessage, ConsumerOptions, Delivery};
+use amiquip::{Channel, ConsumerMessage, ConsumerOptions, Delivery, QueueDeleteOptions};
 use crossbeam_channel::{Receiver, Select, Sender, after, bounded, select, unbounded};
 use log::{debug, warn};
 use std::cell::Cell;
@@ -121,6 +121,13 @@ impl Listener {
         options: StreamOptions,
     ) -> io::Result<Listener> {
         protocol::check_queue_name(queue, "a listener's")?;
+        if options.get_replicated() && !options.get_shared() {
+            return Err(Error::InvalidArgument(format!(
+                "listening on {queue:?}: a replicated listener queue is shared by every \
+                 listener on it: set StreamOptions::shared(true) as well as replicated(true)"
+            ))
+            .into());
+        }
         let (setup_tx, setup_rx) = bounded(1);
         let (accepted_tx, accepted_rx) = bounded(usize::from(BACKLOG));
         let (stop_tx, stop_rx) = bounded(1);
@@ -488,7 +495,8 @@ fn listen(backlog: &Backlog, setup: Option<Sender<Result<(), Error>>>) -> Ended 
         Err(err) => return failed(err),
     };
     let shared = backlog.options.get_shared();
-    let consumer = match declare_and_consume(&channel, &queue, shared) {
+    let replicated = backlog.options.get_replicated();
+    let consumer = match declare_and_consume(&channel, &queue, shared, replicated) {
         Ok(consumer) => consumer,
         Err(err) => return failed(err),
     };
@@ -640,8 +648,8 @@ impl Backlog {
                 }
             }
         }
-        // Stop deliveries (the queue is deleted with its last consumer),
-        // then answer the requests we hold.
+        // Stop deliveries (the queue is deleted with its last consumer,
+        // unless it is replicated), then answer the requests we hold.
         for request in worker::cancel_consumer(consumer) {
             if others_listen {
                 if let Err(err) = request.nack(channel, true) {
@@ -650,6 +658,18 @@ impl Backlog {
             } else {
                 refuse_request(channel, &request, &refusal);
             }
+        }
+        // A replicated queue outlives its consumers: the last listener
+        // deletes it, so that later connects are refused at once. (Not
+        // with `if_unused`, which quorum queues refuse by closing the whole
+        // connection; a listener binding in the instant since the count
+        // above loses its consumer, and binds again if it reconnects.)
+        let last =
+            self.options.get_replicated() && matches!(ended, Ended::Stopped) && !others_listen;
+        if last
+            && let Err(err) = channel.queue_delete(queue.as_str(), QueueDeleteOptions::default())
+        {
+            debug!("listener {queue:?}: not deleting the queue: {err}");
         }
         // Streams still in their handshake finish it and, dropped
         // unaccepted, reset.
@@ -872,16 +892,29 @@ fn refuse(channel: &Channel, client: &Client, why: &str) {
 }
 
 /// Declares the control queue and consumes it: alone, or shared with
-/// other listeners.
+/// other listeners (`replicated` over a cluster's nodes).
 fn declare_and_consume<'a>(
     channel: &'a Channel,
     queue: &str,
     shared: bool,
+    replicated: bool,
 ) -> Result<amiquip::Consumer<'a>, Error> {
     channel
-        .queue_declare(queue, protocol::listener_queue_declare_options(shared))
+        .queue_declare(
+            queue,
+            protocol::listener_queue_declare_options(shared, replicated),
+        )
         .map_err(|err| match err {
+            // Held exclusively by another connection; or declared by a
+            // listener of the other kind (replicated or not).
             amiquip::Error::ServerClosedChannel { code: 405, .. } => Error::AddrInUse {
+                queue: queue.to_string(),
+            },
+            amiquip::Error::ServerClosedChannel {
+                code: 406,
+                ref message,
+                ..
+            } if message.contains("inequivalent arg") => Error::AddrInUse {
                 queue: queue.to_string(),
             },
             other => Error::broker(format!("declaring queue {queue:?}"), other),

@@ -362,3 +362,206 @@ fn the_bridge_serves_and_forwards_across_nodes_from_url_lists() {
         2 * (1 << 20),
     );
 }
+
+/// How many clients wait in a shared listener's queue when its node dies.
+const WAITING: usize = 8;
+
+/// The id of a client that connects after the waiting ones are done.
+const LATE: u8 = 255;
+
+/// What became of `WAITING` connects through `through` that wait in the
+/// shared queue `q` (its two listeners `listeners` not accepting) when
+/// the node holding the queue is killed, after which the listener on a
+/// node that stays accepts: which client ids were served (each counted
+/// once per serving), and how each client's connect ended. When some
+/// failed, a later client (id [`LATE`]) connects through the same node
+/// until it is served. The killed node is restarted before this returns.
+fn kill_the_queues_node_with_requests_waiting(
+    cluster: &TestCluster,
+    q: &str,
+    listeners: [(usize, &Listener); 2],
+    through: usize,
+    handshake_timeout: Duration,
+) -> (Vec<u8>, Vec<Result<Duration, ErrorKind>>, usize) {
+    let queue_node = cluster
+        .queue(q)
+        .and_then(|listed| cluster.node_named(&listed.node))
+        .expect("the queue is listed on a node of the cluster");
+    let (_, survivor) = listeners
+        .into_iter()
+        .find(|(node, _)| *node != queue_node)
+        .expect("a listener on another node than the queue's");
+    let url = cluster.url(through);
+    let clients: Vec<_> = (0..WAITING as u8)
+        .map(|id| {
+            let (url, q) = (url.clone(), q.to_string());
+            std::thread::spawn(move || {
+                let began = Instant::now();
+                let options = StreamOptions::new().handshake_timeout(Some(handshake_timeout));
+                let mut stream = Connector::open_with(&url, options)
+                    .and_then(|connector| connector.connect(&q))
+                    .map_err(|err| err.kind())?;
+                let waited = began.elapsed();
+                stream.write_all(&[id]).unwrap();
+                stream.flush().unwrap();
+                let mut echo = [0];
+                stream.read_exact(&mut echo).unwrap();
+                assert_eq!(echo, [id], "client {id} got another client's echo");
+                Ok(waited)
+            })
+        })
+        .collect();
+    // Every request waits in the queue (nobody accepts yet).
+    let waiting = until_changed(Instant::now(), || {
+        cluster
+            .queue(q)
+            .is_some_and(|listed| listed.messages == WAITING as u64)
+    });
+    eprintln!("{WAITING} requests waiting in {q:?} on node {queue_node} ({waiting})");
+    cluster.kill(queue_node);
+    // The listener on a node that stays serves what comes.
+    let served = std::sync::Mutex::new(Vec::new());
+    let outcomes: Vec<_> = std::thread::scope(|scope| {
+        let serving = scope.spawn(|| {
+            loop {
+                let (mut stream, _) = match survivor.accept() {
+                    Ok(accepted) => accepted,
+                    Err(err) => panic!("the surviving listener failed: {err}"),
+                };
+                let mut id = [0];
+                if stream.read_exact(&mut id).is_ok() {
+                    served.lock().unwrap().push(id[0]);
+                    stream.write_all(&id).unwrap();
+                    stream.flush().unwrap();
+                }
+                let served = served.lock().unwrap();
+                if served.len() >= WAITING || served.contains(&LATE) {
+                    return;
+                }
+            }
+        });
+        let outcomes: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+        if !outcomes.iter().all(Result::is_ok) {
+            let mut late = connect_when_back(&url, q);
+            late.write_all(&[LATE]).unwrap();
+            late.flush().unwrap();
+            let mut echo = [0];
+            late.read_exact(&mut echo).unwrap();
+            assert_eq!(echo, [LATE]);
+        }
+        serving.join().unwrap();
+        outcomes
+    });
+    let rejoined = cluster.restart(queue_node);
+    eprintln!("node {queue_node} rejoined {rejoined:.1?} after its restart");
+    let served = served.into_inner().unwrap();
+    (served, outcomes, queue_node)
+}
+
+#[test]
+fn shared_listeners_on_a_replicated_queue_serve_every_waiting_request_once_when_its_node_dies() {
+    let cluster = shared(NODES);
+    let q = queue("cluster-replicated");
+    let options = StreamOptions::new()
+        .shared(true)
+        .replicated(true)
+        .reconnect(true);
+    // The first to declare places the queue's leader on its node.
+    let first = Listener::bind_with(&cluster.url(0), &q, options.clone()).unwrap();
+    let second = Listener::bind_with(&cluster.url(1), &q, options).unwrap();
+    let (served, outcomes, killed) = kill_the_queues_node_with_requests_waiting(
+        &cluster,
+        &q,
+        [(0, &first), (1, &second)],
+        2,
+        HANG,
+    );
+    let mut ids = served.clone();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        served.len(),
+        "a request was served twice: {served:?}"
+    );
+    assert_eq!(ids, (0..WAITING as u8).collect::<Vec<_>>(), "requests lost");
+    let waits: Vec<String> = outcomes
+        .iter()
+        .map(|outcome| match outcome {
+            Ok(waited) => format!("{waited:.1?}"),
+            Err(kind) => panic!("a waiting client failed: {kind:?}"),
+        })
+        .collect();
+    eprintln!(
+        "replicated: all {WAITING} served once after node {killed} died; connects took {waits:?}"
+    );
+    record(
+        "cluster: replicated shared listener",
+        &format!("{WAITING} connects waiting in a quorum listener queue, listeners on 2 nodes"),
+        "SIGKILL of the queue's node",
+        &format!(
+            "every request served once, by the listener on another node; connects took {}",
+            waits.join(", ")
+        ),
+        WAITING as u64 * 2,
+    );
+    // Closing the last listener deletes the queue (it would stay a minute).
+    drop(first);
+    drop(second);
+    until_changed(Instant::now(), || cluster.queue(&q).is_none());
+}
+
+#[test]
+fn shared_listeners_on_a_classic_queue_lose_the_waiting_requests_when_its_node_dies() {
+    // The trade-off `replicated` makes, measured: without it the queue
+    // lives on one node and takes the waiting requests along.
+    let cluster = shared(NODES);
+    let q = queue("cluster-classic-shared");
+    let options = StreamOptions::new().shared(true).reconnect(true);
+    let first = Listener::bind_with(&cluster.url(0), &q, options.clone()).unwrap();
+    let second = Listener::bind_with(&cluster.url(1), &q, options).unwrap();
+    let (served, outcomes, killed) = kill_the_queues_node_with_requests_waiting(
+        &cluster,
+        &q,
+        [(0, &first), (1, &second)],
+        2,
+        Duration::from_secs(10),
+    );
+    // Each client was served once, or failed (loudly, never a hang).
+    let mut ids = served.clone();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        served.len(),
+        "a request was served twice: {served:?}"
+    );
+    let mut lost = Vec::new();
+    for (id, outcome) in outcomes.iter().enumerate() {
+        let was_served = served.contains(&(id as u8));
+        match outcome {
+            Ok(_) => assert!(was_served, "client {id} connected but was never served"),
+            Err(kind) => {
+                assert!(!was_served, "client {id} was served but failed: {kind:?}");
+                lost.push(format!("{kind:?}"));
+            }
+        }
+    }
+    eprintln!(
+        "classic: {} of the {WAITING} waiting connects failed ({lost:?}) when node {killed} died; \
+         a later one was served by the listener that declared the queue again",
+        lost.len()
+    );
+    record(
+        "cluster: classic shared listener",
+        &format!("{WAITING} connects waiting in a classic listener queue, listeners on 2 nodes"),
+        "SIGKILL of the queue's node",
+        &format!(
+            "{} of {WAITING} waiting connects failed ({}); a later connect was served",
+            lost.len(),
+            lost.join(", ")
+        ),
+        0,
+    );
+    drop((first, second));
+}

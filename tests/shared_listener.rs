@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 
 const ROLE: &str = "AMQP_STREAM_TEST_SHARED_LISTENER_QUEUE";
 
+/// Set for a child listener on a replicated (quorum) queue.
+const REPLICATED: &str = "AMQP_STREAM_TEST_SHARED_LISTENER_REPLICATED";
+
 /// How many streams the child listener serves before it stops calling
 /// `accept` (and so holds the next request without answering it).
 const CHILD_SERVES: usize = 2;
@@ -68,7 +71,8 @@ fn wait_for_queue(q: &str, expected: (u64, u64, u64), what: &str) {
 #[ignore = "runs only as the child process of the shared-listener tests"]
 fn child_listener() {
     let Ok(q) = std::env::var(ROLE) else { return };
-    let listener = Listener::bind_with(&url(), &q, shared()).unwrap();
+    let replicated = std::env::var_os(REPLICATED).is_some();
+    let listener = Listener::bind_with(&url(), &q, shared().replicated(replicated)).unwrap();
     println!("child: bound");
     for _ in 0..CHILD_SERVES {
         let (stream, _) = listener.accept().unwrap();
@@ -80,8 +84,12 @@ fn child_listener() {
 
 /// Starts the child listener and returns once it has bound its queue,
 /// with the lines it prints still to come.
-fn spawn_child_listener(q: &str) -> (ChildListener, mpsc::Receiver<String>) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
+fn spawn_child_listener(q: &str, replicated: bool) -> (ChildListener, mpsc::Receiver<String>) {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    if replicated {
+        command.env(REPLICATED, "1");
+    }
+    let mut child = command
         .args([
             "--exact",
             "child_listener",
@@ -138,9 +146,18 @@ fn wait_for_line(lines: &mpsc::Receiver<String>, wanted: &str) {
 
 #[test]
 fn requests_held_by_a_killed_listener_go_to_the_other_one() {
+    killed_listener_leaves_its_requests_to_the_other(false);
+}
+
+#[test]
+fn requests_held_by_a_killed_listener_of_a_replicated_queue_go_to_the_other_one() {
+    killed_listener_leaves_its_requests_to_the_other(true);
+}
+
+fn killed_listener_leaves_its_requests_to_the_other(replicated: bool) {
     const CLIENTS: usize = 12;
     let q = queue("shared-kill");
-    let (mut child, child_says) = spawn_child_listener(&q);
+    let (mut child, child_says) = spawn_child_listener(&q, replicated);
     let clients: Vec<_> = (0..CLIENTS)
         .map(|i| client(q.clone(), format!("client {i} of {CLIENTS}")))
         .collect();
@@ -149,7 +166,7 @@ fn requests_held_by_a_killed_listener_go_to_the_other_one() {
     let ready = (CLIENTS - CHILD_SERVES - 1) as u64;
     wait_for_queue(&q, (ready, 1, 1), "the child holds one request");
     // A second listener, not accepting yet, holds one request too.
-    let listener = Listener::bind_with(&url(), &q, shared()).unwrap();
+    let listener = Listener::bind_with(&url(), &q, shared().replicated(replicated)).unwrap();
     wait_for_queue(&q, (ready - 1, 2, 2), "both listeners hold one");
 
     child.kill();
@@ -185,7 +202,11 @@ fn requests_held_by_a_killed_listener_go_to_the_other_one() {
         },
     );
     record(
-        "shared listener killed",
+        if replicated {
+            "shared listener killed (replicated queue)"
+        } else {
+            "shared listener killed"
+        },
         &format!("{CLIENTS} clients, 2 processes"),
         "SIGKILL with 1 request held",
         &format!(
@@ -368,5 +389,90 @@ fn a_listener_that_dies_after_answering_leaves_no_request_to_answer_again() {
         wait_for_queue(&q, (0, 0, 1), "the request not requeued");
         assert!(served.try_recv().is_err(), "{version}: served twice");
         second.close();
+    }
+}
+
+#[test]
+fn replicated_listeners_serve_and_the_last_one_deletes_the_queue() {
+    let q = queue("replicated");
+    let options = shared().replicated(true);
+    let first = Listener::bind_with(&url(), &q, options.clone()).unwrap();
+    let second = Listener::bind_with(&url(), &q, options).unwrap();
+    let listed = Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "name", "type", "durable"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    let row = listed.lines().find(|line| line.starts_with(q.as_str()));
+    assert_eq!(
+        row.map(|row| row.split_whitespace().skip(1).collect::<Vec<_>>()),
+        Some(vec!["quorum", "true"]),
+        "{listed}"
+    );
+    for listener in [&first, &second] {
+        let echoed = client(q.clone(), "through a replicated queue".to_string());
+        let (stream, _) = listener.accept().unwrap();
+        echo(stream).unwrap();
+        echoed.join().unwrap().unwrap();
+    }
+    // The queue outlives a listener while another consumes it...
+    drop(first);
+    let echoed = client(q.clone(), "still served".to_string());
+    let (stream, _) = second.accept().unwrap();
+    echo(stream).unwrap();
+    echoed.join().unwrap().unwrap();
+    // ... and goes with the last (not after its minute of expiry).
+    drop(second);
+    eventually(
+        Duration::from_secs(10),
+        "the last listener deletes the queue",
+        || match queue_state(&q) {
+            None => Ok(()),
+            Some(state) => Err(format!("{q:?} is still there: {state:?}")),
+        },
+    );
+    let began = Instant::now();
+    let err = Stream::connect_with(&url(), &q, patient()).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
+    assert!(
+        began.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        began.elapsed()
+    );
+}
+
+#[test]
+fn replicated_listeners_are_shared_and_do_not_mix_with_other_kinds() {
+    let q = queue("replicated-kinds");
+    let err = Listener::bind_with(&url(), &q, StreamOptions::new().replicated(true)).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("shared(true)"), "{err}");
+    let replicated = shared().replicated(true);
+    let kinds = [
+        ("exclusive", StreamOptions::new()),
+        ("classic shared", shared()),
+    ];
+    for (kind, other) in kinds {
+        // The other kind holds the name: a replicated listener is refused...
+        let holder = Listener::bind_with(&url(), &q, other.clone()).unwrap();
+        let err = Listener::bind_with(&url(), &q, replicated.clone()).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{kind}: {err}");
+        drop(holder);
+        eventually(Duration::from_secs(10), "the queue goes", || {
+            queue_state(&q).map_or(Ok(()), |state| Err(format!("{state:?}")))
+        });
+        // ... and the other way round.
+        let holder = Listener::bind_with(&url(), &q, replicated.clone()).unwrap();
+        let err = Listener::bind_with(&url(), &q, other).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse, "{kind}: {err}");
+        // The refusal cost the holder nothing: it still serves.
+        let echoed = client(q.clone(), format!("after a {kind} listener was refused"));
+        let (stream, _) = holder.accept().unwrap();
+        echo(stream).unwrap();
+        echoed.join().unwrap().unwrap();
+        drop(holder);
+        eventually(Duration::from_secs(10), "the queue goes", || {
+            queue_state(&q).map_or(Ok(()), |state| Err(format!("{state:?}")))
+        });
     }
 }

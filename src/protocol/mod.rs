@@ -9,7 +9,8 @@ pub(crate) mod frame;
 pub(crate) mod handshake;
 
 use crate::error::Error;
-use amiquip::QueueDeclareOptions;
+use amiquip::{AmqpValue, FieldTable, QueueDeclareOptions};
+use std::time::Duration;
 
 /// Prefix of the queue names this crate chooses for its stream queues.
 pub(crate) const QUEUE_PREFIX: &str = "amqp-stream.";
@@ -95,11 +96,37 @@ pub(crate) fn queue_declare_options() -> QueueDeclareOptions {
     }
 }
 
+/// How long a replicated listener queue stays once nothing consumes it
+/// (its `x-expires`): long enough for a listener to reconnect to another
+/// node, or for its node to restart.
+pub(crate) const REPLICATED_QUEUE_EXPIRY: Duration = Duration::from_secs(60);
+
 /// How a listener declares its control queue: like every queue of the
 /// protocol when it is the only listener on the name; non-exclusive when
 /// several listeners share it (still transient, and deleted once its last
-/// consumer goes).
-pub(crate) fn listener_queue_declare_options(shared: bool) -> QueueDeclareOptions {
+/// consumer goes); a durable quorum queue when they share it `replicated`
+/// over a cluster's nodes, which the broker deletes after
+/// [`REPLICATED_QUEUE_EXPIRY`] with no consumer (a quorum queue cannot be
+/// exclusive or deleted with its last consumer).
+pub(crate) fn listener_queue_declare_options(
+    shared: bool,
+    replicated: bool,
+) -> QueueDeclareOptions {
+    if replicated {
+        let mut arguments = FieldTable::new();
+        arguments.insert(
+            "x-queue-type".to_string(),
+            AmqpValue::LongString("quorum".to_string()),
+        );
+        let expiry = u32::try_from(REPLICATED_QUEUE_EXPIRY.as_millis()).unwrap_or(u32::MAX);
+        arguments.insert("x-expires".to_string(), AmqpValue::LongUInt(expiry));
+        return QueueDeclareOptions {
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            arguments,
+        };
+    }
     QueueDeclareOptions {
         exclusive: !shared,
         ..queue_declare_options()
@@ -109,6 +136,24 @@ pub(crate) fn listener_queue_declare_options(shared: bool) -> QueueDeclareOption
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listener_queues_are_exclusive_shared_or_replicated() {
+        let alone = listener_queue_declare_options(false, false);
+        assert!(alone.exclusive && alone.auto_delete && !alone.durable);
+        let shared = listener_queue_declare_options(true, false);
+        assert!(!shared.exclusive && shared.auto_delete && !shared.durable);
+        let replicated = listener_queue_declare_options(true, true);
+        assert!(!replicated.exclusive && !replicated.auto_delete && replicated.durable);
+        assert_eq!(
+            replicated.arguments.get("x-queue-type"),
+            Some(&AmqpValue::LongString("quorum".to_string()))
+        );
+        assert_eq!(
+            replicated.arguments.get("x-expires"),
+            Some(&AmqpValue::LongUInt(60_000))
+        );
+    }
 
     #[test]
     fn queue_names_are_unique_and_prefixed() {
@@ -182,13 +227,5 @@ mod tests {
     fn queues_are_exclusive_transient_auto_delete() {
         let o = queue_declare_options();
         assert!(o.exclusive && o.auto_delete && !o.durable);
-    }
-
-    #[test]
-    fn shared_listener_queues_are_not_exclusive() {
-        let alone = listener_queue_declare_options(false);
-        assert!(alone.exclusive && alone.auto_delete && !alone.durable);
-        let shared = listener_queue_declare_options(true);
-        assert!(!shared.exclusive && shared.auto_delete && !shared.durable);
     }
 }

@@ -61,6 +61,11 @@ pub struct ServeArgs {
     /// dies leaves the stream it was about to take to the others
     #[arg(long)]
     pub shared: bool,
+    /// With --shared, on a RabbitMQ cluster: the queue is a quorum queue
+    /// replicated over the nodes, so that serving goes on, and the streams
+    /// waiting for a server are kept, when a node goes down
+    #[arg(long, requires = "shared")]
+    pub replicated: bool,
     #[command(flatten)]
     pub service: ServiceArgs,
     #[command(flatten)]
@@ -86,7 +91,9 @@ pub fn start(
     let server = Arc::new(Server {
         link: Arc::clone(&link),
         queue: args.queue.clone(),
-        options: StreamOptions::new().shared(args.shared),
+        options: StreamOptions::new()
+            .shared(args.shared)
+            .replicated(args.replicated),
         route: Route::of(args),
         admission: admission.clone(),
         listening: Mutex::new(None),
